@@ -1,0 +1,1 @@
+"""Strategies run by the county node: FedAvg and FedProx, recording every institution's reply."""

@@ -1,0 +1,87 @@
+"""FedAvg and FedProx for the county node, recording each institution's metrics per round.
+
+FedAvg: McMahan et al., "Communication-Efficient Learning of Deep Networks from
+Decentralized Data", AISTATS 2017. FedProx: Li et al., "Federated Optimization in
+Heterogeneous Networks", MLSys 2020 (the proximal term is applied by the clients).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from flwr.app import ArrayRecord, Message, MetricRecord
+from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
+from flwr.serverapp.strategy import FedProx as FlowerFedProx
+
+from countyfl import keys
+from countyfl.aggregator.history import FederationHistory
+
+RoundCallback = Callable[[int], None]
+
+
+def _reply_metrics(message: Message) -> tuple[int, dict[str, float]] | None:
+    record = message.content.get(keys.METRICS)
+    if not isinstance(record, MetricRecord) or keys.PARTITION_ID not in record:
+        return None
+    values = {k: float(v) for k, v in record.items() if isinstance(v, int | float)}
+    return int(values.pop(keys.PARTITION_ID)), values
+
+
+class RecordingMixin:
+    """Keeps a :class:`FederationHistory` of every reply and calls back after each round."""
+
+    history: FederationHistory
+    on_round_end: RoundCallback | None
+
+    def _record(self, server_round: int, replies: list[Message], phase: str) -> None:
+        record = self.history.round(server_round)
+        for message in replies:
+            if message.has_error():
+                record.failures.append(
+                    f"{phase}: node {message.metadata.src_node_id}: {message.error.reason}"
+                )
+                continue
+            parsed = _reply_metrics(message)
+            if parsed is None:
+                record.failures.append(
+                    f"{phase}: node {message.metadata.src_node_id}: reply without metrics"
+                )
+                continue
+            partition_id, values = parsed
+            getattr(record, phase)[partition_id] = values
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = list(replies)
+        self._record(server_round, replies, "train")
+        return super().aggregate_train(server_round, replies)  # type: ignore[misc,no-any-return]
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        replies = list(replies)
+        self._record(server_round, replies, "evaluate")
+        result = super().aggregate_evaluate(server_round, replies)  # type: ignore[misc]
+        if self.on_round_end is not None:
+            self.on_round_end(server_round)
+        return result  # type: ignore[no-any-return]
+
+
+class FedAvg(RecordingMixin, FlowerFedAvg):
+    """Federated averaging weighted by each institution's number of training examples."""
+
+    def __init__(self, *, on_round_end: RoundCallback | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.history = FederationHistory()
+        self.on_round_end = on_round_end
+
+
+class FedProx(RecordingMixin, FlowerFedProx):
+    """FedAvg aggregation; sends ``proximal-mu`` so that clients add the proximal term."""
+
+    def __init__(self, *, on_round_end: RoundCallback | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.history = FederationHistory()
+        self.on_round_end = on_round_end

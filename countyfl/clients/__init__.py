@@ -1,0 +1,1 @@
+"""Plain PyTorch training and evaluation on one institution's data (no Flower imports)."""

@@ -1,0 +1,99 @@
+"""Run configuration: a frozen pydantic model parsed once from Flower's flat run config.
+
+Flower's run config (``[tool.flwr.app.config]`` in pyproject.toml, ``flwr run --run-config``,
+or the simulation runner) is a flat mapping with kebab-case keys. :func:`parse_run_config`
+is the only place that reads it; everything else receives a :class:`RunConfig`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from countyfl.clients.training import OptimizerName, TrainingPlan
+from countyfl.errors import ConfigError
+
+
+class ScenarioName(StrEnum):
+    """Scenarios a simulation can run."""
+
+    FED_HEART_DISEASE = "fed-heart-disease"
+    FRAMINGHAM_COUNTY = "framingham-county"
+
+
+class StrategyName(StrEnum):
+    """Aggregation strategies of the county node."""
+
+    FEDAVG = "fedavg"
+    FEDPROX = "fedprox"
+
+
+def _kebab(name: str) -> str:
+    return name.replace("_", "-")
+
+
+class RunConfig(BaseModel):
+    """Everything one federated run needs to know, shared by ServerApp and ClientApp."""
+
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", alias_generator=_kebab, populate_by_name=True
+    )
+
+    scenario: ScenarioName = ScenarioName.FED_HEART_DISEASE
+    model: str = "diagnosis-logreg"
+    strategy: StrategyName = StrategyName.FEDAVG
+    num_server_rounds: int = Field(default=15, ge=1, le=10_000)
+    local_steps: int = Field(default=5, ge=1, le=100_000)
+    batch_size: int = Field(default=4, ge=1, le=100_000)
+    learning_rate: float = Field(default=0.05, gt=0, le=10)
+    optimizer: OptimizerName = OptimizerName.SGD
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    weight_decay: float = Field(default=0.0, ge=0)
+    proximal_mu: float = Field(default=0.0, ge=0)
+    seed: int = Field(default=42, ge=0)
+    partition_seed: int = Field(default=2026, ge=0)
+    data_path: str = ""
+    output_dir: str = ""
+
+    @model_validator(mode="after")
+    def _check(self) -> RunConfig:
+        from countyfl import models
+
+        models.get(self.model)  # raises UnknownNameError with the valid names
+        if self.strategy is StrategyName.FEDPROX and self.proximal_mu == 0:
+            raise ValueError("strategy fedprox needs proximal-mu > 0 (try 0.01)")
+        return self
+
+    @property
+    def training_plan(self) -> TrainingPlan:
+        return TrainingPlan(
+            local_steps=self.local_steps,
+            batch_size=self.batch_size,
+            learning_rate=self.learning_rate,
+            optimizer=self.optimizer,
+            momentum=self.momentum,
+            weight_decay=self.weight_decay,
+            proximal_mu=self.proximal_mu if self.strategy is StrategyName.FEDPROX else 0.0,
+        )
+
+    def to_run_config(self) -> dict[str, str | int | float]:
+        """The flat kebab-case mapping Flower carries (inverse of :func:`parse_run_config`)."""
+        return {
+            key: (value.value if isinstance(value, StrEnum) else value)
+            for key, value in self.model_dump(by_alias=True).items()
+        }
+
+
+def parse_run_config(run_config: Mapping[str, Any]) -> RunConfig:
+    """Parse Flower's run config once; a bad key or value raises :class:`ConfigError`."""
+    try:
+        return RunConfig.model_validate(dict(run_config))
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in issue['loc']) or 'run config'}: {issue['msg']}"
+            for issue in error.errors()
+        )
+        raise ConfigError(f"invalid run config: {problems}") from None

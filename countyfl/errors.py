@@ -1,0 +1,34 @@
+"""The one exception tree of countyfl: every message says what is wrong, where, and what to do."""
+
+from __future__ import annotations
+
+
+class CountyflError(Exception):
+    """Root of every error countyfl raises on purpose."""
+
+
+class ConfigError(CountyflError, ValueError):
+    """A run configuration, option or settings value is invalid."""
+
+
+class DataError(CountyflError):
+    """Input data cannot be used as it is."""
+
+
+class DataFileMissingError(DataError, FileNotFoundError):
+    """A data file that a loader needs does not exist."""
+
+
+class SchemaError(DataError, ValueError):
+    """A data file does not have the columns the common schema needs."""
+
+
+class UnknownNameError(CountyflError, KeyError):
+    """A name (scenario, model, strategy) is not registered."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; keep it readable
+        return str(self.args[0]) if self.args else ""
+
+
+class SimulationError(CountyflError, RuntimeError):
+    """A federated simulation did not complete."""

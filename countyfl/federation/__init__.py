@@ -1,0 +1,1 @@
+"""Flower wiring only: ClientApp, ServerApp and conversions between records and tensors."""

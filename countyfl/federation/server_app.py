@@ -1,0 +1,80 @@
+"""The ServerApp of the county node: builds the strategy, runs the rounds, writes the history."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from flwr.app import ConfigRecord, Context
+from flwr.serverapp import Grid, ServerApp
+
+from countyfl import models
+from countyfl.aggregator.strategies import FedAvg, FedProx, RoundCallback
+from countyfl.config import RunConfig, StrategyName, parse_run_config
+from countyfl.data import scenario_shape
+from countyfl.federation.records import model_to_arrays
+
+logger = logging.getLogger(__name__)
+
+HISTORY_FILE = "history.json"
+FINAL_MODEL_FILE = "final-model.npz"
+
+
+def build_strategy(
+    config: RunConfig, num_institutions: int, on_round_end: RoundCallback | None = None
+) -> FedAvg | FedProx:
+    """The strategy the config names; every institution takes part in every round."""
+    common = {
+        "fraction_train": 1.0,
+        "fraction_evaluate": 1.0,
+        "min_train_nodes": num_institutions,
+        "min_evaluate_nodes": num_institutions,
+        # Under the simulation engine get_node_ids() can be empty at start: wait for all.
+        "min_available_nodes": num_institutions,
+        "on_round_end": on_round_end,
+    }
+    if config.strategy is StrategyName.FEDPROX:
+        return FedProx(proximal_mu=config.proximal_mu, **common)
+    return FedAvg(**common)
+
+
+def run_federation(
+    grid: Grid, config: RunConfig, on_round_end: RoundCallback | None = None
+) -> None:
+    """Run ``config.num_server_rounds`` rounds and write the history and final model."""
+    num_features, num_institutions = scenario_shape(config.scenario.value)
+    torch.manual_seed(config.seed)
+    initial = models.build(config.model, num_features)
+    strategy = build_strategy(config, num_institutions, on_round_end)
+    result = strategy.start(
+        grid=grid,
+        initial_arrays=model_to_arrays(initial),
+        num_rounds=config.num_server_rounds,
+        train_config=ConfigRecord(),
+        evaluate_config=ConfigRecord(),
+    )
+    if config.output_dir:
+        output = Path(config.output_dir)
+        strategy.history.write(output / HISTORY_FILE)
+        state = result.arrays.to_torch_state_dict()
+        np.savez(output / FINAL_MODEL_FILE, **{k: v.numpy() for k, v in state.items()})
+        logger.info("wrote %s and %s to %s", HISTORY_FILE, FINAL_MODEL_FILE, output)
+
+
+def make_server_app(
+    config: RunConfig | None = None, on_round_end: RoundCallback | None = None
+) -> ServerApp:
+    """Build the ServerApp; ``config`` None means: parse it from Flower's run config."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        cfg = config if config is not None else parse_run_config(context.run_config)
+        run_federation(grid, cfg, on_round_end)
+
+    return app
+
+
+app = make_server_app()

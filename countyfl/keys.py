@@ -1,0 +1,24 @@
+"""Record, metric and config keys exchanged between ServerApp and ClientApp: defined once here."""
+
+from __future__ import annotations
+
+# Records in a Flower message
+ARRAYS = "arrays"
+CONFIG = "config"
+METRICS = "metrics"
+
+# Config sent with a task
+SERVER_ROUND = "server-round"
+PROXIMAL_MU = "proximal-mu"
+
+# Metrics a ClientApp replies with
+NUM_EXAMPLES = "num-examples"
+PARTITION_ID = "partition-id"
+TRAIN_LOSS = "train-loss"
+LOSS = "loss"
+ACCURACY = "accuracy"
+AUC = "auc"
+BRIER = "brier"
+ECE = "ece"
+
+EVALUATION_METRICS = (LOSS, ACCURACY, AUC, BRIER, ECE)

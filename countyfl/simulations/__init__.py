@@ -1,0 +1,1 @@
+"""Scenarios, the simulation runner, baselines, and the report with its plots."""

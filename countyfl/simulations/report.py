@@ -1,0 +1,286 @@
+"""The report folder of a simulation: metrics.json, report.md and PNG plots."""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from countyfl import __version__, keys
+from countyfl.simulations import plots
+from countyfl.simulations.baselines import POOLED_TEST, mean_of_institutions
+from countyfl.simulations.runner import QUARANTINE_FILE, SimulationResult
+
+METRICS_FILE = "metrics.json"
+REPORT_FILE = "report.md"
+ROUNDS_PLOT = "institution-metric-per-round.png"
+METHODS_PLOT = "federated-vs-baselines.png"
+CALIBRATION_PLOT = "calibration.png"
+
+
+def _clean(value: Any) -> Any:
+    """Make a structure JSON-safe: NaN becomes None, numpy scalars become Python numbers."""
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _stats(values: list[float]) -> dict[str, float]:
+    array = np.asarray(values, dtype=float)
+    finite = array[np.isfinite(array)]
+    if finite.size == 0:
+        return {"mean": float("nan"), "std": float("nan"), "min": float("nan"), "max": float("nan")}
+    return {
+        "mean": float(finite.mean()),
+        "std": float(finite.std(ddof=1)) if finite.size > 1 else 0.0,
+        "min": float(finite.min()),
+        "max": float(finite.max()),
+    }
+
+
+def summarize(result: SimulationResult) -> dict[str, Any]:
+    """Build the content of metrics.json from a simulation result."""
+    dataset = result.dataset
+    ids = [i.institution_id for i in dataset.institutions]
+    method_names = list(result.seeds[0].methods)
+    methods: dict[str, Any] = {}
+    for method in method_names:
+        per_seed = {}
+        for seed_result in result.seeds:
+            metrics = seed_result.methods[method]
+            per_seed[str(seed_result.seed)] = {
+                "per-institution": {i: metrics[i] for i in ids},
+                "mean-of-institutions": mean_of_institutions(metrics, ids),
+                POOLED_TEST: metrics[POOLED_TEST],
+            }
+        metric_names = list(next(iter(per_seed.values()))["mean-of-institutions"])
+        methods[method] = {
+            "per-seed": per_seed,
+            "summary": {
+                "mean-of-institutions": {
+                    m: _stats([s["mean-of-institutions"][m] for s in per_seed.values()])
+                    for m in metric_names
+                },
+                POOLED_TEST: {
+                    m: _stats([s[POOLED_TEST][m] for s in per_seed.values()]) for m in metric_names
+                },
+            },
+        }
+    rounds = {
+        str(s.seed): {
+            str(number): {
+                "evaluate": {ids[p]: v for p, v in record.evaluate.items()},
+                "train": {ids[p]: v for p, v in record.train.items()},
+                "failures": record.failures,
+            }
+            for number, record in sorted(s.history.rounds.items())
+        }
+        for s in result.seeds
+    }
+    scenario = result.scenario
+    config = result.config.to_run_config()
+    config.pop("seed")
+    config.pop("output-dir")
+    return _clean(
+        {
+            "scenario": scenario.name.value,
+            "description": scenario.description,
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "countyfl-version": __version__,
+            "seeds": [s.seed for s in result.seeds],
+            "config": config,
+            "headline-metric": scenario.headline_metric,
+            "data": {
+                "rows-read": dataset.rows_read,
+                "quarantined-rows": dataset.quarantined_row_count,
+                "quarantine-entries": len(dataset.quarantined),
+                "quarantine-file": QUARANTINE_FILE,
+                "notes": list(dataset.notes),
+                "institutions": [
+                    {
+                        "id": i.institution_id,
+                        "name": i.name,
+                        "level": i.level.value,
+                        "train-rows": i.num_train,
+                        "test-rows": i.num_test,
+                        "train-positive-rate": float(i.y_train.mean()) if i.num_train else None,
+                    }
+                    for i in dataset.institutions
+                ],
+            },
+            "methods": methods,
+            "rounds": rounds,
+            "wall-seconds-per-seed": {str(s.seed): s.wall_seconds for s in result.seeds},
+            "reference": {"source": scenario.reference_source, "values": scenario.reference},
+        }
+    )
+
+
+def _fmt(value: float | None, spread: float | None = None) -> str:
+    if value is None or not math.isfinite(value):
+        return "n/a"
+    if spread is None or not math.isfinite(spread):
+        return f"{value:.3f}"
+    return f"{value:.3f} ± {spread:.3f}"
+
+
+def render_markdown(summary: dict[str, Any]) -> str:
+    """report.md: what ran, the data, the headline table, per-institution results, plots."""
+    metric = summary["headline-metric"]
+    data = summary["data"]
+    methods = summary["methods"]
+    reference = summary["reference"]["values"]
+    seeds = summary["seeds"]
+    lines = [
+        f"# countyfl simulation report: {summary['scenario']}",
+        "",
+        f"{summary['description']}. Seeds {', '.join(map(str, seeds))}; "
+        f"created {summary['created']} by countyfl {summary['countyfl-version']}.",
+        "",
+        "## Run configuration",
+        "",
+        "| key | value |",
+        "| --- | --- |",
+        *[f"| {k} | {v} |" for k, v in summary["config"].items()],
+        "",
+        "## Data",
+        "",
+        f"{data['rows-read']} rows read; {data['quarantined-rows']} rows quarantined "
+        f"({data['quarantine-entries']} problems, listed with row, field and reason in "
+        f"`{data['quarantine-file']}`).",
+        "",
+        *[f"- {note}" for note in data["notes"]],
+        "",
+        "| institution | level | train rows | test rows | train positive rate |",
+        "| --- | --- | --- | --- | --- |",
+        *[
+            f"| {i['name']} | {i['level']} | {i['train-rows']} | {i['test-rows']} | "
+            f"{_fmt(i['train-positive-rate'])} |"
+            for i in data["institutions"]
+        ],
+        "",
+        f"## Results: {metric}, mean of institution tests (mean ± std over seeds)",
+        "",
+    ]
+    headline_columns = [keys.ACCURACY, keys.AUC, keys.BRIER, keys.ECE]
+    header = "| method | " + " | ".join(f"{c} (mean of institutions)" for c in headline_columns)
+    header += f" | {metric} (pooled test) |"
+    if reference:
+        header += " published |"
+    lines += [header, "| --- " * (len(headline_columns) + 2 + (1 if reference else 0)) + "|"]
+    for name, method in methods.items():
+        means = method["summary"]["mean-of-institutions"]
+        pooled = method["summary"][POOLED_TEST][metric]
+        row = f"| {name} | " + " | ".join(
+            _fmt(means[c]["mean"], means[c]["std"]) for c in headline_columns
+        )
+        row += f" | {_fmt(pooled['mean'], pooled['std'])} |"
+        if reference:
+            published = reference.get(name, reference.get("fedavg") if name == "federated" else None)
+            row += f" {_fmt(published)} |"
+        lines.append(row)
+    if reference:
+        lines += [
+            "",
+            f"Published: {summary['reference']['source']}. For `federated` the published "
+            "column shows FLamby's FedAvg; other published strategies: "
+            + ", ".join(f"{k} {v:.3f}" for k, v in reference.items() if k.startswith("fed")),
+            ".",
+        ]
+    lines += [
+        "",
+        "## Federated model per institution (final round, mean ± std over seeds)",
+        "",
+        "| institution | " + " | ".join(headline_columns) + " |",
+        "| --- " * (len(headline_columns) + 1) + "|",
+    ]
+    federated = methods["federated"]["per-seed"]
+    for institution in data["institutions"]:
+        values = [
+            [seed_data["per-institution"][institution["id"]][c] for seed_data in federated.values()]
+            for c in headline_columns
+        ]
+        cells = []
+        for column in values:
+            stats = _stats([v if v is not None else float("nan") for v in column])
+            cells.append(_fmt(stats["mean"], stats["std"]))
+        lines.append(f"| {institution['name']} | " + " | ".join(cells) + " |")
+    failures = [
+        f"seed {seed} round {number}: {message}"
+        for seed, rounds in summary["rounds"].items()
+        for number, record in rounds.items()
+        for message in record["failures"]
+    ]
+    lines += ["", "## Failures", ""]
+    lines += [f"- {f}" for f in failures] or ["None: every institution answered every round."]
+    lines += [
+        "",
+        "## Plots",
+        "",
+        f"![per-institution {metric} per round]({ROUNDS_PLOT})",
+        "",
+        f"![federated against baselines]({METHODS_PLOT})",
+    ]
+    if summary["scenario"] == "framingham-county":
+        lines += ["", f"![calibration]({CALIBRATION_PLOT})"]
+    lines.append("")
+    return "\n".join(lines)
+
+
+def write_report(result: SimulationResult) -> Path:
+    """Write metrics.json, report.md and the plots into the result's output folder."""
+    output = result.output_dir
+    output.mkdir(parents=True, exist_ok=True)
+    summary = summarize(result)
+    (output / METRICS_FILE).write_text(json.dumps(summary, indent=1), encoding="utf-8")
+    metric = result.scenario.headline_metric
+    ids = [i.institution_id for i in result.dataset.institutions]
+    names = {i.institution_id: i.name for i in result.dataset.institutions}
+    round_numbers = sorted(result.seeds[0].history.rounds)
+    per_institution = {
+        names[i]: [
+            [
+                s.history.rounds[r].evaluate.get(p, {}).get(metric, float("nan"))
+                for r in round_numbers
+            ]
+            for s in result.seeds
+        ]
+        for p, i in enumerate(ids)
+    }
+    plots.plot_rounds(
+        output / ROUNDS_PLOT, round_numbers, per_institution, metric,
+        f"{result.scenario.name.value}: federated model on each institution's test split",
+    )
+    method_summary = {
+        name: method["summary"]["mean-of-institutions"][metric]
+        for name, method in summary["methods"].items()
+    }
+    method_summary = {k: {kk: (vv if vv is not None else float("nan")) for kk, vv in v.items()}
+                      for k, v in method_summary.items()}
+    plots.plot_methods(
+        output / METHODS_PLOT, method_summary, metric, result.scenario.reference,
+        "FLamby (published)", f"{result.scenario.name.value}: federated vs baselines",
+    )
+    if result.scenario.name.value == "framingham-county":
+        _, _, _, y_test = result.dataset.pooled()
+        curves = {
+            name: (
+                np.concatenate([s.pooled_test_predictions[name] for s in result.seeds]),
+                np.tile(y_test, len(result.seeds)),
+            )
+            for name in result.seeds[0].pooled_test_predictions
+        }
+        plots.plot_calibration(output / CALIBRATION_PLOT, curves,
+                               "10-year CHD risk: calibration on all test rows")
+    (output / REPORT_FILE).write_text(render_markdown(summary), encoding="utf-8")
+    return output / REPORT_FILE

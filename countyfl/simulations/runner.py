@@ -1,0 +1,196 @@
+"""Runs a scenario on Flower's Simulation Engine for several seeds, with baselines and a report."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from countyfl import models
+from countyfl.aggregator.history import FederationHistory
+from countyfl.config import RunConfig, parse_run_config
+from countyfl.data import FederatedDataset, load_scenario
+from countyfl.data.quarantine import write_quarantine
+from countyfl.errors import ConfigError, SimulationError
+from countyfl.federation.server_app import FINAL_MODEL_FILE, HISTORY_FILE
+from countyfl.clients.training import predict_proba
+from countyfl.simulations.baselines import MethodMetrics, evaluate_everywhere, train_baselines
+from countyfl.simulations.scenarios import Scenario, get_scenario
+
+logger = logging.getLogger(__name__)
+
+QUARANTINE_FILE = "quarantine.csv"
+ProgressCallback = Callable[[str, int, int], None]  # (label, completed, total)
+
+
+@dataclass(frozen=True)
+class SimulationRequest:
+    """What a researcher asks for: a scenario, seeds, run-config overrides, an output folder."""
+
+    scenario: str
+    output_dir: Path
+    seeds: Sequence[int] = ()
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+    baselines: bool = True
+    verbose: bool = False
+
+
+@dataclass
+class SeedResult:
+    """One seed: the federated history and the test metrics of every method."""
+
+    seed: int
+    history: FederationHistory
+    methods: dict[str, MethodMetrics]
+    wall_seconds: float
+    # method -> predicted probabilities on all test rows pooled (federated and pooled only)
+    pooled_test_predictions: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass
+class SimulationResult:
+    """Everything the report is made from."""
+
+    scenario: Scenario
+    config: RunConfig
+    dataset: FederatedDataset
+    seeds: list[SeedResult]
+    output_dir: Path
+
+
+def build_config(scenario: Scenario, seed: int, overrides: Mapping[str, Any], output: Path) -> RunConfig:
+    """The run config of one seed: scenario defaults, then the researcher's overrides."""
+    values = {**scenario.defaults, **overrides, "scenario": scenario.name.value, "seed": seed}
+    values["output-dir"] = str(output)
+    return parse_run_config(values)
+
+
+def run_federated(
+    config: RunConfig,
+    num_institutions: int,
+    on_round_end: Callable[[int], None] | None = None,
+    verbose: bool = False,
+) -> FederationHistory:
+    """Run one federation on Flower's Simulation Engine; return its per-round history."""
+    from flwr.simulation import run_simulation
+
+    from countyfl.federation.client_app import make_client_app
+    from countyfl.federation.server_app import make_server_app
+
+    output = Path(config.output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    (output / HISTORY_FILE).unlink(missing_ok=True)
+    run_simulation(
+        server_app=make_server_app(config, on_round_end),
+        client_app=make_client_app(config),
+        num_supernodes=num_institutions,
+        backend_config={
+            "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+            "init_args": {
+                "num_cpus": max(1, min(num_institutions, _cpu_count())),
+                "log_to_driver": verbose,
+            },
+        },
+    )
+    if not (output / HISTORY_FILE).is_file():
+        raise SimulationError(
+            f"the federated run for seed {config.seed} ended without writing its history to "
+            f"{output}; rerun with --verbose to see Flower's log"
+        )
+    return FederationHistory.read(output / HISTORY_FILE)
+
+
+def _cpu_count() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def load_final_model(config: RunConfig, num_features: int) -> torch.nn.Module:
+    """The global model the server wrote after the last round."""
+    model = models.build(config.model, num_features)
+    with np.load(Path(config.output_dir) / FINAL_MODEL_FILE) as arrays:
+        model.load_state_dict({k: torch.from_numpy(arrays[k]) for k in arrays.files})
+    return model
+
+
+def run_simulation_request(
+    request: SimulationRequest, progress: ProgressCallback | None = None
+) -> SimulationResult:
+    """Run every seed of the request and return the results (the report is written by the caller)."""
+    scenario = get_scenario(request.scenario)
+    seeds = list(request.seeds) or list(scenario.default_seeds)
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"seeds must be distinct, got {seeds}")
+    base_config = build_config(scenario, seeds[0], request.overrides, request.output_dir)
+    dataset = load_scenario(base_config.scenario.value, base_config.data_path, base_config.partition_seed)
+    request.output_dir.mkdir(parents=True, exist_ok=True)
+    write_quarantine(request.output_dir / QUARANTINE_FILE, dataset.quarantined)
+    results = []
+    rounds = base_config.num_server_rounds
+    for seed in seeds:
+        config = build_config(scenario, seed, request.overrides, request.output_dir / f"seed-{seed}")
+        label = f"seed {seed}"
+        if progress:
+            progress(label, 0, rounds)
+        started = time.perf_counter()
+        history = run_federated(
+            config,
+            len(dataset.institutions),
+            (lambda r, label=label: progress(label, r, rounds)) if progress else None,
+            request.verbose,
+        )
+        elapsed = time.perf_counter() - started
+        _check_history(history, rounds, len(dataset.institutions), seed)
+        trained = {"federated": load_final_model(config, dataset.num_features)}
+        if request.baselines:
+            if progress:
+                progress(f"{label} baselines", 0, 1)
+            trained.update(
+                train_baselines(dataset, config.model, config.training_plan, rounds, seed)
+            )
+            if progress:
+                progress(f"{label} baselines", 1, 1)
+        _, _, x_test, _ = dataset.pooled()
+        results.append(
+            SeedResult(
+                seed,
+                history,
+                {name: evaluate_everywhere(model, dataset) for name, model in trained.items()},
+                elapsed,
+                {
+                    name: predict_proba(model, x_test)
+                    for name, model in trained.items()
+                    if name in ("federated", "pooled")
+                },
+            )
+        )
+    return SimulationResult(scenario, base_config, dataset, results, request.output_dir)
+
+
+def _check_history(history: FederationHistory, rounds: int, institutions: int, seed: int) -> None:
+    missing = [r for r in range(1, rounds + 1) if r not in history.rounds]
+    if missing:
+        raise SimulationError(f"seed {seed}: rounds {missing} did not complete")
+    for number, record in history.rounds.items():
+        for message in record.failures:
+            logger.warning("seed %d round %d: %s", seed, number, message)
+        if not record.evaluate:
+            raise SimulationError(
+                f"seed {seed} round {number}: no institution returned an evaluation "
+                f"({len(record.failures)} failures, first: "
+                f"{record.failures[0] if record.failures else 'none'})"
+            )
+    del institutions
+
+
+def finite(value: float) -> float | None:
+    """JSON-safe float: NaN and infinity become None."""
+    return value if math.isfinite(value) else None
