@@ -15,6 +15,8 @@ def disable_phone_home() -> None:
     """
     os.environ["FLWR_TELEMETRY_ENABLED"] = "0"
     os.environ["FLWR_DISABLE_UPDATE_CHECK"] = "1"
+    # Ray otherwise warns on every start that a future version changes a GPU default.
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
 
 
 disable_phone_home()

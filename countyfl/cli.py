@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import countyfl  # noqa: F401  (switches Flower's telemetry off before flwr is imported)
-
 import logging
+import re
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -14,6 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+import countyfl  # noqa: F401  (switches Flower's telemetry off before flwr is imported)
 from countyfl.errors import CountyflError
 
 app = typer.Typer(
@@ -28,15 +28,14 @@ def _parse_seeds(text: str | None) -> list[int]:
     if not text:
         return []
     seeds: list[int] = []
-    for part in text.split(","):
-        part = part.strip()
-        if "-" in part:
-            low, _, high = part.partition("-")
-            if not (low.isdigit() and high.isdigit()) or int(low) > int(high):
-                raise typer.BadParameter(f"{part!r} is not a range like 42-46", param_hint="--seeds")
-            seeds.extend(range(int(low), int(high) + 1))
-        elif part.isdigit():
+    for part in (p.strip() for p in text.split(",")):
+        if re.fullmatch(r"\d+", part):
             seeds.append(int(part))
+        elif match := re.fullmatch(r"(\d+)-(\d+)", part):
+            low, high = int(match[1]), int(match[2])
+            if low > high:
+                raise typer.BadParameter(f"range {part!r} is empty", param_hint="--seeds")
+            seeds.extend(range(low, high + 1))
         else:
             raise typer.BadParameter(
                 f"{part!r} is not a seed; give integers like 42,43 or a range 42-46",
@@ -157,7 +156,9 @@ def _print_summary(folder: Path) -> None:
     summary = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
     metric = summary["headline-metric"]
     table = Table(
-        "method", f"{metric} (mean of institutions)", f"{metric} (pooled test)",
+        "method",
+        f"{metric} (mean of institutions)",
+        f"{metric} (pooled test)",
         title=f"{summary['scenario']}, seeds {summary['seeds']}",
     )
     for name, method in summary["methods"].items():

@@ -60,7 +60,9 @@ def make_optimizer(model: nn.Module, plan: TrainingPlan) -> torch.optim.Optimize
     )
 
 
-def batch_indices(num_rows: int, plan: TrainingPlan, generator: torch.Generator) -> list[torch.Tensor]:
+def batch_indices(
+    num_rows: int, plan: TrainingPlan, generator: torch.Generator
+) -> list[torch.Tensor]:
     """Index batches for ``plan.local_steps`` steps: shuffled epochs, reshuffled when used up."""
     batches: list[torch.Tensor] = []
     order = torch.randperm(num_rows, generator=generator)

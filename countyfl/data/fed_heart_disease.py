@@ -24,6 +24,7 @@ from countyfl.data.federated import CareLevel, FederatedDataset, InstitutionData
 from countyfl.data.quarantine import validate_rows
 from countyfl.data.schema import ChestPain, HeartDiseaseHospital, HeartDiseaseRecord, RestingEcg
 from countyfl.data.sources import HEART_DISEASE_FILE, packaged_path, read_csv
+from countyfl.errors import DataError
 
 HOSPITALS: tuple[str, ...] = get_args(HeartDiseaseHospital)
 HOSPITAL_IDS = {
@@ -34,6 +35,8 @@ HOSPITAL_IDS = {
 }
 TRAIN_FRACTION = 0.66
 SPLIT_RANDOM_STATE = 43
+# The 66/34 split needs one row on each side.
+MIN_ROWS_PER_HOSPITAL = 2
 FEATURE_NAMES: tuple[str, ...] = (
     "age",
     "sex-male",
@@ -51,7 +54,17 @@ FEATURE_NAMES: tuple[str, ...] = (
 )
 # FLamby's feature columns; a missing value in any of them quarantines the row.
 REQUIRED_COLUMNS = (
-    "age", "sex", "cp", "trestbps", "chol", "fbs", "restecg", "thalch", "exang", "oldpeak", "num",
+    "age",
+    "sex",
+    "cp",
+    "trestbps",
+    "chol",
+    "fbs",
+    "restecg",
+    "thalch",
+    "exang",
+    "oldpeak",
+    "num",
 )
 MISSING_REASON = "missing value (FLamby keeps complete cases only)"
 
@@ -96,6 +109,12 @@ def load(path: Path | None = None) -> FederatedDataset:
     institutions = []
     for hospital in HOSPITALS:
         rows = [r for r in outcome.records if r.hospital == hospital]
+        if len(rows) < MIN_ROWS_PER_HOSPITAL:
+            raise DataError(
+                f"{csv_path}: hospital {hospital!r} has {len(rows)} usable rows; every one of "
+                f"{', '.join(HOSPITALS)} needs at least {MIN_ROWS_PER_HOSPITAL} for a train/test "
+                "split. Pass the whole UCI export."
+            )
         features = np.asarray([encode(r) for r in rows], dtype=np.float32)
         labels = np.asarray([1.0 if r.diagnosis > 0 else 0.0 for r in rows], dtype=np.float32)
         # FLamby stratifies only when both classes have more than two rows.

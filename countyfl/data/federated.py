@@ -71,9 +71,7 @@ class FederatedDataset:
         )
 
 
-def standardize(
-    x_train: FloatArray, x_test: FloatArray
-) -> tuple[FloatArray, FloatArray]:
+def standardize(x_train: FloatArray, x_test: FloatArray) -> tuple[FloatArray, FloatArray]:
     """Z-score both splits with the train split's mean and standard deviation.
 
     A constant column (standard deviation 0) is only centred.

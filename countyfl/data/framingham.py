@@ -97,13 +97,21 @@ class CountyLayout:
         village_share = 1.0 - self.county_share - self.township_share
         rows = [("county-hospital", "County Hospital", CareLevel.COUNTY, self.county_share)]
         rows += [
-            (f"township-{i + 1}", f"Township Health Centre {i + 1}", CareLevel.TOWNSHIP,
-             self.township_share / self.townships)
+            (
+                f"township-{i + 1}",
+                f"Township Health Centre {i + 1}",
+                CareLevel.TOWNSHIP,
+                self.township_share / self.townships,
+            )
             for i in range(self.townships)
         ]
         rows += [
-            (f"village-{i + 1}", f"Village Clinic {i + 1}", CareLevel.VILLAGE,
-             village_share / self.villages)
+            (
+                f"village-{i + 1}",
+                f"Village Clinic {i + 1}",
+                CareLevel.VILLAGE,
+                village_share / self.villages,
+            )
             for i in range(self.villages)
         ]
         return rows
@@ -127,9 +135,7 @@ def age_band(age: int) -> int:
     raise ValueError(f"age {age} is outside every band")
 
 
-def assign_institutions(
-    ages: np.ndarray, layout: CountyLayout, partition_seed: int
-) -> np.ndarray:
+def assign_institutions(ages: np.ndarray, layout: CountyLayout, partition_seed: int) -> np.ndarray:
     """Institution index of every row: per age band, a Dirichlet split around the shares.
 
     Redraws (deterministically) until every institution has at least
@@ -264,8 +270,10 @@ def load(
             f"{layout.villages} village clinics; Dirichlet split per age band "
             f"(concentration {layout.concentration}, partition seed {partition_seed}).",
             "Missing values filled per field: "
-            + ", ".join(f"{name} {count} ({MISSING_VALUE_RULES[name].value})"
-                        for name, count in imputed.items())
+            + ", ".join(
+                f"{name} {count} ({MISSING_VALUE_RULES[name].value})"
+                for name, count in imputed.items()
+            )
             + ".",
         ),
     )

@@ -10,18 +10,20 @@ from countyfl import keys, models
 from countyfl.clients.training import evaluate, train
 from countyfl.config import RunConfig, parse_run_config
 from countyfl.data import InstitutionData, load_scenario
-from countyfl.federation.records import load_arrays, model_to_arrays
+from countyfl.federation.records import arrays_of, load_arrays, model_to_arrays, server_round_of
 
 
 def _institution(config: RunConfig, context: Context) -> tuple[int, InstitutionData]:
-    partition_id = int(context.node_config["partition-id"])
+    partition_id = int(str(context.node_config[keys.PARTITION_ID]))
     dataset = load_scenario(config.scenario.value, config.data_path, config.partition_seed)
     return partition_id, dataset.institutions[partition_id]
 
 
 def _generator(config: RunConfig, partition_id: int, server_round: int) -> torch.Generator:
     # One stream per (seed, institution, round): reproducible and independent across sites.
-    return torch.Generator().manual_seed(config.seed * 1_000_003 + partition_id * 10_007 + server_round)
+    return torch.Generator().manual_seed(
+        config.seed * 1_000_003 + partition_id * 10_007 + server_round
+    )
 
 
 def make_client_app(config: RunConfig | None = None) -> ClientApp:
@@ -36,10 +38,10 @@ def make_client_app(config: RunConfig | None = None) -> ClientApp:
         torch.set_num_threads(1)
         cfg = resolve(context)
         partition_id, institution = _institution(cfg, context)
-        server_round = int(msg.content[keys.CONFIG].get(keys.SERVER_ROUND, 0))
+        server_round = server_round_of(msg.content)
         torch.manual_seed(cfg.seed)
         model = models.build(cfg.model, institution.x_train.shape[1])
-        load_arrays(model, msg.content[keys.ARRAYS])
+        load_arrays(model, arrays_of(msg.content))
         outcome = train(
             model,
             institution.x_train,
@@ -63,7 +65,7 @@ def make_client_app(config: RunConfig | None = None) -> ClientApp:
         cfg = resolve(context)
         partition_id, institution = _institution(cfg, context)
         model = models.build(cfg.model, institution.x_test.shape[1])
-        load_arrays(model, msg.content[keys.ARRAYS])
+        load_arrays(model, arrays_of(msg.content))
         result = evaluate(model, institution.x_test, institution.y_test)
         metrics = MetricRecord(
             {keys.NUM_EXAMPLES: institution.num_test, keys.PARTITION_ID: partition_id, **result}

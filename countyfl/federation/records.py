@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from flwr.app import ArrayRecord
+from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 from torch import nn
+
+from countyfl import keys
 
 
 def model_to_arrays(model: nn.Module) -> ArrayRecord:
@@ -17,3 +19,18 @@ def load_arrays(model: nn.Module, arrays: ArrayRecord) -> None:
         model.load_state_dict(arrays.to_torch_state_dict(), strict=True)
     except RuntimeError as error:
         raise ValueError(f"the received weights do not fit the model: {error}") from error
+
+
+def arrays_of(content: RecordDict) -> ArrayRecord:
+    """The model weights a task carries; ValueError if the message has none."""
+    record = content.get(keys.ARRAYS)
+    if not isinstance(record, ArrayRecord):
+        raise ValueError(f"the task carries no ArrayRecord under {keys.ARRAYS!r}")
+    return record
+
+
+def server_round_of(content: RecordDict) -> int:
+    """The server round a task belongs to (0 when the server did not say)."""
+    record = content.get(keys.CONFIG)
+    value = record.get(keys.SERVER_ROUND, 0) if isinstance(record, ConfigRecord) else 0
+    return int(value) if isinstance(value, int | float) else 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,18 +27,17 @@ def build_strategy(
     config: RunConfig, num_institutions: int, on_round_end: RoundCallback | None = None
 ) -> FedAvg | FedProx:
     """The strategy the config names; every institution takes part in every round."""
-    common = {
+    common: dict[str, Any] = {
         "fraction_train": 1.0,
         "fraction_evaluate": 1.0,
         "min_train_nodes": num_institutions,
         "min_evaluate_nodes": num_institutions,
         # Under the simulation engine get_node_ids() can be empty at start: wait for all.
         "min_available_nodes": num_institutions,
-        "on_round_end": on_round_end,
     }
     if config.strategy is StrategyName.FEDPROX:
-        return FedProx(proximal_mu=config.proximal_mu, **common)
-    return FedAvg(**common)
+        return FedProx(proximal_mu=config.proximal_mu, on_round_end=on_round_end, **common)
+    return FedAvg(on_round_end=on_round_end, **common)
 
 
 def run_federation(
@@ -59,7 +59,8 @@ def run_federation(
         output = Path(config.output_dir)
         strategy.history.write(output / HISTORY_FILE)
         state = result.arrays.to_torch_state_dict()
-        np.savez(output / FINAL_MODEL_FILE, **{k: v.numpy() for k, v in state.items()})
+        arrays: dict[str, Any] = {k: v.numpy() for k, v in state.items()}
+        np.savez(output / FINAL_MODEL_FILE, **arrays)
         logger.info("wrote %s and %s to %s", HISTORY_FILE, FINAL_MODEL_FILE, output)
 
 

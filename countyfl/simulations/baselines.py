@@ -13,9 +13,7 @@ from countyfl.data.federated import FloatArray
 MethodMetrics = dict[str, dict[str, float]]  # institution id (or "pooled-test") -> metrics
 
 
-def evaluate_everywhere(
-    model: torch.nn.Module, dataset: FederatedDataset
-) -> MethodMetrics:
+def evaluate_everywhere(model: torch.nn.Module, dataset: FederatedDataset) -> MethodMetrics:
     """Metrics on every institution's test split and on all test rows pooled."""
     result = {
         institution.institution_id: evaluate(model, institution.x_test, institution.y_test)
@@ -62,7 +60,7 @@ def train_baselines(
 
 
 def mean_of_institutions(metrics: MethodMetrics, institution_ids: list[str]) -> dict[str, float]:
-    """FLamby's headline: every metric averaged over the institutions' test splits (NaNs skipped)."""
+    """FLamby's headline: each metric averaged over the institutions' tests (NaNs skipped)."""
     names = metrics[institution_ids[0]].keys()
     return {
         name: float(np.nanmean([metrics[i][name] for i in institution_ids]))

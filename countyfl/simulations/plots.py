@@ -8,8 +8,9 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.ticker import MaxNLocator
 
 
 def plot_rounds(
@@ -32,13 +33,22 @@ def plot_rounds(
         (line,) = ax.plot(rounds, mean, marker="o", markersize=3, label=name)
         if values.shape[0] > 1:
             ax.fill_between(
-                rounds, np.nanmin(values, axis=0), np.nanmax(values, axis=0),
-                color=line.get_color(), alpha=0.15,
+                rounds,
+                np.nanmin(values, axis=0),
+                np.nanmax(values, axis=0),
+                color=line.get_color(),
+                alpha=0.15,
             )
     overall = np.nanmean(np.stack(stacked_all), axis=0)  # institutions averaged, per seed
-    ax.plot(rounds, np.nanmean(overall, axis=0), color="black", linewidth=2.5,
-            label="mean of institutions")
+    ax.plot(
+        rounds,
+        np.nanmean(overall, axis=0),
+        color="black",
+        linewidth=2.5,
+        label="mean of institutions",
+    )
     ax.set_xlabel("round")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(f"test {metric}")
     ax.set_title(title)
     ax.grid(alpha=0.3)
@@ -66,11 +76,24 @@ def plot_methods(
     x = np.arange(len(labels))
     width = 0.4 if reference else 0.7
     fig, ax = plt.subplots(figsize=(max(7, 0.7 * len(labels)), 4.5))
-    ax.bar(x - (width / 2 if reference else 0), ours, width, yerr=spread, capsize=3,
-           label="countyfl (this run)", color="#2a6f97")
+    ax.bar(
+        x - (width / 2 if reference else 0),
+        ours,
+        width,
+        yerr=spread,
+        capsize=3,
+        label="countyfl (this run)",
+        color="#2a6f97",
+    )
     if reference:
-        ax.bar(x + width / 2, theirs, width, label=reference_label, color="#bbbbbb",
-               edgecolor="#555555")
+        ax.bar(
+            x + width / 2,
+            theirs,
+            width,
+            label=reference_label,
+            color="#bbbbbb",
+            edgecolor="#555555",
+        )
     ax.set_xticks(x, labels, rotation=35, ha="right", fontsize=8)
     ax.set_ylabel(f"{metric}, mean of institution tests")
     finite_values = [v for v in ours + theirs if np.isfinite(v)]

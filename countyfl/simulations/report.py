@@ -55,7 +55,7 @@ def summarize(result: SimulationResult) -> dict[str, Any]:
     method_names = list(result.seeds[0].methods)
     methods: dict[str, Any] = {}
     for method in method_names:
-        per_seed = {}
+        per_seed: dict[str, dict[str, Any]] = {}
         for seed_result in result.seeds:
             metrics = seed_result.methods[method]
             per_seed[str(seed_result.seed)] = {
@@ -91,7 +91,7 @@ def summarize(result: SimulationResult) -> dict[str, Any]:
     config = result.config.to_run_config()
     config.pop("seed")
     config.pop("output-dir")
-    return _clean(
+    summary: dict[str, Any] = _clean(
         {
             "scenario": scenario.name.value,
             "description": scenario.description,
@@ -124,6 +124,7 @@ def summarize(result: SimulationResult) -> dict[str, Any]:
             "reference": {"source": scenario.reference_source, "values": scenario.reference},
         }
     )
+    return summary
 
 
 def _fmt(value: float | None, spread: float | None = None) -> str:
@@ -186,7 +187,9 @@ def render_markdown(summary: dict[str, Any]) -> str:
         )
         row += f" | {_fmt(pooled['mean'], pooled['std'])} |"
         if reference:
-            published = reference.get(name, reference.get("fedavg") if name == "federated" else None)
+            published = reference.get(
+                name, reference.get("fedavg") if name == "federated" else None
+            )
             row += f" {_fmt(published)} |"
         lines.append(row)
     if reference:
@@ -194,8 +197,8 @@ def render_markdown(summary: dict[str, Any]) -> str:
             "",
             f"Published: {summary['reference']['source']}. For `federated` the published "
             "column shows FLamby's FedAvg; other published strategies: "
-            + ", ".join(f"{k} {v:.3f}" for k, v in reference.items() if k.startswith("fed")),
-            ".",
+            + ", ".join(f"{k} {v:.3f}" for k, v in reference.items() if k.startswith("fed"))
+            + ".",
         ]
     lines += [
         "",
@@ -258,18 +261,32 @@ def write_report(result: SimulationResult) -> Path:
         for p, i in enumerate(ids)
     }
     plots.plot_rounds(
-        output / ROUNDS_PLOT, round_numbers, per_institution, metric,
+        output / ROUNDS_PLOT,
+        round_numbers,
+        per_institution,
+        metric,
         f"{result.scenario.name.value}: federated model on each institution's test split",
     )
+    # The federated model is drawn under its strategy's name, beside the published figure
+    # of the same strategy.
+    strategy = result.config.strategy.value
     method_summary = {
-        name: method["summary"]["mean-of-institutions"][metric]
+        (strategy if name == "federated" else name): method["summary"]["mean-of-institutions"][
+            metric
+        ]
         for name, method in summary["methods"].items()
     }
-    method_summary = {k: {kk: (vv if vv is not None else float("nan")) for kk, vv in v.items()}
-                      for k, v in method_summary.items()}
+    method_summary = {
+        k: {kk: (vv if vv is not None else float("nan")) for kk, vv in v.items()}
+        for k, v in method_summary.items()
+    }
     plots.plot_methods(
-        output / METHODS_PLOT, method_summary, metric, result.scenario.reference,
-        "FLamby (published)", f"{result.scenario.name.value}: federated vs baselines",
+        output / METHODS_PLOT,
+        method_summary,
+        metric,
+        result.scenario.reference,
+        "FLamby (published)",
+        f"{result.scenario.name.value}: federated vs baselines",
     )
     if result.scenario.name.value == "framingham-county":
         _, _, _, y_test = result.dataset.pooled()
@@ -280,7 +297,8 @@ def write_report(result: SimulationResult) -> Path:
             )
             for name in result.seeds[0].pooled_test_predictions
         }
-        plots.plot_calibration(output / CALIBRATION_PLOT, curves,
-                               "10-year CHD risk: calibration on all test rows")
+        plots.plot_calibration(
+            output / CALIBRATION_PLOT, curves, "10-year CHD risk: calibration on all test rows"
+        )
     (output / REPORT_FILE).write_text(render_markdown(summary), encoding="utf-8")
     return output / REPORT_FILE

@@ -15,12 +15,12 @@ import torch
 
 from countyfl import models
 from countyfl.aggregator.history import FederationHistory
+from countyfl.clients.training import predict_proba
 from countyfl.config import RunConfig, parse_run_config
 from countyfl.data import FederatedDataset, load_scenario
 from countyfl.data.quarantine import write_quarantine
 from countyfl.errors import ConfigError, SimulationError
 from countyfl.federation.server_app import FINAL_MODEL_FILE, HISTORY_FILE
-from countyfl.clients.training import predict_proba
 from countyfl.simulations.baselines import MethodMetrics, evaluate_everywhere, train_baselines
 from countyfl.simulations.scenarios import Scenario, get_scenario
 
@@ -65,7 +65,9 @@ class SimulationResult:
     output_dir: Path
 
 
-def build_config(scenario: Scenario, seed: int, overrides: Mapping[str, Any], output: Path) -> RunConfig:
+def build_config(
+    scenario: Scenario, seed: int, overrides: Mapping[str, Any], output: Path
+) -> RunConfig:
     """The run config of one seed: scenario defaults, then the researcher's overrides."""
     values = {**scenario.defaults, **overrides, "scenario": scenario.name.value, "seed": seed}
     values["output-dir"] = str(output)
@@ -110,7 +112,9 @@ def run_federated(
 def _cpu_count() -> int:
     import os
 
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return (
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    )
 
 
 def load_final_model(config: RunConfig, num_features: int) -> torch.nn.Module:
@@ -124,19 +128,23 @@ def load_final_model(config: RunConfig, num_features: int) -> torch.nn.Module:
 def run_simulation_request(
     request: SimulationRequest, progress: ProgressCallback | None = None
 ) -> SimulationResult:
-    """Run every seed of the request and return the results (the report is written by the caller)."""
+    """Run every seed of the request; the caller writes the report from the result."""
     scenario = get_scenario(request.scenario)
     seeds = list(request.seeds) or list(scenario.default_seeds)
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"seeds must be distinct, got {seeds}")
     base_config = build_config(scenario, seeds[0], request.overrides, request.output_dir)
-    dataset = load_scenario(base_config.scenario.value, base_config.data_path, base_config.partition_seed)
+    dataset = load_scenario(
+        base_config.scenario.value, base_config.data_path, base_config.partition_seed
+    )
     request.output_dir.mkdir(parents=True, exist_ok=True)
     write_quarantine(request.output_dir / QUARANTINE_FILE, dataset.quarantined)
     results = []
     rounds = base_config.num_server_rounds
     for seed in seeds:
-        config = build_config(scenario, seed, request.overrides, request.output_dir / f"seed-{seed}")
+        config = build_config(
+            scenario, seed, request.overrides, request.output_dir / f"seed-{seed}"
+        )
         label = f"seed {seed}"
         if progress:
             progress(label, 0, rounds)
@@ -144,7 +152,7 @@ def run_simulation_request(
         history = run_federated(
             config,
             len(dataset.institutions),
-            (lambda r, label=label: progress(label, r, rounds)) if progress else None,
+            _round_reporter(progress, label, rounds),
             request.verbose,
         )
         elapsed = time.perf_counter() - started
@@ -173,6 +181,18 @@ def run_simulation_request(
             )
         )
     return SimulationResult(scenario, base_config, dataset, results, request.output_dir)
+
+
+def _round_reporter(
+    progress: ProgressCallback | None, label: str, rounds: int
+) -> Callable[[int], None] | None:
+    if progress is None:
+        return None
+
+    def report(server_round: int) -> None:
+        progress(label, server_round, rounds)
+
+    return report
 
 
 def _check_history(history: FederationHistory, rounds: int, institutions: int, seed: int) -> None:

@@ -1,0 +1,132 @@
+"""The `countyfl` command end to end: a real 2-round simulation on Flower, and its errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from countyfl.cli import app
+from countyfl.data import fed_heart_disease
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _simulate(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "countyfl.cli", "simulate", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+
+
+@pytest.mark.e2e
+def test_fed_heart_disease_two_rounds_through_the_cli(tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    done = _simulate(
+        "fed-heart-disease", "--rounds", "2", "--seeds", "42", "--local-steps", "3", "-o", str(out)
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((out / "metrics.json").read_text())
+    hospitals = [fed_heart_disease.HOSPITAL_IDS[h] for h in fed_heart_disease.HOSPITALS]
+
+    # Every institution trained and evaluated in both rounds, with its real row counts.
+    rounds = summary["rounds"]["42"]
+    assert sorted(rounds) == ["1", "2"]
+    dataset = fed_heart_disease.load()
+    for record in rounds.values():
+        assert record["failures"] == []
+        assert sorted(record["evaluate"]) == sorted(hospitals)
+        for institution in dataset.institutions:
+            train = record["train"][institution.institution_id]
+            assert train["num-examples"] == institution.num_train
+            assert (
+                record["evaluate"][institution.institution_id]["num-examples"]
+                == institution.num_test
+            )
+
+    # Oracle: what each client computed in Flower's last evaluation round equals what the
+    # runner recomputes from the final global model the server wrote.
+    federated = summary["methods"]["federated"]["per-seed"]["42"]["per-institution"]
+    for hospital in hospitals:
+        for metric in ("accuracy", "loss", "brier"):
+            assert federated[hospital][metric] == pytest.approx(
+                rounds["2"]["evaluate"][hospital][metric], abs=1e-6
+            )
+    headline = summary["methods"]["federated"]["per-seed"]["42"]["mean-of-institutions"]["accuracy"]
+    assert headline == pytest.approx(
+        sum(federated[h]["accuracy"] for h in hospitals) / len(hospitals)
+    )
+    assert {"pooled", "local-cleveland", "local-switzerland"} <= set(summary["methods"])
+
+    # Nothing silently dropped: 920 rows read, the 180 incomplete ones quarantined with reasons.
+    assert summary["data"]["rows-read"] == 920
+    assert summary["data"]["quarantined-rows"] == 180
+    with (out / "quarantine.csv").open() as handle:
+        entries = list(csv.DictReader(handle))
+    assert len({e["row_number"] for e in entries}) == 180
+    assert all(e["reason"].startswith("missing value") for e in entries)
+
+    report = (out / "report.md").read_text()
+    for name in fed_heart_disease.HOSPITALS:
+        assert name in report
+    for png in ("institution-metric-per-round.png", "federated-vs-baselines.png"):
+        assert (out / png).read_bytes()[:8] == PNG_MAGIC
+
+
+@pytest.mark.e2e
+def test_framingham_county_runs_thirteen_institutions(tmp_path: Path) -> None:
+    out = tmp_path / "county"
+    done = _simulate(
+        "framingham-county",
+        "--rounds",
+        "2",
+        "--seeds",
+        "7",
+        "--local-steps",
+        "2",
+        "--no-baselines",
+        "-o",
+        str(out),
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((out / "metrics.json").read_text())
+    assert len(summary["data"]["institutions"]) == 13
+    levels = [i["level"] for i in summary["data"]["institutions"]]
+    assert levels.count("county") == 1 and levels.count("village") == 8
+    assert len(summary["rounds"]["7"]["2"]["evaluate"]) == 13
+    auc = summary["methods"]["federated"]["summary"]["pooled-test"]["auc"]["mean"]
+    assert 0.5 < auc <= 1.0
+    assert (out / "calibration.png").read_bytes()[:8] == PNG_MAGIC
+
+
+runner = CliRunner()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["simulate", "no-such-scenario"], "unknown scenario"),
+        (["simulate", "fed-heart-disease", "--data", "/no/such/file.csv"], "does not exist"),
+        (["simulate", "fed-heart-disease", "--strategy", "fedsgd"], "strategy"),
+        (["simulate", "fed-heart-disease", "--model", "resnet"], "unknown model"),
+        (["simulate", "fed-heart-disease", "--optimizer", "lbfgs"], "optimizer"),
+        (["simulate", "fed-heart-disease", "--seeds", "forty-two"], "not a seed"),
+        (["simulate", "fed-heart-disease", "--seeds", "42,42"], "distinct"),
+        (["simulate", "fed-heart-disease", "--rounds", "0"], "--rounds"),
+    ],
+)
+def test_bad_input_exits_2_with_a_clear_message(
+    args: list[str], message: str, tmp_path: Path
+) -> None:
+    result = runner.invoke(app, [*args, "-o", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    assert message in " ".join(result.output.split())
+    assert not (tmp_path / "out" / "metrics.json").exists()
