@@ -61,8 +61,12 @@ class RunConfig(BaseModel):
     @model_validator(mode="after")
     def _check(self) -> RunConfig:
         from countyfl import models
+        from countyfl.errors import UnknownNameError
 
-        models.get(self.model)  # raises UnknownNameError with the valid names
+        try:
+            models.get(self.model)
+        except UnknownNameError as error:  # a KeyError: pydantic would not wrap it
+            raise ValueError(str(error)) from None
         if self.strategy is StrategyName.FEDPROX and self.proximal_mu == 0:
             raise ValueError("strategy fedprox needs proximal-mu > 0 (try 0.01)")
         return self

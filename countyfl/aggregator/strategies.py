@@ -34,13 +34,20 @@ class RecordingMixin:
     history: FederationHistory
     on_round_end: RoundCallback | None
 
-    def _record(self, server_round: int, replies: list[Message], phase: str) -> None:
+    def _record(self, server_round: int, replies: list[Message], phase: str) -> list[Message]:
+        """Record every reply; return those to aggregate (good ones, and errors for the log).
+
+        A reply without metrics (or, in training, without weights) is recorded as a failure
+        and held back: passed on, it would make Flower abandon the whole aggregation.
+        """
         record = self.history.round(server_round)
+        forwarded: list[Message] = []
         for message in replies:
             if message.has_error():
                 record.failures.append(
                     f"{phase}: node {message.metadata.src_node_id}: {message.error.reason}"
                 )
+                forwarded.append(message)
                 continue
             parsed = _reply_metrics(message)
             if parsed is None:
@@ -48,22 +55,27 @@ class RecordingMixin:
                     f"{phase}: node {message.metadata.src_node_id}: reply without metrics"
                 )
                 continue
+            if phase == "train" and not isinstance(message.content.get(keys.ARRAYS), ArrayRecord):
+                record.failures.append(
+                    f"{phase}: node {message.metadata.src_node_id}: reply without weights"
+                )
+                continue
             partition_id, values = parsed
             getattr(record, phase)[partition_id] = values
+            forwarded.append(message)
+        return forwarded
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        replies = list(replies)
-        self._record(server_round, replies, "train")
-        return super().aggregate_train(server_round, replies)  # type: ignore[misc,no-any-return]
+        accepted = self._record(server_round, list(replies), "train")
+        return super().aggregate_train(server_round, accepted)  # type: ignore[misc,no-any-return]
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
-        replies = list(replies)
-        self._record(server_round, replies, "evaluate")
-        result = super().aggregate_evaluate(server_round, replies)  # type: ignore[misc]
+        accepted = self._record(server_round, list(replies), "evaluate")
+        result = super().aggregate_evaluate(server_round, accepted)  # type: ignore[misc]
         if self.on_round_end is not None:
             self.on_round_end(server_round)
         return result  # type: ignore[no-any-return]

@@ -42,8 +42,10 @@ def train_baselines(
     """Train local-only and pooled models with the federation's optimiser settings.
 
     Local-only models take as many steps as one institution takes over the whole
-    federation (rounds x local steps); the pooled model takes as many as all of them
-    together, so every method does the same amount of gradient work.
+    federation (rounds x local steps). The pooled model sees as many examples as all
+    institutions together, in the same number of steps with K times the batch (K
+    institutions): FedAvg with one local step is exactly that large-batch SGD, so this is
+    the centralised counterpart of the federation, not a weaker small-batch run.
     """
     local_plan = TrainingPlan(**{**plan.__dict__, "local_steps": rounds * plan.local_steps})
     results: dict[str, torch.nn.Module] = {}
@@ -53,7 +55,11 @@ def train_baselines(
         )
     x_train, y_train, _, _ = dataset.pooled()
     pooled_plan = TrainingPlan(
-        **{**plan.__dict__, "local_steps": rounds * plan.local_steps * len(dataset.institutions)}
+        **{
+            **plan.__dict__,
+            "local_steps": rounds * plan.local_steps,
+            "batch_size": plan.batch_size * len(dataset.institutions),
+        }
     )
     results["pooled"] = _trained(model_name, x_train, y_train, pooled_plan, seed)
     return results
