@@ -90,6 +90,28 @@ def simulate(
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="report folder (default: runs/...)")
     ] = None,
+    dp: Annotated[
+        bool, typer.Option(help="record-level differential privacy (Opacus DP-SGD)")
+    ] = True,
+    epsilon: Annotated[
+        float | None, typer.Option(help="target epsilon of this run, per institution", min=0)
+    ] = None,
+    delta: Annotated[float | None, typer.Option(help="DP delta", min=0, max=1)] = None,
+    max_grad_norm: Annotated[float | None, typer.Option(help="DP clipping norm", min=0)] = None,
+    accountant: Annotated[str | None, typer.Option(help="prv (default) or rdp")] = None,
+    budget_epsilon: Annotated[
+        float | None, typer.Option(help="each institution's total epsilon budget", min=0)
+    ] = None,
+    sites_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="institutions' folders (privacy ledgers) shared by every seed and run; "
+            "default: a fresh one per seed inside the report folder"
+        ),
+    ] = None,
+    grad_sample_mode: Annotated[
+        str | None, typer.Option(help="Opacus per-sample gradients: hooks, ew, functorch, ghost")
+    ] = None,
     baselines: Annotated[bool, typer.Option(help="also train local-only and pooled")] = True,
     verbose: Annotated[bool, typer.Option(help="show Flower's own log")] = False,
 ) -> None:
@@ -112,6 +134,14 @@ def simulate(
             "model": model,
             "data-path": str(data) if data else None,
             "partition-seed": partition_seed,
+            "dp": dp,
+            "target-epsilon": epsilon,
+            "delta": delta,
+            "max-grad-norm": max_grad_norm,
+            "accountant": accountant,
+            "budget-epsilon": budget_epsilon,
+            "sites-dir": str(sites_dir) if sites_dir else None,
+            "grad-sample-mode": grad_sample_mode,
         }.items()
         if value is not None
     }

@@ -15,6 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from countyfl.clients.training import OptimizerName, TrainingPlan
 from countyfl.errors import ConfigError
+from countyfl.privacy.accounting import AccountantName
+from countyfl.privacy.dp import GradSampleMode
 
 
 class ScenarioName(StrEnum):
@@ -47,7 +49,7 @@ class RunConfig(BaseModel):
     strategy: StrategyName = StrategyName.FEDAVG
     num_server_rounds: int = Field(default=15, ge=1, le=10_000)
     local_steps: int = Field(default=5, ge=1, le=100_000)
-    batch_size: int = Field(default=4, ge=1, le=100_000)
+    batch_size: int = Field(default=16, ge=1, le=100_000)
     learning_rate: float = Field(default=0.05, gt=0, le=10)
     optimizer: OptimizerName = OptimizerName.SGD
     momentum: float = Field(default=0.9, ge=0, lt=1)
@@ -57,6 +59,17 @@ class RunConfig(BaseModel):
     partition_seed: int = Field(default=2026, ge=0)
     data_path: str = ""
     output_dir: str = ""
+    # Differential privacy (record-level, per institution; Opacus DP-SGD)
+    dp: bool = True
+    target_epsilon: float = Field(default=1.0, gt=0, le=1000, description="per run")
+    delta: float = Field(default=1e-3, gt=0, lt=1)
+    max_grad_norm: float = Field(default=1.0, gt=0)
+    accountant: AccountantName = AccountantName.PRV
+    grad_sample_mode: GradSampleMode = GradSampleMode.HOOKS
+    # Simulated sites: each institution's folder (privacy ledger) and total budget.
+    # In a deployment these are facts of the site's own site.toml, not of the run.
+    sites_dir: str = ""
+    budget_epsilon: float = Field(default=10.0, gt=0)
 
     @model_validator(mode="after")
     def _check(self) -> RunConfig:
@@ -69,7 +82,17 @@ class RunConfig(BaseModel):
             raise ValueError(str(error)) from None
         if self.strategy is StrategyName.FEDPROX and self.proximal_mu == 0:
             raise ValueError("strategy fedprox needs proximal-mu > 0 (try 0.01)")
+        if self.dp and self.target_epsilon > self.budget_epsilon:
+            raise ValueError(
+                f"target-epsilon {self.target_epsilon} of one run exceeds the institutions' "
+                f"whole budget-epsilon {self.budget_epsilon}"
+            )
         return self
+
+    @property
+    def dp_steps_per_run(self) -> int:
+        """DP-SGD steps one institution really runs in this run: local steps x rounds."""
+        return self.local_steps * self.num_server_rounds
 
     @property
     def training_plan(self) -> TrainingPlan:

@@ -21,4 +21,12 @@ AUC = "auc"
 BRIER = "brier"
 ECE = "ece"
 
+EPSILON = "epsilon"
+DELTA = "delta"
+NOISE_MULTIPLIER = "noise-multiplier"
+SAMPLE_RATE = "sample-rate"
+
+# Error code of a reply in which an institution refuses a task (privacy budget, policy)
+REFUSED_ERROR_CODE = 4030
+
 EVALUATION_METRICS = (LOSS, ACCURACY, AUC, BRIER, ECE)

@@ -13,6 +13,8 @@ from typer.testing import CliRunner
 
 from countyfl.cli import app
 from countyfl.data import fed_heart_disease
+from countyfl.privacy.accounting import AccountantName
+from countyfl.privacy.ledger import LEDGER_FILE, PrivacyLedger
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -74,10 +76,27 @@ def test_fed_heart_disease_two_rounds_through_the_cli(tmp_path: Path) -> None:
     assert len({e["row_number"] for e in entries}) == 180
     assert all(e["reason"].startswith("missing value") for e in entries)
 
+    # DP is on by default: every institution accounted every step, within the run's target,
+    # and what it reported equals what its own ledger recomputes from the stored history.
+    for hospital in hospitals:
+        first, last = rounds["1"]["train"][hospital], rounds["2"]["train"][hospital]
+        assert 0 < first["epsilon"] < last["epsilon"] <= 1.0 + 1e-6
+        ledger = PrivacyLedger(out / "seed-42" / "sites" / hospital / LEDGER_FILE)
+        assert [s.server_round for s in ledger.spends()] == [1, 2]
+        assert ledger.spent_epsilon(1e-3, AccountantName.PRV) == pytest.approx(last["epsilon"])
+    # Smaller hospitals sample a larger share of their rows per step: they need more noise.
+    noise = {h: rounds["1"]["train"][h]["noise-multiplier"] for h in hospitals}
+    assert noise["switzerland"] > noise["cleveland"]
+
     report = (out / "report.md").read_text()
+    assert "## Privacy" in report and "membership-inference AUC" in report
     for name in fed_heart_disease.HOSPITALS:
         assert name in report
-    for png in ("institution-metric-per-round.png", "federated-vs-baselines.png"):
+    for png in (
+        "institution-metric-per-round.png",
+        "federated-vs-baselines.png",
+        "privacy-budget.png",
+    ):
         assert (out / png).read_bytes()[:8] == PNG_MAGIC
 
 
@@ -107,6 +126,55 @@ def test_framingham_county_runs_thirteen_institutions(tmp_path: Path) -> None:
     assert (out / "calibration.png").read_bytes()[:8] == PNG_MAGIC
 
 
+@pytest.mark.e2e
+def test_institutions_refuse_rounds_beyond_their_budget_across_runs(tmp_path: Path) -> None:
+    sites = tmp_path / "sites"
+    out = tmp_path / "report"
+    # Two runs (seeds) on the same institutions: the first spends about 1.0 of a 1.15 budget,
+    # so the second run soon exceeds it: those rounds must be refused, not trained.
+    done = _simulate(
+        "fed-heart-disease",
+        "--rounds",
+        "2",
+        "--seeds",
+        "42,43",
+        "--local-steps",
+        "2",
+        "--epsilon",
+        "1",
+        "--budget-epsilon",
+        "1.15",
+        "--accountant",
+        "rdp",
+        "--sites-dir",
+        str(sites),
+        "--no-baselines",
+        "-o",
+        str(out),
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((out / "metrics.json").read_text())
+    second_run = summary["rounds"]["43"]
+    for hospital in fed_heart_disease.HOSPITAL_IDS.values():
+        ledger = PrivacyLedger(sites / hospital / LEDGER_FILE)
+        assert ledger.spent_epsilon(1e-3, AccountantName.RDP) <= 1.15
+        refusals = [
+            failure
+            for record in second_run.values()
+            for failure in record["failures"]
+            if f"institution {hospital} refuses" in failure
+        ]
+        assert refusals, f"{hospital} should have refused the second run"
+        assert "remains" in refusals[0] and "spent" in refusals[0]
+        assert ledger.refusal_count() == len(refusals)
+        # A refused round spends nothing: the ledger holds the first run's two rounds and
+        # only the second run's rounds that were not refused.
+        assert len(ledger.spends()) == 2 + (2 - len(refusals))
+        assert summary["privacy"]["per-institution"][hospital]["refused-rounds"] == len(refusals)
+        # The refused institution still evaluated the global model.
+        assert all(hospital in record["evaluate"] for record in second_run.values())
+
+
 runner = CliRunner()
 
 
@@ -121,6 +189,11 @@ runner = CliRunner()
         (["simulate", "fed-heart-disease", "--seeds", "forty-two"], "not a seed"),
         (["simulate", "fed-heart-disease", "--seeds", "42,42"], "distinct"),
         (["simulate", "fed-heart-disease", "--rounds", "0"], "--rounds"),
+        (["simulate", "fed-heart-disease", "--accountant", "gdp"], "accountant"),
+        (
+            ["simulate", "fed-heart-disease", "--epsilon", "20", "--budget-epsilon", "10"],
+            "exceeds",
+        ),
     ],
 )
 def test_bad_input_exits_2_with_a_clear_message(

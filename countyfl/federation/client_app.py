@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import torch
-from flwr.app import Context, Message, MetricRecord, RecordDict
+from flwr.app import Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from countyfl import keys, models
@@ -11,6 +14,8 @@ from countyfl.clients.training import evaluate, train
 from countyfl.config import RunConfig, parse_run_config
 from countyfl.data import InstitutionData, load_scenario
 from countyfl.federation.records import arrays_of, load_arrays, model_to_arrays, server_round_of
+from countyfl.privacy.budget import BudgetExceededError, train_within_budget
+from countyfl.privacy.ledger import LEDGER_FILE, Budget, PrivacyLedger
 
 
 def _institution(config: RunConfig, context: Context) -> tuple[int, InstitutionData]:
@@ -19,11 +24,19 @@ def _institution(config: RunConfig, context: Context) -> tuple[int, InstitutionD
     return partition_id, dataset.institutions[partition_id]
 
 
-def _generator(config: RunConfig, partition_id: int, server_round: int) -> torch.Generator:
-    # One stream per (seed, institution, round): reproducible and independent across sites.
-    return torch.Generator().manual_seed(
-        config.seed * 1_000_003 + partition_id * 10_007 + server_round
-    )
+def _round_seed(config: RunConfig, partition_id: int, server_round: int) -> int:
+    # One stream per (seed, institution, round): reproducible and independent across sites
+    # and rounds (DP-SGD's Poisson sampling and noise draw from torch's global generator).
+    return config.seed * 1_000_003 + partition_id * 10_007 + server_round
+
+
+DEFAULT_SITES_DIR = Path.home() / ".countyfl" / "sites"
+
+
+def site_directory(config: RunConfig, institution_id: str) -> Path:
+    """The simulated institution's own folder (its privacy ledger lives there)."""
+    root = Path(config.sites_dir) if config.sites_dir else DEFAULT_SITES_DIR
+    return root / institution_id
 
 
 def make_client_app(config: RunConfig | None = None) -> ClientApp:
@@ -39,23 +52,56 @@ def make_client_app(config: RunConfig | None = None) -> ClientApp:
         cfg = resolve(context)
         partition_id, institution = _institution(cfg, context)
         server_round = server_round_of(msg.content)
-        torch.manual_seed(cfg.seed)
+        torch.manual_seed(_round_seed(cfg, partition_id, server_round))
         model = models.build(cfg.model, institution.x_train.shape[1])
         load_arrays(model, arrays_of(msg.content))
-        outcome = train(
-            model,
-            institution.x_train,
-            institution.y_train,
-            cfg.training_plan,
-            _generator(cfg, partition_id, server_round),
-        )
-        metrics = MetricRecord(
-            {
-                keys.NUM_EXAMPLES: institution.num_train,
-                keys.PARTITION_ID: partition_id,
-                keys.TRAIN_LOSS: outcome.mean_loss,
+        values: dict[str, Any] = {
+            keys.NUM_EXAMPLES: institution.num_train,
+            keys.PARTITION_ID: partition_id,
+        }
+        if cfg.dp:
+            try:
+                spend = train_within_budget(
+                    institution_id=institution.institution_id,
+                    ledger=PrivacyLedger(
+                        site_directory(cfg, institution.institution_id) / LEDGER_FILE
+                    ),
+                    budget=Budget(cfg.budget_epsilon, cfg.delta),
+                    run_id=str(context.run_id),
+                    server_round=server_round,
+                    model=model,
+                    x=institution.x_train,
+                    y=institution.y_train,
+                    plan=cfg.training_plan,
+                    target_epsilon=cfg.target_epsilon,
+                    steps_per_run=cfg.dp_steps_per_run,
+                    max_grad_norm=cfg.max_grad_norm,
+                    accountant=cfg.accountant,
+                    grad_sample_mode=cfg.grad_sample_mode,
+                )
+            except BudgetExceededError as refusal:
+                # A refusal is a reply, not a crash: the server records it and goes on.
+                return Message(
+                    error=Error(code=keys.REFUSED_ERROR_CODE, reason=str(refusal)),
+                    reply_to=msg,
+                )
+            values |= {
+                keys.TRAIN_LOSS: spend.outcome.mean_loss,
+                keys.EPSILON: spend.epsilon_after,
+                keys.DELTA: cfg.delta,
+                keys.NOISE_MULTIPLIER: spend.noise_multiplier,
+                keys.SAMPLE_RATE: spend.outcome.sample_rate,
             }
-        )
+        else:
+            outcome = train(
+                model,
+                institution.x_train,
+                institution.y_train,
+                cfg.training_plan,
+                torch.Generator().manual_seed(_round_seed(cfg, partition_id, server_round)),
+            )
+            values[keys.TRAIN_LOSS] = outcome.mean_loss
+        metrics = MetricRecord(values)
         content = RecordDict({keys.ARRAYS: model_to_arrays(model), keys.METRICS: metrics})
         return Message(content=content, reply_to=msg)
 

@@ -131,3 +131,70 @@ def plot_calibration(
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def plot_privacy(
+    path: Path,
+    rounds: list[int],
+    per_institution: dict[str, list[list[float]]],
+    budget: float,
+    target: float,
+) -> None:
+    """Each institution's spent epsilon after every round (mean over seeds), budget drawn."""
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for name, series in per_institution.items():
+        values = np.asarray(series, dtype=float)
+        ax.plot(rounds, np.nanmean(values, axis=0), marker="o", markersize=3, label=name)
+    ax.axhline(target, color="#2a6f97", linestyle=":", label=f"target per run ({target:g})")
+    ax.axhline(budget, color="#b5179e", linestyle="--", label=f"institution budget ({budget:g})")
+    ax.set_xlabel("round")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel("epsilon spent (all rounds and runs)")
+    ax.set_yscale("symlog", linthresh=1.0)
+    ax.set_title("Privacy spent per institution")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_utility_privacy(
+    path: Path,
+    accuracy: dict[str, dict[str, float]],
+    reference: dict[str, float],
+    reference_label: str,
+) -> None:
+    """Accuracy (mean ± std over seeds) at each epsilon, no-DP drawn as a line."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    points = sorted((float(k), v) for k, v in accuracy.items() if k != "no DP")
+    xs = [p[0] for p in points]
+    ax.errorbar(
+        xs,
+        [p[1]["mean"] for p in points],
+        yerr=[p[1]["std"] for p in points],
+        marker="o",
+        capsize=3,
+        label="countyfl, DP-FedAvg",
+    )
+    if "no DP" in accuracy:
+        ax.axhline(accuracy["no DP"]["mean"], color="grey", linestyle="--", label="no DP")
+    for key, value in reference.items():
+        ax.scatter(
+            [float(key)],
+            [value],
+            marker="x",
+            color="#b5179e",
+            s=60,
+            zorder=3,
+            label=reference_label,
+        )
+    ax.set_xscale("log")
+    ax.set_xlabel("epsilon per run (delta 1e-3), every DP-SGD step accounted")
+    ax.set_ylabel("accuracy, mean of institution tests")
+    ax.set_title("Utility against privacy")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

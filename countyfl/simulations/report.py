@@ -20,6 +20,7 @@ REPORT_FILE = "report.md"
 ROUNDS_PLOT = "institution-metric-per-round.png"
 METHODS_PLOT = "federated-vs-baselines.png"
 CALIBRATION_PLOT = "calibration.png"
+PRIVACY_PLOT = "privacy-budget.png"
 
 
 def _clean(value: Any) -> Any:
@@ -87,6 +88,7 @@ def summarize(result: SimulationResult) -> dict[str, Any]:
         }
         for s in result.seeds
     }
+    privacy = _privacy_summary(result, ids)
     scenario = result.scenario
     config = result.config.to_run_config()
     config.pop("seed")
@@ -119,12 +121,55 @@ def summarize(result: SimulationResult) -> dict[str, Any]:
                 ],
             },
             "methods": methods,
+            "privacy": privacy,
             "rounds": rounds,
             "wall-seconds-per-seed": {str(s.seed): s.wall_seconds for s in result.seeds},
             "reference": {"source": scenario.reference_source, "values": scenario.reference},
         }
     )
     return summary
+
+
+def _privacy_summary(result: SimulationResult, ids: list[str]) -> dict[str, Any]:
+    """Per institution: noise, final epsilon, refusals; membership-inference AUCs."""
+    config = result.config
+    per_institution: dict[str, Any] = {}
+    for partition, institution_id in enumerate(ids):
+        finals, noises, refusals = [], [], 0
+        for seed_result in result.seeds:
+            trained_rounds = [
+                record.train[partition]
+                for _, record in sorted(seed_result.history.rounds.items())
+                if partition in record.train
+            ]
+            if trained_rounds and keys.EPSILON in trained_rounds[-1]:
+                finals.append(trained_rounds[-1][keys.EPSILON])
+                noises.append(trained_rounds[-1][keys.NOISE_MULTIPLIER])
+            refusals += sum(
+                f"institution {institution_id} refuses" in failure
+                for record in seed_result.history.rounds.values()
+                for failure in record.failures
+            )
+        per_institution[institution_id] = {
+            "noise-multiplier": float(np.mean(noises)) if noises else None,
+            "epsilon-after-run": _stats(finals),
+            "refused-rounds": refusals,
+            "membership-inference-auc": _stats(
+                [s.membership_inference.get(institution_id, float("nan")) for s in result.seeds]
+            ),
+        }
+    return {
+        "enabled": config.dp,
+        "target-epsilon-per-run": config.target_epsilon if config.dp else None,
+        "delta": config.delta if config.dp else None,
+        "budget-epsilon": config.budget_epsilon if config.dp else None,
+        "accountant": config.accountant.value if config.dp else None,
+        "max-grad-norm": config.max_grad_norm if config.dp else None,
+        "per-institution": per_institution,
+        "membership-inference-auc-mean": _stats(
+            [float(np.nanmean(list(s.membership_inference.values()))) for s in result.seeds]
+        ),
+    }
 
 
 def _fmt(value: float | None, spread: float | None = None) -> str:
@@ -218,6 +263,44 @@ def render_markdown(summary: dict[str, Any]) -> str:
             stats = _stats([v if v is not None else float("nan") for v in column])
             cells.append(_fmt(stats["mean"], stats["std"]))
         lines.append(f"| {institution['name']} | " + " | ".join(cells) + " |")
+    privacy = summary["privacy"]
+    lines += ["", "## Privacy", ""]
+    if privacy["enabled"]:
+        lines += [
+            f"Record-level DP-SGD (Opacus) at every institution: target epsilon "
+            f"{privacy['target-epsilon-per-run']:g} per run at delta {privacy['delta']:g}, "
+            f"clipping norm {privacy['max-grad-norm']:g}, {privacy['accountant']} accountant, "
+            f"accounted over every DP-SGD step that ran; institution budget epsilon "
+            f"{privacy['budget-epsilon']:g}. Each institution calibrates its own noise to its "
+            "own sampling rate.",
+            "",
+        ]
+    else:
+        lines += ["Differential privacy was off for this run (`--no-dp`).", ""]
+    lines += [
+        "| institution | noise multiplier | epsilon after the run | refused rounds | "
+        "membership-inference AUC |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for institution in data["institutions"]:
+        entry = privacy["per-institution"][institution["id"]]
+        epsilon = entry["epsilon-after-run"]
+        attack = entry["membership-inference-auc"]
+        lines.append(
+            f"| {institution['name']} | {_fmt(entry['noise-multiplier'])} | "
+            f"{_fmt(epsilon['mean'], epsilon['std'])} | {entry['refused-rounds']} | "
+            f"{_fmt(attack['mean'], attack['std'])} |"
+        )
+    attack_mean = privacy["membership-inference-auc-mean"]
+    lines += [
+        "",
+        "Membership inference: a loss-threshold attack (Yeom et al., CSF 2018) on each "
+        "institution's training rows against its held-out rows, using the final global "
+        "model; 0.5 means the attack cannot tell members from non-members. Mean over "
+        f"institutions: {_fmt(attack_mean['mean'], attack_mean['std'])}.",
+    ]
+    if privacy["enabled"]:
+        lines += ["", f"![epsilon per round]({PRIVACY_PLOT})"]
     failures = [
         f"seed {seed} round {number}: {message}"
         for seed, rounds in summary["rounds"].items()
@@ -288,6 +371,23 @@ def write_report(result: SimulationResult) -> Path:
         "FLamby (published)",
         f"{result.scenario.name.value}: federated vs baselines",
     )
+    if result.config.dp:
+        plots.plot_privacy(
+            output / PRIVACY_PLOT,
+            round_numbers,
+            {
+                names[i]: [
+                    [
+                        s.history.rounds[r].train.get(p, {}).get(keys.EPSILON, float("nan"))
+                        for r in round_numbers
+                    ]
+                    for s in result.seeds
+                ]
+                for p, i in enumerate(ids)
+            },
+            budget=result.config.budget_epsilon,
+            target=result.config.target_epsilon,
+        )
     if result.scenario.name.value == "framingham-county":
         _, _, _, y_test = result.dataset.pooled()
         curves = {

@@ -21,6 +21,7 @@ from countyfl.data import FederatedDataset, load_scenario
 from countyfl.data.quarantine import write_quarantine
 from countyfl.errors import ConfigError, SimulationError
 from countyfl.federation.server_app import FINAL_MODEL_FILE, HISTORY_FILE
+from countyfl.privacy.audit import membership_inference_auc
 from countyfl.simulations.baselines import MethodMetrics, evaluate_everywhere, train_baselines
 from countyfl.simulations.scenarios import Scenario, get_scenario
 
@@ -52,6 +53,8 @@ class SeedResult:
     wall_seconds: float
     # method -> predicted probabilities on all test rows pooled (federated and pooled only)
     pooled_test_predictions: dict[str, np.ndarray] = field(default_factory=dict)
+    # institution id -> membership-inference AUC against the final federated model
+    membership_inference: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -71,6 +74,9 @@ def build_config(
     """The run config of one seed: scenario defaults, then the researcher's overrides."""
     values = {**scenario.defaults, **overrides, "scenario": scenario.name.value, "seed": seed}
     values["output-dir"] = str(output)
+    # Without --sites-dir every seed simulates its own, fresh institutions (independent
+    # repetitions); with it, every seed and every later run composes in the same ledgers.
+    values.setdefault("sites-dir", str(output / "sites"))
     return parse_run_config(values)
 
 
@@ -177,6 +183,12 @@ def run_simulation_request(
                     name: predict_proba(model, x_test)
                     for name, model in trained.items()
                     if name in ("federated", "pooled")
+                },
+                {
+                    i.institution_id: membership_inference_auc(
+                        trained["federated"], i.x_train, i.y_train, i.x_test, i.y_test
+                    )
+                    for i in dataset.institutions
                 },
             )
         )

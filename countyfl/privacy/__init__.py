@@ -1,0 +1,1 @@
+"""Differential privacy (Opacus DP-SGD, accounting, the per-site budget ledger) and HE keys."""
