@@ -24,7 +24,7 @@ __all__ = [
 SCENARIO_NAMES = ("fed-heart-disease", "framingham-county")
 
 
-def _check(name: str) -> None:
+def check_scenario_name(name: str) -> None:
     if name not in SCENARIO_NAMES:
         raise UnknownNameError(
             f"unknown scenario {name!r}; choose one of {', '.join(SCENARIO_NAMES)}"
@@ -34,7 +34,7 @@ def _check(name: str) -> None:
 @lru_cache(maxsize=8)
 def load_scenario(name: str, data_path: str = "", partition_seed: int = 2026) -> FederatedDataset:
     """The preprocessed federated data set of scenario ``name`` (cached per process)."""
-    _check(name)
+    check_scenario_name(name)
     path = Path(data_path) if data_path else None
     if name == "fed-heart-disease":
         return fed_heart_disease.load(path)
@@ -43,7 +43,7 @@ def load_scenario(name: str, data_path: str = "", partition_seed: int = 2026) ->
 
 def scenario_shape(name: str) -> tuple[int, int]:
     """(number of features, number of institutions) of a scenario, without reading any rows."""
-    _check(name)
+    check_scenario_name(name)
     if name == "fed-heart-disease":
         return len(fed_heart_disease.FEATURE_NAMES), len(fed_heart_disease.HOSPITALS)
     return len(framingham.FEATURE_NAMES), len(framingham.CountyLayout().institutions())

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -162,7 +161,7 @@ def run_simulation_request(
             request.verbose,
         )
         elapsed = time.perf_counter() - started
-        _check_history(history, rounds, len(dataset.institutions), seed)
+        _check_history(history, rounds, seed)
         trained = {"federated": load_final_model(config, dataset.num_features)}
         if request.baselines:
             if progress:
@@ -207,7 +206,7 @@ def _round_reporter(
     return report
 
 
-def _check_history(history: FederationHistory, rounds: int, institutions: int, seed: int) -> None:
+def _check_history(history: FederationHistory, rounds: int, seed: int) -> None:
     missing = [r for r in range(1, rounds + 1) if r not in history.rounds]
     if missing:
         raise SimulationError(f"seed {seed}: rounds {missing} did not complete")
@@ -220,9 +219,3 @@ def _check_history(history: FederationHistory, rounds: int, institutions: int, s
                 f"({len(record.failures)} failures, first: "
                 f"{record.failures[0] if record.failures else 'none'})"
             )
-    del institutions
-
-
-def finite(value: float) -> float | None:
-    """JSON-safe float: NaN and infinity become None."""
-    return value if math.isfinite(value) else None

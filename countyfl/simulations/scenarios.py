@@ -78,7 +78,7 @@ SCENARIOS: dict[ScenarioName, Scenario] = {
 
 def get_scenario(name: str) -> Scenario:
     """The scenario called ``name``; raises UnknownNameError with the valid names."""
-    from countyfl.data import _check
+    from countyfl.data import check_scenario_name
 
-    _check(name)
+    check_scenario_name(name)
     return SCENARIOS[ScenarioName(name)]
