@@ -203,3 +203,25 @@ def test_bad_input_exits_2_with_a_clear_message(
     assert result.exit_code == 2, result.output
     assert message in " ".join(result.output.split())
     assert not (tmp_path / "out" / "metrics.json").exists()
+
+
+def test_keys_init_and_show_print_fingerprints_never_key_bytes(tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    first = runner.invoke(app, ["keys", "init", "--out", str(keys)])
+    assert first.exit_code == 0, first.output
+    manifest = json.loads((keys / "keys.json").read_text())
+    shown = runner.invoke(app, ["keys", "show", "--dir", str(keys)])
+    assert shown.exit_code == 0, shown.output
+    assert manifest["fingerprint"] in " ".join(shown.output.split()).replace(" ", "")
+    secret_bytes = (keys / manifest["secret-context"]).read_bytes()
+    assert secret_bytes[:64].hex() not in shown.output
+    again = runner.invoke(app, ["keys", "init", "--out", str(keys)])
+    assert again.exit_code == 2 and "already exists" in again.output
+    # A public context swapped for another federation's is caught by its fingerprint.
+    other = tmp_path / "other"
+    runner.invoke(app, ["keys", "init", "--out", str(other)])
+    (keys / manifest["public-context"]).write_bytes(
+        (other / manifest["public-context"]).read_bytes()
+    )
+    mixed = runner.invoke(app, ["keys", "show", "--dir", str(keys)])
+    assert mixed.exit_code == 2 and "fingerprint" in mixed.output
