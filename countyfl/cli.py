@@ -183,6 +183,13 @@ def simulate(
     grad_sample_mode: Annotated[
         str | None, typer.Option(help="Opacus per-sample gradients: hooks, ew, functorch, ghost")
     ] = None,
+    encryption: Annotated[
+        str | None, typer.Option(help="ckks: the aggregator only adds encrypted updates")
+    ] = None,
+    keys_dir: Annotated[
+        Path | None,
+        typer.Option("--keys", help="folder from `countyfl keys init` (default: new keys)"),
+    ] = None,
     baselines: Annotated[bool, typer.Option(help="also train local-only and pooled")] = True,
     verbose: Annotated[bool, typer.Option(help="show Flower's own log")] = False,
 ) -> None:
@@ -213,9 +220,15 @@ def simulate(
             "budget-epsilon": budget_epsilon,
             "sites-dir": str(sites_dir) if sites_dir else None,
             "grad-sample-mode": grad_sample_mode,
+            "encryption": encryption,
         }.items()
         if value is not None
     }
+    if keys_dir is not None:
+        from countyfl.privacy.he.keys import PUBLIC_CONTEXT_FILE, SECRET_CONTEXT_FILE
+
+        overrides["he-secret-context"] = str(keys_dir / SECRET_CONTEXT_FILE)
+        overrides["he-public-context"] = str(keys_dir / PUBLIC_CONTEXT_FILE)
     if strategy == "fedprox" and proximal_mu is None:
         overrides["proximal-mu"] = 0.01
     folder = output or Path("runs") / scenario / datetime.now().strftime("%Y%m%d-%H%M%S")

@@ -26,6 +26,13 @@ class ScenarioName(StrEnum):
     FRAMINGHAM_COUNTY = "framingham-county"
 
 
+class EncryptionName(StrEnum):
+    """How updates travel to the county aggregator."""
+
+    NONE = "none"
+    CKKS = "ckks"
+
+
 class StrategyName(StrEnum):
     """Aggregation strategies of the county node."""
 
@@ -70,6 +77,10 @@ class RunConfig(BaseModel):
     # In a deployment these are facts of the site's own site.toml, not of the run.
     sites_dir: str = ""
     budget_epsilon: float = Field(default=10.0, gt=0)
+    # Encrypted aggregation (TenSEAL CKKS): key files from `countyfl keys init`.
+    encryption: EncryptionName = EncryptionName.NONE
+    he_secret_context: str = ""
+    he_public_context: str = ""
 
     @model_validator(mode="after")
     def _check(self) -> RunConfig:
@@ -82,6 +93,14 @@ class RunConfig(BaseModel):
             raise ValueError(str(error)) from None
         if self.strategy is StrategyName.FEDPROX and self.proximal_mu == 0:
             raise ValueError("strategy fedprox needs proximal-mu > 0 (try 0.01)")
+        if self.encryption is EncryptionName.CKKS:
+            if self.strategy is not StrategyName.FEDAVG:
+                raise ValueError("encryption ckks is implemented for strategy fedavg only")
+            if not (self.he_secret_context and self.he_public_context):
+                raise ValueError(
+                    "encryption ckks needs he-secret-context and he-public-context "
+                    "(files written by `countyfl keys init`)"
+                )
         if self.dp and self.target_epsilon > self.budget_epsilon:
             raise ValueError(
                 f"target-epsilon {self.target_epsilon} of one run exceeds the institutions' "

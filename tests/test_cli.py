@@ -225,3 +225,35 @@ def test_keys_init_and_show_print_fingerprints_never_key_bytes(tmp_path: Path) -
     )
     mixed = runner.invoke(app, ["keys", "show", "--dir", str(keys)])
     assert mixed.exit_code == 2 and "fingerprint" in mixed.output
+
+
+@pytest.mark.e2e
+def test_ckks_aggregation_gives_the_plaintext_model(tmp_path: Path) -> None:
+    common = [
+        "fed-heart-disease",
+        "--rounds",
+        "2",
+        "--seeds",
+        "42",
+        "--local-steps",
+        "2",
+        "--no-dp",
+        "--no-baselines",
+    ]
+    plain, encrypted = tmp_path / "plain", tmp_path / "ckks"
+    assert _simulate(*common, "-o", str(plain)).returncode == 0
+    done = _simulate(*common, "--encryption", "ckks", "-o", str(encrypted))
+    assert done.returncode == 0, done.stderr[-3000:]
+    # The server only ever held the public context and ended with an aggregate it cannot
+    # read; the runner, as key holder, published the model from it.
+    assert (encrypted / "seed-42" / "final-aggregate.npz").is_file()
+    assert not (encrypted / "seed-42" / "final-model.npz").exists()
+    metrics = {
+        name: json.loads((folder / "metrics.json").read_text())["methods"]["federated"]["per-seed"][
+            "42"
+        ]["per-institution"]
+        for name, folder in (("plain", plain), ("ckks", encrypted))
+    }
+    for hospital, expected in metrics["plain"].items():
+        assert metrics["ckks"][hospital]["loss"] == pytest.approx(expected["loss"], abs=1e-4)
+        assert metrics["ckks"][hospital]["accuracy"] == expected["accuracy"]

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import torch
-from flwr.app import Context, Error, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from countyfl import keys, models
-from countyfl.clients.training import evaluate, train
-from countyfl.config import RunConfig, parse_run_config
+from countyfl.aggregator.encrypted import arrays_to_update, is_encrypted, update_to_arrays
+from countyfl.clients.training import evaluate, get_weights, set_weights, train
+from countyfl.config import EncryptionName, RunConfig, parse_run_config
 from countyfl.data import InstitutionData, load_scenario
 from countyfl.federation.records import arrays_of, load_arrays, model_to_arrays, server_round_of
 from countyfl.privacy.budget import BudgetExceededError, train_within_budget
+from countyfl.privacy.he.codec import decrypt_average, encrypt_update
+from countyfl.privacy.he.keys import load_secret_context
 from countyfl.privacy.ledger import LEDGER_FILE, Budget, PrivacyLedger
 
 
@@ -39,6 +43,33 @@ def site_directory(config: RunConfig, institution_id: str) -> Path:
     return root / institution_id
 
 
+@lru_cache(maxsize=4)
+def _secret_context(path: str) -> Any:
+    # TenSEAL contexts cannot be pickled: each process loads its own, once.
+    return load_secret_context(Path(path))
+
+
+def receive_model(model: torch.nn.Module, content: RecordDict, config: RunConfig) -> None:
+    """Load the global model a task carries: plaintext, or Enc(sum n w) decrypted here."""
+    arrays = arrays_of(content)
+    if not is_encrypted(arrays):
+        load_arrays(model, arrays)
+        return
+    if config.encryption is not EncryptionName.CKKS:
+        raise ValueError("the task carries an encrypted model but this run has no CKKS keys")
+    shapes = [tuple(t.shape) for t in model.state_dict().values()]
+    update = arrays_to_update(arrays)
+    set_weights(model, decrypt_average(update, _secret_context(config.he_secret_context), shapes))
+
+
+def send_model(model: torch.nn.Module, num_examples: int, config: RunConfig) -> ArrayRecord:
+    """The local model as it leaves the institution: plaintext, or Enc(n w)."""
+    if config.encryption is EncryptionName.CKKS:
+        secret = _secret_context(config.he_secret_context)
+        return update_to_arrays(encrypt_update(get_weights(model), num_examples, secret))
+    return model_to_arrays(model)
+
+
 def make_client_app(config: RunConfig | None = None) -> ClientApp:
     """Build the ClientApp; ``config`` None means: parse it from Flower's run config."""
     app = ClientApp()
@@ -54,7 +85,7 @@ def make_client_app(config: RunConfig | None = None) -> ClientApp:
         server_round = server_round_of(msg.content)
         torch.manual_seed(_round_seed(cfg, partition_id, server_round))
         model = models.build(cfg.model, institution.x_train.shape[1])
-        load_arrays(model, arrays_of(msg.content))
+        receive_model(model, msg.content, cfg)
         values: dict[str, Any] = {
             keys.NUM_EXAMPLES: institution.num_train,
             keys.PARTITION_ID: partition_id,
@@ -102,7 +133,9 @@ def make_client_app(config: RunConfig | None = None) -> ClientApp:
             )
             values[keys.TRAIN_LOSS] = outcome.mean_loss
         metrics = MetricRecord(values)
-        content = RecordDict({keys.ARRAYS: model_to_arrays(model), keys.METRICS: metrics})
+        content = RecordDict(
+            {keys.ARRAYS: send_model(model, institution.num_train, cfg), keys.METRICS: metrics}
+        )
         return Message(content=content, reply_to=msg)
 
     @app.evaluate()
@@ -111,7 +144,7 @@ def make_client_app(config: RunConfig | None = None) -> ClientApp:
         cfg = resolve(context)
         partition_id, institution = _institution(cfg, context)
         model = models.build(cfg.model, institution.x_test.shape[1])
-        load_arrays(model, arrays_of(msg.content))
+        receive_model(model, msg.content, cfg)
         result = evaluate(model, institution.x_test, institution.y_test)
         metrics = MetricRecord(
             {keys.NUM_EXAMPLES: institution.num_test, keys.PARTITION_ID: partition_id, **result}

@@ -12,8 +12,9 @@ from flwr.app import ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
 from countyfl import models
+from countyfl.aggregator.encrypted import EncryptedFedAvg, is_encrypted
 from countyfl.aggregator.strategies import FedAvg, FedProx, RoundCallback
-from countyfl.config import RunConfig, StrategyName, parse_run_config
+from countyfl.config import EncryptionName, RunConfig, StrategyName, parse_run_config
 from countyfl.data import scenario_shape
 from countyfl.federation.records import model_to_arrays
 
@@ -21,11 +22,16 @@ logger = logging.getLogger(__name__)
 
 HISTORY_FILE = "history.json"
 FINAL_MODEL_FILE = "final-model.npz"
+# Under CKKS the server ends with Enc(sum n w): a key holder publishes it (decrypts it).
+FINAL_AGGREGATE_FILE = "final-aggregate.npz"
 
 
 def build_strategy(
-    config: RunConfig, num_institutions: int, on_round_end: RoundCallback | None = None
-) -> FedAvg | FedProx:
+    config: RunConfig,
+    num_institutions: int,
+    num_values: int,
+    on_round_end: RoundCallback | None = None,
+) -> FedAvg | FedProx | EncryptedFedAvg:
     """The strategy the config names; every institution takes part in every round."""
     common: dict[str, Any] = {
         "fraction_train": 1.0,
@@ -35,6 +41,13 @@ def build_strategy(
         # Under the simulation engine get_node_ids() can be empty at start: wait for all.
         "min_available_nodes": num_institutions,
     }
+    if config.encryption is EncryptionName.CKKS:
+        return EncryptedFedAvg(
+            public_context_path=Path(config.he_public_context),
+            num_values=num_values,
+            on_round_end=on_round_end,
+            **common,
+        )
     if config.strategy is StrategyName.FEDPROX:
         return FedProx(proximal_mu=config.proximal_mu, on_round_end=on_round_end, **common)
     return FedAvg(on_round_end=on_round_end, **common)
@@ -47,7 +60,8 @@ def run_federation(
     num_features, num_institutions = scenario_shape(config.scenario.value)
     torch.manual_seed(config.seed)
     initial = models.build(config.model, num_features)
-    strategy = build_strategy(config, num_institutions, on_round_end)
+    num_values = sum(int(t.numel()) for t in initial.state_dict().values())
+    strategy = build_strategy(config, num_institutions, num_values, on_round_end)
     result = strategy.start(
         grid=grid,
         initial_arrays=model_to_arrays(initial),
@@ -58,9 +72,13 @@ def run_federation(
     if config.output_dir:
         output = Path(config.output_dir)
         strategy.history.write(output / HISTORY_FILE)
-        state = result.arrays.to_torch_state_dict()
-        arrays: dict[str, Any] = {k: v.numpy() for k, v in state.items()}
-        np.savez(output / FINAL_MODEL_FILE, **arrays)
+        if is_encrypted(result.arrays):
+            chunks: dict[str, Any] = {k: v.numpy() for k, v in result.arrays.items()}
+            np.savez(output / FINAL_AGGREGATE_FILE, **chunks)
+        else:
+            state = result.arrays.to_torch_state_dict()
+            arrays: dict[str, Any] = {k: v.numpy() for k, v in state.items()}
+            np.savez(output / FINAL_MODEL_FILE, **arrays)
         logger.info("wrote %s and %s to %s", HISTORY_FILE, FINAL_MODEL_FILE, output)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -11,15 +12,16 @@ from typing import Any
 
 import numpy as np
 import torch
+from flwr.app import RecordDict
 
-from countyfl import models
+from countyfl import keys, models
 from countyfl.aggregator.history import FederationHistory
 from countyfl.clients.training import predict_proba
 from countyfl.config import RunConfig, parse_run_config
 from countyfl.data import FederatedDataset, load_scenario
 from countyfl.data.quarantine import write_quarantine
 from countyfl.errors import ConfigError, SimulationError
-from countyfl.federation.server_app import FINAL_MODEL_FILE, HISTORY_FILE
+from countyfl.federation.server_app import FINAL_AGGREGATE_FILE, FINAL_MODEL_FILE, HISTORY_FILE
 from countyfl.privacy.audit import membership_inference_auc
 from countyfl.simulations.baselines import MethodMetrics, evaluate_everywhere, train_baselines
 from countyfl.simulations.scenarios import Scenario, get_scenario
@@ -123,9 +125,23 @@ def _cpu_count() -> int:
 
 
 def load_final_model(config: RunConfig, num_features: int) -> torch.nn.Module:
-    """The global model the server wrote after the last round."""
+    """The global model the server wrote after the last round.
+
+    Under CKKS the server only has Enc(sum n w); the runner then acts as the key-holding
+    publisher and decrypts it with the institutions' secret context.
+    """
     model = models.build(config.model, num_features)
-    with np.load(Path(config.output_dir) / FINAL_MODEL_FILE) as arrays:
+    folder = Path(config.output_dir)
+    if (folder / FINAL_AGGREGATE_FILE).is_file():
+        from flwr.app import Array, ArrayRecord
+
+        from countyfl.federation.client_app import receive_model
+
+        with np.load(folder / FINAL_AGGREGATE_FILE) as stored:
+            record = ArrayRecord({k: Array(stored[k]) for k in stored.files})
+        receive_model(model, RecordDict({keys.ARRAYS: record}), config)
+        return model
+    with np.load(folder / FINAL_MODEL_FILE) as arrays:
         model.load_state_dict({k: torch.from_numpy(arrays[k]) for k in arrays.files})
     return model
 
@@ -136,6 +152,7 @@ def run_simulation_request(
     """Run every seed of the request; the caller writes the report from the result."""
     scenario = get_scenario(request.scenario)
     seeds = list(request.seeds) or list(scenario.default_seeds)
+    request = _with_keys(request)
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"seeds must be distinct, got {seeds}")
     base_config = build_config(scenario, seeds[0], request.overrides, request.output_dir)
@@ -192,6 +209,20 @@ def run_simulation_request(
             )
         )
     return SimulationResult(scenario, base_config, dataset, results, request.output_dir)
+
+
+def _with_keys(request: SimulationRequest) -> SimulationRequest:
+    """Under CKKS without key files given, hold a key ceremony for this simulation."""
+    overrides = dict(request.overrides)
+    if overrides.get("encryption") != "ckks" or overrides.get("he-secret-context"):
+        return request
+    from countyfl.privacy.he.keys import PUBLIC_CONTEXT_FILE, SECRET_CONTEXT_FILE, init_keys
+
+    folder = request.output_dir / "keys"
+    init_keys(folder, force=True)
+    overrides["he-secret-context"] = str(folder / SECRET_CONTEXT_FILE)
+    overrides["he-public-context"] = str(folder / PUBLIC_CONTEXT_FILE)
+    return dataclasses.replace(request, overrides=overrides)
 
 
 def _round_reporter(

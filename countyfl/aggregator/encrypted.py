@@ -1,0 +1,134 @@
+"""Encrypted FedAvg: the county node adds CKKS ciphertexts it cannot read.
+
+Each institution replies with Enc(n_i w_i) (see :mod:`countyfl.privacy.he.codec`); the
+strategy checks every reply (key fingerprint, number of values and chunks, chunk sizes,
+bytes that deserialise), drops and records those that fail, adds the rest with the
+PUBLIC context and sends Enc(sum n_i w_i) with sum n_i to the next round. It never holds
+the secret key: it loads its context with ``load_public_context``, which refuses a
+context that has one. FedAvg: McMahan et al., AISTATS 2017; CKKS: Cheon et al., 2017.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, Message, MetricRecord
+from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
+
+from countyfl import keys
+from countyfl.aggregator.history import FederationHistory
+from countyfl.aggregator.strategies import RecordingMixin, RoundCallback
+from countyfl.privacy.he.codec import CodecError, EncryptedUpdate, sum_updates
+from countyfl.privacy.he.keys import DEFAULT_PARAMETERS, fingerprint, load_public_context
+
+META_KEY = "ckks-meta"
+CHUNK_PREFIX = "ckks-chunk-"
+# A serialised chunk of 4,096 values is about 127 KB; anything far larger is not ours.
+MAX_CHUNK_BYTES = 512 * 1024
+
+
+def update_to_arrays(update: EncryptedUpdate) -> ArrayRecord:
+    """An encrypted update as an ArrayRecord (chunked by Flower in transport)."""
+    meta = {
+        "fingerprint": update.key_fingerprint,
+        "num-values": update.num_values,
+        "num-examples": update.num_examples,
+        "chunks": len(update.chunks),
+    }
+    record = {META_KEY: Array(np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8))}
+    for index, chunk in enumerate(update.chunks):
+        record[f"{CHUNK_PREFIX}{index:04d}"] = Array(np.frombuffer(chunk, dtype=np.uint8))
+    return ArrayRecord(record)
+
+
+def is_encrypted(arrays: ArrayRecord) -> bool:
+    """Whether an ArrayRecord carries an encrypted update rather than plaintext weights."""
+    return META_KEY in arrays
+
+
+def arrays_to_update(arrays: ArrayRecord) -> EncryptedUpdate:
+    """Parse and check the shape of an encrypted update; CodecError says what is wrong."""
+    if META_KEY not in arrays:
+        raise CodecError("the reply carries no encrypted update (no ckks-meta)")
+    try:
+        meta = json.loads(arrays[META_KEY].numpy().tobytes())
+        declared = int(meta["chunks"])
+        update = EncryptedUpdate(
+            chunks=tuple(
+                arrays[f"{CHUNK_PREFIX}{i:04d}"].numpy().tobytes() for i in range(declared)
+            ),
+            num_values=int(meta["num-values"]),
+            num_examples=int(meta["num-examples"]),
+            key_fingerprint=str(meta["fingerprint"]),
+        )
+    except (KeyError, ValueError, TypeError) as error:
+        raise CodecError(f"malformed encrypted update: {error}") from None
+    if len(arrays) != declared + 1:
+        raise CodecError(f"{len(arrays) - 1} chunks sent, {declared} declared")
+    if any(len(chunk) > MAX_CHUNK_BYTES for chunk in update.chunks):
+        raise CodecError(f"a chunk is larger than {MAX_CHUNK_BYTES} bytes")
+    return update
+
+
+class EncryptedFedAvg(RecordingMixin, FlowerFedAvg):
+    """FedAvg over CKKS ciphertexts with the public context only."""
+
+    def __init__(
+        self,
+        *,
+        public_context_path: Path,
+        num_values: int,
+        on_round_end: RoundCallback | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.history = FederationHistory()
+        self.on_round_end = on_round_end
+        self.context = load_public_context(public_context_path)
+        self.fingerprint = fingerprint(self.context)
+        self.num_values = num_values
+
+    def _check(self, update: EncryptedUpdate) -> None:
+        if update.key_fingerprint != self.fingerprint:
+            raise CodecError("encrypted under another key (fingerprint differs)")
+        if update.num_values != self.num_values:
+            raise CodecError(f"{update.num_values} values, the model has {self.num_values}")
+        expected_chunks = -(-self.num_values // DEFAULT_PARAMETERS.slots)
+        if len(update.chunks) != expected_chunks:
+            raise CodecError(f"{len(update.chunks)} chunks, expected {expected_chunks}")
+        if update.num_examples <= 0:
+            raise CodecError("non-positive example count")
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        accepted = self._record(server_round, list(replies), "train")
+        record = self.history.round(server_round)
+        updates, contents = [], []
+        for message in accepted:
+            if message.has_error():
+                continue
+            try:
+                arrays = message.content.get(keys.ARRAYS)
+                assert isinstance(arrays, ArrayRecord)
+                update = arrays_to_update(arrays)
+                self._check(update)
+            except CodecError as error:
+                # Rejected, recorded with the node, and the round goes on without it.
+                record.failures.append(
+                    f"train: node {message.metadata.src_node_id}: rejected: {error}"
+                )
+                metrics = message.content.get(keys.METRICS)
+                if isinstance(metrics, MetricRecord) and keys.PARTITION_ID in metrics:
+                    record.train.pop(int(metrics[keys.PARTITION_ID]), None)  # type: ignore[arg-type]
+                continue
+            updates.append(update)
+            contents.append(message.content)
+        if not updates:
+            return None, None
+        total = sum_updates(self.context, updates)
+        return update_to_arrays(total), self.train_metrics_aggr_fn(contents, self.weighted_by_key)
