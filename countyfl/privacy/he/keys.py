@@ -68,8 +68,17 @@ def public_copy(secret_context: Any) -> Any:
     return context
 
 
+# Serialising a public key costs tens of milliseconds and every update is checked against
+# a fingerprint: remember it per context object (the entry keeps the context alive, so its
+# id cannot be reused; a process holds only a handful of contexts).
+_FINGERPRINTS: dict[int, tuple[Any, str]] = {}
+
+
 def fingerprint(context: Any) -> str:
     """sha256 of the public key: equal for a secret context and its public copy."""
+    known = _FINGERPRINTS.get(id(context))
+    if known is not None and known[0] is context:
+        return known[1]
     public = context.copy()
     if public.is_private():
         public.make_context_public()
@@ -79,7 +88,9 @@ def fingerprint(context: Any) -> str:
         save_galois_keys=False,
         save_relin_keys=False,
     )
-    return hashlib.sha256(data).hexdigest()
+    digest = hashlib.sha256(data).hexdigest()
+    _FINGERPRINTS[id(context)] = (context, digest)
+    return digest
 
 
 def _write_private(path: Path, data: bytes) -> None:
