@@ -22,7 +22,12 @@ from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
 from countyfl import keys
 from countyfl.aggregator.history import FederationHistory
 from countyfl.aggregator.strategies import RecordingMixin, RoundCallback
-from countyfl.privacy.he.codec import CodecError, EncryptedUpdate, sum_updates
+from countyfl.privacy.he.codec import (
+    CodecError,
+    EncryptedUpdate,
+    add_deserialized,
+    deserialize,
+)
 from countyfl.privacy.he.keys import DEFAULT_PARAMETERS, fingerprint, load_public_context
 
 META_KEY = "ckks-meta"
@@ -108,15 +113,19 @@ class EncryptedFedAvg(RecordingMixin, FlowerFedAvg):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         accepted = self._record(server_round, list(replies), "train")
         record = self.history.round(server_round)
-        updates, contents = [], []
+        vectors, counts, contents = [], [], []
         for message in accepted:
             if message.has_error():
                 continue
             try:
                 arrays = message.content.get(keys.ARRAYS)
-                assert isinstance(arrays, ArrayRecord)
+                if not isinstance(arrays, ArrayRecord):
+                    raise CodecError("the reply carries no arrays")
                 update = arrays_to_update(arrays)
                 self._check(update)
+                # Deserialising is the last check (bytes that are not a ciphertext under
+                # this key); the vectors are kept, so each update is read only once.
+                vectors.append(deserialize(self.context, update))
             except CodecError as error:
                 # Rejected, recorded with the node, and the round goes on without it.
                 record.failures.append(
@@ -126,9 +135,9 @@ class EncryptedFedAvg(RecordingMixin, FlowerFedAvg):
                 if isinstance(metrics, MetricRecord) and keys.PARTITION_ID in metrics:
                     record.train.pop(int(metrics[keys.PARTITION_ID]), None)  # type: ignore[arg-type]
                 continue
-            updates.append(update)
+            counts.append(update.num_examples)
             contents.append(message.content)
-        if not updates:
+        if not vectors:
             return None, None
-        total = sum_updates(self.context, updates)
+        total = add_deserialized(vectors, self.num_values, sum(counts), self.fingerprint)
         return update_to_arrays(total), self.train_metrics_aggr_fn(contents, self.weighted_by_key)

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from flwr.app import ArrayRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, Message, MessageType, MetricRecord, RecordDict
 from test_strategies import _error_reply, _instruction
 
 from countyfl import keys
@@ -79,11 +79,14 @@ def test_bad_replies_are_rejected_recorded_and_the_round_goes_on(
     truncated_record.pop(f"{CHUNK_PREFIX}0000")
     truncated = _reply(22, 5, truncated_record, 5)
     plaintext = _reply(23, 6, ArrayRecord([np.ones((1, 13)), np.ones(1)]), 5)
+    garbage_record = update_to_arrays(encrypt_update(weights[0], 5, secret))
+    garbage_record[f"{CHUNK_PREFIX}0000"] = Array(np.frombuffer(b"\x00" * 4000, dtype=np.uint8))
+    garbage = _reply(25, 7, garbage_record, 5)
     refused = _error_reply(24, MessageType.TRAIN, "institution x refuses round 1")
 
     strategy = _strategy(key_dir)
     arrays, metrics = strategy.aggregate_train(
-        1, [*good, foreign, too_long, truncated, plaintext, refused]
+        1, [*good, foreign, too_long, truncated, plaintext, refused, garbage]
     )
     assert arrays is not None and metrics is not None
     result = decrypt_average(arrays_to_update(arrays), secret, SHAPES)

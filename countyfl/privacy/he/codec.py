@@ -100,14 +100,29 @@ def sum_updates(public_context: Any, updates: Sequence[EncryptedUpdate]) -> Encr
             )
     if len(updates) > MAX_INSTITUTIONS:
         raise CodecError(f"at most {MAX_INSTITUTIONS} updates can be summed without overflow")
-    total = []
-    for index in range(len(first.chunks)):
-        vector = _load_vector(public_context, updates[0].chunks[index])
-        for update in updates[1:]:
-            vector += _load_vector(public_context, update.chunks[index])
-        total.append(vector.serialize())
+    return add_deserialized(
+        [deserialize(public_context, u) for u in updates],
+        first.num_values,
+        sum(u.num_examples for u in updates),
+        expected,
+    )
+
+
+def deserialize(context: Any, update: EncryptedUpdate) -> list[Any]:
+    """The update's CKKS vectors; CodecError if any chunk is not a vector under ``context``."""
+    return [_load_vector(context, chunk) for chunk in update.chunks]
+
+
+def add_deserialized(
+    vectors: Sequence[list[Any]], num_values: int, num_examples: int, key_fingerprint: str
+) -> EncryptedUpdate:
+    """Add already checked and deserialised updates chunk by chunk."""
+    total = [v.copy() for v in vectors[0]]
+    for update in vectors[1:]:
+        for index, vector in enumerate(update):
+            total[index] += vector
     return EncryptedUpdate(
-        tuple(total), first.num_values, sum(u.num_examples for u in updates), expected
+        tuple(v.serialize() for v in total), num_values, num_examples, key_fingerprint
     )
 
 
