@@ -94,8 +94,6 @@ class RunConfig(BaseModel):
         if self.strategy is StrategyName.FEDPROX and self.proximal_mu == 0:
             raise ValueError("strategy fedprox needs proximal-mu > 0 (try 0.01)")
         if self.encryption is EncryptionName.CKKS:
-            if self.strategy is not StrategyName.FEDAVG:
-                raise ValueError("encryption ckks is implemented for strategy fedavg only")
             if not (self.he_secret_context and self.he_public_context):
                 raise ValueError(
                     "encryption ckks needs he-secret-context and he-public-context "

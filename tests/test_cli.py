@@ -228,8 +228,14 @@ def test_keys_init_and_show_print_fingerprints_never_key_bytes(tmp_path: Path) -
 
 
 @pytest.mark.e2e
-def test_ckks_aggregation_gives_the_plaintext_model(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "strategy",
+    [["--strategy", "fedavg"], ["--strategy", "fedprox", "--proximal-mu", "0.5"]],
+    ids=["fedavg", "fedprox"],
+)
+def test_ckks_aggregation_gives_the_plaintext_model(tmp_path: Path, strategy: list[str]) -> None:
     common = [
+        *strategy,
         "fed-heart-disease",
         "--rounds",
         "2",

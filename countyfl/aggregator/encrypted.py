@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, Message, MetricRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
 
 from countyfl import keys
@@ -34,6 +35,8 @@ META_KEY = "ckks-meta"
 CHUNK_PREFIX = "ckks-chunk-"
 # A serialised chunk of 4,096 values is about 127 KB; anything far larger is not ours.
 MAX_CHUNK_BYTES = 512 * 1024
+# The metadata is a few dozen bytes of JSON; it is parsed only when it is small.
+MAX_META_BYTES = 4096
 
 
 def update_to_arrays(update: EncryptedUpdate) -> ArrayRecord:
@@ -59,6 +62,16 @@ def arrays_to_update(arrays: ArrayRecord) -> EncryptedUpdate:
     """Parse and check the shape of an encrypted update; CodecError says what is wrong."""
     if META_KEY not in arrays:
         raise CodecError("the reply carries no encrypted update (no ckks-meta)")
+    # Sizes are checked on the Array headers before any byte is parsed or deserialised.
+    meta_size = _byte_size(arrays[META_KEY])
+    if meta_size > MAX_META_BYTES:
+        raise CodecError(f"oversized: metadata of {meta_size} bytes (at most {MAX_META_BYTES})")
+    for name, array in arrays.items():
+        if name != META_KEY and _byte_size(array) > MAX_CHUNK_BYTES:
+            raise CodecError(
+                f"oversized: {name} holds {_byte_size(array)} bytes "
+                f"(a chunk is at most {MAX_CHUNK_BYTES})"
+            )
     try:
         meta = json.loads(arrays[META_KEY].numpy().tobytes())
         declared = int(meta["chunks"])
@@ -74,9 +87,11 @@ def arrays_to_update(arrays: ArrayRecord) -> EncryptedUpdate:
         raise CodecError(f"malformed encrypted update: {error}") from None
     if len(arrays) != declared + 1:
         raise CodecError(f"{len(arrays) - 1} chunks sent, {declared} declared")
-    if any(len(chunk) > MAX_CHUNK_BYTES for chunk in update.chunks):
-        raise CodecError(f"a chunk is larger than {MAX_CHUNK_BYTES} bytes")
     return update
+
+
+def _byte_size(array: Array) -> int:
+    return len(array.data)
 
 
 class EncryptedFedAvg(RecordingMixin, FlowerFedAvg):
@@ -141,3 +156,24 @@ class EncryptedFedAvg(RecordingMixin, FlowerFedAvg):
             return None, None
         total = add_deserialized(vectors, self.num_values, sum(counts), self.fingerprint)
         return update_to_arrays(total), self.train_metrics_aggr_fn(contents, self.weighted_by_key)
+
+
+class EncryptedFedProx(EncryptedFedAvg):
+    """FedProx over CKKS: the aggregation is FedAvg's; clients add the proximal term.
+
+    Li et al., "Federated Optimization in Heterogeneous Networks", MLSys 2020. The anchor
+    of the proximal term is the global model each client decrypts at the start of a round,
+    so nothing about it needs the server to read a weight.
+    """
+
+    def __init__(self, *, proximal_mu: float, **kwargs: Any) -> None:
+        if proximal_mu < 0:
+            raise ValueError(f"proximal-mu must be >= 0, got {proximal_mu}")
+        super().__init__(**kwargs)
+        self.proximal_mu = proximal_mu
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        config[keys.PROXIMAL_MU] = self.proximal_mu
+        return super().configure_train(server_round, arrays, config, grid)

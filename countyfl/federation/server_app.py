@@ -12,7 +12,7 @@ from flwr.app import ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
 from countyfl import models
-from countyfl.aggregator.encrypted import EncryptedFedAvg, is_encrypted
+from countyfl.aggregator.encrypted import EncryptedFedAvg, EncryptedFedProx, is_encrypted
 from countyfl.aggregator.strategies import FedAvg, FedProx, RoundCallback
 from countyfl.config import EncryptionName, RunConfig, StrategyName, parse_run_config
 from countyfl.data import scenario_shape
@@ -31,7 +31,7 @@ def build_strategy(
     num_institutions: int,
     num_values: int,
     on_round_end: RoundCallback | None = None,
-) -> FedAvg | FedProx | EncryptedFedAvg:
+) -> FedAvg | FedProx | EncryptedFedAvg | EncryptedFedProx:
     """The strategy the config names; every institution takes part in every round."""
     common: dict[str, Any] = {
         "fraction_train": 1.0,
@@ -42,12 +42,15 @@ def build_strategy(
         "min_available_nodes": num_institutions,
     }
     if config.encryption is EncryptionName.CKKS:
-        return EncryptedFedAvg(
-            public_context_path=Path(config.he_public_context),
-            num_values=num_values,
-            on_round_end=on_round_end,
+        encrypted = {
+            "public_context_path": Path(config.he_public_context),
+            "num_values": num_values,
+            "on_round_end": on_round_end,
             **common,
-        )
+        }
+        if config.strategy is StrategyName.FEDPROX:
+            return EncryptedFedProx(proximal_mu=config.proximal_mu, **encrypted)
+        return EncryptedFedAvg(**encrypted)
     if config.strategy is StrategyName.FEDPROX:
         return FedProx(proximal_mu=config.proximal_mu, on_round_end=on_round_end, **common)
     return FedAvg(on_round_end=on_round_end, **common)

@@ -11,9 +11,13 @@ from flwr.app import Array, ArrayRecord, Message, MessageType, MetricRecord, Rec
 from test_strategies import _error_reply, _instruction
 
 from countyfl import keys
+from countyfl.aggregator import encrypted
 from countyfl.aggregator.encrypted import (
     CHUNK_PREFIX,
+    MAX_CHUNK_BYTES,
+    META_KEY,
     EncryptedFedAvg,
+    EncryptedFedProx,
     arrays_to_update,
     update_to_arrays,
 )
@@ -102,6 +106,7 @@ def test_bad_replies_are_rejected_recorded_and_the_round_goes_on(
         (22, "malformed"),
         (23, "no encrypted update"),
         (24, "refuses"),
+        (25, "not a CKKS vector"),
     ):
         assert f"node {node}:" in failures and reason in failures, failures
 
@@ -110,3 +115,68 @@ def test_a_round_with_no_valid_reply_aggregates_nothing(key_dir: Path) -> None:
     strategy = _strategy(key_dir)
     refused = _error_reply(5, MessageType.TRAIN, "refused")
     assert strategy.aggregate_train(1, [refused]) == (None, None)
+
+
+def test_oversized_replies_are_refused_before_anything_is_deserialised(
+    key_dir: Path, secret: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[int] = []
+    real = encrypted.deserialize
+
+    def counting(context: Any, update: Any) -> Any:
+        calls.append(update.num_examples)
+        return real(context, update)
+
+    monkeypatch.setattr(encrypted, "deserialize", counting)
+    weights = [np.ones(s) for s in SHAPES]
+    good = _reply(10, 0, update_to_arrays(encrypt_update(weights, 7, secret)), 7)
+    big_chunk = update_to_arrays(encrypt_update(weights, 5, secret))
+    big_chunk[f"{CHUNK_PREFIX}0000"] = Array(np.zeros(MAX_CHUNK_BYTES + 1, dtype=np.uint8))
+    big_meta = update_to_arrays(encrypt_update(weights, 6, secret))
+    big_meta[META_KEY] = Array(np.frombuffer(b" " * 100_000, dtype=np.uint8))
+
+    strategy = _strategy(key_dir)
+    arrays, _ = strategy.aggregate_train(
+        1, [good, _reply(30, 1, big_chunk, 5), _reply(31, 2, big_meta, 6)]
+    )
+    assert arrays is not None
+    assert calls == [7], "only the good reply may reach TenSEAL"
+    failures = " | ".join(strategy.history.rounds[1].failures)
+    assert "node 30: rejected: oversized" in failures, failures
+    assert "node 31: rejected: oversized: metadata" in failures, failures
+    result = decrypt_average(arrays_to_update(arrays), secret, SHAPES)
+    np.testing.assert_allclose(result[0].reshape(SHAPES[0]), weights[0], atol=1e-6)
+
+
+def test_encrypted_fedprox_sends_mu_and_aggregates_like_fedavg(
+    key_dir: Path, secret: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flwr.app import ConfigRecord
+
+    # Building real messages needs a Flower run; what matters is the config handed on.
+    handed_on: list[ConfigRecord] = []
+    monkeypatch.setattr(
+        EncryptedFedAvg,
+        "configure_train",
+        lambda self, server_round, arrays, config, grid: handed_on.append(config) or [],
+    )
+    strategy = EncryptedFedProx(
+        proximal_mu=0.01, public_context_path=key_dir / PUBLIC_CONTEXT_FILE, num_values=NUM_VALUES
+    )
+    strategy.configure_train(1, ArrayRecord(), ConfigRecord(), grid=None)  # type: ignore[arg-type]
+    assert handed_on and handed_on[0][keys.PROXIMAL_MU] == pytest.approx(0.01)
+    rng = np.random.default_rng(1)
+    weights = [[rng.normal(size=s) for s in SHAPES] for _ in range(2)]
+    replies = [
+        _reply(10 + i, i, update_to_arrays(encrypt_update(weights[i], n, secret)), n)
+        for i, n in enumerate((30, 90))
+    ]
+    arrays, _ = strategy.aggregate_train(1, replies)
+    assert arrays is not None
+    result = decrypt_average(arrays_to_update(arrays), secret, SHAPES)
+    expected = (30 * weights[0][0] + 90 * weights[1][0]) / 120
+    np.testing.assert_allclose(result[0].reshape(SHAPES[0]), expected, atol=1e-6)
+    with pytest.raises(ValueError, match="proximal-mu"):
+        EncryptedFedProx(
+            proximal_mu=-1, public_context_path=key_dir / PUBLIC_CONTEXT_FILE, num_values=14
+        )
