@@ -1,0 +1,272 @@
+"""What the registry hands out: frozen pydantic schemas, separate from the ORM tables."""
+
+from __future__ import annotations
+
+import math
+import re
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    model_validator,
+)
+
+from countyfl.registry.roles import Role
+
+NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,127}$"
+"""Model, metric and institution names: lowercase kebab-case (dots and underscores allowed)."""
+USERNAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
+
+
+class Stage(StrEnum):
+    """Where a model version is in its life: only production versions serve clinicians."""
+
+    CANDIDATE = "candidate"
+    PRODUCTION = "production"
+    ARCHIVED = "archived"
+
+
+def _finite_or_none(value: Any) -> Any:
+    # A metric can be undefined (an AUC on a site with one class): the trainer writes NaN,
+    # which PostgreSQL's JSON cannot hold, so it is stored as null ("not measured").
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _lowercase_hex(value: str) -> str:
+    return value.lower()
+
+
+Name = Annotated[str, Field(pattern=NAME_PATTERN)]
+MetricValue = Annotated[float | None, BeforeValidator(_finite_or_none)]
+Sha256 = Annotated[str, AfterValidator(_lowercase_hex), Field(pattern=r"(?i)^[0-9a-f]{64}$")]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class PrivacySpent(_Frozen):
+    """Record-level DP spent by one institution on a version; both null when DP was off."""
+
+    epsilon: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
+    delta: Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False)] | None = None
+
+
+class InstitutionPrivacy(PrivacySpent):
+    """An institution that trained a version, with the privacy it spent."""
+
+    institution: Name
+
+
+class ModelMetrics(_Frozen):
+    """Evaluation metrics: the federated aggregate and each institution's own (null: undefined)."""
+
+    federated: dict[Name, MetricValue]
+    per_institution: dict[Name, dict[Name, MetricValue]] = Field(default_factory=dict)
+
+
+InputSchema = Literal["heart-disease", "framingham"]
+"""The clinical record a model reads (``countyfl.data.schema``): ``HeartDiseaseRecord`` or
+``FraminghamRecord``."""
+
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+
+
+class FeatureTransform(_Frozen):
+    """How a patient record becomes a model's input, stored with the model (``features``).
+
+    A record of ``schema`` is encoded into the raw feature vector named by ``names`` (in that
+    order) and standardised feature by feature as ``(raw - mean) / scale``. A model can only
+    serve with the transform it was trained with; versions registered before transforms
+    were recorded have none and cannot serve.
+
+    In JSON (``model.json``, the registry's column, the API) the schema's key is ``schema``.
+    """
+
+    model_config = ConfigDict(
+        frozen=True,
+        extra="forbid",
+        validate_by_name=True,
+        validate_by_alias=True,
+        serialize_by_alias=True,
+    )
+
+    input_schema: InputSchema = Field(alias="schema")
+    names: Annotated[list[Name], Field(min_length=1)]
+    mean: list[FiniteFloat]
+    scale: list[PositiveFloat]
+
+    @model_validator(mode="after")
+    def _lengths_agree(self) -> FeatureTransform:
+        if len(set(self.names)) != len(self.names):
+            raise ValueError(f"feature names {self.names} name a feature twice")
+        if not len(self.names) == len(self.mean) == len(self.scale):
+            raise ValueError(
+                f"{len(self.names)} feature names but {len(self.mean)} means and "
+                f"{len(self.scale)} scales; give one mean and one scale per feature"
+            )
+        return self
+
+
+class ModelVersionCreate(_Frozen):
+    """The lineage of a new candidate version, as the federation runner or publisher gives it.
+
+    ``privacy`` maps an institution to its (epsilon, delta); it is empty when DP was off.
+    Every institution named in ``privacy`` or in the per-institution metrics must be one of
+    ``institutions``.
+    """
+
+    name: Name
+    architecture: Name
+    run_id: Annotated[str, Field(min_length=1, max_length=128)]
+    scenario: Annotated[str, Field(min_length=1, max_length=128)]
+    task_manifest_hash: Annotated[str, Field(min_length=1, max_length=128)] | None = None
+    rounds: Annotated[int, Field(ge=1)]
+    institutions: Annotated[list[Name], Field(min_length=1)]
+    privacy: dict[Name, PrivacySpent] = Field(default_factory=dict)
+    encryption: dict[str, Any] | None = None
+    metrics: ModelMetrics
+    artifact_uri: Annotated[str, Field(min_length=1, max_length=1024)]
+    artifact_sha256: Sha256
+    published_at: datetime | None = None
+    features: FeatureTransform | None = None
+
+    @model_validator(mode="after")
+    def _institutions_agree(self) -> ModelVersionCreate:
+        known = set(self.institutions)
+        if len(known) != len(self.institutions):
+            raise ValueError(f"institutions {self.institutions} name an institution twice")
+        for where, names in (
+            ("privacy", self.privacy),
+            ("metrics.per_institution", self.metrics.per_institution),
+        ):
+            unknown = sorted(set(names) - known)
+            if unknown:
+                raise ValueError(
+                    f"{where} names {unknown}, which are not in institutions {self.institutions}"
+                )
+        return self
+
+
+class StageTransitionPublic(_Frozen):
+    """One entry of a version's stage history (``from_stage`` is null at registration)."""
+
+    from_stage: Stage | None
+    to_stage: Stage
+    changed_by: str
+    changed_at: datetime
+    reason: str
+
+
+class ModelVersionPublic(_Frozen):
+    """A registered model version with its full lineage and stage history."""
+
+    id: int
+    name: str
+    version: int
+    stage: Stage
+    architecture: str
+    run_id: str
+    scenario: str
+    task_manifest_hash: str | None
+    rounds: int
+    institutions: list[InstitutionPrivacy]
+    encryption: dict[str, Any] | None
+    metrics: ModelMetrics
+    artifact_sha256: str
+    artifact_uri: str
+    registered_by: str
+    created_at: datetime
+    published_at: datetime | None
+    history: list[StageTransitionPublic]
+    features: FeatureTransform | None = None
+    """The input transform the model was trained with (None: not recorded, cannot serve)."""
+
+    @property
+    def label(self) -> str:
+        """``NAME v VERSION``, e.g. ``heart-disease-diagnosis v3``."""
+        return f"{self.name} v{self.version}"
+
+
+class ProductionPointer(_Frozen):
+    """Which version of a model name serves now: cheap enough to look up on every request.
+
+    ``version`` and ``artifact_sha256`` are None when the name has no production version;
+    ``registered`` then says whether the name has any version at all.
+    """
+
+    name: str
+    version: int | None
+    artifact_sha256: str | None
+    registered: bool
+
+
+class ThresholdPublic(_Frozen):
+    """The minimum a federated metric must reach before a version of ``model_name`` goes live."""
+
+    model_name: str
+    metric: str
+    minimum: float
+    set_by: str
+    set_at: datetime
+
+
+class UserPublic(_Frozen):
+    """A user as listed to admins: never the password hash."""
+
+    id: int
+    username: str
+    role: Role
+    disabled: bool
+    has_password: bool
+    created_at: datetime
+
+
+class ApiTokenPublic(_Frozen):
+    """An API token's metadata: never the secret nor its hash."""
+
+    id: int
+    name: str
+    owner: str
+    fingerprint: str
+    """The first 12 hex digits of the token's sha256, as written in the audit log."""
+    created_at: datetime
+    expires_at: datetime | None
+    revoked: bool
+
+
+class IssuedToken(_Frozen):
+    """A freshly created API token: ``secret`` is shown once and never stored."""
+
+    secret: SecretStr
+    token: ApiTokenPublic
+
+
+def check_username(username: str) -> str:
+    """``username`` if it matches :data:`USERNAME_PATTERN`, else a ``ValueError`` saying so."""
+    if not re.fullmatch(USERNAME_PATTERN, username):
+        raise ValueError(
+            f"user name {username!r} is not allowed; use 1-64 lowercase letters, digits, "
+            "'.', '_' or '-', starting with a letter or digit"
+        )
+    return username
+
+
+def check_name(kind: str, name: str) -> str:
+    """``name`` if it matches :data:`NAME_PATTERN`, else a ``ValueError`` naming the ``kind``."""
+    if not re.fullmatch(NAME_PATTERN, name):
+        raise ValueError(
+            f"{kind} name {name!r} is not allowed; use 1-128 lowercase letters, digits, "
+            "'.', '_' or '-', starting with a letter or digit (e.g. heart-disease-diagnosis)"
+        )
+    return name

@@ -1,0 +1,916 @@
+"""Model versions: registration with lineage, promotion gates, archival, thresholds, artifacts.
+
+Rules
+-----
+- A version is registered as a ``candidate`` and numbered 1, 2, ... per model name.
+- ``candidate -> production`` needs a threshold for the model name (``registry_thresholds``),
+  every thresholded federated metric at or above its minimum, and a second person: whoever
+  registered the version may not promote it. The previous production version of the name is
+  archived in the same transaction; the database holds at most one production version per
+  name.
+- ``candidate -> archived`` and ``production -> archived``; an archived version stays archived.
+- Every stage change is kept in ``registry_stage_transitions`` (who, when, from, to, why).
+
+Every function checks the principal with :func:`countyfl.registry.permissions.authorize` and
+audits what it does, in the order described in :mod:`countyfl.registry.audit_sink`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+import numpy as np
+import numpy.typing as npt
+from pydantic import ValidationError
+from sqlalchemy import Engine, Select, func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, selectinload
+
+from countyfl.registry.audit_sink import AuditSink, Change, Outcome, audited_transaction, record
+from countyfl.registry.errors import (
+    ArtifactIntegrityError,
+    InvalidInputError,
+    NotFoundError,
+    RegistryError,
+    StageChangeRefusedError,
+)
+from countyfl.registry.permissions import Action, authorize, is_allowed
+from countyfl.registry.roles import Principal
+from countyfl.registry.schemas import (
+    FeatureTransform,
+    InstitutionPrivacy,
+    ModelMetrics,
+    ModelVersionCreate,
+    ModelVersionPublic,
+    ProductionPointer,
+    Stage,
+    StageTransitionPublic,
+    ThresholdPublic,
+    check_name,
+)
+from countyfl.registry.tables import (
+    ModelVersionRow,
+    StageTransitionRow,
+    ThresholdRow,
+    VersionInstitutionRow,
+)
+from countyfl.registry.timestamps import as_utc, utc_now
+from countyfl.storage.database import session_factory
+
+_REGISTER_ATTEMPTS = 5
+
+
+def version_target(name: str, version: int | None = None) -> str:
+    """The audit target of a model (``model:NAME``) or of one version (``model:NAME:vN``)."""
+    return f"model:{name}" if version is None else f"model:{name}:v{version}"
+
+
+# -- artifacts ---------------------------------------------------------------------------
+
+
+def artifact_path(location: str) -> Path:
+    """The local file an artifact location names (a path or a ``file://`` URI).
+
+    Raises
+    ------
+    InvalidInputError
+        If the location is a URI of another scheme (only local files are supported).
+    """
+    parsed = urlparse(location)
+    if parsed.scheme == "file":
+        return Path(unquote(parsed.path))
+    if parsed.scheme and len(parsed.scheme) > 1:  # one letter: a Windows drive, not a scheme
+        raise InvalidInputError(
+            f"artifact location {location!r} uses {parsed.scheme}://, which the registry cannot "
+            "read; give a local path or a file:// URI"
+        )
+    return Path(location)
+
+
+def _checked_bytes(location: str, expected: str, label: str | None) -> bytes:
+    """The file's bytes if their sha256 is ``expected``; ``label`` None: not registered yet."""
+    path = artifact_path(location)
+    subject = f"the artifact of {label}" if label else "the artifact to register"
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        remedy = "restore the file or archive the version" if label else "publish it again"
+        raise ArtifactIntegrityError(
+            f"{subject} is missing: {path} does not exist; {remedy} (its sha256 must be {expected})"
+        ) from None
+    except OSError as error:
+        raise ArtifactIntegrityError(
+            f"{subject} at {path} cannot be read ({error.strerror}); check the file and its "
+            "permissions"
+        ) from None
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != expected:
+        if label:
+            problem = f"but {expected} was registered: the file was changed or replaced"
+            remedy = "restore the registered file or register the new one as a new version"
+        else:
+            problem = f"but its lineage says {expected}: the file is not the one published"
+            remedy = "publish the model again"
+        raise ArtifactIntegrityError(
+            f"{subject} at {path} has sha256 {actual}, {problem}. Do not use it; {remedy}"
+        )
+    return data
+
+
+def read_artifact(version: ModelVersionPublic) -> bytes:
+    """The bytes of ``version``'s artifact, after checking their sha256 against the registry.
+
+    The check runs on every read, over the very bytes returned, so a file swapped after
+    registration is never used.
+
+    Raises
+    ------
+    ArtifactIntegrityError
+        If the file is missing, unreadable, or its sha256 differs from the registered one.
+    """
+    return _checked_bytes(version.artifact_uri, version.artifact_sha256, version.label)
+
+
+def load_artifact(version: ModelVersionPublic) -> dict[str, npt.NDArray[Any]]:
+    """The model's state dict (``name -> array``) from its checked ``.npz`` artifact.
+
+    Raises
+    ------
+    ArtifactIntegrityError
+        If the file is missing, its sha256 differs from the registered one, or it is not an
+        ``.npz`` archive of plain arrays.
+    """
+    data = read_artifact(version)
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as archive:
+            return {key: archive[key] for key in archive.files}
+    except (ValueError, OSError) as error:
+        raise ArtifactIntegrityError(
+            f"the artifact of {version.label} at {version.artifact_uri} matches its sha256 but "
+            f"is not a numpy .npz archive of plain arrays ({error}); it was registered broken, "
+            "archive this version"
+        ) from None
+
+
+# -- rows -> schemas -------------------------------------------------------------------
+
+
+def _public(row: ModelVersionRow) -> ModelVersionPublic:
+    return ModelVersionPublic(
+        id=row.id,
+        name=row.name,
+        version=row.version,
+        stage=Stage(row.stage),
+        architecture=row.architecture,
+        run_id=row.run_id,
+        scenario=row.scenario,
+        task_manifest_hash=row.task_manifest_hash,
+        rounds=row.rounds,
+        institutions=[
+            InstitutionPrivacy(institution=item.institution, epsilon=item.epsilon, delta=item.delta)
+            for item in row.institutions
+        ],
+        encryption=row.encryption,
+        metrics=ModelMetrics(
+            federated=row.federated_metrics, per_institution=row.institution_metrics
+        ),
+        artifact_sha256=row.artifact_sha256,
+        artifact_uri=row.artifact_uri,
+        registered_by=row.registered_by,
+        created_at=as_utc(row.created_at),
+        published_at=None if row.published_at is None else as_utc(row.published_at),
+        history=[
+            StageTransitionPublic(
+                from_stage=None if item.from_stage is None else Stage(item.from_stage),
+                to_stage=Stage(item.to_stage),
+                changed_by=item.changed_by,
+                changed_at=as_utc(item.changed_at),
+                reason=item.reason,
+            )
+            for item in row.history
+        ],
+        features=None if row.features is None else FeatureTransform.model_validate(row.features),
+    )
+
+
+def _threshold_public(row: ThresholdRow) -> ThresholdPublic:
+    return ThresholdPublic(
+        model_name=row.model_name,
+        metric=row.metric,
+        minimum=row.minimum,
+        set_by=row.set_by,
+        set_at=as_utc(row.set_at),
+    )
+
+
+def _versions() -> Select[ModelVersionRow]:
+    return select(ModelVersionRow).options(
+        selectinload(ModelVersionRow.institutions), selectinload(ModelVersionRow.history)
+    )
+
+
+def _find(session: Session, name: str, version: int) -> ModelVersionRow:
+    row = session.scalar(
+        _versions().where(ModelVersionRow.name == name, ModelVersionRow.version == version)
+    )
+    if row is None:
+        raise NotFoundError(
+            f"no version {version} of model {name!r}; `countyfl registry list --name {name}` "
+            "shows its versions"
+        )
+    return row
+
+
+# -- registration ------------------------------------------------------------------------
+
+
+def register_version(
+    engine: Engine, candidate: ModelVersionCreate, *, principal: Principal, audit: AuditSink
+) -> ModelVersionPublic:
+    """Register ``candidate`` as the next version of its model name, in stage ``candidate``.
+
+    The artifact must be a local file whose sha256 is ``candidate.artifact_sha256``; its
+    location is stored as an absolute path.
+
+    Raises
+    ------
+    PermissionDeniedError
+        If ``principal`` may not register models.
+    InvalidInputError
+        If the artifact location is not a local file.
+    ArtifactIntegrityError
+        If the artifact is missing or its sha256 differs (the refusal is audited).
+    """
+    target = version_target(candidate.name)
+    authorize(principal, Action.MODEL_REGISTER, audit=audit, target=target)
+    path = artifact_path(candidate.artifact_uri).expanduser().resolve()
+    try:
+        _checked_bytes(str(path), candidate.artifact_sha256, None)
+    except ArtifactIntegrityError:
+        record(
+            audit,
+            principal,
+            Action.MODEL_REGISTER,
+            target,
+            Outcome.REFUSED,
+            {"reason": "artifact-integrity", "run-id": candidate.run_id, "artifact": str(path)},
+        )
+        raise
+
+    details = {
+        "run-id": candidate.run_id,
+        "artifact-sha256": candidate.artifact_sha256,
+        "institutions": list(candidate.institutions),
+    }
+    for attempt in range(1, _REGISTER_ATTEMPTS + 1):
+        with session_factory(engine)() as session:
+            number = _next_number(session, candidate.name)
+        change = Change(Action.MODEL_REGISTER, version_target(candidate.name, number), details)
+        try:
+            with audited_transaction(engine, audit, principal, change) as session:
+                if _next_number(session, candidate.name) != number:
+                    raise _VersionNumberTakenError(
+                        f"version {number} of {candidate.name!r} was registered by someone else "
+                        "at the same moment; register again"
+                    )
+                return _insert_version(session, candidate, number, path, principal)
+        except _VersionNumberTakenError:
+            if attempt == _REGISTER_ATTEMPTS:
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _next_number(session: Session, name: str) -> int:
+    latest = session.scalar(
+        select(func.max(ModelVersionRow.version)).where(ModelVersionRow.name == name)
+    )
+    return 1 + (latest or 0)
+
+
+class _VersionNumberTakenError(RegistryError):
+    """Another registration of the same name took the number first (count again)."""
+
+
+def _insert_version(
+    session: Session, candidate: ModelVersionCreate, number: int, path: Path, principal: Principal
+) -> ModelVersionPublic:
+    now = utc_now()
+    row = ModelVersionRow(
+        name=candidate.name,
+        version=number,
+        stage=Stage.CANDIDATE.value,
+        architecture=candidate.architecture,
+        run_id=candidate.run_id,
+        scenario=candidate.scenario,
+        task_manifest_hash=candidate.task_manifest_hash,
+        rounds=candidate.rounds,
+        encryption=candidate.encryption,
+        federated_metrics=candidate.metrics.federated,
+        institution_metrics=candidate.metrics.per_institution,
+        artifact_sha256=candidate.artifact_sha256,
+        artifact_uri=str(path),
+        registered_by=principal.username,
+        created_at=now,
+        published_at=candidate.published_at,
+        features=(
+            None
+            if candidate.features is None
+            else candidate.features.model_dump(mode="json", by_alias=True)
+        ),
+    )
+    for position, institution in enumerate(candidate.institutions):
+        spent = candidate.privacy.get(institution)
+        row.institutions.append(
+            VersionInstitutionRow(
+                position=position,
+                institution=institution,
+                epsilon=None if spent is None else spent.epsilon,
+                delta=None if spent is None else spent.delta,
+            )
+        )
+    row.history.append(
+        StageTransitionRow(
+            from_stage=None,
+            to_stage=Stage.CANDIDATE.value,
+            changed_by=principal.username,
+            changed_at=now,
+            reason=f"registered from run {candidate.run_id}",
+        )
+    )
+    session.add(row)
+    try:
+        session.flush()
+    except IntegrityError:
+        raise _VersionNumberTakenError(
+            f"version {number} of {candidate.name!r} was registered by someone else at the "
+            "same moment; register again"
+        ) from None
+    return _public(row)
+
+
+def register_candidate(
+    engine: Engine,
+    *,
+    name: str,
+    architecture: str,
+    run_id: str,
+    scenario: str,
+    rounds: int,
+    institutions: Sequence[str],
+    federated_metrics: Mapping[str, float | None],
+    artifact_location: str | Path,
+    artifact_sha256: str,
+    institution_metrics: Mapping[str, Mapping[str, float | None]] | None = None,
+    privacy: Mapping[str, Mapping[str, float | None]] | None = None,
+    encryption: Mapping[str, Any] | None = None,
+    task_manifest_hash: str | None = None,
+    published_at: datetime | None = None,
+    features: Mapping[str, Any] | None = None,
+    principal: Principal,
+    audit: AuditSink,
+) -> ModelVersionPublic:
+    """Register a candidate version from explicit lineage (for the federation runner).
+
+    Parameters
+    ----------
+    engine : Engine
+        The registry database (migrated with ``countyfl.storage.upgrade``).
+    name : str
+        Registry model name, e.g. ``heart-disease-diagnosis``.
+    architecture : str
+        Network architecture, a name of ``countyfl.models``, e.g. ``diagnosis-logreg``.
+    run_id, scenario : str
+        The run that trained the model and its scenario.
+    rounds : int
+        Federated rounds run.
+    institutions : sequence of str
+        Institutions that took part, in the order to show them.
+    federated_metrics : mapping
+        The federated evaluation, ``metric -> value`` (NaN or None: undefined).
+    artifact_location : str or Path
+        The model's ``.npz`` file (a local path or ``file://`` URI).
+    artifact_sha256 : str
+        Its sha256; registration is refused if the file does not match.
+    institution_metrics : mapping, optional
+        ``institution -> metric -> value``.
+    privacy : mapping, optional
+        ``institution -> {"epsilon": float | None, "delta": float | None}``; empty or ``None``
+        when the run used no differential privacy.
+    encryption : mapping, optional
+        Homomorphic encryption parameters; ``None`` for plaintext aggregation.
+    task_manifest_hash : str, optional
+        Hash of the approved task manifest the run executed.
+    published_at : datetime, optional
+        When the model was published.
+    features : mapping, optional
+        The input transform (``{"schema", "names", "mean", "scale"}``, see
+        :class:`~countyfl.registry.schemas.FeatureTransform`); without it the version cannot
+        serve predictions.
+    principal : Principal
+        Who registers (needs ``model.register``); recorded as ``registered_by``.
+    audit : AuditSink
+        Records the registration.
+
+    Raises
+    ------
+    InvalidInputError
+        If a lineage field is invalid (the message names the field).
+    ArtifactIntegrityError
+        If the artifact is missing or does not match ``artifact_sha256``.
+    PermissionDeniedError
+        If ``principal`` may not register models.
+    """
+    fields = {
+        "name": name,
+        "architecture": architecture,
+        "run_id": run_id,
+        "scenario": scenario,
+        "task_manifest_hash": task_manifest_hash,
+        "rounds": rounds,
+        "institutions": list(institutions),
+        "privacy": dict(privacy or {}),
+        "encryption": None if encryption is None else dict(encryption),
+        "metrics": {
+            "federated": dict(federated_metrics),
+            "per_institution": {
+                key: dict(value) for key, value in (institution_metrics or {}).items()
+            },
+        },
+        "artifact_uri": str(artifact_location),
+        "artifact_sha256": artifact_sha256,
+        "published_at": published_at,
+        "features": None if features is None else dict(features),
+    }
+    try:
+        candidate = ModelVersionCreate.model_validate(fields)
+    except ValidationError as error:
+        raise InvalidInputError(
+            f"cannot register a version of {name!r}: {describe_validation_error(error)}"
+        ) from None
+    return register_version(engine, candidate, principal=principal, audit=audit)
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """A pydantic error as ``field 'a.b': message; ...``, naming every bad field."""
+    parts = []
+    for item in error.errors(include_url=False):
+        location = ".".join(str(part) for part in item["loc"])
+        message = str(item["msg"]).removeprefix("Value error, ")
+        parts.append(f"field {location!r}: {message}" if location else message)
+    return "; ".join(parts)
+
+
+# -- reading -----------------------------------------------------------------------------
+
+
+def list_versions(
+    engine: Engine,
+    *,
+    name: str | None = None,
+    stage: Stage | None = None,
+    principal: Principal,
+    audit: AuditSink,
+) -> list[ModelVersionPublic]:
+    """Versions by name and number, optionally of one name and one stage.
+
+    A caller without ``model.read-any-stage`` (a clinician) sees production versions only;
+    asking such a caller's listing for candidates or archived versions is refused.
+    """
+    target = version_target(name or "*")
+    authorize(principal, Action.MODEL_LIST, audit=audit, target=target)
+    if stage is not None and stage is not Stage.PRODUCTION:
+        authorize(principal, Action.MODEL_READ_ANY_STAGE, audit=audit, target=target)
+    elif not is_allowed(principal.role, Action.MODEL_READ_ANY_STAGE):
+        stage = Stage.PRODUCTION
+    query = _versions().order_by(ModelVersionRow.name, ModelVersionRow.version)
+    if name is not None:
+        query = query.where(ModelVersionRow.name == name)
+    if stage is not None:
+        query = query.where(ModelVersionRow.stage == stage.value)
+    with session_factory(engine)() as session:
+        versions = [_public(row) for row in session.scalars(query)]
+    record(
+        audit,
+        principal,
+        Action.MODEL_LIST,
+        target,
+        Outcome.OK,
+        {"stage": None if stage is None else stage.value, "count": len(versions)},
+    )
+    return versions
+
+
+def get_version(
+    engine: Engine,
+    name: str,
+    version: int | None = None,
+    *,
+    principal: Principal,
+    audit: AuditSink,
+) -> ModelVersionPublic:
+    """One version with its lineage and history; the read is audited.
+
+    With ``version=None``: the production version of ``name`` if there is one, otherwise
+    (for callers who may read every stage) its newest version.
+
+    Raises
+    ------
+    NotFoundError
+        If there is no such version (or, for ``version=None``, none the caller may read).
+    PermissionDeniedError
+        If the caller may not read models, or the version is not in production and the
+        caller may read production versions only.
+    """
+    authorize(principal, Action.MODEL_READ, audit=audit, target=version_target(name, version))
+    with session_factory(engine)() as session:
+        row: ModelVersionRow | None
+        if version is not None:
+            row = _find(session, name, version)
+        else:
+            row = session.scalar(
+                _versions().where(
+                    ModelVersionRow.name == name, ModelVersionRow.stage == Stage.PRODUCTION.value
+                )
+            )
+            if row is None and is_allowed(principal.role, Action.MODEL_READ_ANY_STAGE):
+                row = session.scalar(
+                    _versions()
+                    .where(ModelVersionRow.name == name)
+                    .order_by(ModelVersionRow.version.desc())
+                    .limit(1)
+                )
+            if row is None:
+                raise NotFoundError(
+                    f"model {name!r} has no version you can read (no production version); "
+                    "`countyfl registry list` shows the models"
+                )
+        found = _public(row)
+    target = version_target(found.name, found.version)
+    if found.stage is not Stage.PRODUCTION:
+        authorize(principal, Action.MODEL_READ_ANY_STAGE, audit=audit, target=target)
+    record(audit, principal, Action.MODEL_READ, target, Outcome.OK, {"stage": found.stage.value})
+    return found
+
+
+def get_production(
+    engine: Engine, name: str, *, principal: Principal, audit: AuditSink
+) -> ModelVersionPublic:
+    """The production version of ``name`` (what predictions use); the read is audited.
+
+    Raises
+    ------
+    NotFoundError
+        If ``name`` has no production version.
+    """
+    authorize(principal, Action.MODEL_READ, audit=audit, target=version_target(name))
+    with session_factory(engine)() as session:
+        row = session.scalar(
+            _versions().where(
+                ModelVersionRow.name == name, ModelVersionRow.stage == Stage.PRODUCTION.value
+            )
+        )
+        if row is None:
+            raise NotFoundError(
+                f"model {name!r} has no production version; a regulator promotes one with "
+                f"`countyfl registry promote {name} VERSION`"
+            )
+        found = _public(row)
+    record(
+        audit,
+        principal,
+        Action.MODEL_READ,
+        version_target(found.name, found.version),
+        Outcome.OK,
+        {"stage": found.stage.value},
+    )
+    return found
+
+
+def production_pointer(
+    engine: Engine, name: str, *, principal: Principal, audit: AuditSink
+) -> ProductionPointer:
+    """Which version of ``name`` is in production now, and its artifact's sha256.
+
+    Two indexed columns of one row: cheap enough for a service to call on every request and
+    reload its cached model when the answer changes. The permission is checked (``model.read``;
+    a refusal is audited) but an allowed lookup is not audited: the caller audits what it
+    does with the version (e.g. the prediction), or reads it with :func:`get_version`.
+
+    Raises
+    ------
+    PermissionDeniedError
+        If the caller may not read models.
+    """
+    authorize(principal, Action.MODEL_READ, audit=audit, target=version_target(name))
+    with session_factory(engine)() as session:
+        found = session.execute(
+            select(ModelVersionRow.version, ModelVersionRow.artifact_sha256).where(
+                ModelVersionRow.name == name, ModelVersionRow.stage == Stage.PRODUCTION.value
+            )
+        ).one_or_none()
+        if found is not None:
+            return ProductionPointer(
+                name=name, version=found[0], artifact_sha256=found[1], registered=True
+            )
+        registered = session.scalar(
+            select(ModelVersionRow.id).where(ModelVersionRow.name == name).limit(1)
+        )
+    return ProductionPointer(
+        name=name, version=None, artifact_sha256=None, registered=registered is not None
+    )
+
+
+# -- thresholds --------------------------------------------------------------------------
+
+
+def set_threshold(
+    engine: Engine,
+    model_name: str,
+    metric: str,
+    minimum: float,
+    *,
+    principal: Principal,
+    audit: AuditSink,
+) -> ThresholdPublic:
+    """Set (or replace) the minimum federated ``metric`` a version of ``model_name`` needs.
+
+    A promotion is checked against every threshold of the model name: each metric must be
+    present in the version's federated metrics and at least its minimum.
+
+    Raises
+    ------
+    PermissionDeniedError
+        If ``principal`` may not set thresholds.
+    InvalidInputError
+        If a name is malformed or ``minimum`` is not a finite number.
+    """
+    target = f"threshold:{model_name}:{metric}"
+    authorize(principal, Action.THRESHOLD_SET, audit=audit, target=target)
+    try:
+        check_name("model", model_name)
+        check_name("metric", metric)
+    except ValueError as error:
+        raise InvalidInputError(str(error)) from None
+    if not math.isfinite(minimum):
+        raise InvalidInputError(f"the minimum of {metric} must be a finite number, not {minimum}")
+    query = select(ThresholdRow).where(
+        ThresholdRow.model_name == model_name, ThresholdRow.metric == metric
+    )
+    with session_factory(engine)() as session:
+        previous = session.scalar(query.with_only_columns(ThresholdRow.minimum))
+    details = {"minimum": float(minimum), "previous": previous}
+    change = Change(Action.THRESHOLD_SET, target, details)
+    with audited_transaction(engine, audit, principal, change) as session:
+        row = session.scalar(query)
+        if row is None:
+            row = ThresholdRow(model_name=model_name, metric=metric)
+            session.add(row)
+        row.minimum = float(minimum)
+        row.set_by = principal.username
+        row.set_at = utc_now()
+        try:
+            session.flush()
+        except IntegrityError:
+            raise RegistryError(
+                f"the threshold {metric} of {model_name!r} was set by someone else at the same "
+                "moment; check `countyfl registry thresholds` and set it again if needed"
+            ) from None
+        return _threshold_public(row)
+
+
+def list_thresholds(
+    engine: Engine, *, model_name: str | None = None, principal: Principal, audit: AuditSink
+) -> list[ThresholdPublic]:
+    """The promotion thresholds, of one model name or of all."""
+    target = f"threshold:{model_name or '*'}"
+    authorize(principal, Action.MODEL_LIST, audit=audit, target=target)
+    query = select(ThresholdRow).order_by(ThresholdRow.model_name, ThresholdRow.metric)
+    if model_name is not None:
+        query = query.where(ThresholdRow.model_name == model_name)
+    with session_factory(engine)() as session:
+        thresholds = [_threshold_public(row) for row in session.scalars(query)]
+    record(audit, principal, Action.MODEL_LIST, target, Outcome.OK, {"count": len(thresholds)})
+    return thresholds
+
+
+def unmet_thresholds(
+    metrics: Mapping[str, float | None], thresholds: Mapping[str, float]
+) -> dict[str, str]:
+    """``metric -> why`` for every threshold that ``metrics`` do not meet (empty: all met)."""
+    unmet: dict[str, str] = {}
+    for metric, minimum in sorted(thresholds.items()):
+        value = metrics.get(metric)
+        if value is None or not math.isfinite(value):
+            unmet[metric] = f"{metric} was not measured (minimum {minimum:g})"
+        elif value < minimum:
+            unmet[metric] = f"{metric} = {value:.4g} is below the minimum {minimum:g}"
+    return unmet
+
+
+# -- stage changes -----------------------------------------------------------------------
+
+
+def _promotion_refusal(
+    session: Session, row: ModelVersionRow, principal: Principal
+) -> tuple[str, str, dict[str, object]] | None:
+    """(reason, message, details) if ``principal`` may not promote ``row`` now."""
+    label = f"{row.name} v{row.version}"
+    if row.stage != Stage.CANDIDATE.value:
+        return (
+            "stage",
+            f"{label} is {row.stage}; only a candidate can be promoted",
+            {"stage": row.stage},
+        )
+    if row.registered_by == principal.username:
+        return (
+            "second-person",
+            f"{label} was registered by {principal.username!r}, who therefore may not promote "
+            "it: promotion needs a second person. Ask another regulator to review and promote it",
+            {},
+        )
+    thresholds = {
+        item.metric: item.minimum
+        for item in session.scalars(select(ThresholdRow).where(ThresholdRow.model_name == row.name))
+    }
+    if not thresholds:
+        return (
+            "no-thresholds",
+            f"no promotion thresholds are set for {row.name!r}, so {label} cannot be checked; "
+            f"an admin sets them with `countyfl registry threshold {row.name} METRIC MINIMUM` "
+            "(e.g. auc 0.75)",
+            {},
+        )
+    unmet = unmet_thresholds(row.federated_metrics, thresholds)
+    if unmet:
+        return (
+            "thresholds",
+            f"{label} does not meet the thresholds of {row.name!r}: {'; '.join(unmet.values())}",
+            {"unmet": sorted(unmet), "thresholds": thresholds},
+        )
+    return None
+
+
+def promote(
+    engine: Engine,
+    name: str,
+    version: int,
+    *,
+    principal: Principal,
+    audit: AuditSink,
+    reason: str = "",
+) -> ModelVersionPublic:
+    """Move a candidate to production, archiving the name's previous production version.
+
+    Raises
+    ------
+    PermissionDeniedError
+        If ``principal`` may not promote.
+    NotFoundError
+        If there is no such version.
+    StageChangeRefusedError
+        If the version is not a candidate, ``principal`` registered it, no thresholds are set
+        for the name, or a thresholded metric falls short (every refusal is audited).
+    """
+    target = version_target(name, version)
+    authorize(principal, Action.MODEL_PROMOTE, audit=audit, target=target)
+    with session_factory(engine)() as session:
+        row = _find(session, name, version)
+        refusal = _promotion_refusal(session, row, principal)
+        replaced = _production_number(session, name)
+        metrics = dict(row.federated_metrics)
+    if refusal is not None:
+        why, message, details = refusal
+        record(
+            audit,
+            principal,
+            Action.MODEL_PROMOTE,
+            target,
+            Outcome.REFUSED,
+            {"reason": why, **details},
+        )
+        raise StageChangeRefusedError(message)
+    changes = [
+        Change(
+            Action.MODEL_PROMOTE,
+            target,
+            {"reason": reason, "replaces": replaced, "metrics": metrics},
+        )
+    ]
+    if replaced is not None:
+        changes.append(
+            Change(
+                Action.MODEL_ARCHIVE,
+                version_target(name, replaced),
+                {"from": Stage.PRODUCTION.value, "reason": f"replaced by v{version}"},
+            )
+        )
+    with audited_transaction(engine, audit, principal, *changes) as session:
+        return _apply_promotion(session, name, version, replaced, principal, reason)
+
+
+def _production_number(session: Session, name: str) -> int | None:
+    return session.scalar(
+        select(ModelVersionRow.version).where(
+            ModelVersionRow.name == name, ModelVersionRow.stage == Stage.PRODUCTION.value
+        )
+    )
+
+
+def _apply_promotion(
+    session: Session,
+    name: str,
+    version: int,
+    replaced: int | None,
+    principal: Principal,
+    reason: str,
+) -> ModelVersionPublic:
+    changed = StageChangeRefusedError(
+        f"{name!r} changed while v{version} was being promoted (another promotion or "
+        f"archival); check `countyfl registry list --name {name}` and try again"
+    )
+    now = utc_now()
+    row = _find(session, name, version)
+    refusal = _promotion_refusal(session, row, principal)
+    if refusal is not None:
+        raise StageChangeRefusedError(refusal[1])
+    if _production_number(session, name) != replaced:
+        raise changed
+    if replaced is not None:
+        _move(
+            _find(session, name, replaced),
+            Stage.ARCHIVED,
+            principal,
+            now,
+            f"replaced by v{version}",
+        )
+        # Flush the archival first: the one-production-per-name index is checked row by
+        # row, and the unit of work might otherwise write the new production row first.
+        session.flush()
+    _move(row, Stage.PRODUCTION, principal, now, reason)
+    try:
+        session.flush()
+    except IntegrityError:
+        raise changed from None
+    return _public(row)
+
+
+def archive(
+    engine: Engine,
+    name: str,
+    version: int,
+    *,
+    principal: Principal,
+    audit: AuditSink,
+    reason: str = "",
+) -> ModelVersionPublic:
+    """Archive a candidate or production version (archiving production leaves none serving).
+
+    Raises
+    ------
+    PermissionDeniedError
+        If ``principal`` may not archive.
+    NotFoundError
+        If there is no such version.
+    StageChangeRefusedError
+        If the version is archived already (audited).
+    """
+    target = version_target(name, version)
+    authorize(principal, Action.MODEL_ARCHIVE, audit=audit, target=target)
+    with session_factory(engine)() as session:
+        previous = _find(session, name, version).stage
+    if previous == Stage.ARCHIVED.value:
+        record(audit, principal, Action.MODEL_ARCHIVE, target, Outcome.REFUSED, {"reason": "stage"})
+        raise StageChangeRefusedError(f"{name} v{version} is archived already")
+    change = Change(Action.MODEL_ARCHIVE, target, {"from": previous, "reason": reason})
+    with audited_transaction(engine, audit, principal, change) as session:
+        row = _find(session, name, version)
+        if row.stage != previous:
+            raise StageChangeRefusedError(
+                f"{name} v{version} changed from {previous} to {row.stage} while it was being "
+                "archived; check it and try again"
+            )
+        _move(row, Stage.ARCHIVED, principal, utc_now(), reason)
+        session.flush()
+        return _public(row)
+
+
+def _move(
+    row: ModelVersionRow, stage: Stage, principal: Principal, when: datetime, reason: str
+) -> None:
+    row.history.append(
+        StageTransitionRow(
+            from_stage=row.stage,
+            to_stage=stage.value,
+            changed_by=principal.username,
+            changed_at=when,
+            reason=reason,
+        )
+    )
+    row.stage = stage.value

@@ -1,0 +1,37 @@
+"""Fixtures of the registry tests: each database test runs on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from registry_support import BACKENDS, RecordingSink, database_url, migrated_engine
+from sqlalchemy import Engine
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """Each test that uses a database runs once on SQLite and once on PostgreSQL."""
+    name: str = request.param
+    return name
+
+
+@pytest.fixture
+def db_url(backend: str, tmp_path: Path) -> Iterator[str]:
+    """An empty database of ``backend`` (not migrated)."""
+    with database_url(backend, tmp_path) as url:
+        yield url
+
+
+@pytest.fixture
+def engine(db_url: str) -> Iterator[Engine]:
+    """A database with the registry's tables (migrated to ``0002_registry``)."""
+    engine = migrated_engine(db_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def sink() -> RecordingSink:
+    return RecordingSink()
