@@ -123,6 +123,65 @@ def _print_keys(directory: Path, manifest: dict[str, Any]) -> None:
     Console().print(f"fingerprint (sha256 of the public key): {manifest['fingerprint']}")
 
 
+def _mount_governance() -> None:
+    # The registry, users and audit log keep their commands in their own packages.
+    from countyfl.audit.cli import app as audit_app
+    from countyfl.registry.cli import registry_app, users_app
+
+    app.add_typer(users_app, name="users")
+    app.add_typer(registry_app, name="registry")
+    app.add_typer(audit_app, name="audit")
+
+
+_mount_governance()
+
+model_app = typer.Typer(help="Publish trained models.", no_args_is_help=True)
+app.add_typer(model_app, name="model")
+
+
+@model_app.command("publish")
+def model_publish(
+    run_dir: Annotated[
+        Path, typer.Argument(help="output folder of a finished run (holds run.json)")
+    ],
+    secret_context: Annotated[
+        Path | None,
+        typer.Option(help="institutions' secret CKKS context; needed for an encrypted run"),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="where to write (default RUN_DIR/published)")
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option(help="registry model name (default: the scenario's)")
+    ] = None,
+) -> None:
+    """Decrypt a run's final aggregate (as a key holder) and write the model artifact.
+
+    Writes model.npz and model.json (run, rounds, institutions, per-institution epsilon,
+    HE parameters, metrics, sha256): what `countyfl registry register` reads.
+    """
+    from countyfl.publishing import METADATA_FILE, publish
+
+    try:
+        metadata = publish(run_dir, out, secret_context_path=secret_context, name=name)
+    except CountyflError as error:
+        console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(code=2) from None
+    folder = out or run_dir / "published"
+    table = Table("item", "value", title=f"published {metadata['name']} to {folder}")
+    table.add_row("run", metadata["run_id"])
+    table.add_row("rounds", str(metadata["rounds"]))
+    table.add_row("institutions", ", ".join(metadata["institutions"]))
+    for institution, spent in metadata["privacy"].items():
+        table.add_row(f"epsilon at {institution}", f"{spent['epsilon']} (delta {spent['delta']})")
+    for metric, value in metadata["metrics"]["federated"].items():
+        table.add_row(f"federated {metric}", "n/a" if value is None else f"{value:.4f}")
+    table.add_row("encryption", "none" if metadata["encryption"] is None else "CKKS")
+    table.add_row("sha256", metadata["artifact"]["sha256"])
+    Console().print(table)
+    Console().print(f"metadata: {folder / METADATA_FILE}")
+
+
 @app.command()
 def scenarios() -> None:
     """List the scenarios `countyfl simulate` can run."""
@@ -191,9 +250,28 @@ def simulate(
         typer.Option("--keys", help="folder from `countyfl keys init` (default: new keys)"),
     ] = None,
     baselines: Annotated[bool, typer.Option(help="also train local-only and pooled")] = True,
+    register: Annotated[
+        bool,
+        typer.Option(
+            help="register each seed's published model as a candidate in the registry "
+            "(COUNTYFL_DATABASE_URL, else SQLite under COUNTYFL_HOME)"
+        ),
+    ] = True,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="COUNTYFL_TOKEN",
+            help="API token to register with (default: the local simulation-runner identity)",
+            show_default=False,
+        ),
+    ] = None,
     verbose: Annotated[bool, typer.Option(help="show Flower's own log")] = False,
 ) -> None:
-    """Run a federated simulation on real hospital data and write a report folder."""
+    """Run a federated simulation on real hospital data and write a report folder.
+
+    Each seed's final model is published (decrypted by the runner, which holds the keys in
+    a simulation) and registered as a candidate version with its lineage.
+    """
     from countyfl.simulations.report import write_report
     from countyfl.simulations.runner import SimulationRequest, run_simulation_request
 
@@ -258,10 +336,25 @@ def simulate(
 
             result = run_simulation_request(request, update)
         report = write_report(result)
+        registered = []
+        if register:
+            from countyfl.publishing import PUBLISHED_DIR
+            from countyfl.simulations.registration import register_published_runs
+
+            registered = register_published_runs(
+                [result.output_dir / f"seed-{r.seed}" / PUBLISHED_DIR for r in result.seeds],
+                token=token,
+            )
     except CountyflError as error:
         console.print(f"[red]error:[/red] {error}")
         raise typer.Exit(code=2) from None
     _print_summary(report.parent)
+    for version in registered:
+        Console().print(
+            f"registered {version.name} version {version.version} as a candidate "
+            f"(run {version.run_id}): `countyfl registry show {version.name} "
+            f"--version {version.version}`"
+        )
 
 
 def _print_summary(folder: Path) -> None:

@@ -93,12 +93,13 @@ class RunConfig(BaseModel):
             raise ValueError(str(error)) from None
         if self.strategy is StrategyName.FEDPROX and self.proximal_mu == 0:
             raise ValueError("strategy fedprox needs proximal-mu > 0 (try 0.01)")
-        if self.encryption is EncryptionName.CKKS:
-            if not (self.he_secret_context and self.he_public_context):
-                raise ValueError(
-                    "encryption ckks needs he-secret-context and he-public-context "
-                    "(files written by `countyfl keys init`)"
-                )
+        if self.encryption is EncryptionName.CKKS and not (
+            self.he_secret_context and self.he_public_context
+        ):
+            raise ValueError(
+                "encryption ckks needs he-secret-context and he-public-context "
+                "(files written by `countyfl keys init`)"
+            )
         if self.dp and self.target_epsilon > self.budget_epsilon:
             raise ValueError(
                 f"target-epsilon {self.target_epsilon} of one run exceeds the institutions' "

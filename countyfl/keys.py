@@ -7,6 +7,10 @@ ARRAYS = "arrays"
 CONFIG = "config"
 METRICS = "metrics"
 
+# A ConfigRecord in every reply naming the institution (a name is not a metric)
+SITE = "site"
+INSTITUTION_ID = "institution-id"
+
 # Config sent with a task
 SERVER_ROUND = "server-round"
 PROXIMAL_MU = "proximal-mu"

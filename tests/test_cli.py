@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -29,8 +31,13 @@ def _simulate(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+class _NullAudit:
+    def append(self, **entry: object) -> None:
+        pass
+
+
 @pytest.mark.e2e
-def test_fed_heart_disease_two_rounds_through_the_cli(tmp_path: Path) -> None:
+def test_fed_heart_disease_two_rounds_through_the_cli(tmp_path: Path, countyfl_home: Path) -> None:
     out = tmp_path / "report"
     done = _simulate(
         "fed-heart-disease", "--rounds", "2", "--seeds", "42", "--local-steps", "3", "-o", str(out)
@@ -98,6 +105,36 @@ def test_fed_heart_disease_two_rounds_through_the_cli(tmp_path: Path) -> None:
         "privacy-budget.png",
     ):
         assert (out / png).read_bytes()[:8] == PNG_MAGIC
+
+    # The run published its model and registered it as a candidate, with lineage that
+    # matches what the institutions reported and an artifact whose sha256 checks out.
+    published = json.loads((out / "seed-42" / "published" / "model.json").read_text())
+    assert published["institutions"] == sorted(hospitals)
+    for hospital in hospitals:
+        assert published["privacy"][hospital]["epsilon"] == pytest.approx(
+            rounds["2"]["train"][hospital]["epsilon"]
+        )
+        assert published["metrics"]["per_institution"][hospital]["accuracy"] == pytest.approx(
+            federated[hospital]["accuracy"]
+        )
+    assert "registered heart-disease-diagnosis version 1 as a candidate" in done.stdout
+    from countyfl.registry import Principal, Role, get_version, load_artifact
+    from countyfl.storage import create_database_engine
+
+    engine = create_database_engine(f"sqlite:///{countyfl_home / 'countyfl.db'}")
+    version = get_version(
+        engine,
+        "heart-disease-diagnosis",
+        1,
+        principal=Principal("reader", Role.AUDITOR),
+        audit=_NullAudit(),
+    )
+    engine.dispose()
+    assert version.stage.value == "candidate" and version.registered_by == "simulation-runner"
+    assert version.rounds == 2
+    assert sorted(i.institution for i in version.institutions) == sorted(hospitals)
+    assert all(0 < (i.epsilon or 0) <= 1.0 + 1e-6 for i in version.institutions)
+    assert set(load_artifact(version)) == {"linear.weight", "linear.bias"}
 
 
 @pytest.mark.e2e
@@ -263,3 +300,27 @@ def test_ckks_aggregation_gives_the_plaintext_model(tmp_path: Path, strategy: li
     for hospital, expected in metrics["plain"].items():
         assert metrics["ckks"][hospital]["loss"] == pytest.approx(expected["loss"], abs=1e-4)
         assert metrics["ckks"][hospital]["accuracy"] == expected["accuracy"]
+
+    # A key holder publishes the encrypted aggregate by hand; without the key it cannot.
+    run_dir, republished = encrypted / "seed-42", tmp_path / "republished"
+    runner = CliRunner()
+    keyless = runner.invoke(app, ["model", "publish", str(run_dir), "-o", str(republished)])
+    assert keyless.exit_code == 2 and "secret context" in keyless.output
+    secret = encrypted / "keys" / "institutions-secret.ckks"
+    published = runner.invoke(
+        app,
+        ["model", "publish", str(run_dir), "--secret-context", str(secret), "-o", str(republished)],
+    )
+    assert published.exit_code == 0, published.output
+    metadata = json.loads((republished / "model.json").read_text())
+    assert (
+        metadata["artifact"]["sha256"]
+        == hashlib.sha256((republished / "model.npz").read_bytes()).hexdigest()
+    )
+    assert metadata["encryption"]["scheme"] == "ckks" and metadata["rounds"] == 2
+    with (
+        np.load(republished / "model.npz") as mine,
+        np.load(run_dir / "published" / "model.npz") as runners,
+    ):
+        for name in runners.files:
+            np.testing.assert_array_equal(mine[name], runners[name])

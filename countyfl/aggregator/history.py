@@ -15,6 +15,8 @@ class RoundRecord:
     train: dict[int, dict[str, float]] = field(default_factory=dict)
     evaluate: dict[int, dict[str, float]] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
+    # partition id -> institution id, as each reply named itself
+    institutions: dict[int, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -37,8 +39,16 @@ class FederationHistory:
                 train={int(k): v for k, v in record["train"].items()},
                 evaluate={int(k): v for k, v in record["evaluate"].items()},
                 failures=list(record["failures"]),
+                institutions={int(k): v for k, v in record.get("institutions", {}).items()},
             )
         return history
+
+    def institution_names(self) -> dict[int, str]:
+        """Partition id -> institution id over all rounds (what the replies said)."""
+        names: dict[int, str] = {}
+        for record in self.rounds.values():
+            names.update(record.institutions)
+        return names
 
     def write(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)

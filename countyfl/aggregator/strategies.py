@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from flwr.app import ArrayRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
 from flwr.serverapp.strategy import FedProx as FlowerFedProx
 
@@ -62,6 +62,9 @@ class RecordingMixin:
                 continue
             partition_id, values = parsed
             getattr(record, phase)[partition_id] = values
+            site = message.content.get(keys.SITE)
+            if isinstance(site, ConfigRecord) and isinstance(site.get(keys.INSTITUTION_ID), str):
+                record.institutions[partition_id] = str(site[keys.INSTITUTION_ID])
             forwarded.append(message)
         return forwarded
 

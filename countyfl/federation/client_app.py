@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from flwr.app import ArrayRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from countyfl import keys, models
@@ -68,6 +68,10 @@ def send_model(model: torch.nn.Module, num_examples: int, config: RunConfig) -> 
         secret = _secret_context(config.he_secret_context)
         return update_to_arrays(encrypt_update(get_weights(model), num_examples, secret))
     return model_to_arrays(model)
+
+
+def _site_record(institution: InstitutionData) -> ConfigRecord:
+    return ConfigRecord({keys.INSTITUTION_ID: institution.institution_id})
 
 
 def make_client_app(config: RunConfig | None = None) -> ClientApp:
@@ -134,7 +138,11 @@ def make_client_app(config: RunConfig | None = None) -> ClientApp:
             values[keys.TRAIN_LOSS] = outcome.mean_loss
         metrics = MetricRecord(values)
         content = RecordDict(
-            {keys.ARRAYS: send_model(model, institution.num_train, cfg), keys.METRICS: metrics}
+            {
+                keys.ARRAYS: send_model(model, institution.num_train, cfg),
+                keys.METRICS: metrics,
+                keys.SITE: _site_record(institution),
+            }
         )
         return Message(content=content, reply_to=msg)
 
@@ -149,7 +157,10 @@ def make_client_app(config: RunConfig | None = None) -> ClientApp:
         metrics = MetricRecord(
             {keys.NUM_EXAMPLES: institution.num_test, keys.PARTITION_ID: partition_id, **result}
         )
-        return Message(content=RecordDict({keys.METRICS: metrics}), reply_to=msg)
+        return Message(
+            content=RecordDict({keys.METRICS: metrics, keys.SITE: _site_record(institution)}),
+            reply_to=msg,
+        )
 
     return app
 

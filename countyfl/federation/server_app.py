@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +19,12 @@ from countyfl.aggregator.strategies import FedAvg, FedProx, RoundCallback
 from countyfl.config import EncryptionName, RunConfig, StrategyName, parse_run_config
 from countyfl.data import scenario_shape
 from countyfl.federation.records import model_to_arrays
+from countyfl.publishing import FINAL_AGGREGATE_FILE, FINAL_MODEL_FILE, HISTORY_FILE, RUN_FILE
 
 logger = logging.getLogger(__name__)
 
-HISTORY_FILE = "history.json"
-FINAL_MODEL_FILE = "final-model.npz"
-# Under CKKS the server ends with Enc(sum n w): a key holder publishes it (decrypts it).
-FINAL_AGGREGATE_FILE = "final-aggregate.npz"
+# Under CKKS the server ends with Enc(sum n w) in FINAL_AGGREGATE_FILE: a key holder
+# publishes it (countyfl.publishing); the server never can.
 
 
 def build_strategy(
@@ -57,9 +58,13 @@ def build_strategy(
 
 
 def run_federation(
-    grid: Grid, config: RunConfig, on_round_end: RoundCallback | None = None
+    grid: Grid,
+    config: RunConfig,
+    on_round_end: RoundCallback | None = None,
+    run_id: str = "",
 ) -> None:
-    """Run ``config.num_server_rounds`` rounds and write the history and final model."""
+    """Run ``config.num_server_rounds`` rounds; write the run, its history and final model."""
+    started = datetime.now(UTC)
     num_features, num_institutions = scenario_shape(config.scenario.value)
     torch.manual_seed(config.seed)
     initial = models.build(config.model, num_features)
@@ -75,6 +80,14 @@ def run_federation(
     if config.output_dir:
         output = Path(config.output_dir)
         strategy.history.write(output / HISTORY_FILE)
+        run = {
+            "run-id": run_id,
+            "started-at": started.isoformat(),
+            "finished-at": datetime.now(UTC).isoformat(),
+            "num-values": num_values,
+            "config": config.model_dump(mode="json", by_alias=True),
+        }
+        (output / RUN_FILE).write_text(json.dumps(run, indent=1), encoding="utf-8")
         if is_encrypted(result.arrays):
             chunks: dict[str, Any] = {k: v.numpy() for k, v in result.arrays.items()}
             np.savez(output / FINAL_AGGREGATE_FILE, **chunks)
@@ -94,7 +107,7 @@ def make_server_app(
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         cfg = config if config is not None else parse_run_config(context.run_config)
-        run_federation(grid, cfg, on_round_end)
+        run_federation(grid, cfg, on_round_end, run_id=str(context.run_id))
 
     return app
 

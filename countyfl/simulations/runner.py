@@ -12,17 +12,16 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import RecordDict
 
-from countyfl import keys, models
+from countyfl import models
 from countyfl.aggregator.history import FederationHistory
 from countyfl.clients.training import predict_proba
-from countyfl.config import RunConfig, parse_run_config
+from countyfl.config import EncryptionName, RunConfig, parse_run_config
 from countyfl.data import FederatedDataset, load_scenario
 from countyfl.data.quarantine import write_quarantine
 from countyfl.errors import ConfigError, SimulationError
-from countyfl.federation.server_app import FINAL_AGGREGATE_FILE, FINAL_MODEL_FILE, HISTORY_FILE
 from countyfl.privacy.audit import membership_inference_auc
+from countyfl.publishing import HISTORY_FILE, MODEL_FILE, PUBLISHED_DIR, publish
 from countyfl.simulations.baselines import MethodMetrics, evaluate_everywhere, train_baselines
 from countyfl.simulations.scenarios import Scenario, get_scenario
 
@@ -125,23 +124,16 @@ def _cpu_count() -> int:
 
 
 def load_final_model(config: RunConfig, num_features: int) -> torch.nn.Module:
-    """The global model the server wrote after the last round.
+    """Publish the run's final model and load it.
 
     Under CKKS the server only has Enc(sum n w); the runner then acts as the key-holding
     publisher and decrypts it with the institutions' secret context.
     """
-    model = models.build(config.model, num_features)
     folder = Path(config.output_dir)
-    if (folder / FINAL_AGGREGATE_FILE).is_file():
-        from flwr.app import Array, ArrayRecord
-
-        from countyfl.federation.client_app import receive_model
-
-        with np.load(folder / FINAL_AGGREGATE_FILE) as stored:
-            record = ArrayRecord({k: Array(stored[k]) for k in stored.files})
-        receive_model(model, RecordDict({keys.ARRAYS: record}), config)
-        return model
-    with np.load(folder / FINAL_MODEL_FILE) as arrays:
+    secret = Path(config.he_secret_context) if config.encryption is EncryptionName.CKKS else None
+    publish(folder, folder / PUBLISHED_DIR, secret_context_path=secret)
+    model = models.build(config.model, num_features)
+    with np.load(folder / PUBLISHED_DIR / MODEL_FILE) as arrays:
         model.load_state_dict({k: torch.from_numpy(arrays[k]) for k in arrays.files})
     return model
 

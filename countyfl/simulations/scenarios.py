@@ -18,6 +18,8 @@ class Scenario:
     headline_metric: str
     defaults: dict[str, Any]
     default_seeds: tuple[int, ...]
+    # The name its published models get in the registry (what clinicians ask for)
+    registry_name: str = ""
     reference_source: str = ""
     # method -> mean of per-institution test metric, as published
     reference: dict[str, float] = field(default_factory=dict)
@@ -40,6 +42,7 @@ SCENARIOS: dict[ScenarioName, Scenario] = {
             "momentum": 0.9,
         },
         default_seeds=(42, 43, 44, 45, 46),
+        registry_name="heart-disease-diagnosis",
         reference_source=(
             "FLamby (du Terrail et al., NeurIPS 2022 Datasets and Benchmarks), "
             "Fed-Heart-Disease, mean of the four hospital test accuracies"
@@ -72,6 +75,7 @@ SCENARIOS: dict[ScenarioName, Scenario] = {
             "momentum": 0.9,
         },
         default_seeds=(42, 43, 44),
+        registry_name="coronary-risk-10y",
     ),
 }
 

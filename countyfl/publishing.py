@@ -1,0 +1,200 @@
+"""Publishing: a key holder turns a finished run's final aggregate into a model artifact.
+
+The county node ends a CKKS run holding Enc(sum n_i w_i) and sum n_i, which it cannot read.
+A key holder (an institution, or the county's key custodian, never the aggregator) runs
+``countyfl model publish RUN_DIR``: the aggregate is decrypted with the institutions'
+secret context and written as ``model.npz`` beside ``model.json``, the metadata the
+registry reads (run, rounds, institutions, per-institution epsilon/delta, HE parameters,
+metrics, and the artifact's sha256). A plaintext run is published the same way, without a
+key. Nothing here needs Flower.
+
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from countyfl import keys, models
+from countyfl.aggregator.history import FederationHistory
+from countyfl.errors import CountyflError
+
+MODEL_FILE = "model.npz"
+PUBLISHED_DIR = "published"
+METADATA_FILE = "model.json"
+# Files a run folder holds (written by the ServerApp; see countyfl.federation.server_app)
+RUN_FILE = "run.json"
+HISTORY_FILE = "history.json"
+FINAL_MODEL_FILE = "final-model.npz"
+FINAL_AGGREGATE_FILE = "final-aggregate.npz"
+# Metrics averaged over institutions (weighted by test examples) into the federated figure
+FEDERATED_METRICS = (keys.ACCURACY, keys.AUC, keys.BRIER, keys.ECE, keys.LOSS)
+
+
+class PublishError(CountyflError):
+    """A run folder cannot be published as it is."""
+
+
+def sha256_of(path: Path) -> str:
+    """The sha256 of a file, in hex."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _read_json(path: Path) -> Any:
+    if not path.is_file():
+        raise PublishError(
+            f"{path} is missing: is {path.parent} the output folder of a finished run "
+            "(it holds run.json, history.json and the final model or aggregate)?"
+        )
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise PublishError(f"{path} is not valid JSON: {error}") from error
+
+
+def final_state(run_dir: Path, secret_context_path: Path | None) -> dict[str, np.ndarray]:
+    """The final global model of a run as a state dict of numpy arrays.
+
+    Under CKKS the aggregate is decrypted with the secret context (which must be the key
+    the run used: the fingerprint is checked); a plaintext run's model is read as it is.
+    """
+    run = _read_json(run_dir / RUN_FILE)
+    config = run["config"]
+    aggregate = run_dir / FINAL_AGGREGATE_FILE
+    if aggregate.is_file():
+        if secret_context_path is None:
+            raise PublishError(
+                f"{aggregate} is encrypted: give the institutions' secret context "
+                "(--secret-context, written by `countyfl keys init`) to publish it"
+            )
+        from flwr.app import Array, ArrayRecord
+
+        from countyfl.aggregator.encrypted import arrays_to_update
+        from countyfl.data import scenario_shape
+        from countyfl.privacy.he.codec import CodecError, decrypt_average
+        from countyfl.privacy.he.keys import load_secret_context
+
+        num_features, _ = scenario_shape(config["scenario"])
+        template = models.build(config["model"], num_features).state_dict()
+        shapes = [tuple(t.shape) for t in template.values()]
+        with np.load(aggregate) as stored:
+            record = ArrayRecord({k: Array(stored[k]) for k in stored.files})
+        try:
+            arrays = decrypt_average(
+                arrays_to_update(record), load_secret_context(secret_context_path), shapes
+            )
+        except CodecError as error:
+            raise PublishError(f"cannot decrypt {aggregate}: {error}") from error
+        return {
+            name: np.asarray(a, dtype=np.float32).reshape(t.shape)
+            for (name, t), a in zip(template.items(), arrays, strict=True)
+        }
+    plain = run_dir / FINAL_MODEL_FILE
+    if not plain.is_file():
+        raise PublishError(f"{run_dir} holds neither {FINAL_AGGREGATE_FILE} nor {FINAL_MODEL_FILE}")
+    with np.load(plain) as stored:
+        return {k: stored[k] for k in stored.files}
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def summarise_history(history: FederationHistory) -> dict[str, Any]:
+    """Institutions, per-institution epsilon/delta and metrics of the last round."""
+    names = history.institution_names()
+    rounds = sorted(history.rounds)
+    trained: dict[int, dict[str, float]] = {}
+    for server_round in rounds:  # the last value each institution reported wins
+        trained.update(history.rounds[server_round].train)
+    last_eval = history.rounds[rounds[-1]].evaluate if rounds else {}
+
+    def name(partition: int) -> str:
+        return names.get(partition, f"partition-{partition}")
+
+    privacy = {
+        name(p): {
+            "epsilon": _finite(float(v[keys.EPSILON])),
+            "delta": _finite(float(v.get(keys.DELTA, math.nan))),
+        }
+        for p, v in sorted(trained.items())
+        if keys.EPSILON in v
+    }
+    per_institution = {
+        name(p): {k: _finite(float(x)) for k, x in v.items()} for p, v in sorted(last_eval.items())
+    }
+    federated: dict[str, float | None] = {}
+    weights = {p: float(v.get(keys.NUM_EXAMPLES, 0.0)) for p, v in last_eval.items()}
+    total = sum(weights.values())
+    for metric in FEDERATED_METRICS:
+        values = [(weights[p], v[metric]) for p, v in last_eval.items() if metric in v]
+        if values and total > 0:
+            federated[metric] = _finite(sum(w * float(x) for w, x in values) / total)
+    return {
+        "institutions": [name(p) for p in sorted(set(trained) | set(last_eval))],
+        "privacy": privacy,
+        "metrics": {"federated": federated, "per_institution": per_institution},
+    }
+
+
+def publish(
+    run_dir: Path,
+    out_dir: Path | None = None,
+    *,
+    secret_context_path: Path | None = None,
+    name: str | None = None,
+    task_manifest_hash: str | None = None,
+) -> dict[str, Any]:
+    """Write ``model.npz`` and ``model.json`` for the finished run in ``run_dir``.
+
+    Returns the metadata written. ``out_dir`` defaults to ``run_dir / PUBLISHED_DIR``;
+    ``name`` to the scenario's registry name.
+    """
+    from countyfl.simulations.scenarios import get_scenario
+
+    run = _read_json(run_dir / RUN_FILE)
+    history = FederationHistory.from_dict(_read_json(run_dir / HISTORY_FILE))
+    config = run["config"]
+    state = final_state(run_dir, secret_context_path)
+    out = out_dir or run_dir / PUBLISHED_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    arrays: dict[str, Any] = dict(state)
+    np.savez(buffer, **arrays)
+    (out / MODEL_FILE).write_bytes(buffer.getvalue())
+    encryption = None
+    if config.get("encryption") == "ckks":
+        from countyfl.privacy.he.keys import DEFAULT_PARAMETERS, fingerprint, load_secret_context
+
+        assert secret_context_path is not None  # final_state refused otherwise
+        encryption = {
+            "scheme": "ckks",
+            **asdict(DEFAULT_PARAMETERS),
+            "key-fingerprint": fingerprint(load_secret_context(secret_context_path)),
+        }
+    metadata = {
+        "name": name or get_scenario(config["scenario"]).registry_name,
+        "model": config["model"],
+        "run_id": str(run.get("run-id", "")) or run_dir.name,
+        "scenario": config["scenario"],
+        "task_manifest_hash": task_manifest_hash,
+        "rounds": len(history.rounds),
+        **summarise_history(history),
+        "encryption": encryption,
+        "artifact": {"path": MODEL_FILE, "sha256": sha256_of(out / MODEL_FILE)},
+        "created_at": datetime.now(UTC).isoformat(),
+    }
+    (out / METADATA_FILE).write_text(json.dumps(metadata, indent=1), encoding="utf-8")
+    return metadata
