@@ -135,6 +135,192 @@ def _mount_governance() -> None:
 
 _mount_governance()
 
+
+def _mount_deployment() -> None:
+    from countyfl.deployment.cli import certs_app, node_app, task_app
+
+    app.add_typer(certs_app, name="certs")
+    app.add_typer(node_app, name="node")
+    app.add_typer(task_app, name="task")
+    node_app.command("start")(node_start)
+
+
+server_app = typer.Typer(
+    help="The county node: Flower SuperLink with TLS and SuperNode authentication.",
+    no_args_is_help=True,
+)
+app.add_typer(server_app, name="server")
+
+CertsOption = Annotated[
+    Path, typer.Option("--certs", help="folder written by `countyfl certs init`")
+]
+StateOption = Annotated[
+    Path,
+    typer.Option(
+        "--state-dir", help="the county node's state: SuperLink database, flwr connection"
+    ),
+]
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    console.print(f"[red]error:[/red] {message}")
+    return typer.Exit(code=code)
+
+
+@server_app.command("start")
+def server_start(
+    certs: CertsOption,
+    state_dir: StateOption,
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[
+        int, typer.Option(help="the one port of Fleet, Control and Runtime APIs")
+    ] = 8000,
+    public_address: Annotated[
+        str | None,
+        typer.Option(help="HOST:PORT that nodes and `countyfl run` use (default HOST:PORT)"),
+    ] = None,
+) -> None:
+    """Run the SuperLink in the foreground (TLS, node authentication, persistent state)."""
+    import os
+
+    from countyfl.deployment.certs import CA_CERT_FILE, SERVER_CERT_FILE, SERVER_KEY_FILE
+    from countyfl.federation.deployment import (
+        flower_environment,
+        superlink_command,
+        write_connection,
+    )
+
+    missing = [
+        f for f in (CA_CERT_FILE, SERVER_CERT_FILE, SERVER_KEY_FILE) if not (certs / f).is_file()
+    ]
+    if missing:
+        raise _fail(f"{certs} lacks {', '.join(missing)}: run `countyfl certs init --out {certs}`")
+    state_dir.mkdir(parents=True, exist_ok=True)
+    connection = write_connection(
+        state_dir, public_address or f"{host}:{port}", certs / CA_CERT_FILE
+    )
+    command = superlink_command(
+        ca_certificate=certs / CA_CERT_FILE,
+        server_certificate=certs / SERVER_CERT_FILE,
+        server_private_key=certs / SERVER_KEY_FILE,
+        state_dir=state_dir,
+        host=host,
+        port=port,
+    )
+    console.print(f"SuperLink on https://{host}:{port}; `flwr` connection in {connection}")
+    os.execvpe(command[0], command, flower_environment())
+
+
+@server_app.command("add-node")
+def server_add_node(
+    public_key: Annotated[Path, typer.Argument(help="a site's node public key (.pub)")],
+    state_dir: StateOption,
+) -> None:
+    """Register a site's SuperNode key: only registered nodes may connect."""
+    from countyfl.federation.deployment import register_node
+
+    if not public_key.is_file():
+        raise _fail(f"{public_key} does not exist (made by `countyfl certs add-node NAME`)")
+    try:
+        node_id = register_node(state_dir, public_key)
+    except CountyflError as error:
+        raise _fail(str(error)) from None
+    Console().print(f"registered {public_key.name} as node {node_id}")
+
+
+def node_start(
+    site: Annotated[Path, typer.Option("--site", help="the institution's site.toml")],
+    superlink: Annotated[str, typer.Option(help="HOST:PORT of the county's SuperLink")],
+    port: Annotated[int, typer.Option(help="this node's local runtime API port")] = 9094,
+) -> None:
+    """Run this institution's SuperNode in the foreground (TLS, its auth key, its site.toml)."""
+    import os
+
+    from countyfl.deployment.site import load_site
+    from countyfl.federation.deployment import flower_environment, supernode_command
+
+    try:
+        config = load_site(site)
+    except CountyflError as error:
+        raise _fail(str(error)) from None
+    if config.keys.root_certificate is None or config.keys.node_private_key is None:
+        raise _fail(
+            f"{site}: keys.root_certificate and keys.node_private_key are needed to join a "
+            "county over TLS with node authentication"
+        )
+    command = supernode_command(
+        site,
+        root_certificate=Path(config.keys.root_certificate),
+        private_key=Path(config.keys.node_private_key),
+        superlink=superlink,
+        port=port,
+    )
+    console.print(f"{config.name} ({config.institution_id}) joins {superlink}")
+    os.execvpe(command[0], command, flower_environment())
+
+
+@app.command("run")
+def run_federation_command(
+    state_dir: StateOption,
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="where the ServerApp writes the run (absolute)")
+    ],
+    config: Annotated[
+        list[str] | None,
+        typer.Option("--config", "-c", help="run-config override KEY=VALUE (repeatable)"),
+    ] = None,
+    public_context: Annotated[
+        Path | None,
+        typer.Option(help="the aggregator's public CKKS context (needed with encryption=ckks)"),
+    ] = None,
+    deadline: Annotated[
+        float, typer.Option(help="seconds before an unfinished run is stopped", min=1)
+    ] = 3600,
+    app_dir: Annotated[
+        Path | None, typer.Option("--app", help="the countyfl Flower app folder")
+    ] = None,
+) -> None:
+    """Submit a federation to the county's SuperLink and wait for it (with a deadline)."""
+    from countyfl.config import parse_run_config
+    from countyfl.deployment.tasks import manifest_for, manifest_hash
+    from countyfl.federation.deployment import default_app_dir, submit_run
+
+    overrides: dict[str, Any] = {}
+    for item in config or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise _fail(f"--config {item!r} is not KEY=VALUE")
+        overrides[key.strip()] = _parse_value(value.strip())
+    overrides["output-dir"] = str(output.resolve())
+    if public_context is not None:
+        overrides["he-public-context"] = str(public_context.resolve())
+    try:
+        parsed = parse_run_config(overrides)
+        outcome = submit_run(
+            state_dir, app_dir or default_app_dir(), overrides, deadline_seconds=deadline
+        )
+    except CountyflError as error:
+        raise _fail(str(error)) from None
+    digest = manifest_hash(manifest_for(parsed))
+    Console().print(
+        f"run {outcome.run_id}: {outcome.status} after {outcome.elapsed_seconds:.0f} s "
+        f"(task sha256 {digest[:12]}); output in {output}"
+    )
+    if not outcome.completed:
+        raise typer.Exit(code=1)
+
+
+def _parse_value(text: str) -> Any:
+    import tomllib
+
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+_mount_deployment()
+
 model_app = typer.Typer(help="Publish trained models.", no_args_is_help=True)
 app.add_typer(model_app, name="model")
 

@@ -79,8 +79,13 @@ class RunConfig(BaseModel):
     budget_epsilon: float = Field(default=10.0, gt=0)
     # Encrypted aggregation (TenSEAL CKKS): key files from `countyfl keys init`.
     encryption: EncryptionName = EncryptionName.NONE
+    # The secret context is read by simulated institutions only; in a deployment each site
+    # reads its own from site.toml, and the county's ServerApp needs the public one only.
     he_secret_context: str = ""
     he_public_context: str = ""
+    # Nodes that must be connected before a round starts; 0: all of the scenario's
+    # institutions. In a deployment, lower it so that a lost node does not stall the run.
+    min_nodes: int = Field(default=0, ge=0, le=10_000)
 
     @model_validator(mode="after")
     def _check(self) -> RunConfig:
@@ -93,12 +98,10 @@ class RunConfig(BaseModel):
             raise ValueError(str(error)) from None
         if self.strategy is StrategyName.FEDPROX and self.proximal_mu == 0:
             raise ValueError("strategy fedprox needs proximal-mu > 0 (try 0.01)")
-        if self.encryption is EncryptionName.CKKS and not (
-            self.he_secret_context and self.he_public_context
-        ):
+        if self.encryption is EncryptionName.CKKS and not self.he_public_context:
             raise ValueError(
-                "encryption ckks needs he-secret-context and he-public-context "
-                "(files written by `countyfl keys init`)"
+                "encryption ckks needs he-public-context (the aggregator's public context "
+                "written by `countyfl keys init`)"
             )
         if self.dp and self.target_epsilon > self.budget_epsilon:
             raise ValueError(

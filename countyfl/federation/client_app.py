@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import zlib
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -9,12 +11,17 @@ from typing import Any
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.clientapp.typing import ClientAppCallable
 
 from countyfl import keys, models
 from countyfl.aggregator.encrypted import arrays_to_update, is_encrypted, update_to_arrays
 from countyfl.clients.training import evaluate, get_weights, set_weights, train
 from countyfl.config import EncryptionName, RunConfig, parse_run_config
 from countyfl.data import InstitutionData, load_scenario
+from countyfl.deployment.site import SiteConfig, load_site
+from countyfl.deployment.site_data import load_site_data
+from countyfl.deployment.tasks import TaskNotApprovedError, check_approved, record_refusal
+from countyfl.errors import CountyflError
 from countyfl.federation.records import arrays_of, load_arrays, model_to_arrays, server_round_of
 from countyfl.privacy.budget import BudgetExceededError, train_within_budget
 from countyfl.privacy.he.codec import decrypt_average, encrypt_update
@@ -22,10 +29,82 @@ from countyfl.privacy.he.keys import load_secret_context
 from countyfl.privacy.ledger import LEDGER_FILE, Budget, PrivacyLedger
 
 
-def _institution(config: RunConfig, context: Context) -> tuple[int, InstitutionData]:
+@dataclass(frozen=True)
+class Site:
+    """Where a ClientApp runs: the institution's data, ledger, budget and secret key.
+
+    Simulated institutions take all of it from the run config (partition-id in the node
+    config); a deployed SuperNode from its own site.toml (site-config in the node config),
+    so that the budget, the key and the data are the site's, never the submitter's.
+    """
+
+    partition_id: int
+    institution: InstitutionData
+    ledger_path: Path
+    budget: Budget
+    secret_context: str
+    config_file: Path | None = None
+
+
+def deployed_partition_id(institution_id: str) -> int:
+    """A stable record key for a deployed institution (node ids change per registration)."""
+    return zlib.crc32(institution_id.encode()) & 0x7FFFFFFF
+
+
+@lru_cache(maxsize=2)
+def _deployed_site(path: str) -> tuple[SiteConfig, InstitutionData]:
+    site = load_site(Path(path))
+    return site, load_site_data(site).institution
+
+
+def resolve_site(config: RunConfig, context: Context) -> Site:
+    """The site this message is handled at (see :class:`Site`)."""
+    site_file = context.node_config.get(keys.SITE_CONFIG)
+    if site_file:
+        site, institution = _deployed_site(str(site_file))
+        secret = site.keys.he_secret_context
+        return Site(
+            partition_id=deployed_partition_id(site.institution_id),
+            institution=institution,
+            ledger_path=Path(site.state_dir) / LEDGER_FILE,
+            budget=Budget(site.privacy.budget_epsilon, site.privacy.delta),
+            secret_context=str(secret) if secret else "",
+            config_file=Path(str(site_file)),
+        )
     partition_id = int(str(context.node_config[keys.PARTITION_ID]))
     dataset = load_scenario(config.scenario.value, config.data_path, config.partition_seed)
-    return partition_id, dataset.institutions[partition_id]
+    institution = dataset.institutions[partition_id]
+    return Site(
+        partition_id=partition_id,
+        institution=institution,
+        ledger_path=site_directory(config, institution.institution_id) / LEDGER_FILE,
+        budget=Budget(config.budget_epsilon, config.delta),
+        secret_context=config.he_secret_context,
+    )
+
+
+def site_policy_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """A deployed site runs only tasks whose manifest its site.toml approves.
+
+    The manifest is derived from the run config the message belongs to, so a server cannot
+    pair an approved manifest with another config. A refusal is an error reply naming the
+    task, and is recorded in the site's refusals.jsonl.
+    """
+    site_file = context.node_config.get(keys.SITE_CONFIG)
+    if not site_file:
+        return call_next(msg, context)
+    try:
+        site, _ = _deployed_site(str(site_file))
+        check_approved(site, parse_run_config(context.run_config))
+    except TaskNotApprovedError as refusal:
+        record_refusal(
+            site, task_hash=refusal.task_hash, reason=str(refusal), run_id=context.run_id
+        )
+        return Message(error=Error(code=keys.REFUSED_ERROR_CODE, reason=str(refusal)), reply_to=msg)
+    except CountyflError as error:
+        # A broken site.toml or data export: refuse with the reason rather than crash.
+        return Message(error=Error(code=keys.REFUSED_ERROR_CODE, reason=str(error)), reply_to=msg)
+    return call_next(msg, context)
 
 
 def _round_seed(config: RunConfig, partition_id: int, server_round: int) -> int:
@@ -49,8 +128,13 @@ def _secret_context(path: str) -> Any:
     return load_secret_context(Path(path))
 
 
-def receive_model(model: torch.nn.Module, content: RecordDict, config: RunConfig) -> None:
-    """Load the global model a task carries: plaintext, or Enc(sum n w) decrypted here."""
+def receive_model(
+    model: torch.nn.Module, content: RecordDict, config: RunConfig, secret_context: str = ""
+) -> None:
+    """Load the global model a task carries: plaintext, or Enc(sum n w) decrypted here.
+
+    ``secret_context`` is the site's key file (default: the run config's, in simulation).
+    """
     arrays = arrays_of(content)
     if not is_encrypted(arrays):
         load_arrays(model, arrays)
@@ -59,13 +143,26 @@ def receive_model(model: torch.nn.Module, content: RecordDict, config: RunConfig
         raise ValueError("the task carries an encrypted model but this run has no CKKS keys")
     shapes = [tuple(t.shape) for t in model.state_dict().values()]
     update = arrays_to_update(arrays)
-    set_weights(model, decrypt_average(update, _secret_context(config.he_secret_context), shapes))
+    secret = _secret_context(_secret_path(config, secret_context))
+    set_weights(model, decrypt_average(update, secret, shapes))
 
 
-def send_model(model: torch.nn.Module, num_examples: int, config: RunConfig) -> ArrayRecord:
+def _secret_path(config: RunConfig, secret_context: str) -> str:
+    path = secret_context or config.he_secret_context
+    if not path:
+        raise ValueError(
+            "this run uses CKKS but the institution has no secret context: set "
+            "keys.he_secret_context in site.toml (deployment) or he-secret-context (simulation)"
+        )
+    return path
+
+
+def send_model(
+    model: torch.nn.Module, num_examples: int, config: RunConfig, secret_context: str = ""
+) -> ArrayRecord:
     """The local model as it leaves the institution: plaintext, or Enc(n w)."""
     if config.encryption is EncryptionName.CKKS:
-        secret = _secret_context(config.he_secret_context)
+        secret = _secret_context(_secret_path(config, secret_context))
         return update_to_arrays(encrypt_update(get_weights(model), num_examples, secret))
     return model_to_arrays(model)
 
@@ -76,7 +173,7 @@ def _site_record(institution: InstitutionData) -> ConfigRecord:
 
 def make_client_app(config: RunConfig | None = None) -> ClientApp:
     """Build the ClientApp; ``config`` None means: parse it from Flower's run config."""
-    app = ClientApp()
+    app = ClientApp(mods=[site_policy_mod])
 
     def resolve(context: Context) -> RunConfig:
         return config if config is not None else parse_run_config(context.run_config)
@@ -85,11 +182,12 @@ def make_client_app(config: RunConfig | None = None) -> ClientApp:
     def train_handler(msg: Message, context: Context) -> Message:
         torch.set_num_threads(1)
         cfg = resolve(context)
-        partition_id, institution = _institution(cfg, context)
+        site = resolve_site(cfg, context)
+        partition_id, institution = site.partition_id, site.institution
         server_round = server_round_of(msg.content)
         torch.manual_seed(_round_seed(cfg, partition_id, server_round))
         model = models.build(cfg.model, institution.x_train.shape[1])
-        receive_model(model, msg.content, cfg)
+        receive_model(model, msg.content, cfg, site.secret_context)
         values: dict[str, Any] = {
             keys.NUM_EXAMPLES: institution.num_train,
             keys.PARTITION_ID: partition_id,
@@ -98,10 +196,8 @@ def make_client_app(config: RunConfig | None = None) -> ClientApp:
             try:
                 spend = train_within_budget(
                     institution_id=institution.institution_id,
-                    ledger=PrivacyLedger(
-                        site_directory(cfg, institution.institution_id) / LEDGER_FILE
-                    ),
-                    budget=Budget(cfg.budget_epsilon, cfg.delta),
+                    ledger=PrivacyLedger(site.ledger_path),
+                    budget=site.budget,
                     run_id=str(context.run_id),
                     server_round=server_round,
                     model=model,
@@ -139,7 +235,7 @@ def make_client_app(config: RunConfig | None = None) -> ClientApp:
         metrics = MetricRecord(values)
         content = RecordDict(
             {
-                keys.ARRAYS: send_model(model, institution.num_train, cfg),
+                keys.ARRAYS: send_model(model, institution.num_train, cfg, site.secret_context),
                 keys.METRICS: metrics,
                 keys.SITE: _site_record(institution),
             }
@@ -150,9 +246,10 @@ def make_client_app(config: RunConfig | None = None) -> ClientApp:
     def evaluate_handler(msg: Message, context: Context) -> Message:
         torch.set_num_threads(1)
         cfg = resolve(context)
-        partition_id, institution = _institution(cfg, context)
+        site = resolve_site(cfg, context)
+        partition_id, institution = site.partition_id, site.institution
         model = models.build(cfg.model, institution.x_test.shape[1])
-        receive_model(model, msg.content, cfg)
+        receive_model(model, msg.content, cfg, site.secret_context)
         result = evaluate(model, institution.x_test, institution.y_test)
         metrics = MetricRecord(
             {keys.NUM_EXAMPLES: institution.num_test, keys.PARTITION_ID: partition_id, **result}

@@ -18,6 +18,7 @@ from countyfl.aggregator.encrypted import EncryptedFedAvg, EncryptedFedProx, is_
 from countyfl.aggregator.strategies import FedAvg, FedProx, RoundCallback
 from countyfl.config import EncryptionName, RunConfig, StrategyName, parse_run_config
 from countyfl.data import scenario_shape
+from countyfl.deployment.tasks import manifest_for, manifest_hash
 from countyfl.federation.records import model_to_arrays
 from countyfl.publishing import FINAL_AGGREGATE_FILE, FINAL_MODEL_FILE, HISTORY_FILE, RUN_FILE
 
@@ -66,6 +67,7 @@ def run_federation(
     """Run ``config.num_server_rounds`` rounds; write the run, its history and final model."""
     started = datetime.now(UTC)
     num_features, num_institutions = scenario_shape(config.scenario.value)
+    num_institutions = config.min_nodes or num_institutions
     torch.manual_seed(config.seed)
     initial = models.build(config.model, num_features)
     num_values = sum(int(t.numel()) for t in initial.state_dict().values())
@@ -82,6 +84,7 @@ def run_federation(
         strategy.history.write(output / HISTORY_FILE)
         run = {
             "run-id": run_id,
+            "task-manifest-hash": manifest_hash(manifest_for(config)),
             "started-at": started.isoformat(),
             "finished-at": datetime.now(UTC).isoformat(),
             "num-values": num_values,

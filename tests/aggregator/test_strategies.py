@@ -283,3 +283,23 @@ def test_evaluate_reply_without_metrics_is_rejected_and_the_round_ends() -> None
     assert len(strategy.history.rounds[1].failures) == 1
     assert "9" in strategy.history.rounds[1].failures[0]
     assert ended == [1]
+
+
+def test_a_node_that_never_replies_is_recorded_as_lost(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    # What configure_train sent (Flower's own sampling needs a live run to build messages).
+    sent = [_instruction(node, MessageType.TRAIN) for node in (1, 2, 3)]
+    monkeypatch.setattr(
+        "flwr.serverapp.strategy.FedAvg.configure_train", lambda *args, **kwargs: sent
+    )
+    strategy = FedAvg()
+    assert list(strategy.configure_train(1, ArrayRecord(), ConfigRecord(), grid=None)) == sent
+    ones = [np.ones(s, dtype=np.float32) for s in SHAPES]
+    aggregated, _ = strategy.aggregate_train(
+        1, [_train_reply(1, 0, 3, ones, 0.0), _error_reply(2, MessageType.TRAIN, "refused")]
+    )
+    assert aggregated is not None
+    failures = strategy.history.rounds[1].failures
+    assert failures == [
+        "train: node 3: no reply (node lost or timed out)",
+        "train: node 2: refused",
+    ], failures

@@ -1,0 +1,257 @@
+"""Flower Deployment Engine wiring: the county's SuperLink, the sites' SuperNodes, run submission.
+
+Everything here builds command lines and environments for Flower's own daemons and CLI
+(``flower-superlink``, ``flower-supernode``, ``flwr``) and runs them; what the processes do
+is Flower's. Facts this relies on (checked with flwr 1.42):
+
+- The SuperLink serves the Fleet, Control and Runtime APIs over HTTPS on one host:port.
+  Every SuperNode and ``flwr`` connect there; each SuperNode serves its own runtime API on
+  its own local port (two nodes on one host need two ports).
+- With ``--enable-supernode-auth`` only nodes whose public key was registered
+  (``flwr supernode register``) may connect; others exit with Flower's code 305.
+- ``flwr`` reads connections from ``$FLWR_HOME/config.toml``; we keep one per county
+  state folder, with absolute certificate paths.
+- The daemons start ``flower-superexec``, ``flwr-serverapp`` and ``flwr-clientapp`` by bare
+  name, so this interpreter's bin folder goes first on PATH; telemetry, update checks and
+  per-run ``uv sync`` of the app's dependencies are switched off.
+- Open-source Flower's Control API has no user authentication: whoever reaches the port can
+  submit a run. The sites' task approval is the line of defence (docs/deployment.md).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from countyfl.errors import CountyflError
+
+CONNECTION = "county"
+DEFAULT_PORT = 8000
+DEFAULT_NODE_PORT = 9094
+FLWR_HOME_DIR = "flwr"
+SUPERLINK_DATABASE = "superlink.db"
+
+
+class DeploymentError(CountyflError):
+    """A Flower daemon or command could not do what was asked."""
+
+
+def flower_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment every Flower process of ours runs with (no phoning home, no uv)."""
+    env = dict(os.environ)
+    env.update(
+        {
+            "FLWR_TELEMETRY_ENABLED": "0",
+            "FLWR_DISABLE_UPDATE_CHECK": "1",
+            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+            "PATH": os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
+        }
+    )
+    env.update(extra or {})
+    return env
+
+
+def flwr_home(state_dir: Path) -> Path:
+    """The FLWR_HOME of the county operator's ``flwr`` commands."""
+    return state_dir.resolve() / FLWR_HOME_DIR
+
+
+def write_connection(state_dir: Path, address: str, root_certificate: Path) -> Path:
+    """Write ``$FLWR_HOME/config.toml`` with the county connection (absolute CA path)."""
+    home = flwr_home(state_dir)
+    home.mkdir(parents=True, exist_ok=True)
+    path = home / "config.toml"
+    path.write_text(
+        "[superlink]\n"
+        f'default = "{CONNECTION}"\n\n'
+        f"[superlink.{CONNECTION}]\n"
+        f'address = "{address}"\n'
+        f'root-certificates = "{root_certificate.resolve()}"\n',
+        encoding="utf-8",
+    )
+    return path
+
+
+def superlink_command(
+    *,
+    ca_certificate: Path,
+    server_certificate: Path,
+    server_private_key: Path,
+    state_dir: Path,
+    host: str = "127.0.0.1",
+    port: int = DEFAULT_PORT,
+) -> list[str]:
+    """``flower-superlink`` with TLS, SuperNode authentication and a persistent database."""
+    return [
+        "flower-superlink",
+        "--ssl-ca-certfile",
+        str(ca_certificate.resolve()),
+        "--ssl-certfile",
+        str(server_certificate.resolve()),
+        "--ssl-keyfile",
+        str(server_private_key.resolve()),
+        "--enable-supernode-auth",
+        "--database",
+        str(state_dir.resolve() / SUPERLINK_DATABASE),
+        "--disable-runtime-dependency-installation",
+        "--host",
+        host,
+        "--port",
+        str(port),
+    ]
+
+
+def supernode_command(
+    site_file: Path,
+    *,
+    root_certificate: Path,
+    private_key: Path,
+    superlink: str,
+    port: int = DEFAULT_NODE_PORT,
+) -> list[str]:
+    """``flower-supernode`` for one site: TLS, its auth key and its site.toml as node config."""
+    return [
+        "flower-supernode",
+        "--superlink",
+        superlink,
+        "--root-certificates",
+        str(root_certificate.resolve()),
+        "--auth-supernode-private-key",
+        str(private_key.resolve()),
+        "--node-config",
+        f'site-config="{site_file.resolve()}"',
+        "--port",
+        str(port),
+    ]
+
+
+def _flwr(state_dir: Path, *args: str, timeout: float = 120) -> Any:
+    """Run ``flwr ARGS --format json`` against the county connection; return its JSON."""
+    command = ["flwr", *args, "--format", "json"]
+    env = flower_environment({"FLWR_HOME": str(flwr_home(state_dir))})
+    try:
+        done = subprocess.run(
+            command, capture_output=True, text=True, env=env, timeout=timeout, check=False
+        )
+    except subprocess.TimeoutExpired as error:
+        raise DeploymentError(f"`{' '.join(command)}` did not answer in {timeout:.0f} s") from error
+    try:
+        answer = json.loads(done.stdout)
+    except json.JSONDecodeError:
+        raise DeploymentError(
+            f"`{' '.join(command)}` failed (exit {done.returncode}): "
+            f"{(done.stderr or done.stdout).strip()[-800:]}"
+        ) from None
+    if not answer.get("success", False):
+        raise DeploymentError(
+            f"`{' '.join(command)}` failed: {answer.get('error-message', answer)}"
+        )
+    return answer
+
+
+def register_node(state_dir: Path, public_key: Path) -> str:
+    """Register a SuperNode's public key with the SuperLink; returns Flower's node id."""
+    answer = _flwr(state_dir, "supernode", "register", str(public_key.resolve()), CONNECTION)
+    return str(answer.get("node-id", ""))
+
+
+def online_nodes(state_dir: Path) -> list[str]:
+    """Node ids the SuperLink sees online now."""
+    answer = _flwr(state_dir, "supernode", "list", CONNECTION)
+    return [str(n["node-id"]) for n in answer.get("nodes", []) if n.get("status") == "online"]
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return json.dumps(str(value))
+
+
+def run_config_argument(overrides: Mapping[str, Any]) -> str:
+    """Flower's ``--run-config`` string for kebab-case overrides."""
+    return " ".join(f"{key}={_toml_value(value)}" for key, value in overrides.items())
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """How a submitted run ended."""
+
+    run_id: str
+    status: str
+    elapsed_seconds: float
+
+    @property
+    def completed(self) -> bool:
+        return self.status == "finished:completed"
+
+
+def submit_run(
+    state_dir: Path,
+    app_dir: Path,
+    overrides: Mapping[str, Any],
+    *,
+    deadline_seconds: float = 3600,
+    poll_seconds: float = 2.0,
+) -> RunOutcome:
+    """Submit the federation and wait for it; stop it when the deadline passes.
+
+    Flower's strategies wait for ``min_available_nodes`` without a limit, so a run whose
+    institutions never connect would wait forever: the deadline bounds it.
+    """
+    started = time.monotonic()
+    answer = _flwr(
+        state_dir,
+        "run",
+        str(app_dir.resolve()),
+        CONNECTION,
+        "--run-config",
+        run_config_argument(overrides),
+        timeout=300,
+    )
+    run_id = str(answer["run-id"])
+    status = "pending"
+    while time.monotonic() - started < deadline_seconds:
+        runs = _flwr(state_dir, "ls", CONNECTION, "--run-id", run_id).get("runs", [])
+        status = str(runs[0]["status"]) if runs else status
+        if status.startswith("finished"):
+            return RunOutcome(run_id, status, time.monotonic() - started)
+        time.sleep(poll_seconds)
+    _flwr(state_dir, "stop", run_id, CONNECTION)
+    return RunOutcome(
+        run_id,
+        f"stopped: deadline of {deadline_seconds:.0f} s passed (was {status})",
+        time.monotonic() - started,
+    )
+
+
+def default_app_dir() -> Path:
+    """The Flower app folder: the countyfl project root holding pyproject.toml."""
+    root = Path(__file__).resolve().parents[2]
+    if not (root / "pyproject.toml").is_file():
+        raise DeploymentError(
+            f"no pyproject.toml in {root}: run from a countyfl checkout or pass --app DIR"
+        )
+    return root
+
+
+def start(
+    command: Sequence[str], *, log_file: Path, env: Mapping[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """Start a daemon in the background with its output in ``log_file``."""
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    handle = log_file.open("ab")
+    return subprocess.Popen(
+        list(command),
+        stdout=handle,
+        stderr=subprocess.STDOUT,
+        env=dict(env or flower_environment()),
+    )

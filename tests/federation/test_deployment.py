@@ -1,0 +1,175 @@
+"""Real Flower deployment on 127.0.0.1: a SuperLink and four SuperNodes as processes, with
+TLS and SuperNode authentication, running Fed-Heart-Disease under DP and CKKS.
+
+The first run has every site approve and afford the task. The second shows the faults on
+the same county: a site that did not approve the task refuses it, a site whose budget the
+first run used up refuses it, a site whose node is killed mid-round is left out, and the
+run finishes with the remaining site. A node with an unregistered key is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from countyfl import models
+from countyfl.clients.training import evaluate
+from countyfl.deployment import (
+    add_node,
+    approve_task,
+    load_site,
+    load_site_data,
+    read_refusals,
+)
+from countyfl.federation.client_app import deployed_partition_id
+from countyfl.federation.deployment import online_nodes
+from countyfl.federation.local_county import LocalCounty, task_manifest, wait_for
+from countyfl.privacy.accounting import AccountantName
+from countyfl.privacy.he.keys import SECRET_CONTEXT_FILE
+from countyfl.privacy.ledger import LEDGER_FILE, PrivacyLedger
+from countyfl.publishing import publish
+
+pytestmark = pytest.mark.e2e
+
+TARGET_EPSILON = 1.0
+FIRST_RUN_MODEL = "diagnosis-logreg"
+FIRST_RUN = {
+    "scenario": "fed-heart-disease",
+    "num-server-rounds": 2,
+    "local-steps": 2,
+    "dp": True,
+    "target-epsilon": TARGET_EPSILON,
+    "encryption": "ckks",
+    "seed": 7,
+}
+# One round more than a run the sites approved is another task: it needs its own approval.
+SECOND_RUN = {**FIRST_RUN, "num-server-rounds": 1, "min-nodes": 1}
+# VA's whole budget fits one run's target epsilon, not two.
+BUDGETS = {"cleveland": 10.0, "hungary": 10.0, "switzerland": 10.0, "va-long-beach": 1.1}
+
+
+@pytest.fixture(scope="module")
+def county(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCounty]:
+    county = LocalCounty(tmp_path_factory.mktemp("county"))
+    county.prepare([FIRST_RUN], budgets=BUDGETS)
+    try:
+        county.start()
+        yield county
+    finally:
+        county.stop()
+
+
+def _history(output: Path) -> dict[str, Any]:
+    return json.loads((output / "history.json").read_text())
+
+
+def _names(history: dict[str, Any]) -> dict[str, str]:
+    names: dict[str, str] = {}
+    for record in history.values():
+        names.update(record["institutions"])
+    return names
+
+
+def test_four_sites_train_under_dp_and_ckks_over_tls(county: LocalCounty) -> None:
+    output = county.root / "run-1"
+    done = county.run(FIRST_RUN, output)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "finished:completed" in done.stdout
+    history = _history(output)
+    assert sorted(history) == ["1", "2"]
+    names = _names(history)
+    assert sorted(names.values()) == sorted(county.sites)
+    # The county only ever held the encrypted aggregate.
+    assert (output / "final-aggregate.npz").is_file()
+    assert not (output / "final-model.npz").exists()
+    run = json.loads((output / "run.json").read_text())
+    published = output / "published"
+    publish(output, published, secret_context_path=county.keys / SECRET_CONTEXT_FILE)
+    for institution, site_file in county.sites.items():
+        partition = str(deployed_partition_id(institution))
+        assert names[partition] == institution
+        for record in history.values():
+            assert record["failures"] == [], record["failures"]
+        # What the site reported equals what its own ledger recomputes, within the run's target.
+        reported = history["2"]["train"][partition]["epsilon"]
+        site = load_site(site_file)
+        ledger = PrivacyLedger(Path(site.state_dir) / LEDGER_FILE)
+        assert [s.server_round for s in ledger.spends()] == [1, 2]
+        assert ledger.spent_epsilon(1e-3, AccountantName.PRV) == pytest.approx(reported)
+        assert 0 < reported <= TARGET_EPSILON + 1e-6
+        assert run["task-manifest-hash"] == site.approved_tasks[0].sha256
+        # Oracle: a key holder publishes the final aggregate; evaluated on the site's own
+        # test split it gives what the site reported in the last federated evaluation.
+        model = models.build(FIRST_RUN_MODEL, 13)
+        with np.load(published / "model.npz") as arrays:
+            model.load_state_dict({k: torch.from_numpy(arrays[k]) for k in arrays.files})
+        data = load_site_data(site).institution
+        result = evaluate(model, data.x_test, data.y_test)
+        assert result["loss"] == pytest.approx(
+            history["2"]["evaluate"][partition]["loss"], abs=1e-4
+        )
+
+
+def test_faults_refusals_and_a_killed_node(county: LocalCounty) -> None:
+    second = task_manifest(SECOND_RUN, county.keys)
+    for institution in ("cleveland", "hungary", "va-long-beach"):  # not switzerland
+        approve_task(county.sites[institution], second, approved_by="site-lead")
+    output = county.root / "run-2"
+    hungary = PrivacyLedger(Path(load_site(county.sites["hungary"]).state_dir) / LEDGER_FILE)
+    switzerland = load_site(county.sites["switzerland"])
+
+    def kill_hungary_mid_round() -> None:
+        # Once the round's training tasks are out (Switzerland refusing its own is the
+        # sign), Hungary's node and its ClientApps die at once.
+        wait_for(lambda: bool(read_refusals(switzerland)), 300, "the second run's tasks")
+        county.kill(county.nodes["hungary"])
+
+    killer = threading.Thread(target=kill_hungary_mid_round)
+    killer.start()
+    done = county.run(SECOND_RUN, output)
+    killer.join(timeout=10)
+    assert done.returncode == 0, done.stdout + done.stderr
+    history = _history(output)
+    record = history["1"]
+    names = _names(history)
+    trained = {names[p] for p in record["train"]}
+    assert trained == {"cleveland"}, (trained, record["failures"])
+    failures = " | ".join(record["failures"])
+    assert "has not approved task" in failures and "switzerland" in failures, failures
+    assert "budget" in failures, failures
+    assert "no reply (node lost or timed out)" in failures, failures
+    # Switzerland recorded its refusal locally, naming the task.
+    refusals = read_refusals(switzerland)
+    assert refusals and refusals[-1].task_hash.startswith(
+        json.loads((output / "run.json").read_text())["task-manifest-hash"][:12]
+    )
+    # VA's ledger holds the first run only: the second was refused before any training.
+    va = load_site(county.sites["va-long-beach"])
+    assert len(PrivacyLedger(Path(va.state_dir) / LEDGER_FILE).spends()) == 2
+    assert len(hungary.spends()) in (2, 3)  # killed before or after it finished training
+
+
+def test_a_node_with_an_unregistered_key_is_refused(county: LocalCounty, tmp_path: Path) -> None:
+    rogue = add_node(tmp_path / "rogue-certs", "rogue")
+    site = county.sites["cleveland"]
+    registered = str(load_site(site).keys.node_private_key)
+    text = site.read_text()
+    assert registered in text
+    rogue_site = site.with_name("rogue-site.toml")
+    rogue_site.write_text(text.replace(registered, str(rogue.private_key)))
+    process = county.start_node(rogue_site, "rogue")
+    try:
+        code = process.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        raise AssertionError("a node with an unregistered key was not refused") from None
+    assert code != 0
+    assert len(online_nodes(county.state)) <= 4
