@@ -321,6 +321,15 @@ def _parse_value(text: str) -> Any:
 
 _mount_deployment()
 
+
+def _mount_serving() -> None:
+    from countyfl.serving.cli import serve_command
+
+    app.command("serve")(serve_command)
+
+
+_mount_serving()
+
 model_app = typer.Typer(help="Publish trained models.", no_args_is_help=True)
 app.add_typer(model_app, name="model")
 

@@ -8,6 +8,23 @@ registry reads (run, rounds, institutions, per-institution epsilon/delta, HE par
 metrics, and the artifact's sha256). A plaintext run is published the same way, without a
 key. Nothing here needs Flower.
 
+``model.json`` also holds the model's input transform (``features``), because a model can
+only serve if the API turns a patient record into the same numbers training did:
+
+- framingham-county: the fixed clinical constants of
+  :data:`countyfl.data.framingham.REFERENCE_SCALE`, exactly what every institution trained
+  with.
+- fed-heart-disease: the example-weighted pooled mean and standard deviation of the
+  institutions' raw encoded TRAIN features. Training followed FLamby and z-scored each
+  hospital with its own train statistics, so no single transform reproduces training for
+  every hospital: a patient typical of their own hospital (z near 0 there) can sit far from
+  0 under the pooled statistics, most of all at Switzerland and VA Long Beach, where
+  cholesterol 0 ("not measured") is common. Served probabilities therefore differ from
+  those behind the federated metrics in the registry, which were measured under
+  per-hospital scaling (``tests/serving/test_features.py`` measures the gap). The pooled
+  statistics are released without differential privacy (they are aggregates of 486 train
+  rows, not a model update); a deployment that must not release them should train on fixed
+  reference constants, as the Framingham scenario does.
 """
 
 from __future__ import annotations
@@ -22,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from countyfl import keys, models
 from countyfl.aggregator.history import FederationHistory
@@ -149,6 +167,139 @@ def summarise_history(history: FederationHistory) -> dict[str, Any]:
     }
 
 
+# -- input transform ---------------------------------------------------------------------
+
+HEART_DISEASE_SCHEMA = "heart-disease"
+FRAMINGHAM_SCHEMA = "framingham"
+
+
+def pool_statistics(
+    counts: npt.ArrayLike, means: npt.ArrayLike, stds: npt.ArrayLike
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """Example-weighted pooled mean and standard deviation from per-institution summaries.
+
+    What an institution would share is its count, mean and (population) standard deviation
+    per feature, never rows. The pooled figures equal the mean and standard deviation of
+    all institutions' rows stacked: the variance is the weighted mean of each institution's
+    variance plus the spread of its mean around the pooled mean. A constant feature gets
+    scale 1 (it is only centred), as :func:`countyfl.data.federated.standardize` does.
+
+    Parameters
+    ----------
+    counts : array_like, shape (institutions,)
+        Rows per institution.
+    means, stds : array_like, shape (institutions, features)
+        Each institution's per-feature mean and population standard deviation.
+
+    Returns
+    -------
+    tuple of ndarray
+        The pooled mean and scale, one value per feature.
+    """
+    n = np.asarray(counts, dtype=np.float64)
+    m = np.asarray(means, dtype=np.float64)
+    s = np.asarray(stds, dtype=np.float64)
+    if n.ndim != 1 or m.shape != s.shape or m.shape[0] != n.shape[0] or (n <= 0).any():
+        raise PublishError(
+            "pooled statistics need one positive count and one row of means and standard "
+            f"deviations per institution (got counts {n.shape}, means {m.shape}, stds {s.shape})"
+        )
+    weights = n[:, None] / n.sum()
+    mean = (weights * m).sum(axis=0)
+    variance = (weights * (s**2 + (m - mean) ** 2)).sum(axis=0)
+    std = np.sqrt(variance)
+    return mean, np.where(std > 0, std, 1.0)
+
+
+def heart_disease_raw_splits(
+    data_path: str = "",
+) -> dict[str, tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]]:
+    """Each hospital's raw (unstandardised) encoded train and test features.
+
+    The same rows and split as :func:`countyfl.data.fed_heart_disease.load`, which only
+    returns them z-scored; a test checks that standardising these gives its arrays exactly.
+    """
+    from sklearn.model_selection import train_test_split
+
+    from countyfl.data import fed_heart_disease as heart
+    from countyfl.data.quarantine import validate_rows
+    from countyfl.data.schema import HeartDiseaseRecord
+    from countyfl.data.sources import HEART_DISEASE_FILE, packaged_path, read_csv
+
+    csv_path = Path(data_path) if data_path else packaged_path(HEART_DISEASE_FILE)
+    outcome = validate_rows(
+        read_csv(csv_path),
+        HeartDiseaseRecord,
+        source=csv_path.name,
+        required=heart.REQUIRED_COLUMNS,
+        missing_reason=heart.MISSING_REASON,
+        institution_column="dataset",
+    )
+    splits = {}
+    for hospital in heart.HOSPITALS:
+        rows = [r for r in outcome.records if r.hospital == hospital]
+        if len(rows) < heart.MIN_ROWS_PER_HOSPITAL:
+            raise PublishError(
+                f"{csv_path}: hospital {hospital!r} has {len(rows)} usable rows, too few for "
+                "the train/test split the model was trained on"
+            )
+        features = np.asarray([heart.encode(r) for r in rows], dtype=np.float32)
+        labels = np.asarray([1.0 if r.diagnosis > 0 else 0.0 for r in rows], dtype=np.float32)
+        counts = np.bincount(labels.astype(int), minlength=2)
+        train_index, test_index = train_test_split(
+            np.arange(len(rows)),
+            test_size=1.0 - heart.TRAIN_FRACTION,
+            train_size=heart.TRAIN_FRACTION,
+            random_state=heart.SPLIT_RANDOM_STATE,
+            shuffle=True,
+            stratify=labels if (counts > 2).all() else None,
+        )
+        splits[heart.HOSPITAL_IDS[hospital]] = (features[train_index], features[test_index])
+    return splits
+
+
+def input_transform(scenario: str, data_path: str = "") -> dict[str, Any]:
+    """The ``features`` block of ``model.json`` for a model trained on ``scenario``.
+
+    ``{"schema", "names", "mean", "scale"}``: a served record of ``schema`` is encoded into
+    ``names`` and standardised as ``(raw - mean) / scale`` (see the module docstring for
+    what the pooled statistics of fed-heart-disease mean).
+
+    Raises
+    ------
+    PublishError
+        If the scenario is unknown or its training data cannot be read.
+    """
+    if scenario == "framingham-county":
+        from countyfl.data import framingham
+
+        return {
+            "schema": FRAMINGHAM_SCHEMA,
+            "names": list(framingham.FEATURE_NAMES),
+            "mean": [framingham.REFERENCE_SCALE[f][0] for f in framingham.FEATURES],
+            "scale": [framingham.REFERENCE_SCALE[f][1] for f in framingham.FEATURES],
+        }
+    if scenario == "fed-heart-disease":
+        from countyfl.data import fed_heart_disease
+
+        trains = [train for train, _ in heart_disease_raw_splits(data_path).values()]
+        mean, scale = pool_statistics(
+            [len(x) for x in trains],
+            [x.astype(np.float64).mean(axis=0) for x in trains],
+            [x.astype(np.float64).std(axis=0) for x in trains],
+        )
+        return {
+            "schema": HEART_DISEASE_SCHEMA,
+            "names": list(fed_heart_disease.FEATURE_NAMES),
+            "mean": [float(v) for v in mean],
+            "scale": [float(v) for v in scale],
+        }
+    raise PublishError(
+        f"no input transform is known for scenario {scenario!r}; a model of it cannot be "
+        "published for serving (known: fed-heart-disease, framingham-county)"
+    )
+
+
 def publish(
     run_dir: Path,
     out_dir: Path | None = None,
@@ -195,6 +346,7 @@ def publish(
         "encryption": encryption,
         "artifact": {"path": MODEL_FILE, "sha256": sha256_of(out / MODEL_FILE)},
         "created_at": datetime.now(UTC).isoformat(),
+        "features": input_transform(config["scenario"], str(config.get("data-path", ""))),
     }
     (out / METADATA_FILE).write_text(json.dumps(metadata, indent=1), encoding="utf-8")
     return metadata

@@ -26,7 +26,7 @@ def db_url(backend: str, tmp_path: Path) -> Iterator[str]:
 
 @pytest.fixture
 def engine(db_url: str) -> Iterator[Engine]:
-    """A database with the registry's tables (migrated to ``0002_registry``)."""
+    """A database with the registry's tables (migrated to ``0003_model_features``)."""
     engine = migrated_engine(db_url)
     yield engine
     engine.dispose()

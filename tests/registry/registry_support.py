@@ -25,7 +25,7 @@ from countyfl.storage import create_database_engine, upgrade
 POSTGRES_URL = os.environ.get(
     "COUNTYFL_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
 )
-REGISTRY_REVISION = "0002_registry"
+REGISTRY_REVISION = "0003_model_features"
 BACKENDS = ["sqlite", "postgresql"]
 
 _ACTION = re.compile(r"[a-z][a-z0-9-]*(\.[a-z][a-z0-9-]*)*")

@@ -1,4 +1,4 @@
-"""The hand-written migration 0002_registry creates exactly the tables the ORM describes."""
+"""The hand-written registry migrations (0002, 0003) create exactly the tables of the ORM."""
 
 from __future__ import annotations
 

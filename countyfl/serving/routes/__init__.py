@@ -1,0 +1,1 @@
+"""The API's routers: tokens, model cards, predictions, referrals."""

@@ -1,0 +1,150 @@
+"""``POST /v1/referrals``: referral advice from the county's rules, audited."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from countyfl.registry import Action, authorize
+from countyfl.registry.versions import version_target
+from countyfl.serving.auditing import (
+    PurposeSink,
+    audited_refusals,
+    entry_number,
+    json_sha256,
+)
+from countyfl.serving.dependencies import CurrentPrincipal, State
+from countyfl.serving.errors import FieldProblem, InvalidRecordError
+from countyfl.serving.features import standardize, validate_records
+from countyfl.serving.referral import (
+    PatientFacts,
+    RiskFinding,
+    Severity,
+    SymptomReport,
+    recommend,
+    risk_band,
+)
+from countyfl.serving.schemas import (
+    DoctorPublic,
+    ErrorPublic,
+    ModelRefPublic,
+    ReferralCreate,
+    ReferralPublic,
+    RiskPublic,
+)
+
+router = APIRouter(prefix="/v1", tags=["referrals"])
+
+REFERRAL_TARGET = "referral"
+
+
+@router.post(
+    "/referrals",
+    response_model=ReferralPublic,
+    summary="Referral advice: level of care, urgency and a specialist, with reasons",
+    responses={code: {"model": ErrorPublic} for code in (401, 403, 404, 409, 413, 422, 503)},
+)
+def create_referral(
+    body: ReferralCreate, state: State, principal: CurrentPrincipal
+) -> ReferralPublic:
+    """Weigh symptoms and severity, special populations and (optionally) a model's risk.
+
+    With ``risk`` the production model named there is asked for the patient's probability
+    (the caller needs the prediction permission too) and its risk band counts in the advice.
+    The request is audited (``referral.create``, with the sha256 of the input and the advice,
+    never the record) before the advice is returned; if that fails, 503 and no advice.
+    """
+    audit = PurposeSink(state.audit, {"purpose": body.purpose.value, "via": "api"})
+    authorize(principal, Action.REFERRAL_CREATE, audit=audit, target=REFERRAL_TARGET)
+    known = state.rules.symptom_codes
+    unknown = [
+        FieldProblem(
+            f"patient.symptoms[{index}].code",
+            "unknown symptom code",
+            expected="one of " + ", ".join(known),
+        )
+        for index, symptom in enumerate(body.patient.symptoms)
+        if symptom.code not in known
+    ]
+    risk = None
+    risk_public = None
+    hashed: dict[str, object] = {"patient": body.patient.model_dump(mode="json"), "risk": None}
+    with audited_refusals(audit, principal, Action.REFERRAL_CREATE, REFERRAL_TARGET):
+        if unknown:
+            raise InvalidRecordError(
+                "the referral rules do not know "
+                + ", ".join(problem.field for problem in unknown)
+                + f"; known symptom codes: {', '.join(known)}",
+                unknown,
+            )
+        if body.risk is not None:
+            name = body.risk.model
+            authorize(principal, Action.MODEL_PREDICT, audit=audit, target=version_target(name))
+            served = state.models.production(name, principal=principal, audit=audit)
+            (record,) = validate_records(served.spec, [body.risk.patient], ["risk.patient"])
+            probability = float(
+                served.probabilities(standardize(served.spec, [record], served.transform))[0]
+            )
+            band = risk_band(probability, state.rules.model_rule(name).bands)
+            risk = RiskFinding(served.name, served.version, probability, band)
+            model = ModelRefPublic(name=served.name, version=served.version, sha256=served.sha256)
+            risk_public = RiskPublic(model=model, probability=probability, risk_band=band)
+            hashed["risk"] = {"model": name, "patient": record.model_dump(mode="json")}
+    facts = PatientFacts(
+        age_years=body.patient.age_years,
+        sex=body.patient.sex,
+        pregnant=body.patient.pregnant,
+        symptoms=tuple(
+            SymptomReport(symptom.code, Severity(symptom.severity))
+            for symptom in body.patient.symptoms
+        ),
+    )
+    advice = recommend(
+        facts, state.rules, state.directory, risk, assigned=state.referrals.snapshot()
+    )
+    digest = json_sha256(hashed)
+    details: dict[str, object] = {
+        "input-sha256": digest,
+        "level": advice.level.value,
+        "urgency": advice.urgency.value,
+        "specialty": advice.specialty,
+        "doctor": None if advice.doctor is None else advice.doctor.id,
+    }
+    if risk_public is not None:
+        details["model"] = version_target(risk_public.model.name, risk_public.model.version)
+        details["model-sha256"] = risk_public.model.sha256
+    entry = audit.append(
+        actor=principal.username,
+        role=principal.role.value,
+        action=Action.REFERRAL_CREATE.value,
+        target=REFERRAL_TARGET,
+        outcome="ok",
+        details=details,
+    )
+    if advice.doctor is not None:
+        state.referrals.add(advice.doctor.id)
+    doctor = advice.doctor
+    return ReferralPublic(
+        level=advice.level,
+        urgency=advice.urgency,
+        specialty=advice.specialty,
+        specialist=None
+        if doctor is None
+        else DoctorPublic(
+            id=doctor.id,
+            name=doctor.name,
+            institution=doctor.institution,
+            institution_name=doctor.institution_name,
+            level=doctor.level,
+            current_load=doctor.load,
+            capacity=doctor.capacity,
+            skills=list(doctor.skills),
+        ),
+        fallback=advice.fallback,
+        special_populations=list(advice.populations),
+        red_flags=list(advice.red_flags),
+        reasons=list(advice.reasons),
+        risk=risk_public,
+        purpose=body.purpose,
+        input_sha256=digest,
+        audit_entry=entry_number(entry),
+    )

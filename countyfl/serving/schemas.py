@@ -1,0 +1,392 @@
+"""What the API reads and answers: request (``XCreate``) and response (``XPublic``) schemas.
+
+Patient records follow the common clinical schema of ``countyfl.data.schema`` with its
+ranges; each field also names its unit (``unit`` in the OpenAPI schema), which a 422 body
+repeats. These classes are the API's contract only: the registry's tables and schemas stay
+in ``countyfl.registry``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+import annotated_types
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
+
+from countyfl.data.federated import CareLevel
+from countyfl.data.schema import ChestPain, FraminghamRecord, HeartDiseaseRecord, RestingEcg
+from countyfl.registry.schemas import (
+    NAME_PATTERN,
+    FeatureTransform,
+    InstitutionPrivacy,
+    ModelMetrics,
+    ModelVersionPublic,
+    Stage,
+    StageTransitionPublic,
+)
+from countyfl.serving.referral.config import CODE_PATTERN, RiskBand, Severity, Urgency
+
+
+class Purpose(StrEnum):
+    """Why the caller reads a model or asks for advice; recorded in the audit log.
+
+    A closed list on purpose: free text could carry patient details into the log.
+    """
+
+    TREATMENT = "treatment"
+    TRIAGE = "triage"
+    REFERRAL = "referral"
+    FOLLOW_UP = "follow-up"
+    MODEL_REVIEW = "model-review"
+    AUDIT = "audit"
+    QUALITY_IMPROVEMENT = "quality-improvement"
+
+
+class _Schema(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+# -- errors ------------------------------------------------------------------------------
+
+
+class FieldProblemPublic(_Schema):
+    """One input field that was refused, what was expected and in which unit."""
+
+    field: str
+    problem: str
+    expected: str | None = None
+    unit: str | None = None
+
+
+class ErrorPublic(_Schema):
+    """Every error body: a stable code, a readable message, and the fields at fault (422)."""
+
+    error: str
+    message: str
+    fields: list[FieldProblemPublic] = Field(default_factory=list)
+
+
+# -- tokens ------------------------------------------------------------------------------
+
+
+class TokenPublic(_Schema):
+    """An OAuth2 access token (a short-lived HS256 JWT)."""
+
+    access_token: str
+    token_type: Literal["bearer"] = "bearer"
+    expires_in: int
+    """Seconds until the token expires."""
+    expires_at: datetime
+
+
+# -- model cards -------------------------------------------------------------------------
+
+
+class ModelCardPublic(_Schema):
+    """A model version's card: lineage, privacy spent per institution, metrics, stage.
+
+    The artifact's location on the server is left out; its sha256 is what identifies it.
+    """
+
+    name: str
+    version: int
+    stage: Stage
+    architecture: str
+    run_id: str
+    scenario: str
+    rounds: int
+    institutions: list[InstitutionPrivacy]
+    encryption: dict[str, Any] | None
+    metrics: ModelMetrics
+    artifact_sha256: str
+    registered_by: str
+    created_at: datetime
+    published_at: datetime | None
+    history: list[StageTransitionPublic]
+    features: FeatureTransform | None
+    serves_predictions: bool
+    """Whether this version can serve now: in production and with an input transform."""
+
+    @classmethod
+    def of(cls, version: ModelVersionPublic) -> ModelCardPublic:
+        """The card of a registry version."""
+        return cls(
+            name=version.name,
+            version=version.version,
+            stage=version.stage,
+            architecture=version.architecture,
+            run_id=version.run_id,
+            scenario=version.scenario,
+            rounds=version.rounds,
+            institutions=version.institutions,
+            encryption=version.encryption,
+            metrics=version.metrics,
+            artifact_sha256=version.artifact_sha256,
+            registered_by=version.registered_by,
+            created_at=version.created_at,
+            published_at=version.published_at,
+            history=version.history,
+            features=version.features,
+            serves_predictions=(version.stage is Stage.PRODUCTION and version.features is not None),
+        )
+
+
+# -- patient records ---------------------------------------------------------------------
+
+
+def _clinical(source: type[BaseModel], name: str, unit: str, **extra: Any) -> Any:
+    """A field with the range and description of ``source``'s field and a ``unit``.
+
+    The bounds are read from the common schema, so that the API accepts exactly the ranges
+    the training data were validated against.
+    """
+    info = source.model_fields[name]
+    bounds: dict[str, Any] = {}
+    for item in info.metadata:
+        if isinstance(item, annotated_types.Ge):
+            bounds["ge"] = item.ge
+        elif isinstance(item, annotated_types.Le):
+            bounds["le"] = item.le
+    description = info.description or name
+    if unit not in description:
+        description = f"{description} ({unit})"
+    return Field(**bounds, **extra, description=description, json_schema_extra={"unit": unit})
+
+
+Flag = Annotated[int, Field(ge=0, le=1, strict=True, description="0 = no, 1 = yes")]
+
+
+class _Patient(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+
+class HeartDiseasePatient(_Patient):
+    """One patient for ``heart-disease-diagnosis`` (UCI heart disease features, UCI units)."""
+
+    age: int = _clinical(HeartDiseaseRecord, "age", "years")
+    sex: Literal["Male", "Female"]
+    chest_pain: ChestPain
+    resting_bp: float = _clinical(HeartDiseaseRecord, "resting_bp", "mmHg", allow_inf_nan=False)
+    cholesterol: float = _clinical(HeartDiseaseRecord, "cholesterol", "mg/dl", allow_inf_nan=False)
+    fasting_blood_sugar_high: bool = Field(description="fasting blood sugar > 120 mg/dl")
+    resting_ecg: RestingEcg
+    max_heart_rate: float = _clinical(
+        HeartDiseaseRecord, "max_heart_rate", "beats/min", allow_inf_nan=False
+    )
+    exercise_angina: bool = Field(description="angina induced by exercise")
+    st_depression: float = _clinical(HeartDiseaseRecord, "st_depression", "mm", allow_inf_nan=False)
+
+
+class FraminghamPatient(_Patient):
+    """One participant for ``coronary-risk-10y`` (Framingham features and units).
+
+    Every feature is required except ``cigarettes_per_day`` for non-smokers (0 is used):
+    training filled other missing values with each institution's own medians, which the
+    model does not carry, so the API does not guess them.
+    """
+
+    male: Flag
+    age: int = _clinical(FraminghamRecord, "age", "years")
+    current_smoker: Flag
+    cigarettes_per_day: float | None = _clinical(
+        FraminghamRecord, "cigarettes_per_day", "cigarettes/day", allow_inf_nan=False, default=None
+    )
+    bp_medication: Flag
+    prevalent_stroke: Flag
+    prevalent_hypertension: Flag
+    diabetes: Flag
+    total_cholesterol: float = _clinical(
+        FraminghamRecord, "total_cholesterol", "mg/dl", allow_inf_nan=False
+    )
+    systolic_bp: float = _clinical(FraminghamRecord, "systolic_bp", "mmHg", allow_inf_nan=False)
+    diastolic_bp: float = _clinical(FraminghamRecord, "diastolic_bp", "mmHg", allow_inf_nan=False)
+    bmi: float = _clinical(FraminghamRecord, "bmi", "kg/m2", allow_inf_nan=False)
+    heart_rate: float = _clinical(FraminghamRecord, "heart_rate", "beats/min", allow_inf_nan=False)
+    glucose: float = _clinical(FraminghamRecord, "glucose", "mg/dl", allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _smoking(self) -> FraminghamPatient:
+        if self.current_smoker == 1 and self.cigarettes_per_day is None:
+            raise ValueError(
+                "cigarettes_per_day is required for a current smoker (0 to 100 cigarettes/day)"
+            )
+        return self
+
+
+PatientInput = Annotated[
+    dict[str, Any],
+    WithJsonSchema(
+        {
+            "anyOf": [
+                HeartDiseasePatient.model_json_schema(),
+                FraminghamPatient.model_json_schema(),
+            ],
+            "description": "A patient record of the model's schema: HeartDiseasePatient for "
+            "heart-disease-diagnosis, FraminghamPatient for coronary-risk-10y (see the model "
+            "card's features.schema).",
+        }
+    ),
+]
+"""A patient record, checked against the served model's schema once the model is known."""
+
+ModelName = Annotated[str, Field(pattern=NAME_PATTERN, examples=["heart-disease-diagnosis"])]
+
+
+# -- predictions -------------------------------------------------------------------------
+
+
+class PredictionCreate(_Schema):
+    """One patient (``patient``) or a batch (``patients``) for the production model."""
+
+    purpose: Purpose = Purpose.TREATMENT
+    patient: PatientInput | None = None
+    patients: Annotated[list[PatientInput], Field(min_length=1)] | None = None
+
+    @model_validator(mode="after")
+    def _one_or_batch(self) -> PredictionCreate:
+        if (self.patient is None) == (self.patients is None):
+            raise ValueError("give either 'patient' (one record) or 'patients' (a list), not both")
+        return self
+
+    @property
+    def records(self) -> list[dict[str, Any]]:
+        """The patient records, one or many."""
+        return [self.patient] if self.patient is not None else list(self.patients or [])
+
+
+class ModelRefPublic(_Schema):
+    """Exactly which model answered: name, version and the artifact's sha256."""
+
+    name: str
+    version: int
+    sha256: str
+
+
+class FeatureContributionPublic(_Schema):
+    """How much one input feature pushed the prediction, in log-odds."""
+
+    feature: str
+    """The model's feature, e.g. ``cholesterol`` or ``chest-pain-asymptomatic``."""
+    field: str
+    """The patient field it comes from, e.g. ``chest_pain``."""
+    value: float | int | bool | str | None
+    unit: str | None
+    contribution: float
+    direction: Literal["raises-risk", "lowers-risk"]
+
+
+class PatientPredictionPublic(_Schema):
+    """The model's answer for one patient."""
+
+    probability: float
+    risk_band: RiskBand
+    top_features: list[FeatureContributionPublic]
+
+
+class PredictionPublic(_Schema):
+    """The answer to a prediction request; ``audit_entry`` is its audit log entry number."""
+
+    model: ModelRefPublic
+    purpose: Purpose
+    input_sha256: str
+    audit_entry: int
+    explanation: Literal["weight-times-standardized-value", "gradient-times-input"]
+    predictions: list[PatientPredictionPublic]
+
+
+# -- referrals ---------------------------------------------------------------------------
+
+
+class SymptomCreate(_Schema):
+    """A symptom the patient has (a code of the referral rules) and its severity."""
+
+    code: Annotated[str, Field(pattern=CODE_PATTERN, examples=["chest-pain"])]
+    severity: Severity
+
+
+class ReferralPatientCreate(_Schema):
+    """What the referral rules need to know about the patient."""
+
+    age_years: Annotated[
+        float,
+        Field(
+            ge=0,
+            le=120,
+            allow_inf_nan=False,
+            description="age in years; fractions for infants (0.5 = six months)",
+            json_schema_extra={"unit": "years"},
+        ),
+    ]
+    sex: Literal["female", "male"]
+    pregnant: bool = False
+    symptoms: Annotated[list[SymptomCreate], Field(max_length=30)] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _plausible(self) -> ReferralPatientCreate:
+        if self.pregnant and (self.sex != "female" or self.age_years < 10):
+            raise ValueError("pregnant is only possible for a female patient aged 10 or over")
+        codes = [symptom.code for symptom in self.symptoms]
+        if len(set(codes)) != len(codes):
+            raise ValueError("each symptom code may appear once; give its highest severity")
+        return self
+
+
+class ReferralRiskCreate(_Schema):
+    """Ask the production model named ``model`` for the patient's risk."""
+
+    model: ModelName
+    patient: PatientInput
+
+
+class ReferralCreate(_Schema):
+    """A request for referral advice, optionally weighing a model's risk."""
+
+    purpose: Purpose = Purpose.REFERRAL
+    patient: ReferralPatientCreate
+    risk: ReferralRiskCreate | None = None
+
+
+class DoctorPublic(_Schema):
+    """The recommended specialist."""
+
+    id: str
+    name: str
+    institution: str
+    institution_name: str
+    level: CareLevel
+    current_load: int
+    capacity: int
+    skills: list[str]
+
+
+class RiskPublic(_Schema):
+    """The model's risk that the advice took into account."""
+
+    model: ModelRefPublic
+    probability: float
+    risk_band: RiskBand
+
+
+class ReferralPublic(_Schema):
+    """Referral advice: level of care, urgency, specialist, and every reason."""
+
+    level: CareLevel
+    urgency: Urgency
+    specialty: str
+    specialist: DoctorPublic | None
+    fallback: str | None
+    special_populations: list[str]
+    red_flags: list[str]
+    reasons: list[str]
+    risk: RiskPublic | None
+    purpose: Purpose
+    input_sha256: str
+    audit_entry: int
+
+
+class HealthPublic(_Schema):
+    """Liveness: the process answers."""
+
+    status: Literal["ok"] = "ok"
