@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import hypothesis.strategies as st
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, Message, MessageType, MetricRecord, RecordDict
+from hypothesis import given, settings
 from test_strategies import _error_reply, _instruction
 
 from countyfl import keys
@@ -21,7 +23,7 @@ from countyfl.aggregator.encrypted import (
     arrays_to_update,
     update_to_arrays,
 )
-from countyfl.privacy.he.codec import decrypt_average, encrypt_update
+from countyfl.privacy.he.codec import EncryptedUpdate, decrypt_average, encrypt_update
 from countyfl.privacy.he.keys import (
     PUBLIC_CONTEXT_FILE,
     SECRET_CONTEXT_FILE,
@@ -180,3 +182,45 @@ def test_encrypted_fedprox_sends_mu_and_aggregates_like_fedavg(
         EncryptedFedProx(
             proximal_mu=-1, public_context_path=key_dir / PUBLIC_CONTEXT_FILE, num_values=14
         )
+
+
+@settings(max_examples=40, deadline=None)
+@given(chunks=st.lists(st.binary(max_size=3000), min_size=1, max_size=4))
+def test_updates_travel_as_the_byte_arrays_numpy_would_make(chunks: list[bytes]) -> None:
+    update = EncryptedUpdate(tuple(chunks), 7, 3, "f" * 64)
+    record = update_to_arrays(update)
+    for index, chunk in enumerate(chunks):
+        sent = record[f"{CHUNK_PREFIX}{index:04d}"]
+        numpy_made = Array(np.frombuffer(chunk, dtype=np.uint8))
+        assert (sent.dtype, sent.shape, sent.stype, sent.data) == (
+            numpy_made.dtype,
+            numpy_made.shape,
+            numpy_made.stype,
+            numpy_made.data,
+        )
+        assert sent.numpy().tobytes() == chunk
+    assert arrays_to_update(record) == update
+    # As publishing reads a saved aggregate back: Arrays rebuilt from numpy arrays.
+    rebuilt = ArrayRecord({name: Array(array.numpy()) for name, array in record.items()})
+    assert arrays_to_update(rebuilt) == update
+
+
+def test_arrays_that_are_not_plain_byte_vectors_are_read_as_numpy_reads_them(
+    secret: Any,
+) -> None:
+    update = encrypt_update([np.ones(s) for s in SHAPES], 4, secret)
+    record = update_to_arrays(update)
+    chunk = record[f"{CHUNK_PREFIX}0000"]
+    # Metadata that misstates the length: the bytes are the ones the .npy header describes.
+    record[f"{CHUNK_PREFIX}0000"] = Array(
+        dtype="uint8", shape=(len(update.chunks[0]) - 1,), stype=chunk.stype, data=chunk.data
+    )
+    assert arrays_to_update(record) == update
+    # The same bytes as a 2-D array, or as 16-bit values, are read through numpy too.
+    as_matrix = np.frombuffer(update.chunks[0], dtype=np.uint8).reshape(1, -1)
+    record[f"{CHUNK_PREFIX}0000"] = Array(as_matrix)
+    assert arrays_to_update(record) == update
+    meta = record[META_KEY].numpy().tobytes()
+    meta += b" " * (len(meta) % 2)  # JSON allows trailing blanks; int16 needs an even length
+    record[META_KEY] = Array(np.frombuffer(meta, dtype=np.int16))
+    assert arrays_to_update(record) == update

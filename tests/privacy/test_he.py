@@ -13,10 +13,13 @@ import tenseal as ts
 from hypothesis import given, settings
 
 from countyfl.privacy.he import codec
+from countyfl.privacy.he import keys as he_keys
 from countyfl.privacy.he.keys import (
     PUBLIC_CONTEXT_FILE,
     SECRET_CONTEXT_FILE,
     KeyMaterialError,
+    create_secret_context,
+    encrypting_context,
     fingerprint,
     init_keys,
     load_public_context,
@@ -155,3 +158,46 @@ def test_bad_updates_are_refused(secret: Any, public: Any, tmp_path: Path) -> No
     with pytest.raises(codec.CodecError, match="another key"):
         codec.decrypt_average(good, other, [(10,)])
     assert fingerprint(public_copy(other)) == fingerprint(other)
+
+
+def test_institutions_encrypt_with_the_secret_key_and_the_aggregator_still_adds(
+    secret: Any, public: Any
+) -> None:
+    twin = encrypting_context(secret)
+    assert twin is not secret and twin.is_private()
+    assert encrypting_context(secret) is twin, "the twin is built once per context"
+    assert encrypting_context(public) is public, "a public context can only use the public key"
+    values = np.array([0.5, -1.25, 3.0])
+    with_secret_key = ts.ckks_vector(twin, values.tolist()).serialize()
+    with_public_key = ts.ckks_vector(secret, values.tolist()).serialize()
+    total = ts.ckks_vector_from(public, with_secret_key) + ts.ckks_vector_from(
+        public, with_public_key
+    )
+    decrypted = ts.ckks_vector_from(secret, total.serialize()).decrypt()
+    np.testing.assert_allclose(decrypted, 2 * values, atol=1e-6)
+    # The public context still cannot decrypt what the institutions now send.
+    with pytest.raises(ValueError, match="secret"):
+        ts.ckks_vector_from(public, with_secret_key).decrypt()
+
+
+def test_a_context_whose_twin_fails_keeps_public_key_encryption(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Encryption type 7 does not exist: loading the twin fails, the context is kept.
+    monkeypatch.setattr(he_keys, "_SYMMETRIC_FIELD", b"\x20\x07")
+    context = create_secret_context()
+    assert encrypting_context(context) is context
+    update = codec.encrypt_update([np.arange(3.0)], 2, context)
+    back = codec.decrypt_average(update, context, [(3,)])
+    np.testing.assert_allclose(back[0], np.arange(3.0), atol=1e-6)
+
+
+def test_adding_leaves_the_deserialised_updates_as_they_were(secret: Any, public: Any) -> None:
+    updates = [codec.encrypt_update([np.full(5, float(i))], 1, secret) for i in (1, 2, 3)]
+    vectors = [codec.deserialize(public, u) for u in updates]
+    before = [[v.serialize() for v in update] for update in vectors]
+    for count, expected in ((1, 1.0), (2, 1.5), (3, 2.0)):
+        total = codec.add_deserialized(vectors[:count], 5, count, updates[0].key_fingerprint)
+        back = codec.decrypt_average(total, secret, [(5,)])
+        np.testing.assert_allclose(back[0], np.full(5, expected), atol=1e-6)
+    assert [[v.serialize() for v in update] for update in vectors] == before
