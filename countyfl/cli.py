@@ -44,12 +44,21 @@ def _parse_seeds(text: str | None) -> list[int]:
     return seeds
 
 
+class _ErrorsOnly(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR
+
+
 def _quiet_flower(verbose: bool) -> None:
     # Flower logs every round at INFO and warns that run_simulation is deprecated; the
     # runner reports failures itself, so only errors come through unless --verbose.
+    # run_simulation resets the flwr logger's level, so a filter on the logger does it.
     level = logging.INFO if verbose else logging.ERROR
     for name in ("flwr", "ray"):
-        logging.getLogger(name).setLevel(level)
+        logger = logging.getLogger(name)
+        logger.setLevel(level)
+        if not verbose and not any(isinstance(f, _ErrorsOnly) for f in logger.filters):
+            logger.addFilter(_ErrorsOnly())
 
 
 keys_app = typer.Typer(help="CKKS key material for encrypted aggregation.", no_args_is_help=True)
