@@ -33,6 +33,7 @@ import hashlib
 import io
 import json
 import math
+import zipfile
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -82,14 +83,36 @@ def _read_json(path: Path) -> Any:
         raise PublishError(f"{path} is not valid JSON: {error}") from error
 
 
+def _run_config(run: Any, path: Path) -> dict[str, Any]:
+    """The run config stored in run.json, checked (a clear error instead of a KeyError)."""
+    from countyfl.config import parse_run_config
+
+    config = run.get("config") if isinstance(run, dict) else None
+    if not isinstance(config, dict):
+        raise PublishError(f"{path} holds no run config under 'config'")
+    try:
+        # Dumped back with every default filled in, so no key is ever missing.
+        return parse_run_config(config).model_dump(mode="json", by_alias=True)
+    except CountyflError as error:
+        raise PublishError(f"{path}: {error}") from error
+
+
+def _load_arrays(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of an .npz the ServerApp wrote; PublishError if the file is damaged."""
+    try:
+        with np.load(path) as stored:
+            return {k: stored[k] for k in stored.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as error:
+        raise PublishError(f"{path} cannot be read as the run's model ({error})") from error
+
+
 def final_state(run_dir: Path, secret_context_path: Path | None) -> dict[str, np.ndarray]:
     """The final global model of a run as a state dict of numpy arrays.
 
     Under CKKS the aggregate is decrypted with the secret context (which must be the key
     the run used: the fingerprint is checked); a plaintext run's model is read as it is.
     """
-    run = _read_json(run_dir / RUN_FILE)
-    config = run["config"]
+    config = _run_config(_read_json(run_dir / RUN_FILE), run_dir / RUN_FILE)
     aggregate = run_dir / FINAL_AGGREGATE_FILE
     if aggregate.is_file():
         if secret_context_path is None:
@@ -107,8 +130,7 @@ def final_state(run_dir: Path, secret_context_path: Path | None) -> dict[str, np
         num_features, _ = scenario_shape(config["scenario"])
         template = models.build(config["model"], num_features).state_dict()
         shapes = [tuple(t.shape) for t in template.values()]
-        with np.load(aggregate) as stored:
-            record = ArrayRecord({k: Array(stored[k]) for k in stored.files})
+        record = ArrayRecord({k: Array(v) for k, v in _load_arrays(aggregate).items()})
         try:
             arrays = decrypt_average(
                 arrays_to_update(record), load_secret_context(secret_context_path), shapes
@@ -122,8 +144,7 @@ def final_state(run_dir: Path, secret_context_path: Path | None) -> dict[str, np
     plain = run_dir / FINAL_MODEL_FILE
     if not plain.is_file():
         raise PublishError(f"{run_dir} holds neither {FINAL_AGGREGATE_FILE} nor {FINAL_MODEL_FILE}")
-    with np.load(plain) as stored:
-        return {k: stored[k] for k in stored.files}
+    return _load_arrays(plain)
 
 
 def _finite(value: float) -> float | None:
@@ -219,42 +240,17 @@ def heart_disease_raw_splits(
     The same rows and split as :func:`countyfl.data.fed_heart_disease.load`, which only
     returns them z-scored; a test checks that standardising these gives its arrays exactly.
     """
-    from sklearn.model_selection import train_test_split
-
     from countyfl.data import fed_heart_disease as heart
-    from countyfl.data.quarantine import validate_rows
-    from countyfl.data.schema import HeartDiseaseRecord
-    from countyfl.data.sources import HEART_DISEASE_FILE, packaged_path, read_csv
+    from countyfl.errors import DataError
 
-    csv_path = Path(data_path) if data_path else packaged_path(HEART_DISEASE_FILE)
-    outcome = validate_rows(
-        read_csv(csv_path),
-        HeartDiseaseRecord,
-        source=csv_path.name,
-        required=heart.REQUIRED_COLUMNS,
-        missing_reason=heart.MISSING_REASON,
-        institution_column="dataset",
-    )
+    try:
+        _, _, _, by_hospital = heart.hospital_records(Path(data_path) if data_path else None)
+    except DataError as error:
+        raise PublishError(f"cannot compute the input transform: {error}") from error
     splits = {}
-    for hospital in heart.HOSPITALS:
-        rows = [r for r in outcome.records if r.hospital == hospital]
-        if len(rows) < heart.MIN_ROWS_PER_HOSPITAL:
-            raise PublishError(
-                f"{csv_path}: hospital {hospital!r} has {len(rows)} usable rows, too few for "
-                "the train/test split the model was trained on"
-            )
-        features = np.asarray([heart.encode(r) for r in rows], dtype=np.float32)
-        labels = np.asarray([1.0 if r.diagnosis > 0 else 0.0 for r in rows], dtype=np.float32)
-        counts = np.bincount(labels.astype(int), minlength=2)
-        train_index, test_index = train_test_split(
-            np.arange(len(rows)),
-            test_size=1.0 - heart.TRAIN_FRACTION,
-            train_size=heart.TRAIN_FRACTION,
-            random_state=heart.SPLIT_RANDOM_STATE,
-            shuffle=True,
-            stratify=labels if (counts > 2).all() else None,
-        )
-        splits[heart.HOSPITAL_IDS[hospital]] = (features[train_index], features[test_index])
+    for hospital, rows in by_hospital.items():
+        raw_train, raw_test, _, _ = heart.split_hospital(rows)
+        splits[heart.HOSPITAL_IDS[hospital]] = (raw_train, raw_test)
     return splits
 
 
@@ -316,8 +312,11 @@ def publish(
     from countyfl.simulations.scenarios import get_scenario
 
     run = _read_json(run_dir / RUN_FILE)
-    history = FederationHistory.from_dict(_read_json(run_dir / HISTORY_FILE))
-    config = run["config"]
+    config = _run_config(run, run_dir / RUN_FILE)
+    try:
+        history = FederationHistory.from_dict(_read_json(run_dir / HISTORY_FILE))
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        raise PublishError(f"{run_dir / HISTORY_FILE} is not a run history: {error}") from error
     state = final_state(run_dir, secret_context_path)
     out = out_dir or run_dir / PUBLISHED_DIR
     out.mkdir(parents=True, exist_ok=True)

