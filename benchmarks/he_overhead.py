@@ -2,8 +2,9 @@
 
 Measured side by side in one process and printed as ratios:
   1. bytes on the wire per model parameter: countyfl's parameters ([58, 40], scale 2^35,
-     no context sent) against TenSEAL's common 8192 [60, 40, 40, 60] and against FLARE's
-     habit of sending the context with every vector;
+     two values per slot, no context sent) against TenSEAL's common 8192 [60, 40, 40, 60]
+     with one value per slot, and against FLARE's habit of sending the context with every
+     vector;
   2. the HE work of one round for K institutions (encrypt K updates, add them with the
      public context, decrypt the sum) against plaintext FedAvg of the same updates, for
      the heart model (14 parameters) and a 1-million-parameter model;
@@ -11,10 +12,12 @@ Measured side by side in one process and printed as ratios:
   4. a whole federated round on Flower's Simulation Engine, Fed-Heart-Disease, with and
      without CKKS (no DP): countyfl's own ClientApp and strategies, with Flower polling
      as shipped (100 ms) and, patched by this benchmark, every 5 ms;
-  5. the same for a 1,001,001-parameter MLP whose clients take one SGD step (or
-     --big-local-steps), so that the round is transport and HE: countyfl's FedAvg
-     against EncryptedFedAvg and its codec, with where a CKKS round goes and the
-     aggregator's throughput inside Flower.
+  5. the same for a 1,001,001-parameter MLP, once per --big-local-steps value (default
+     1 and 100), each in its own simulation: with one SGD step per client the round is
+     nothing but transport and HE (the hardest case for the ratio); 100 steps of batch 32
+     are one local epoch over 3,200 records, the kind of local work FLARE's CIFAR-10
+     example does between rounds. countyfl's FedAvg against EncryptedFedAvg and its
+     codec, with where a CKKS round goes and the aggregator's throughput inside Flower.
 
 Flower rounds (4 and 5) run plaintext and CKKS segments alternately in ONE simulation
 (same Ray actors, same minutes of machine noise): each segment is a warm-up round (cold
@@ -24,7 +27,7 @@ between the ends of consecutive rounds. Flower's Simulation Engine polls every 1
 heart-model rounds come in steps of about 0.1 s: the printed figure is a mean over all
 timed rounds with the 10 % slowest and fastest left out (a median would keep the steps).
 
-    python benchmarks/he_overhead.py [--quick] [--skip-simulation] [--big-local-steps 1]
+    python benchmarks/he_overhead.py [--quick] [--skip-simulation] [--big-local-steps 1,100]
                                      [--ray-inline-kib 100]
 """
 
@@ -94,8 +97,11 @@ def _bytes_per_parameter(secret: object, public: object, size: int) -> None:
     )
     chunks = -(-size // 4096)
     with_context = theirs + chunks * len(common.serialize(save_secret_key=False))
-    print(f"1. bytes per parameter ({size:,} parameters, {chunks} ciphertexts):")
-    print(f"   countyfl [58, 40] @2^35, no context  {ours.num_bytes / size:8.1f}   (target <= 32)")
+    print(
+        f"1. bytes per parameter ({size:,} parameters; {len(ours.chunks)} ciphertexts for "
+        f"countyfl, {chunks} for one value per slot):"
+    )
+    print(f"   countyfl [58, 40] @2^35, 2 per slot  {ours.num_bytes / size:8.1f}   (target <= 32)")
     print(
         f"   TenSEAL common [60, 40, 40, 60]      {theirs / size:8.1f}   "
         f"ratio {theirs / ours.num_bytes:5.2f}x ours"
@@ -150,7 +156,7 @@ def _round_work(secret: object, public: object, size: int, institutions: int, re
 
 
 # Ray passes task arguments and results up to this size inline, larger ones through its
-# object store (about 5 ms more per message here): one 4,096-slot ciphertext (127 KB) is over.
+# object store (about 5 ms more per message here): one ciphertext (127 KB) is over.
 RAY_INLINE_KIB = 100
 SHIPPED_POLL = 0.1  # seconds: Flower 1.42's InMemoryGrid.pull_interval and task pump
 FINE_POLL = 0.005
@@ -587,7 +593,7 @@ def _big_rounds(
     )
     per_round = _check(timings, order, rounds)
     plain, he_round = (_typical(per_round[(m, SHIPPED_POLL)]) for m in MODES)
-    steps = f"{local_steps} SGD step{'s' if local_steps > 1 else ''}"
+    steps = f"{local_steps} SGD step{'s' if local_steps > 1 else ''} of batch {BIG_BATCH}"
     print(
         f"5. Flower round, {num_values:,}-parameter MLP, {NUM_NODES} clients, {steps} each: "
         f"plaintext {plain:.2f} s, CKKS {he_round:.2f} s, ratio {he_round / plain:.2f} "
@@ -597,14 +603,14 @@ def _big_rounds(
         print(f"   {mode:9s} rounds, by segment (s): {_format(per_round[(mode, SHIPPED_POLL)])}")
 
     def client(mode: str, name: str) -> float:
-        return statistics.median(timings.client.get((mode, name), [float("nan")]))
+        return statistics.fmean(timings.client.get((mode, name), [float("nan")]))
 
     print(
-        "   per client call (median s): receive the model (decrypt | load) "
-        f"{client('ckks', RECEIVE_SECONDS):.3f} | {client('plaintext', RECEIVE_SECONDS):.3f}, "
-        f"send it (encrypt | ArrayRecord) {client('ckks', SEND_SECONDS):.3f} | "
-        f"{client('plaintext', SEND_SECONDS):.3f}; a CKKS round has {NUM_NODES} sends and "
-        f"{2 * NUM_NODES} receives on {_workers()} Ray workers"
+        "   per client call (mean s): receive the model (decrypt, or reuse what this worker "
+        f"decrypted | load) {client('ckks', RECEIVE_SECONDS):.3f} | "
+        f"{client('plaintext', RECEIVE_SECONDS):.3f}, send it (encrypt | ArrayRecord) "
+        f"{client('ckks', SEND_SECONDS):.3f} | {client('plaintext', SEND_SECONDS):.3f}; a CKKS "
+        f"round has {NUM_NODES} sends and {2 * NUM_NODES} receives on {_workers()} Ray workers"
     )
     measured = timings.aggregation["ckks"]
     plain_seconds = statistics.median(s for s, _ in timings.aggregation["plaintext"])
@@ -635,13 +641,26 @@ def _simulated_rounds(args: argparse.Namespace) -> None:
         if not args.skip_heart:
             _heart_rounds(Path(folder), args.segments, args.rounds, args.ray_inline_kib)
         if not args.skip_big:
-            _big_rounds(
-                Path(folder),
-                args.big_segments,
-                args.big_rounds,
-                args.big_local_steps,
-                args.ray_inline_kib,
-            )
+            for local_steps in args.big_local_steps:
+                _big_rounds(
+                    Path(folder),
+                    args.big_segments,
+                    args.big_rounds,
+                    local_steps,
+                    args.ray_inline_kib,
+                )
+
+
+def _steps_list(text: str) -> list[int]:
+    try:
+        steps = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a comma-separated list of steps"
+        ) from None
+    if not steps or min(steps) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give one or more step counts >= 1")
+    return steps
 
 
 def main() -> int:
@@ -652,7 +671,12 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5, help="timed heart rounds per segment")
     parser.add_argument("--big-segments", type=int, default=2, help="1M segments per mode")
     parser.add_argument("--big-rounds", type=int, default=3, help="timed 1M rounds per segment")
-    parser.add_argument("--big-local-steps", type=int, default=1, help="SGD steps per 1M client")
+    parser.add_argument(
+        "--big-local-steps",
+        type=_steps_list,
+        default=[1, 100],
+        help="SGD steps per 1M client, comma-separated: one simulation each (default 1,100)",
+    )
     parser.add_argument(
         "--ray-inline-kib",
         type=int,

@@ -25,16 +25,19 @@ from countyfl import keys
 from countyfl.aggregator.history import FederationHistory
 from countyfl.aggregator.strategies import RecordingMixin, RoundCallback
 from countyfl.privacy.he.codec import (
+    PACKING_COMPLEX,
+    PACKING_REAL,
     CodecError,
     EncryptedUpdate,
     add_deserialized,
     deserialize,
+    expected_chunks,
 )
-from countyfl.privacy.he.keys import DEFAULT_PARAMETERS, fingerprint, load_public_context
+from countyfl.privacy.he.keys import fingerprint, load_public_context
 
 META_KEY = "ckks-meta"
 CHUNK_PREFIX = "ckks-chunk-"
-# A serialised chunk of 4,096 values is about 127 KB; anything far larger is not ours.
+# A serialised chunk (8,192 values, two to a slot) is about 127 KB; far larger is not ours.
 MAX_CHUNK_BYTES = 512 * 1024
 # The metadata is a few dozen bytes of JSON; it is parsed only when it is small.
 MAX_META_BYTES = 4096
@@ -47,6 +50,7 @@ def update_to_arrays(update: EncryptedUpdate) -> ArrayRecord:
         "num-values": update.num_values,
         "num-examples": update.num_examples,
         "chunks": len(update.chunks),
+        "packing": update.packing,
     }
     record = {META_KEY: _uint8_array(json.dumps(meta).encode())}
     for index, chunk in enumerate(update.chunks):
@@ -81,6 +85,8 @@ def arrays_to_update(arrays: ArrayRecord) -> EncryptedUpdate:
             num_values=int(meta["num-values"]),
             num_examples=int(meta["num-examples"]),
             key_fingerprint=str(meta["fingerprint"]),
+            # Written before values were packed two to a slot: one per slot.
+            packing=str(meta.get("packing", PACKING_REAL)),
         )
     except (KeyError, ValueError, TypeError) as error:
         raise CodecError(f"malformed encrypted update: {error}") from None
@@ -148,9 +154,12 @@ class EncryptedFedAvg(RecordingMixin, FlowerFedAvg):
             raise CodecError("encrypted under another key (fingerprint differs)")
         if update.num_values != self.num_values:
             raise CodecError(f"{update.num_values} values, the model has {self.num_values}")
-        expected_chunks = -(-self.num_values // DEFAULT_PARAMETERS.slots)
-        if len(update.chunks) != expected_chunks:
-            raise CodecError(f"{len(update.chunks)} chunks, expected {expected_chunks}")
+        if update.packing != PACKING_COMPLEX:
+            # Updates of different packings add up to garbage: one packing per federation.
+            raise CodecError(f"packed {update.packing!r}; this aggregator adds {PACKING_COMPLEX!r}")
+        expected = expected_chunks(self.num_values, PACKING_COMPLEX)
+        if len(update.chunks) != expected:
+            raise CodecError(f"{len(update.chunks)} chunks, expected {expected}")
         if update.num_examples <= 0:
             raise CodecError("non-positive example count")
 
@@ -185,7 +194,9 @@ class EncryptedFedAvg(RecordingMixin, FlowerFedAvg):
             contents.append(message.content)
         if not vectors:
             return None, None
-        total = add_deserialized(vectors, self.num_values, sum(counts), self.fingerprint)
+        total = add_deserialized(
+            vectors, self.num_values, sum(counts), self.fingerprint, PACKING_COMPLEX
+        )
         return update_to_arrays(total), self.train_metrics_aggr_fn(contents, self.weighted_by_key)
 
 

@@ -104,7 +104,7 @@ def run_federated(
             "init_args": {
                 "num_cpus": max(1, min(num_institutions, _cpu_count())),
                 "log_to_driver": verbose,
-                # A 4,096-slot CKKS ciphertext is 127 KB, over Ray's 100 KiB inline limit:
+                # A CKKS ciphertext (8,192 values) is 127 KB, over Ray's 100 KiB inline limit:
                 # above it every message goes through the object store (5.8 ms against
                 # 1.6 ms per 130 KB message, benchmarks/he_overhead.py --ray-inline-kib).
                 "_system_config": {"max_direct_call_object_size": 1 << 20},  # type: ignore[dict-item]

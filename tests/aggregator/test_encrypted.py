@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from countyfl.privacy.he.keys import (
     PUBLIC_CONTEXT_FILE,
     SECRET_CONTEXT_FILE,
     KeyMaterialError,
+    fingerprint,
     init_keys,
     load_secret_context,
 )
@@ -89,10 +91,26 @@ def test_bad_replies_are_rejected_recorded_and_the_round_goes_on(
     garbage_record[f"{CHUNK_PREFIX}0000"] = Array(np.frombuffer(b"\x00" * 4000, dtype=np.uint8))
     garbage = _reply(25, 7, garbage_record, 5)
     refused = _error_reply(24, MessageType.TRAIN, "institution x refuses round 1")
+    # One value per slot (what TenSEAL's CKKSVector sends): added to the others, garbage.
+    old_record = update_to_arrays(encrypt_update(weights[0], 5, secret))
+    old_record[META_KEY] = Array(
+        np.frombuffer(
+            json.dumps(
+                {
+                    "fingerprint": fingerprint(secret),
+                    "num-values": NUM_VALUES,
+                    "num-examples": 5,
+                    "chunks": 1,
+                }
+            ).encode(),
+            dtype=np.uint8,
+        )
+    )
+    one_per_slot = _reply(26, 8, old_record, 5)
 
     strategy = _strategy(key_dir)
     arrays, metrics = strategy.aggregate_train(
-        1, [*good, foreign, too_long, truncated, plaintext, refused, garbage]
+        1, [*good, foreign, too_long, truncated, plaintext, refused, garbage, one_per_slot]
     )
     assert arrays is not None and metrics is not None
     result = decrypt_average(arrays_to_update(arrays), secret, SHAPES)
@@ -109,6 +127,7 @@ def test_bad_replies_are_rejected_recorded_and_the_round_goes_on(
         (23, "no encrypted update"),
         (24, "refuses"),
         (25, "not a CKKS vector"),
+        (26, "packed 'real'"),
     ):
         assert f"node {node}:" in failures and reason in failures, failures
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import stat
+import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -13,13 +15,10 @@ import tenseal as ts
 from hypothesis import given, settings
 
 from countyfl.privacy.he import codec
-from countyfl.privacy.he import keys as he_keys
 from countyfl.privacy.he.keys import (
     PUBLIC_CONTEXT_FILE,
     SECRET_CONTEXT_FILE,
     KeyMaterialError,
-    create_secret_context,
-    encrypting_context,
     fingerprint,
     init_keys,
     load_public_context,
@@ -113,14 +112,94 @@ def test_encrypted_fedavg_equals_plaintext_fedavg(
         np.testing.assert_allclose(result[index], expected, atol=1e-6, rtol=0)
 
 
-def test_many_parameters_span_chunks_and_cost_under_32_bytes_each(secret: Any, public: Any) -> None:
-    slots = 4096
-    weights = [np.random.default_rng(1).normal(size=3 * slots)]
+def test_many_parameters_span_chunks_two_values_to_a_slot(secret: Any, public: Any) -> None:
+    per_chunk = 2 * 4096  # real and imaginary part of each of the 4,096 slots
+    size = 2 * per_chunk + 5  # three chunks, the last one nearly empty
+    weights = [np.random.default_rng(1).normal(size=size)]
     update = codec.encrypt_update(weights, 7, secret)
-    assert len(update.chunks) == 3
-    assert update.num_bytes / (3 * slots) <= 32
-    back = codec.decrypt_average(codec.sum_updates(public, [update]), secret, [(3 * slots,)])
+    assert update.packing == codec.PACKING_COMPLEX
+    assert len(update.chunks) == 3 == codec.expected_chunks(size)
+    assert update.num_bytes / size <= 16 * 3 / 2.0  # 15.6 bytes per value in full chunks
+    assert update.num_bytes / (3 * per_chunk) <= 16
+    back = codec.decrypt_average(codec.sum_updates(public, [update]), secret, [(size,)])
+    # Values in the imaginary halves come back in their places, not swapped or conjugated.
     np.testing.assert_allclose(back[0], weights[0], atol=1e-6)
+
+
+def test_a_chunk_is_the_ckks_vector_tenseal_itself_writes(secret: Any) -> None:
+    # The aggregator reads the institutions' chunks with plain TenSEAL, so their bytes must
+    # be exactly TenSEAL's serialisation of the same SEAL ciphertext.
+    vector = ts.ckks_vector(secret, [0.25, -3.5, 7.0])
+    (cipher,) = vector.ciphertext()
+    built = codec._ckks_vector_bytes(codec._saved(cipher), 3, secret.global_scale)
+    assert built == vector.serialize()
+
+
+def test_ciphertexts_are_saved_without_a_trace_with_or_without_memfd(
+    secret: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    vector = ts.ckks_vector(secret, [1.0, -2.0])
+    (cipher,) = vector.ciphertext()
+    expected = vector.serialize()
+    results: list[bytes] = []
+    worker = threading.Thread(target=lambda: results.append(codec._saved(cipher)))
+    worker.start()
+    worker.join()
+    assert codec._ckks_vector_bytes(results[0], 2, secret.global_scale) == expected
+    # Where there is no memfd: a private folder, empty again once the bytes are read.
+    monkeypatch.setattr(codec, "_memfd", lambda: None)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(codec, "_SCRATCH", threading.local())
+    assert codec._ckks_vector_bytes(codec._saved(cipher), 2, secret.global_scale) == expected
+    (folder,) = tmp_path.iterdir()
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700 and not list(folder.iterdir())
+
+
+def test_updates_of_older_runs_one_value_per_slot_still_decrypt(secret: Any, public: Any) -> None:
+    # What institutions sent before the complex packing: TenSEAL CKKSVectors of 4,096 reals.
+    values = np.random.default_rng(3).normal(size=4096 + 10) * 3
+    chunks = tuple(
+        ts.ckks_vector(secret, (values[i : i + 4096] * 5).tolist()).serialize()
+        for i in range(0, values.size, 4096)
+    )
+    old = codec.EncryptedUpdate(chunks, values.size, 5, fingerprint(secret), codec.PACKING_REAL)
+    total = codec.sum_updates(public, [old, old])
+    assert total.packing == codec.PACKING_REAL
+    back = codec.decrypt_average(total, secret, [(values.size,)])
+    np.testing.assert_allclose(back[0], values, atol=1e-6)
+    new = codec.encrypt_update([values], 5, secret)
+    with pytest.raises(codec.CodecError, match="cannot be added"):
+        codec.sum_updates(public, [new, old])
+    with pytest.raises(codec.CodecError, match="unknown packing"):
+        codec.expected_chunks(10, "quaternion")
+    wrong = codec.EncryptedUpdate(new.chunks, new.num_values, 5, new.key_fingerprint, "real")
+    with pytest.raises(codec.CodecError, match="cannot hold"):
+        codec.decrypt_average(wrong, secret, [(values.size,)])
+
+
+def test_a_decrypted_aggregate_is_reused_and_never_shared_between_callers(
+    secret: Any, public: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = []
+    real_decrypt = codec._decrypt
+
+    def counting(update: codec.EncryptedUpdate, context: Any) -> np.ndarray:
+        calls.append(update)
+        return real_decrypt(update, context)
+
+    monkeypatch.setattr(codec, "_decrypt", counting)
+    update = codec.sum_updates(public, [codec.encrypt_update([np.arange(6.0)], 3, secret)])
+    first = codec.decrypt_average(update, secret, [(6,)])
+    first[0][:] = 99.0  # a caller changing its copy must not change the next caller's
+    second = codec.decrypt_average(update, secret, [(2, 3)])
+    assert len(calls) == 1, "the same aggregate is decrypted once per process"
+    np.testing.assert_allclose(second[0], np.arange(6.0).reshape(2, 3), atol=1e-6)
+    # Any other field makes it another aggregate: another example count is decrypted anew.
+    recounted = codec.EncryptedUpdate(update.chunks, 6, 6, update.key_fingerprint)
+    np.testing.assert_allclose(
+        codec.decrypt_average(recounted, secret, [(6,)])[0], np.arange(6.0) / 2, atol=1e-6
+    )
+    assert len(calls) == 2
 
 
 def test_the_largest_accepted_sum_still_decrypts_and_larger_is_refused(
@@ -133,6 +212,15 @@ def test_the_largest_accepted_sum_still_decrypts_and_larger_is_refused(
     np.testing.assert_allclose(back[0], edge, rtol=1e-6)
     with pytest.raises(codec.CodecError, match="overflow"):
         codec.encrypt_update([edge * 1.01], 10, secret)
+    # Whole chunks at the edge in both halves of every slot (|slot| = sqrt(2) x the edge),
+    # with signs that alternate and that do not.
+    for pattern in (np.ones(8192), np.resize([1.0, -1.0, -1.0, 1.0], 8192)):
+        values = pattern * codec.MAX_ABS_VALUE / 10.0
+        full = codec.encrypt_update([values], 10, secret)
+        summed = codec.sum_updates(public, [full] * codec.MAX_INSTITUTIONS)
+        np.testing.assert_allclose(
+            codec.decrypt_average(summed, secret, [(8192,)])[0], values, rtol=1e-6
+        )
     with pytest.raises(codec.CodecError, match="at most"):
         codec.sum_updates(public, [update] * (codec.MAX_INSTITUTIONS + 1))
 
@@ -163,33 +251,25 @@ def test_bad_updates_are_refused(secret: Any, public: Any, tmp_path: Path) -> No
 def test_institutions_encrypt_with_the_secret_key_and_the_aggregator_still_adds(
     secret: Any, public: Any
 ) -> None:
-    twin = encrypting_context(secret)
-    assert twin is not secret and twin.is_private()
-    assert encrypting_context(secret) is twin, "the twin is built once per context"
-    assert encrypting_context(public) is public, "a public context can only use the public key"
     values = np.array([0.5, -1.25, 3.0])
-    with_secret_key = ts.ckks_vector(twin, values.tolist()).serialize()
-    with_public_key = ts.ckks_vector(secret, values.tolist()).serialize()
-    total = ts.ckks_vector_from(public, with_secret_key) + ts.ckks_vector_from(
+    with_secret_key = codec.encrypt_update([values], 1, secret)
+    # A vector TenSEAL encrypted with the public key adds to it: same key, same scheme
+    # (4,096 real values: the real parts of the slots, where the chunk's first half is).
+    padded = np.zeros(4096)
+    padded[:3] = values
+    with_public_key = ts.ckks_vector(secret, padded.tolist()).serialize()
+    total = ts.ckks_vector_from(public, with_secret_key.chunks[0]) + ts.ckks_vector_from(
         public, with_public_key
     )
     decrypted = ts.ckks_vector_from(secret, total.serialize()).decrypt()
-    np.testing.assert_allclose(decrypted, 2 * values, atol=1e-6)
-    # The public context still cannot decrypt what the institutions now send.
+    np.testing.assert_allclose(decrypted[:3], 2 * values, atol=1e-6)
+    # The public context cannot decrypt what the institutions send, nor encrypt with it.
     with pytest.raises(ValueError, match="secret"):
-        ts.ckks_vector_from(public, with_secret_key).decrypt()
-
-
-def test_a_context_whose_twin_fails_keeps_public_key_encryption(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    # Encryption type 7 does not exist: loading the twin fails, the context is kept.
-    monkeypatch.setattr(he_keys, "_SYMMETRIC_FIELD", b"\x20\x07")
-    context = create_secret_context()
-    assert encrypting_context(context) is context
-    update = codec.encrypt_update([np.arange(3.0)], 2, context)
-    back = codec.decrypt_average(update, context, [(3,)])
-    np.testing.assert_allclose(back[0], np.arange(3.0), atol=1e-6)
+        ts.ckks_vector_from(public, with_secret_key.chunks[0]).decrypt()
+    with pytest.raises(codec.CodecError, match="secret context"):
+        codec.encrypt_update([values], 1, public)
+    with pytest.raises(codec.CodecError, match="secret context"):
+        codec.decrypt_average(with_secret_key, public, [(3,)])
 
 
 def test_adding_leaves_the_deserialised_updates_as_they_were(secret: Any, public: Any) -> None:

@@ -7,9 +7,10 @@ multiplies its weights by its example count before encrypting), so one data prim
 enough: 58 bits at scale 2^35 leave 2^22 of range for the sum (see
 :data:`countyfl.privacy.he.codec.MAX_ABS_VALUE`) with an absolute error near 3e-7 per
 value, 2e-5 after 64 additions, before the division by the total example count. A
-ciphertext of 4,096 values is about 127 KB: 31 bytes per value, against 81 for
-TenSEAL's common [60, 40, 40, 60] and 32 for [60, 60] at scale 2^40 (which has only 2^19
-of range). The size follows the data prime; the special prime (40) is not sent.
+ciphertext is about 127 KB and carries 8,192 values, two to a slot (see
+:mod:`countyfl.privacy.he.codec`): 15.6 bytes per value, against 81 for TenSEAL's common
+[60, 40, 40, 60] with one value per slot, and 32 for [60, 60] at scale 2^40 (which has
+only 2^19 of range). The size follows the data prime; the special prime (40) is not sent.
 """
 
 from __future__ import annotations
@@ -91,45 +92,6 @@ def fingerprint(context: Any) -> str:
     digest = hashlib.sha256(data).hexdigest()
     _FINGERPRINTS[id(context)] = (context, digest)
     return digest
-
-
-# TenSEALContextProto field 4 (uint32 encryption_type, 1 = symmetric) in tenseal 0.3.18,
-# the pinned version: a varint field appended to a serialised context overrides it.
-_SYMMETRIC_FIELD = b"\x20\x01"
-_PROBE = [1.5, -2.25, 0.125]
-# Secret-key twins of institutions' contexts, per context object (see _FINGERPRINTS).
-_ENCRYPTING: dict[int, tuple[Any, Any]] = {}
-
-
-def encrypting_context(context: Any) -> Any:
-    """The context an institution encrypts with: its secret key used symmetrically.
-
-    A key holder can encrypt with the secret key instead of the public key (SEAL's
-    ``encrypt_symmetric``): the ciphertexts are ordinary CKKS ciphertexts under the same
-    key, so the aggregator adds them with the public context and any key holder decrypts
-    them, but encryption takes about half the time (no public-key product, no modulus
-    switch from the special prime) and adds about a tenth of the noise. TenSEAL offers
-    no call that turns an existing key into a symmetric context, so the twin is the
-    serialised context with its ``encryption_type`` field set; it is checked once on a
-    probe, and a context that is public, or whose twin fails the probe, is returned as
-    it is (public-key encryption, as before).
-    """
-    known = _ENCRYPTING.get(id(context))
-    if known is not None and known[0] is context:
-        return known[1]
-    twin = context
-    if context.is_private():
-        try:
-            candidate = ts.context_from(context.serialize(save_secret_key=True) + _SYMMETRIC_FIELD)
-            candidate.global_scale = context.global_scale
-            probe = ts.ckks_vector(candidate, _PROBE).serialize()
-            back = ts.ckks_vector_from(context, probe).decrypt()
-            if all(abs(a - b) < 1e-6 for a, b in zip(back, _PROBE, strict=True)):
-                twin = candidate
-        except Exception:  # any failure keeps public-key encryption
-            pass
-    _ENCRYPTING[id(context)] = (context, twin)
-    return twin
 
 
 def _write_private(path: Path, data: bytes) -> None:
