@@ -112,7 +112,15 @@ def _bytes_per_parameter(secret: object, public: object, size: int) -> None:
     )
 
 
-def _round_work(secret: object, public: object, size: int, institutions: int, repeats: int) -> None:
+def _round_work(
+    secret: object, public: object, size: int, institutions: int, repeats: int
+) -> float:
+    """Print the HE work of a round; return the least it can add to a round on this machine.
+
+    That floor is the institutions' encryptions spread over the cores the simulation's
+    Ray workers get, then the aggregator's sum, then one decryption: what CKKS costs a
+    round even if Flower, Ray and the training cost nothing more.
+    """
     rng = np.random.default_rng(1)
     updates = [[rng.normal(size=size)] for _ in range(institutions)]
     counts = [int(n) for n in rng.integers(30, 300, size=institutions)]
@@ -123,15 +131,23 @@ def _round_work(secret: object, public: object, size: int, institutions: int, re
 
     summed_bytes = 0
     sum_seconds = 0.0
+    encrypt_times: list[float] = []
+    sum_times: list[float] = []
+    decrypt_times: list[float] = []
 
     def encrypted() -> None:
         nonlocal summed_bytes, sum_seconds
+        started = time.perf_counter()
         sent = [codec.encrypt_update(u, c, secret) for u, c in zip(updates, counts, strict=True)]
+        encrypt_times.append((time.perf_counter() - started) / institutions)
         started = time.perf_counter()
         total = codec.sum_updates(public, sent)
-        sum_seconds += time.perf_counter() - started
+        sum_times.append(time.perf_counter() - started)
+        sum_seconds += sum_times[-1]
         summed_bytes += sum(s.num_bytes for s in sent)
+        started = time.perf_counter()
         codec.decrypt_average(total, secret, [(size,)])
+        decrypt_times.append(time.perf_counter() - started)
 
     plain_times, he_times = [], []
     for _ in range(repeats):  # interleaved, so machine noise hits both alike
@@ -150,6 +166,16 @@ def _round_work(secret: object, public: object, size: int, institutions: int, re
         f"3. aggregator throughput at {size:,} parameters: "
         f"{summed_bytes / sum_seconds / 1e6:8.1f} MB of ciphertext summed per second"
     )
+    encrypt, add, decrypt = (
+        statistics.median(t) for t in (encrypt_times, sum_times, decrypt_times)
+    )
+    floor = encrypt * institutions / _workers() + add + decrypt
+    print(
+        f"   one institution encrypts in {encrypt * 1e3:.1f} ms, the aggregator adds in "
+        f"{add * 1e3:.1f} ms, a key holder decrypts in {decrypt * 1e3:.1f} ms: on "
+        f"{_workers()} cores CKKS cannot add less than {floor * 1e3:.0f} ms to a round"
+    )
+    return floor
 
 
 # --- Flower rounds: segments of plaintext and CKKS rounds in one simulation -------------
@@ -558,7 +584,12 @@ def _heart_rounds(folder: Path, segments: int, rounds: int, ray_inline_kib: int)
 
 
 def _big_rounds(
-    folder: Path, segments: int, rounds: int, local_steps: int, ray_inline_kib: int
+    folder: Path,
+    segments: int,
+    rounds: int,
+    local_steps: int,
+    ray_inline_kib: int,
+    floor: float | None = None,
 ) -> None:
     module = _importable_self()
     initial = module.big_model()
@@ -626,6 +657,11 @@ def _big_rounds(
         f"   CKKS adds {added:.2f} s per round: the ratio is <= 1.5 once a plaintext round "
         f"takes >= {2 * added:.1f} s here (local training included)"
     )
+    if floor is not None:
+        print(
+            f"   HE alone adds at least {floor:.2f} s a round here (section 2), so with this "
+            f"plaintext round no codec of this speed gets below {(plain + floor) / plain:.2f}"
+        )
     print(
         f"3. aggregator throughput in the Flower run ({num_values:,} parameters, replies "
         f"checked, deserialised, added, re-serialised): {summed / 1e6:.1f} MB of ciphertext "
@@ -633,7 +669,7 @@ def _big_rounds(
     )
 
 
-def _simulated_rounds(args: argparse.Namespace) -> None:
+def _simulated_rounds(args: argparse.Namespace, floor: float | None) -> None:
     for name in ("flwr", "ray"):
         logging.getLogger(name).setLevel(logging.ERROR)
     with tempfile.TemporaryDirectory() as folder:
@@ -648,6 +684,7 @@ def _simulated_rounds(args: argparse.Namespace) -> None:
                     args.big_rounds,
                     local_steps,
                     args.ray_inline_kib,
+                    floor,
                 )
 
 
@@ -696,16 +733,19 @@ def main() -> int:
         secret = load_secret_context(Path(folder) / SECRET_CONTEXT_FILE)
         public = load_public_context(Path(folder) / PUBLIC_CONTEXT_FILE)
         _bytes_per_parameter(secret, public, 1_000_000)
-        for size in (14, 1_000_000):
-            _round_work(
+        floors = {
+            size: _round_work(
                 secret,
                 public,
                 size,
                 args.institutions,
                 args.repeats if size < 10_000 else max(2, args.repeats // 2),
             )
+            for size in (14, 1_000_000)
+        }
     if not args.skip_simulation:
-        _simulated_rounds(args)
+        # The floor holds for the simulation's clients only if they are as many.
+        _simulated_rounds(args, floors[1_000_000] if args.institutions == NUM_NODES else None)
     print(f"(benchmark wall time {time.perf_counter() - started:.0f} s)")
     return 0
 
