@@ -30,8 +30,10 @@ from countyfl.privacy.he.codec import (
     CodecError,
     EncryptedUpdate,
     add_deserialized,
+    check_packed,
     deserialize,
     expected_chunks,
+    slot_count,
 )
 from countyfl.privacy.he.keys import fingerprint, load_public_context
 
@@ -88,7 +90,7 @@ def arrays_to_update(arrays: ArrayRecord) -> EncryptedUpdate:
             # Written before values were packed two to a slot: one per slot.
             packing=str(meta.get("packing", PACKING_REAL)),
         )
-    except (KeyError, ValueError, TypeError) as error:
+    except (KeyError, ValueError, TypeError, OverflowError) as error:
         raise CodecError(f"malformed encrypted update: {error}") from None
     if len(arrays) != declared + 1:
         raise CodecError(f"{len(arrays) - 1} chunks sent, {declared} declared")
@@ -147,6 +149,7 @@ class EncryptedFedAvg(RecordingMixin, FlowerFedAvg):
         self.on_round_end = on_round_end
         self.context = load_public_context(public_context_path)
         self.fingerprint = fingerprint(self.context)
+        self.slots = slot_count(self.context)
         self.num_values = num_values
 
     def _check(self, update: EncryptedUpdate) -> None:
@@ -157,7 +160,7 @@ class EncryptedFedAvg(RecordingMixin, FlowerFedAvg):
         if update.packing != PACKING_COMPLEX:
             # Updates of different packings add up to garbage: one packing per federation.
             raise CodecError(f"packed {update.packing!r}; this aggregator adds {PACKING_COMPLEX!r}")
-        expected = expected_chunks(self.num_values, PACKING_COMPLEX)
+        expected = expected_chunks(self.num_values, PACKING_COMPLEX, self.slots)
         if len(update.chunks) != expected:
             raise CodecError(f"{len(update.chunks)} chunks, expected {expected}")
         if update.num_examples <= 0:
@@ -178,9 +181,13 @@ class EncryptedFedAvg(RecordingMixin, FlowerFedAvg):
                     raise CodecError("the reply carries no arrays")
                 update = arrays_to_update(arrays)
                 self._check(update)
-                # Deserialising is the last check (bytes that are not a ciphertext under
-                # this key); the vectors are kept, so each update is read only once.
-                vectors.append(deserialize(self.context, update))
+                # Deserialising and check_packed are the last checks (bytes that are not a
+                # ciphertext under this key; a vector of another size, scale or level,
+                # which would make the sum fail for everyone); the vectors are kept, so
+                # each update is read only once.
+                deserialized = deserialize(self.context, update)
+                check_packed(self.context, deserialized)
+                vectors.append(deserialized)
             except CodecError as error:
                 # Rejected, recorded with the node, and the round goes on without it.
                 record.failures.append(

@@ -9,6 +9,7 @@ from typing import Any
 import hypothesis.strategies as st
 import numpy as np
 import pytest
+import tenseal as ts
 from flwr.app import Array, ArrayRecord, Message, MessageType, MetricRecord, RecordDict
 from hypothesis import given, settings
 from test_strategies import _error_reply, _instruction
@@ -243,3 +244,62 @@ def test_arrays_that_are_not_plain_byte_vectors_are_read_as_numpy_reads_them(
     meta += b" " * (len(meta) % 2)  # JSON allows trailing blanks; int16 needs an even length
     record[META_KEY] = Array(np.frombuffer(meta, dtype=np.int16))
     assert arrays_to_update(record) == update
+
+
+def _with_meta(record: ArrayRecord, **changes: Any) -> ArrayRecord:
+    meta = json.loads(record[META_KEY].numpy().tobytes())
+    record[META_KEY] = Array(np.frombuffer(json.dumps({**meta, **changes}).encode(), np.uint8))
+    return record
+
+
+def test_replies_that_would_break_the_sum_are_rejected_before_it(
+    key_dir: Path, secret: Any
+) -> None:
+    # 5,000 values: one ciphertext two to a slot, two if one to a slot.
+    size = 5000
+    strategy = EncryptedFedAvg(public_context_path=key_dir / PUBLIC_CONTEXT_FILE, num_values=size)
+    rng = np.random.default_rng(4)
+    weights = [[rng.normal(size=size)] for _ in range(2)]
+    good = [
+        _reply(10 + i, i, update_to_arrays(encrypt_update(weights[i], 3 + i, secret)), 3 + i)
+        for i in range(2)
+    ]
+    # A chunk TenSEAL accepts but that is a vector of 2 values: added, it fails the round.
+    short = update_to_arrays(encrypt_update(weights[0], 3, secret))
+    short[f"{CHUNK_PREFIX}0000"] = Array(
+        np.frombuffer(ts.ckks_vector(secret, [1.0, 2.0]).serialize(), np.uint8)
+    )
+    # A chunk at another scale.
+    scaled = update_to_arrays(encrypt_update(weights[0], 3, secret))
+    other_scale = ts.context_from(secret.serialize(save_secret_key=True))
+    other_scale.global_scale = 2.0**30
+    scaled[f"{CHUNK_PREFIX}0000"] = Array(
+        np.frombuffer(ts.ckks_vector(other_scale, np.ones(4096).tolist()).serialize(), np.uint8)
+    )
+    # Two chunks, as one value per slot would need.
+    doubled = update_to_arrays(encrypt_update(weights[0], 3, secret))
+    doubled[f"{CHUNK_PREFIX}0001"] = doubled[f"{CHUNK_PREFIX}0000"]
+    doubled = _with_meta(doubled, chunks=2)
+    # JSON's Infinity as a count: int() raises OverflowError, not ValueError.
+    infinite = _with_meta(
+        update_to_arrays(encrypt_update(weights[0], 3, secret)), **{"num-values": float("inf")}
+    )
+    bad = [
+        _reply(20, 5, short, 3),
+        _reply(21, 6, scaled, 3),
+        _reply(22, 7, doubled, 3),
+        _reply(23, 8, infinite, 3),
+    ]
+    arrays, _ = strategy.aggregate_train(1, [*good, *bad])
+    assert arrays is not None
+    result = decrypt_average(arrays_to_update(arrays), secret, [(size,)])
+    expected = (3 * weights[0][0] + 4 * weights[1][0]) / 7
+    np.testing.assert_allclose(result[0], expected, atol=1e-6)
+    failures = " | ".join(strategy.history.rounds[1].failures)
+    for node, reason in (
+        (20, "not one ciphertext of 4096 slots"),
+        (21, "scale and level"),
+        (22, "2 chunks, expected 1"),
+        (23, "malformed"),
+    ):
+        assert f"node {node}:" in failures and reason in failures, failures

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import os
 import stat
 import tempfile
 import threading
@@ -15,6 +17,7 @@ import tenseal as ts
 from hypothesis import given, settings
 
 from countyfl.privacy.he import codec
+from countyfl.privacy.he import keys as he_keys
 from countyfl.privacy.he.keys import (
     PUBLIC_CONTEXT_FILE,
     SECRET_CONTEXT_FILE,
@@ -135,24 +138,48 @@ def test_a_chunk_is_the_ckks_vector_tenseal_itself_writes(secret: Any) -> None:
     assert built == vector.serialize()
 
 
+def _open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
 def test_ciphertexts_are_saved_without_a_trace_with_or_without_memfd(
     secret: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     vector = ts.ckks_vector(secret, [1.0, -2.0])
     (cipher,) = vector.ciphertext()
     expected = vector.serialize()
-    results: list[bytes] = []
-    worker = threading.Thread(target=lambda: results.append(codec._saved(cipher)))
-    worker.start()
-    worker.join()
-    assert codec._ckks_vector_bytes(results[0], 2, secret.global_scale) == expected
-    # Where there is no memfd: a private folder, empty again once the bytes are read.
-    monkeypatch.setattr(codec, "_memfd", lambda: None)
+
+    def save_in_threads(count: int) -> list[bytes]:
+        results: list[bytes] = []
+        for _ in range(count):
+            worker = threading.Thread(target=lambda: results.append(codec._saved(cipher)))
+            worker.start()
+            worker.join()
+        gc.collect()
+        return results
+
+    before = _open_descriptors()
+    for saved in save_in_threads(5):
+        assert codec._ckks_vector_bytes(saved, 2, secret.global_scale) == expected
+    assert _open_descriptors() == before, "a thread's memfd is closed when the thread ends"
+
+    # memfd_create failing (no descriptors left, a sandbox): a private folder instead,
+    # empty again once the bytes are read, and the thread keeps working.
+    def refuse(*_: Any) -> int:
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(os, "memfd_create", refuse)
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     monkeypatch.setattr(codec, "_SCRATCH", threading.local())
-    assert codec._ckks_vector_bytes(codec._saved(cipher), 2, secret.global_scale) == expected
+    monkeypatch.setattr(codec, "_FOLDERS", {})
+    for _ in range(2):
+        assert codec._ckks_vector_bytes(codec._saved(cipher), 2, secret.global_scale) == expected
+    assert save_in_threads(2)[1] == save_in_threads(1)[0]
     (folder,) = tmp_path.iterdir()
     assert stat.S_IMODE(folder.stat().st_mode) == 0o700 and not list(folder.iterdir())
+    # A folder removed behind the process's back is made again.
+    folder.rmdir()
+    assert codec._ckks_vector_bytes(codec._saved(cipher), 2, secret.global_scale) == expected
 
 
 def test_updates_of_older_runs_one_value_per_slot_still_decrypt(secret: Any, public: Any) -> None:
@@ -177,6 +204,30 @@ def test_updates_of_older_runs_one_value_per_slot_still_decrypt(secret: Any, pub
         codec.decrypt_average(wrong, secret, [(values.size,)])
 
 
+def test_malformed_aggregates_are_refused_with_a_codec_error(secret: Any) -> None:
+    key = fingerprint(secret)
+    # A TenSEAL vector longer than the slots is two ciphertexts in one chunk.
+    two = ts.ckks_vector(secret, np.ones(5000).tolist()).serialize()
+    with pytest.raises(codec.CodecError, match="holds 2 ciphertexts"):
+        codec.decrypt_average(codec.EncryptedUpdate((two,), 5000, 1, key), secret, [(5000,)])
+    with pytest.raises(codec.CodecError, match="at least one value"):
+        codec.decrypt_average(codec.EncryptedUpdate((), 0, 1, key), secret, [])
+    with pytest.raises(codec.CodecError, match="positive example count"):
+        codec.decrypt_average(codec.EncryptedUpdate((two,), 5000, 0, key), secret, [(5000,)])
+
+
+def test_other_parameters_pack_to_their_own_slot_count() -> None:
+    parameters = he_keys.HEParameters(poly_modulus_degree=16384)
+    context = he_keys.create_secret_context(parameters)
+    public = public_copy(context)
+    values = np.random.default_rng(5).normal(size=10_000)
+    update = codec.encrypt_update([values], 2, context, parameters)
+    assert len(update.chunks) == 1 == codec.expected_chunks(10_000, slots=parameters.slots)
+    back = codec.decrypt_average(codec.sum_updates(public, [update]), context, [(10_000,)])
+    np.testing.assert_allclose(back[0], values, atol=1e-6)
+    assert codec.slot_count(public) == codec.slot_count(context) == 8192
+
+
 def test_a_decrypted_aggregate_is_reused_and_never_shared_between_callers(
     secret: Any, public: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -194,12 +245,31 @@ def test_a_decrypted_aggregate_is_reused_and_never_shared_between_callers(
     second = codec.decrypt_average(update, secret, [(2, 3)])
     assert len(calls) == 1, "the same aggregate is decrypted once per process"
     np.testing.assert_allclose(second[0], np.arange(6.0).reshape(2, 3), atol=1e-6)
+    # The next round's aggregate has the same key, size, example count and packing, and
+    # other ciphertexts: it must be decrypted, never served the last round's model.
+    next_round = codec.sum_updates(public, [codec.encrypt_update([-np.arange(6.0)], 3, secret)])
+    assert (next_round.key_fingerprint, next_round.num_values, next_round.num_examples) == (
+        update.key_fingerprint,
+        update.num_values,
+        update.num_examples,
+    )
+    np.testing.assert_allclose(
+        codec.decrypt_average(next_round, secret, [(6,)])[0], -np.arange(6.0), atol=1e-6
+    )
+    assert len(calls) == 2
+    # The key covers every byte, not just lengths (serialised sizes often differ anyway).
+    same_sizes = [
+        codec.EncryptedUpdate((bytes([b]) * 64, b"x" * 8), 6, 3, update.key_fingerprint)
+        for b in (1, 2)
+    ]
+    assert codec._digest(same_sizes[0]) != codec._digest(same_sizes[1])
+    calls.clear()
     # Any other field makes it another aggregate: another example count is decrypted anew.
     recounted = codec.EncryptedUpdate(update.chunks, 6, 6, update.key_fingerprint)
     np.testing.assert_allclose(
         codec.decrypt_average(recounted, secret, [(6,)])[0], np.arange(6.0) / 2, atol=1e-6
     )
-    assert len(calls) == 2
+    assert len(calls) == 1
 
 
 def test_the_largest_accepted_sum_still_decrypts_and_larger_is_refused(

@@ -74,20 +74,50 @@ class EncryptedUpdate:
         return sum(len(c) for c in self.chunks)
 
 
-def values_per_chunk(packing: str, parameters: HEParameters = DEFAULT_PARAMETERS) -> int:
-    """How many values one ciphertext carries under ``packing``."""
+def values_per_chunk(packing: str, slots: int = DEFAULT_PARAMETERS.slots) -> int:
+    """How many values one ciphertext of ``slots`` slots carries under ``packing``."""
     if packing == PACKING_COMPLEX:
-        return 2 * parameters.slots
+        return 2 * slots
     if packing == PACKING_REAL:
-        return parameters.slots
+        return slots
     raise CodecError(f"unknown packing {packing!r} (known: {', '.join(PACKINGS)})")
 
 
 def expected_chunks(
-    num_values: int, packing: str = PACKING_COMPLEX, parameters: HEParameters = DEFAULT_PARAMETERS
+    num_values: int, packing: str = PACKING_COMPLEX, slots: int = DEFAULT_PARAMETERS.slots
 ) -> int:
     """The number of ciphertexts an update of ``num_values`` values is sent in."""
-    return -(-num_values // values_per_chunk(packing, parameters))
+    return -(-num_values // values_per_chunk(packing, slots))
+
+
+def slot_count(context: Any) -> int:
+    """The slots of a context's ciphertexts (half its ring degree); secret or public."""
+    degree = context.seal_context().data.first_context_data().parms().poly_modulus_degree()
+    return int(degree) // 2
+
+
+def check_packed(context: Any, vectors: Sequence[Any]) -> None:
+    """CodecError unless every vector is one fresh ciphertext of all the slots, as we send.
+
+    Deserialising only proves the bytes are ciphertexts under the key; a vector of another
+    size, scale or level would make the addition fail for the whole round, so a reply
+    carrying one is rejected before anything is added.
+    """
+    slots = slot_count(context)
+    scale = context.global_scale
+    parms_id = context.seal_context().data.first_parms_id()
+    for index, vector in enumerate(vectors):
+        ciphertexts = vector.ciphertext()
+        if vector.size() != slots or len(ciphertexts) != 1:
+            raise CodecError(
+                f"chunk {index} is a vector of {vector.size()} values in {len(ciphertexts)} "
+                f"ciphertexts, not one ciphertext of {slots} slots"
+            )
+        (cipher,) = ciphertexts
+        if cipher.size() != 2 or cipher.scale != scale or cipher.parms_id() != parms_id:
+            raise CodecError(
+                f"chunk {index} is not a fresh ciphertext at this context's scale and level"
+            )
 
 
 def flatten(weights: Sequence[np.ndarray]) -> np.ndarray:
@@ -157,7 +187,7 @@ def encrypt_update(
             f"the context has {tools.slots} slots, the parameters say {parameters.slots}"
         )
     per_chunk = 2 * tools.slots
-    count = expected_chunks(scaled.size, PACKING_COMPLEX, parameters)
+    count = expected_chunks(scaled.size, PACKING_COMPLEX, tools.slots)
     padded = np.zeros(count * per_chunk)
     padded[: scaled.size] = scaled
     halves = padded.reshape(count, 2, tools.slots)
@@ -208,25 +238,21 @@ def _ckks_vector_bytes(ciphertext: bytes, size: int, scale: float) -> bytes:
 
 # TenSEAL's bindings save a SEAL object only to a file path. On Linux each thread of each
 # process saves to its own anonymous in-memory file (memfd, reached as /proc/self/fd/N),
-# which leaves nothing behind even when Ray or Flower kill the process; elsewhere, to a
-# file in a private (0700) temporary folder, removed once read. Either holds one
-# ciphertext at a time, nothing secret.
+# which leaves nothing behind even when Ray or Flower kill the process. Where there is no
+# memfd (or creating one fails), each thread saves to its own file in its process's
+# private (0700) temporary folder and removes it once read; the folder is removed when
+# that process ends. Either holds one ciphertext at a time, nothing secret.
 _SCRATCH = threading.local()
+_FOLDERS: dict[int, Path] = {}
+_FOLDERS_LOCK = threading.Lock()
 
 
 def _saved(cipher: Any) -> bytes:
-    if getattr(_SCRATCH, "pid", None) != os.getpid():  # new thread, or a forked child
-        _SCRATCH.pid = os.getpid()
-        _SCRATCH.memfd = _memfd()
-        _SCRATCH.folder = None
-    if _SCRATCH.memfd is not None:
-        descriptor = _SCRATCH.memfd.descriptor
-        cipher.save(f"/proc/self/fd/{descriptor}")
-        return os.pread(descriptor, os.fstat(descriptor).st_size, 0)
-    if _SCRATCH.folder is None:
-        _SCRATCH.folder = Path(tempfile.mkdtemp(prefix="countyfl-ckks-"))
-        atexit.register(shutil.rmtree, _SCRATCH.folder, True)
-    path: Path = _SCRATCH.folder / "ciphertext"
+    memfd = _thread_memfd()
+    if memfd is not None:
+        cipher.save(f"/proc/self/fd/{memfd.descriptor}")
+        return os.pread(memfd.descriptor, os.fstat(memfd.descriptor).st_size, 0)
+    path = _process_folder() / f"{threading.get_ident()}.ct"
     try:
         cipher.save(str(path))
         return path.read_bytes()
@@ -240,10 +266,28 @@ class _MemoryFile:
     def __init__(self, descriptor: int) -> None:
         self.descriptor = descriptor
         self.pid = os.getpid()
+        self.closed = False
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            os.close(self.descriptor)
 
     def __del__(self) -> None:
-        if self.pid == os.getpid():  # a forked child leaves its parent's descriptor alone
-            os.close(self.descriptor)
+        if self.pid == os.getpid():  # a forked child closes its copy when it notices
+            self.close()
+
+
+def _thread_memfd() -> _MemoryFile | None:
+    state = getattr(_SCRATCH, "state", None)  # (pid, memfd or None)
+    if state is not None and state[0] == os.getpid():
+        memfd: _MemoryFile | None = state[1]
+        return memfd
+    if state is not None and state[1] is not None:
+        state[1].close()  # forked: this process's copy of the parent's descriptor
+    memfd = _memfd()
+    _SCRATCH.state = (os.getpid(), memfd)
+    return memfd
 
 
 def _memfd() -> _MemoryFile | None:
@@ -251,7 +295,26 @@ def _memfd() -> _MemoryFile | None:
     create = getattr(os, "memfd_create", None)
     if create is None or not os.path.isdir("/proc/self/fd"):
         return None
-    return _MemoryFile(create("countyfl-ckks", getattr(os, "MFD_CLOEXEC", 0)))
+    try:
+        return _MemoryFile(create("countyfl-ckks", getattr(os, "MFD_CLOEXEC", 0)))
+    except OSError:  # no descriptors left, or forbidden by a sandbox: use a folder
+        return None
+
+
+def _process_folder() -> Path:
+    pid = os.getpid()
+    with _FOLDERS_LOCK:
+        folder = _FOLDERS.get(pid)
+        if folder is None or not folder.is_dir():
+            folder = Path(tempfile.mkdtemp(prefix="countyfl-ckks-"))
+            _FOLDERS[pid] = folder
+            atexit.register(_remove_folder, pid, folder)
+        return folder
+
+
+def _remove_folder(pid: int, folder: Path) -> None:
+    if os.getpid() == pid:  # a forked child must not remove its parent's folder
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def sum_updates(public_context: Any, updates: Sequence[EncryptedUpdate]) -> EncryptedUpdate:
@@ -302,13 +365,16 @@ def add_deserialized(
     copies the context along), against 0.02-0.05 ms for an addition, i.e. over a second
     per round for a 1-million-parameter model.
     """
-    if len(vectors) == 1:
-        total = list(vectors[0])  # serialising below does not change them
-    else:
-        total = [a + b for a, b in zip(vectors[0], vectors[1], strict=True)]
-        for update in vectors[2:]:
-            for sum_vector, vector in zip(total, update, strict=True):
-                sum_vector += vector
+    try:
+        if len(vectors) == 1:
+            total = list(vectors[0])  # serialising below does not change them
+        else:
+            total = [a + b for a, b in zip(vectors[0], vectors[1], strict=True)]
+            for update in vectors[2:]:
+                for sum_vector, vector in zip(total, update, strict=True):
+                    sum_vector += vector
+    except ValueError as error:  # sizes, scales or levels that differ (TenSEAL's words)
+        raise CodecError(f"the updates cannot be added: {error}") from error
     return EncryptedUpdate(
         tuple(v.serialize() for v in total), num_values, num_examples, key_fingerprint, packing
     )
@@ -342,7 +408,11 @@ def decrypt_average(
         raise CodecError("this aggregate was encrypted under another key (fingerprint differs)")
     if update.num_examples <= 0:
         raise CodecError(f"an aggregate needs a positive example count, got {update.num_examples}")
-    if len(update.chunks) != expected_chunks(update.num_values, update.packing):
+    if update.num_values <= 0:
+        raise CodecError(f"an aggregate needs at least one value, got {update.num_values}")
+    if len(update.chunks) != expected_chunks(
+        update.num_values, update.packing, slot_count(secret_context)
+    ):
         raise CodecError(
             f"{len(update.chunks)} chunks cannot hold {update.num_values} values packed "
             f"{update.packing!r}"
@@ -368,8 +438,11 @@ def _decrypt(update: EncryptedUpdate, secret_context: Any) -> np.ndarray:
         return np.concatenate(parts)[: update.num_values]
     tools = _tools(secret_context)
     parts = []
-    for chunk in update.chunks:
-        (cipher,) = _load_vector(secret_context, chunk).ciphertext()
+    for index, chunk in enumerate(update.chunks):
+        ciphertexts = _load_vector(secret_context, chunk).ciphertext()
+        if len(ciphertexts) != 1:
+            raise CodecError(f"chunk {index} holds {len(ciphertexts)} ciphertexts, not one")
+        (cipher,) = ciphertexts
         plain = sealapi.Plaintext()
         tools.decryptor.decrypt(cipher, plain)
         slots = np.asarray(tools.encoder.decode_complex(plain), dtype=np.complex128)
