@@ -10,9 +10,10 @@ its role may not do this (``verify`` needs audit.verify; ``export`` and
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TextIO
 
 import typer
 from rich.console import Console
@@ -168,17 +169,7 @@ def export_command(
     """Export entries as JSON lines, one object per entry with every stored field."""
     moment = _parse_since(since)
     _require(database_url, token, user, "audit.export")
-    try:
-        if out == "-":
-            count = export_audit_entries(database_url, moment, sys.stdout)
-        else:
-            with open(out, "w", encoding="utf-8", newline="\n") as file:
-                count = export_audit_entries(database_url, moment, file)
-    except OSError as error:
-        _err().print(f"[red]error:[/red] {escape(out)} cannot be written: {error.strerror}")
-        raise typer.Exit(code=EXIT_USAGE) from None
-    except CountyflError as error:
-        raise _usage_error(error) from None
+    count = _write_json_lines(out, lambda file: export_audit_entries(database_url, moment, file))
     where = "standard output" if out == "-" else out
     _err().print(f"exported {count} entr{'y' if count == 1 else 'ies'} to {escape(where)}")
 
@@ -194,19 +185,23 @@ def export_checkpoints_command(
 ) -> None:
     """Export the signed checkpoints as JSON lines, for sites to keep a copy."""
     _require(database_url, token, user, "audit.export")
+    count = _write_json_lines(out, lambda file: export_audit_checkpoints(database_url, file))
+    where = "standard output" if out == "-" else out
+    _err().print(f"exported {count} checkpoint{'' if count == 1 else 's'} to {escape(where)}")
+
+
+def _write_json_lines(out: str, export: Callable[[TextIO], int]) -> int:
+    """Run ``export`` on standard output ('-') or on the file ``out``; exit 2 on failure."""
     try:
         if out == "-":
-            count = export_audit_checkpoints(database_url, sys.stdout)
-        else:
-            with open(out, "w", encoding="utf-8", newline="\n") as file:
-                count = export_audit_checkpoints(database_url, file)
+            return export(sys.stdout)
+        with open(out, "w", encoding="utf-8", newline="\n") as file:
+            return export(file)
     except OSError as error:
         _err().print(f"[red]error:[/red] {escape(out)} cannot be written: {error.strerror}")
         raise typer.Exit(code=EXIT_USAGE) from None
     except CountyflError as error:
         raise _usage_error(error) from None
-    where = "standard output" if out == "-" else out
-    _err().print(f"exported {count} checkpoint{'' if count == 1 else 's'} to {escape(where)}")
 
 
 @app.command("checkpoint")

@@ -183,6 +183,17 @@ def test_export_writes_json_lines_to_stdout_or_a_file(
     assert [json.loads(line)["seq"] for line in out.read_text().splitlines()] == [2, 3]
 
 
+@pytest.mark.parametrize("command", ["export", "export-checkpoints"])
+def test_an_export_to_a_file_that_cannot_be_written_exits_2(
+    sqlite_database: DatabaseSpec, tmp_path: Path, command: str
+) -> None:
+    _fill(sqlite_database, 1, start=datetime(2026, 11, 28, 8, tzinfo=UTC))
+    out = tmp_path / "no-such-folder" / "audit.jsonl"
+    result = runner.invoke(app, [command, "--database-url", sqlite_database.url, "--out", str(out)])
+    assert result.exit_code == 2
+    assert "cannot be written" in result.output and not out.exists()
+
+
 def test_export_with_a_bad_since_exits_2(sqlite_database: DatabaseSpec) -> None:
     result = runner.invoke(app, ["export", "--database-url", sqlite_database.url, "--since", "x"])
     assert result.exit_code == 2
