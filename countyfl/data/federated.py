@@ -69,17 +69,3 @@ class FederatedDataset:
             np.concatenate([i.x_test for i in self.institutions]),
             np.concatenate([i.y_test for i in self.institutions]),
         )
-
-
-def standardize(x_train: FloatArray, x_test: FloatArray) -> tuple[FloatArray, FloatArray]:
-    """Z-score both splits with the train split's mean and standard deviation.
-
-    A constant column (standard deviation 0) is only centred.
-    """
-    mean = x_train.mean(axis=0)
-    std = x_train.std(axis=0)
-    std = np.where(std > 0, std, 1.0)
-    return (
-        ((x_train - mean) / std).astype(np.float32),
-        ((x_test - mean) / std).astype(np.float32),
-    )

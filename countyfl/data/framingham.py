@@ -6,7 +6,9 @@ sizes, so institutions differ in both size and age mix (non-IID), reproducibly f
 given ``partition_seed``. Each institution then splits its rows 70/30 (stratified).
 
 Missing values follow one documented rule per field (:data:`MISSING_VALUE_RULES`); fills
-use the institution's own train statistics only, as a real site would. Features are
+are fixed reference values declared by the task (:data:`IMPUTATION_VALUES`), never a
+statistic of the site's rows: a median of the train split would let one record move
+other records' inputs, beyond what DP-SGD's per-example clipping bounds. Features are
 scaled with fixed reference constants of the common schema (:data:`REFERENCE_SCALE`)
 rather than per-site statistics: sites with different age mixes must map the same age
 to the same input, or a federated risk model cannot share its coefficients.
@@ -36,8 +38,8 @@ class MissingValueRule(StrEnum):
     """How a missing value in one field is handled."""
 
     QUARANTINE = "quarantine the row"
-    ZERO_IF_NON_SMOKER = "0 for non-smokers; smokers' train median at the site otherwise"
-    TRAIN_MEDIAN = "median of the institution's train split"
+    ZERO_IF_NON_SMOKER = "0 for non-smokers; the task's reference value for smokers"
+    REFERENCE_VALUE = "the task's fixed reference value"
     NOT_A_FEATURE = "not a model feature; left missing"
 
 
@@ -48,17 +50,28 @@ MISSING_VALUE_RULES: dict[str, MissingValueRule] = {
     "education": MissingValueRule.NOT_A_FEATURE,
     "current_smoker": MissingValueRule.QUARANTINE,
     "cigarettes_per_day": MissingValueRule.ZERO_IF_NON_SMOKER,
-    "bp_medication": MissingValueRule.TRAIN_MEDIAN,
+    "bp_medication": MissingValueRule.REFERENCE_VALUE,
     "prevalent_stroke": MissingValueRule.QUARANTINE,
     "prevalent_hypertension": MissingValueRule.QUARANTINE,
     "diabetes": MissingValueRule.QUARANTINE,
-    "total_cholesterol": MissingValueRule.TRAIN_MEDIAN,
+    "total_cholesterol": MissingValueRule.REFERENCE_VALUE,
     "systolic_bp": MissingValueRule.QUARANTINE,
     "diastolic_bp": MissingValueRule.QUARANTINE,
-    "bmi": MissingValueRule.TRAIN_MEDIAN,
-    "heart_rate": MissingValueRule.TRAIN_MEDIAN,
-    "glucose": MissingValueRule.TRAIN_MEDIAN,
+    "bmi": MissingValueRule.REFERENCE_VALUE,
+    "heart_rate": MissingValueRule.REFERENCE_VALUE,
+    "glucose": MissingValueRule.REFERENCE_VALUE,
     "ten_year_chd": MissingValueRule.QUARANTINE,
+}
+
+# Field -> the value a missing entry gets (clinical reference values, not data statistics;
+# cigarettes_per_day is for smokers, non-smokers get 0).
+IMPUTATION_VALUES: dict[str, float] = {
+    "cigarettes_per_day": 20.0,
+    "bp_medication": 0.0,
+    "total_cholesterol": 235.0,
+    "bmi": 26.0,
+    "heart_rate": 75.0,
+    "glucose": 82.0,
 }
 
 # Feature (schema field) -> (centre, scale): fixed clinical reference values.
@@ -163,8 +176,8 @@ def assign_institutions(ages: np.ndarray, layout: CountyLayout, partition_seed: 
     )
 
 
-def _fill_missing(matrix: np.ndarray, train_rows: np.ndarray) -> np.ndarray:
-    """Apply :data:`MISSING_VALUE_RULES` to one institution's raw feature matrix."""
+def fill_missing(matrix: np.ndarray) -> np.ndarray:
+    """Apply :data:`MISSING_VALUE_RULES` to a raw feature matrix (rows are independent)."""
     filled = matrix.copy()
     smoker_column = FEATURES.index("current_smoker")
     for column, name in enumerate(FEATURES):
@@ -172,17 +185,12 @@ def _fill_missing(matrix: np.ndarray, train_rows: np.ndarray) -> np.ndarray:
         if not missing.any():
             continue
         rule = MISSING_VALUE_RULES[name]
-        train_values = filled[train_rows, column]
         if rule is MissingValueRule.ZERO_IF_NON_SMOKER:
-            smokers = filled[train_rows, smoker_column] == 1
-            smoker_values = train_values[smokers & ~np.isnan(train_values)]
-            median = float(np.median(smoker_values)) if smoker_values.size else 0.0
             non_smoker = filled[:, smoker_column] == 0
             filled[missing & non_smoker, column] = 0.0
-            filled[missing & ~non_smoker, column] = median
-        elif rule is MissingValueRule.TRAIN_MEDIAN:
-            known = train_values[~np.isnan(train_values)]
-            filled[missing, column] = float(np.median(known)) if known.size else 0.0
+            filled[missing & ~non_smoker, column] = IMPUTATION_VALUES[name]
+        elif rule is MissingValueRule.REFERENCE_VALUE:
+            filled[missing, column] = IMPUTATION_VALUES[name]
     return filled
 
 
@@ -241,7 +249,7 @@ def load(
             shuffle=True,
             stratify=site_labels if (counts >= 2).all() else None,
         )
-        filled = _fill_missing(raw[rows], train_local)
+        filled = fill_missing(raw[rows])
         features = ((filled - centre) / scale).astype(np.float32)
         institutions.append(
             InstitutionData(

@@ -183,8 +183,8 @@ class FraminghamPatient(_Patient):
     """One participant for ``coronary-risk-10y`` (Framingham features and units).
 
     Every feature is required except ``cigarettes_per_day`` for non-smokers (0 is used):
-    training filled other missing values with each institution's own medians, which the
-    model does not carry, so the API does not guess them.
+    training filled other missing values with the task's reference values, but a clinician
+    asking for one patient's risk should give what was measured, so the API does not guess.
     """
 
     male: Flag

@@ -90,19 +90,28 @@ def test_labels_are_disease_yes_no(dataset: FederatedDataset, raw: pd.DataFrame)
         assert int(labels.sum()) == expected
 
 
-def test_each_hospital_is_standardised_with_its_train_statistics(
+def test_every_hospital_is_scaled_with_the_same_reference_constants(
     dataset: FederatedDataset,
 ) -> None:
-    for institution in dataset.institutions:
-        x = institution.x_train.astype(np.float64)
-        np.testing.assert_allclose(x.mean(axis=0), 0.0, atol=1e-4)
-        std = x.std(axis=0)
-        for column, value in enumerate(std):
-            assert value == pytest.approx(1.0, abs=1e-3) or value == pytest.approx(0.0, abs=1e-6), (
-                institution.name,
-                dataset.feature_names[column],
-                value,
+    _, _, _, by_hospital = fed_heart_disease.hospital_records()
+    for institution, rows in zip(dataset.institutions, by_hospital.values(), strict=True):
+        raw_train, raw_test, _, _ = fed_heart_disease.split_hospital(rows)
+        for raw, scaled in ((raw_train, institution.x_train), (raw_test, institution.x_test)):
+            expected = (raw.astype(np.float64) - fed_heart_disease.REFERENCE_MEAN) / (
+                fed_heart_disease.REFERENCE_STD
             )
+            np.testing.assert_allclose(scaled, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_reference_constants_are_declared_for_every_feature_and_not_fitted() -> None:
+    assert tuple(fed_heart_disease.REFERENCE_SCALE) == fed_heart_disease.FEATURE_NAMES
+    assert all(scale > 0 for _, scale in fed_heart_disease.REFERENCE_SCALE.values())
+    # Round clinical values: none is a statistic of the data set (which has decimals).
+    assert all(
+        float(value).is_integer() or value in (0.5,)
+        for pair in fed_heart_disease.REFERENCE_SCALE.values()
+        for value in pair
+    )
 
 
 def test_switzerland_cholesterol_is_the_constant_not_measured_code(
@@ -111,9 +120,10 @@ def test_switzerland_cholesterol_is_the_constant_not_measured_code(
     swiss = raw[_complete(raw) & (raw["dataset"] == "Switzerland")]
     assert (swiss["chol"] == 0).all()  # UCI's "not measured"
     column = dataset.feature_names.index("cholesterol")
+    centre, scale = fed_heart_disease.REFERENCE_SCALE["cholesterol"]
     institution = next(i for i in dataset.institutions if i.name == "Switzerland")
-    np.testing.assert_array_equal(institution.x_train[:, column], 0.0)
-    np.testing.assert_array_equal(institution.x_test[:, column], 0.0)
+    np.testing.assert_allclose(institution.x_train[:, column], -centre / scale)
+    np.testing.assert_allclose(institution.x_test[:, column], -centre / scale)
 
 
 def test_loading_twice_gives_identical_arrays(dataset: FederatedDataset) -> None:

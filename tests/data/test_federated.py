@@ -1,52 +1,10 @@
-"""Per-site standardisation and the pooled view of a federation."""
+"""The pooled view of a federation."""
 
 from __future__ import annotations
 
-import hypothesis.strategies as st
 import numpy as np
-from hypothesis import given, settings
-from hypothesis.extra.numpy import arrays
 
-from countyfl.data.federated import CareLevel, FederatedDataset, InstitutionData, standardize
-
-_values = st.floats(-1e3, 1e3, allow_nan=False, allow_infinity=False, width=32)
-
-
-@st.composite
-def _splits(draw: st.DrawFn) -> tuple[np.ndarray, np.ndarray]:
-    columns = draw(st.integers(1, 5))
-    train = draw(arrays(np.float32, (draw(st.integers(2, 30)), columns), elements=_values))
-    test = draw(arrays(np.float32, (draw(st.integers(0, 10)), columns), elements=_values))
-    return train, test
-
-
-@settings(max_examples=80, deadline=None)
-@given(splits=_splits())
-def test_standardize_uses_train_statistics_only(splits: tuple[np.ndarray, np.ndarray]) -> None:
-    x_train, x_test = splits
-    z_train, z_test = standardize(x_train, x_test)
-    assert z_train.dtype == np.float32 and z_test.dtype == np.float32
-    assert z_train.shape == x_train.shape and z_test.shape == x_test.shape
-    raw = x_train.astype(np.float64)
-    mean, std = raw.mean(axis=0), raw.std(axis=0)
-    # Oracle in float64: the train split's own mean and std, never the test split's.
-    scale = np.where(std > 1e-3, std, 1.0)
-    varying = std > 1e-3 * np.maximum(1.0, np.abs(mean))
-    expected_test = (x_test.astype(np.float64) - mean) / scale
-    np.testing.assert_allclose(z_test[:, varying], expected_test[:, varying], rtol=1e-3, atol=1e-3)
-    np.testing.assert_allclose(z_train[:, varying].mean(axis=0), 0.0, atol=1e-3)
-    np.testing.assert_allclose(z_train[:, varying].std(axis=0), 1.0, atol=1e-3)
-
-
-def test_constant_column_is_only_centred() -> None:
-    x_train = np.array([[3.0, 1.0], [3.0, 2.0], [3.0, 3.0]], dtype=np.float32)
-    x_test = np.array([[5.0, 2.0]], dtype=np.float32)
-    z_train, z_test = standardize(x_train, x_test)
-    np.testing.assert_array_equal(z_train[:, 0], [0.0, 0.0, 0.0])
-    assert z_test[0, 0] == 2.0  # (5 - 3) / 1
-    std = np.std([1.0, 2.0, 3.0])
-    np.testing.assert_allclose(z_test[0, 1], 0.0)
-    np.testing.assert_allclose(z_train[:, 1], np.array([-1.0, 0.0, 1.0]) / std, rtol=1e-6)
+from countyfl.data.federated import CareLevel, FederatedDataset, InstitutionData
 
 
 def _institution(name: str, rows: int, offset: float) -> InstitutionData:

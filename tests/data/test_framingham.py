@@ -163,44 +163,40 @@ def _matrix(rows: list[dict[str, float]]) -> np.ndarray:
     return np.array([[row.get(name, defaults[name]) for name in FEATURES] for row in rows])
 
 
-def test_fill_missing_zero_for_non_smokers_median_of_train_smokers() -> None:
+def test_fill_missing_zero_for_non_smokers_reference_value_for_smokers() -> None:
     nan = float("nan")
     matrix = _matrix(
         [
-            {"current_smoker": 1, "cigarettes_per_day": 10},  # train
-            {"current_smoker": 1, "cigarettes_per_day": 30},  # train
-            {"current_smoker": 1, "cigarettes_per_day": 20},  # train
-            {"current_smoker": 0, "cigarettes_per_day": 0},  # train
-            {"current_smoker": 1, "cigarettes_per_day": 90},  # test: must not count
-            {"current_smoker": 0, "cigarettes_per_day": nan},  # test, non-smoker
-            {"current_smoker": 1, "cigarettes_per_day": nan},  # test, smoker
+            {"current_smoker": 1, "cigarettes_per_day": 10},
+            {"current_smoker": 1, "cigarettes_per_day": 90},
+            {"current_smoker": 0, "cigarettes_per_day": nan},
+            {"current_smoker": 1, "cigarettes_per_day": nan},
         ]
     )
-    filled = framingham._fill_missing(matrix, np.arange(4))
+    filled = framingham.fill_missing(matrix)
     column = FEATURES.index("cigarettes_per_day")
-    assert filled[5, column] == 0.0
-    assert filled[6, column] == 20.0  # median of 10, 30, 20: train smokers only
-    assert np.isnan(matrix[5, column])  # the input is not modified
+    assert filled[2, column] == 0.0
+    assert filled[3, column] == framingham.IMPUTATION_VALUES["cigarettes_per_day"]
+    assert np.isnan(matrix[2, column])  # the input is not modified
 
 
-def test_fill_missing_train_median_uses_train_rows_only() -> None:
+def test_fill_missing_uses_reference_values_never_the_other_rows() -> None:
     nan = float("nan")
-    matrix = _matrix(
-        [
-            {"glucose": 70, "bmi": nan},
-            {"glucose": 80, "bmi": 20},
-            {"glucose": 100, "bmi": 30},
-            {"glucose": 400, "bmi": 60},  # test row
-            {"glucose": nan, "bmi": nan},  # test row
-        ]
-    )
-    filled = framingham._fill_missing(matrix, np.array([0, 1, 2]))
-    assert filled[4, FEATURES.index("glucose")] == 80.0
-    assert filled[0, FEATURES.index("bmi")] == 25.0
-    assert filled[4, FEATURES.index("bmi")] == 25.0
+    rows = [
+        {"glucose": 70, "bmi": nan},
+        {"glucose": 80, "bmi": 20},
+        {"glucose": nan, "bmi": nan},
+    ]
+    filled = framingham.fill_missing(_matrix(rows))
+    assert filled[2, FEATURES.index("glucose")] == framingham.IMPUTATION_VALUES["glucose"]
+    assert filled[0, FEATURES.index("bmi")] == framingham.IMPUTATION_VALUES["bmi"]
+    # One record more or less never changes another record's filled inputs (DP-SGD bounds
+    # each record's influence by clipping its own gradient only).
+    more = framingham.fill_missing(_matrix([*rows, {"glucose": 400, "bmi": 60}]))
+    np.testing.assert_array_equal(more[:3], filled)
     assert not np.isnan(filled).any()
     untouched = [c for c, name in enumerate(FEATURES) if name not in ("glucose", "bmi")]
-    np.testing.assert_array_equal(filled[:, untouched], matrix[:, untouched])
+    np.testing.assert_array_equal(filled[:, untouched], _matrix(rows)[:, untouched])
 
 
 def test_assign_institutions_is_a_reproducible_partition() -> None:

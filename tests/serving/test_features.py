@@ -7,64 +7,82 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from fastapi.testclient import TestClient
 from serving_support import (
+    CLINICIAN,
     FRAMINGHAM_PATIENT,
+    HEART,
     HEART_PATIENT,
     RESEARCHER,
+    Deployment,
     make_deployment,
     publish_model,
+    trained_state,
 )
 from sqlalchemy import text
 
+from countyfl import models
+from countyfl.clients.training import predict_proba
 from countyfl.data import fed_heart_disease, framingham, load_scenario
-from countyfl.data.federated import standardize as per_hospital_standardize
 from countyfl.data.schema import HeartDiseaseRecord
-from countyfl.publishing import heart_disease_raw_splits, input_transform, pool_statistics
+from countyfl.publishing import input_transform
 from countyfl.registry import FeatureTransform, PublishedModelError, get_version, register_published
+from countyfl.serving import create_app
 from countyfl.serving.errors import InvalidRecordError
 from countyfl.serving.features import SPECS, standardize, validate_records
 from countyfl.serving.schemas import FraminghamPatient, HeartDiseasePatient
 from countyfl.storage import create_database_engine, upgrade
 
-
-def test_pooled_statistics_equal_those_of_the_stacked_rows() -> None:
-    rng = np.random.default_rng(7)
-    sites = [
-        rng.normal(loc, scale, size=(n, 3))
-        for loc, scale, n in ((0, 1, 50), (5, 2, 7), (-3, 0.5, 120))
-    ]
-    mean, scale = pool_statistics(
-        [len(s) for s in sites], [s.mean(axis=0) for s in sites], [s.std(axis=0) for s in sites]
-    )
-    stacked = np.concatenate(sites)
-    np.testing.assert_allclose(mean, stacked.mean(axis=0), rtol=1e-12)
-    np.testing.assert_allclose(scale, stacked.std(axis=0), rtol=1e-12)
+# What Deployment.release() publishes for the heart model: scenario, architecture, seed
+HEART_MODEL = ("fed-heart-disease", "diagnosis-logreg", 0)
 
 
-def test_constant_feature_gets_scale_one() -> None:
-    _, scale = pool_statistics([3, 4], [[1.0, 2.0], [1.0, 3.0]], [[0.0, 1.0], [0.0, 1.0]])
-    assert scale[0] == 1.0
-
-
-def test_raw_splits_are_exactly_the_rows_training_standardised() -> None:
-    splits = heart_disease_raw_splits()
-    for institution in load_scenario("fed-heart-disease").institutions:
-        raw_train, raw_test = splits[institution.institution_id]
-        x_train, x_test = per_hospital_standardize(raw_train, raw_test)
-        np.testing.assert_array_equal(x_train, institution.x_train)
-        np.testing.assert_array_equal(x_test, institution.x_test)
-
-
-def test_heart_transform_is_the_pooled_train_statistics() -> None:
+def test_heart_transform_is_the_tasks_reference_constants() -> None:
     block = input_transform("fed-heart-disease")
-    trains = np.concatenate([train for train, _ in heart_disease_raw_splits().values()]).astype(
-        np.float64
-    )
     assert block["schema"] == "heart-disease"
     assert block["names"] == list(fed_heart_disease.FEATURE_NAMES)
-    np.testing.assert_allclose(block["mean"], trains.mean(axis=0), rtol=1e-9)
-    np.testing.assert_allclose(block["scale"], trains.std(axis=0), rtol=1e-9)
-    assert len(trains) == 200 + 171 + 30 + 85
+    np.testing.assert_array_equal(block["mean"], fed_heart_disease.REFERENCE_MEAN)
+    np.testing.assert_array_equal(block["scale"], fed_heart_disease.REFERENCE_STD)
+
+
+def _test_patients(records: list[HeartDiseaseRecord]) -> list[dict[str, object]]:
+    """The held-out records of one hospital as a clinician would send them."""
+    _, test_index = fed_heart_disease.split_indices(records)
+    fields = set(HeartDiseasePatient.model_fields)
+    return [{k: v for k, v in records[i].model_dump().items() if k in fields} for i in test_index]
+
+
+def test_served_probability_is_the_models_probability_on_each_hospitals_own_test_rows(
+    deployment: Deployment,
+) -> None:
+    # Training and serving use one transform: what the API answers for a hospital's test
+    # patient is exactly what the federated model gives on that hospital's preprocessed row
+    # (the per-hospital z-scores of earlier versions shifted VA Long Beach by 0.2).
+    deployment.release()
+    model = models.build("diagnosis-logreg", len(fed_heart_disease.FEATURE_NAMES))
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in trained_state(*HEART_MODEL).items()})
+    _, _, _, by_hospital = fed_heart_disease.hospital_records()
+    dataset = load_scenario("fed-heart-disease")
+    app = create_app(deployment.settings())
+    gaps = {}
+    with TestClient(app) as client:
+        for institution, records in zip(dataset.institutions, by_hospital.values(), strict=True):
+            patients = _test_patients(records)
+            served: list[float] = []
+            for start in range(0, len(patients), 25):
+                response = client.post(
+                    f"/v1/models/{HEART}/predict",
+                    headers=deployment.bearer(CLINICIAN),
+                    json={"patients": patients[start : start + 25]},
+                )
+                assert response.status_code == 200, response.text
+                served += [p["probability"] for p in response.json()["predictions"]]
+            federated = predict_proba(model, institution.x_test)
+            gaps[institution.institution_id] = float(np.max(np.abs(np.array(served) - federated)))
+    app.state.serving.close()
+    assert set(gaps) == {"cleveland", "hungary", "switzerland", "va-long-beach"}
+    assert max(gaps.values()) < 1e-5, gaps
 
 
 def test_framingham_transform_is_the_reference_scale() -> None:
@@ -73,19 +91,6 @@ def test_framingham_transform_is_the_reference_scale() -> None:
     assert block["names"] == list(framingham.FEATURE_NAMES)
     assert block["mean"][1] == framingham.REFERENCE_SCALE["age"][0]
     assert block["scale"][1] == framingham.REFERENCE_SCALE["age"][1]
-
-
-def test_pooled_scaling_differs_from_training_where_hospitals_differ() -> None:
-    # What the module docstring of countyfl.publishing warns about: Switzerland's cholesterol
-    # is mostly 0 ("not measured"), normal there, far below the pooled mean.
-    block = input_transform("fed-heart-disease")
-    column = fed_heart_disease.FEATURE_NAMES.index("cholesterol")
-    swiss_train, _ = heart_disease_raw_splits()["switzerland"]
-    pooled_z = (0.0 - block["mean"][column]) / block["scale"][column]
-    swiss = swiss_train[:, column].astype(np.float64)
-    swiss_z = (0.0 - swiss.mean()) / (swiss.std() or 1.0)
-    assert pooled_z < -2.0
-    assert abs(swiss_z) < 1.0
 
 
 def test_framingham_patient_fields_are_the_training_features() -> None:
