@@ -436,7 +436,6 @@ def make_big_client_app(secret_path: str, local_steps: int = 1, kind: str = "mlp
             {
                 keys.NUM_EXAMPLES: num_examples,
                 keys.PARTITION_ID: partition_id,
-                keys.TRAIN_LOSS: float(loss),
                 RECEIVE_SECONDS: received,
                 SEND_SECONDS: time.perf_counter() - started,
             }

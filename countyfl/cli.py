@@ -292,7 +292,9 @@ def run_federation_command(
     """Submit a federation to the county's SuperLink and wait for it (with a deadline)."""
     from countyfl.config import parse_run_config
     from countyfl.deployment.tasks import manifest_for, manifest_hash
+    from countyfl.errors import ConfigError
     from countyfl.federation.deployment import default_app_dir, submit_run
+    from countyfl.privacy.randomness import DpRandomness
 
     overrides: dict[str, Any] = {}
     for item in config or []:
@@ -305,6 +307,12 @@ def run_federation_command(
         overrides["he-public-context"] = str(public_context.resolve())
     try:
         parsed = parse_run_config(overrides)
+        if parsed.dp and parsed.dp_randomness is not DpRandomness.SECRET:
+            raise ConfigError(
+                f"dp-randomness {parsed.dp_randomness.value!r} is for reproducible simulations: "
+                "the noise would follow the run's seed, which the server knows, and every site "
+                'would refuse the task; deploy with dp-randomness = "secret"'
+            )
         outcome = submit_run(
             state_dir, app_dir or default_app_dir(), overrides, deadline_seconds=deadline
         )
@@ -446,6 +454,17 @@ def simulate(
     grad_sample_mode: Annotated[
         str | None, typer.Option(help="Opacus per-sample gradients: hooks, ew, functorch, ghost")
     ] = None,
+    count_noise: Annotated[
+        float | None,
+        typer.Option(help="noise (records) on each institution's example count, per run", min=0),
+    ] = None,
+    dp_randomness: Annotated[
+        str | None,
+        typer.Option(
+            help="secret (default): DP noise no other party can predict; seeded: follows the "
+            "seed, bit-for-bit reproducible, NO privacy against whoever knows the seed"
+        ),
+    ] = None,
     encryption: Annotated[
         str | None, typer.Option(help="ckks: the aggregator only adds encrypted updates")
     ] = None,
@@ -502,6 +521,8 @@ def simulate(
             "budget-epsilon": budget_epsilon,
             "sites-dir": str(sites_dir) if sites_dir else None,
             "grad-sample-mode": grad_sample_mode,
+            "count-noise": count_noise,
+            "dp-randomness": dp_randomness,
             "encryption": encryption,
         }.items()
         if value is not None

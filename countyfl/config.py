@@ -17,6 +17,7 @@ from countyfl.clients.training import OptimizerName, TrainingPlan
 from countyfl.errors import ConfigError
 from countyfl.privacy.accounting import AccountantName
 from countyfl.privacy.dp import GradSampleMode
+from countyfl.privacy.randomness import DpRandomness
 
 
 class ScenarioName(StrEnum):
@@ -73,6 +74,11 @@ class RunConfig(BaseModel):
     max_grad_norm: float = Field(default=1.0, gt=0)
     accountant: AccountantName = AccountantName.PRV
     grad_sample_mode: GradSampleMode = GradSampleMode.HOOKS
+    # Standard deviation, in records, of the noise on each institution's example count
+    # (released once per run, accounted with DP-SGD within target-epsilon).
+    count_noise: float = Field(default=10.0, gt=0, le=1e6)
+    # secret: DP draws from the OS CSPRNG; seeded: from `seed` (reproducible, simulation only)
+    dp_randomness: DpRandomness = DpRandomness.SECRET
     # Simulated sites: each institution's folder (privacy ledger) and total budget.
     # In a deployment these are facts of the site's own site.toml, not of the run.
     sites_dir: str = ""

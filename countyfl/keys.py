@@ -21,7 +21,6 @@ PROXIMAL_MU = "proximal-mu"
 # Metrics a ClientApp replies with
 NUM_EXAMPLES = "num-examples"
 PARTITION_ID = "partition-id"
-TRAIN_LOSS = "train-loss"
 LOSS = "loss"
 ACCURACY = "accuracy"
 AUC = "auc"
@@ -35,5 +34,8 @@ SAMPLE_RATE = "sample-rate"
 
 # Error code of a reply in which an institution refuses a task (privacy budget, policy)
 REFUSED_ERROR_CODE = 4030
+# Error code of a reply in which a site reports that it failed, or refused to release a
+# reply (countyfl.federation.release_guard)
+SITE_FAILURE_ERROR_CODE = 5030
 
 EVALUATION_METRICS = (LOSS, ACCURACY, AUC, BRIER, ECE)

@@ -46,7 +46,8 @@ def test_fed_heart_disease_two_rounds_through_the_cli(tmp_path: Path, countyfl_h
     summary = json.loads((out / "metrics.json").read_text())
     hospitals = [fed_heart_disease.HOSPITAL_IDS[h] for h in fed_heart_disease.HOSPITALS]
 
-    # Every institution trained and evaluated in both rounds, with its real row counts.
+    # Every institution trained and evaluated in both rounds. Training reports the run's
+    # noisy count, paid for in the site's ledger; evaluation the test split's real size.
     rounds = summary["rounds"]["42"]
     assert sorted(rounds) == ["1", "2"]
     dataset = fed_heart_disease.load()
@@ -55,7 +56,12 @@ def test_fed_heart_disease_two_rounds_through_the_cli(tmp_path: Path, countyfl_h
         assert sorted(record["evaluate"]) == sorted(hospitals)
         for institution in dataset.institutions:
             train = record["train"][institution.institution_id]
-            assert train["num-examples"] == institution.num_train
+            ledger = PrivacyLedger(
+                out / "seed-42" / "sites" / institution.institution_id / LEDGER_FILE
+            )
+            (count,) = [s.released for s in ledger.spends() if s.mechanism == "noisy-count"]
+            assert count == {"num-examples": train["num-examples"]}
+            assert "train-loss" not in train
             assert (
                 record["evaluate"][institution.institution_id]["num-examples"]
                 == institution.num_test
@@ -89,7 +95,7 @@ def test_fed_heart_disease_two_rounds_through_the_cli(tmp_path: Path, countyfl_h
         first, last = rounds["1"]["train"][hospital], rounds["2"]["train"][hospital]
         assert 0 < first["epsilon"] < last["epsilon"] <= 1.0 + 1e-6
         ledger = PrivacyLedger(out / "seed-42" / "sites" / hospital / LEDGER_FILE)
-        assert [s.server_round for s in ledger.spends()] == [1, 2]
+        assert [s.server_round for s in ledger.spends() if s.mechanism == "dp-sgd"] == [1, 2]
         assert ledger.spent_epsilon(1e-3, AccountantName.PRV) == pytest.approx(last["epsilon"])
     # Smaller hospitals sample a larger share of their rows per step: they need more noise.
     noise = {h: rounds["1"]["train"][h]["noise-multiplier"] for h in hospitals}
@@ -204,9 +210,12 @@ def test_institutions_refuse_rounds_beyond_their_budget_across_runs(tmp_path: Pa
         assert refusals, f"{hospital} should have refused the second run"
         assert "remains" in refusals[0] and "spent" in refusals[0]
         assert ledger.refusal_count() == len(refusals)
-        # A refused round spends nothing: the ledger holds the first run's two rounds and
-        # only the second run's rounds that were not refused.
-        assert len(ledger.spends()) == 2 + (2 - len(refusals))
+        # A refused round trains nothing: the ledger holds the first run's two rounds and
+        # only the second run's rounds that were not refused; each run's noisy count is
+        # paid for once, if it fitted the budget.
+        mechanisms = [s.mechanism for s in ledger.spends()]
+        assert mechanisms.count("dp-sgd") == 2 + (2 - len(refusals))
+        assert mechanisms.count("noisy-count") in (1, 2)
         assert summary["privacy"]["per-institution"][hospital]["refused-rounds"] == len(refusals)
         # The refused institution still evaluated the global model.
         assert all(hospital in record["evaluate"] for record in second_run.values())

@@ -28,7 +28,6 @@ from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from countyfl import keys
 from countyfl.clients.training import OptimizerName
 from countyfl.config import (
     EncryptionName,
@@ -46,6 +45,8 @@ from countyfl.deployment.site import (
 )
 from countyfl.errors import ConfigError, CountyflError
 from countyfl.privacy.accounting import AccountantName
+from countyfl.privacy.randomness import DpRandomness
+from countyfl.privacy.release import describe, inventory
 
 MANIFEST_VERSION: Final = 1
 # Run-config fields a manifest leaves out, and why. Every other field is in the manifest
@@ -109,6 +110,8 @@ class DifferentialPrivacyTerms(BaseModel):
     delta: float = Field(gt=0, lt=1)
     max_grad_norm: float = Field(gt=0, description="per-example clipping norm")
     accountant: AccountantName
+    count_noise: float = Field(gt=0, description="noise (records) on the run's example count")
+    dp_randomness: DpRandomness = Field(description="a deployed site refuses all but secret")
 
 
 class TaskManifest(BaseModel):
@@ -155,32 +158,24 @@ def feature_names(scenario: ScenarioName) -> tuple[str, ...]:
 def leaves_site(
     encryption: EncryptionName, privacy: DifferentialPrivacyTerms | None
 ) -> tuple[str, ...]:
-    """Plain-language list of everything a site sends out while running such a task."""
-    if encryption is EncryptionName.CKKS:
-        update = (
-            "model update (weights times the number of training examples), encrypted with CKKS: "
-            "the county node can only add it to the other sites' updates, and only holders of "
-            "the institutions' secret key can read the sum"
-        )
-    else:
-        update = "model update (weights) in plaintext: the county node can read it"
+    """Everything a site sends while running such a task: its release inventory, in words."""
     if privacy is None:
-        update += "; trained WITHOUT differential privacy"
+        summary = "trained WITHOUT differential privacy"
     else:
-        update += (
-            f"; trained with DP-SGD (epsilon {privacy.target_epsilon} per run at delta "
-            f"{privacy.delta}, gradients clipped to norm {privacy.max_grad_norm})"
+        source = (
+            "a secret source"
+            if privacy.dp_randomness is DpRandomness.SECRET
+            else "the run's seed (NO privacy against whoever knows it)"
         )
-    train_metrics = [keys.NUM_EXAMPLES, keys.PARTITION_ID, keys.TRAIN_LOSS]
-    if privacy is not None:
-        train_metrics += [keys.EPSILON, keys.DELTA, keys.NOISE_MULTIPLIER, keys.SAMPLE_RATE]
-    evaluation_metrics = [keys.NUM_EXAMPLES, keys.PARTITION_ID, *keys.EVALUATION_METRICS]
+        summary = (
+            f"DP-SGD and the noisy example count together spend epsilon "
+            f"{privacy.target_epsilon} per run at delta {privacy.delta} (gradients clipped to "
+            f"norm {privacy.max_grad_norm}, count noise {privacy.count_noise} records, every "
+            f"draw from {source})"
+        )
     return (
-        update,
-        f"per-round training metrics: {', '.join(train_metrics)}",
-        f"evaluation metrics on the site's test split: {', '.join(evaluation_metrics)}",
-        f"the site's institution id ({keys.INSTITUTION_ID}) with every reply",
-        "refusals (task not approved, privacy budget exhausted) with their reason",
+        summary,
+        *describe(inventory(encrypted=encryption is EncryptionName.CKKS, dp=privacy is not None)),
     )
 
 
@@ -192,6 +187,8 @@ def manifest_for(config: RunConfig) -> TaskManifest:
             delta=config.delta,
             max_grad_norm=config.max_grad_norm,
             accountant=config.accountant,
+            count_noise=config.count_noise,
+            dp_randomness=config.dp_randomness,
         )
         if config.dp
         else None

@@ -21,12 +21,14 @@ from countyfl.data import InstitutionData, load_scenario
 from countyfl.deployment.site import SiteConfig, load_site
 from countyfl.deployment.site_data import load_site_data
 from countyfl.deployment.tasks import TaskNotApprovedError, check_approved, record_refusal
-from countyfl.errors import CountyflError
+from countyfl.errors import ConfigError, CountyflError
 from countyfl.federation.records import arrays_of, load_arrays, model_to_arrays, server_round_of
+from countyfl.federation.release_guard import release_guard_mod
 from countyfl.privacy.budget import BudgetExceededError, train_within_budget
 from countyfl.privacy.he.codec import decrypt_average, encrypt_update
 from countyfl.privacy.he.keys import load_secret_context
 from countyfl.privacy.ledger import LEDGER_FILE, Budget, PrivacyLedger
+from countyfl.privacy.randomness import DpRandomness, round_generators
 
 
 @dataclass(frozen=True)
@@ -95,7 +97,14 @@ def site_policy_mod(msg: Message, context: Context, call_next: ClientAppCallable
         return call_next(msg, context)
     try:
         site, _ = _deployed_site(str(site_file))
-        check_approved(site, parse_run_config(context.run_config))
+        config = parse_run_config(context.run_config)
+        if config.dp and config.dp_randomness is not DpRandomness.SECRET:
+            raise ConfigError(
+                f"institution {site.institution_id} refuses a task whose DP randomness is "
+                f"{config.dp_randomness.value!r}: its noise would follow the run's seed, which "
+                "the server knows; a deployed site draws its noise from its own secret source"
+            )
+        check_approved(site, config)
     except TaskNotApprovedError as refusal:
         record_refusal(
             site, task_hash=refusal.task_hash, reason=str(refusal), run_id=context.run_id
@@ -108,8 +117,8 @@ def site_policy_mod(msg: Message, context: Context, call_next: ClientAppCallable
 
 
 def _round_seed(config: RunConfig, partition_id: int, server_round: int) -> int:
-    # One stream per (seed, institution, round): reproducible and independent across sites
-    # and rounds (DP-SGD's Poisson sampling and noise draw from torch's global generator).
+    # Batches of training WITHOUT DP: one stream per (seed, institution, round). Nothing
+    # private draws from it; DP mechanisms draw from countyfl.privacy.randomness.
     return config.seed * 1_000_003 + partition_id * 10_007 + server_round
 
 
@@ -140,7 +149,7 @@ def receive_model(
         load_arrays(model, arrays)
         return
     if config.encryption is not EncryptionName.CKKS:
-        raise ValueError("the task carries an encrypted model but this run has no CKKS keys")
+        raise ConfigError("the task carries an encrypted model but this run has no CKKS keys")
     shapes = [tuple(t.shape) for t in model.state_dict().values()]
     update = arrays_to_update(arrays)
     secret = _secret_context(_secret_path(config, secret_context))
@@ -150,7 +159,7 @@ def receive_model(
 def _secret_path(config: RunConfig, secret_context: str) -> str:
     path = secret_context or config.he_secret_context
     if not path:
-        raise ValueError(
+        raise ConfigError(
             "this run uses CKKS but the institution has no secret context: set "
             "keys.he_secret_context in site.toml (deployment) or he-secret-context (simulation)"
         )
@@ -167,13 +176,25 @@ def send_model(
     return model_to_arrays(model)
 
 
+def _empty_model(config: RunConfig, num_features: int) -> torch.nn.Module:
+    """The model to load the received weights into.
+
+    Its initial weights are overwritten at once; they are drawn with torch's global
+    generator restored afterwards, so that a ClientApp leaves that shared state as it found
+    it (the DP mechanisms never draw from it: see countyfl.privacy.randomness).
+    """
+    with torch.random.fork_rng(devices=[]):
+        return models.build(config.model, num_features)
+
+
 def _site_record(institution: InstitutionData) -> ConfigRecord:
     return ConfigRecord({keys.INSTITUTION_ID: institution.institution_id})
 
 
 def make_client_app(config: RunConfig | None = None) -> ClientApp:
     """Build the ClientApp; ``config`` None means: parse it from Flower's run config."""
-    app = ClientApp(mods=[site_policy_mod])
+    # The release guard is outermost: it sees every reply, refusals included.
+    app = ClientApp(mods=[release_guard_mod, site_policy_mod])
 
     def resolve(context: Context) -> RunConfig:
         return config if config is not None else parse_run_config(context.run_config)
@@ -185,13 +206,9 @@ def make_client_app(config: RunConfig | None = None) -> ClientApp:
         site = resolve_site(cfg, context)
         partition_id, institution = site.partition_id, site.institution
         server_round = server_round_of(msg.content)
-        torch.manual_seed(_round_seed(cfg, partition_id, server_round))
-        model = models.build(cfg.model, institution.x_train.shape[1])
+        model = _empty_model(cfg, institution.x_train.shape[1])
         receive_model(model, msg.content, cfg, site.secret_context)
-        values: dict[str, Any] = {
-            keys.NUM_EXAMPLES: institution.num_train,
-            keys.PARTITION_ID: partition_id,
-        }
+        values: dict[str, Any] = {keys.PARTITION_ID: partition_id}
         if cfg.dp:
             try:
                 spend = train_within_budget(
@@ -209,6 +226,13 @@ def make_client_app(config: RunConfig | None = None) -> ClientApp:
                     max_grad_norm=cfg.max_grad_norm,
                     accountant=cfg.accountant,
                     grad_sample_mode=cfg.grad_sample_mode,
+                    count_noise=cfg.count_noise,
+                    generators=round_generators(
+                        cfg.dp_randomness,
+                        seed=cfg.seed,
+                        institution=institution.institution_id,
+                        server_round=server_round,
+                    ),
                 )
             except BudgetExceededError as refusal:
                 # A refusal is a reply, not a crash: the server records it and goes on.
@@ -216,27 +240,29 @@ def make_client_app(config: RunConfig | None = None) -> ClientApp:
                     error=Error(code=keys.REFUSED_ERROR_CODE, reason=str(refusal)),
                     reply_to=msg,
                 )
+            # The FedAvg weight is the run's noisy count, paid for in the ledger; the exact
+            # number of rows and the training loss never leave the site.
+            num_examples = spend.num_examples
             values |= {
-                keys.TRAIN_LOSS: spend.outcome.mean_loss,
                 keys.EPSILON: spend.epsilon_after,
                 keys.DELTA: cfg.delta,
                 keys.NOISE_MULTIPLIER: spend.noise_multiplier,
                 keys.SAMPLE_RATE: spend.outcome.sample_rate,
             }
         else:
-            outcome = train(
+            train(
                 model,
                 institution.x_train,
                 institution.y_train,
                 cfg.training_plan,
                 torch.Generator().manual_seed(_round_seed(cfg, partition_id, server_round)),
             )
-            values[keys.TRAIN_LOSS] = outcome.mean_loss
-        metrics = MetricRecord(values)
+            num_examples = institution.num_train
+        values[keys.NUM_EXAMPLES] = num_examples
         content = RecordDict(
             {
-                keys.ARRAYS: send_model(model, institution.num_train, cfg, site.secret_context),
-                keys.METRICS: metrics,
+                keys.ARRAYS: send_model(model, num_examples, cfg, site.secret_context),
+                keys.METRICS: MetricRecord(values),
                 keys.SITE: _site_record(institution),
             }
         )
@@ -248,7 +274,7 @@ def make_client_app(config: RunConfig | None = None) -> ClientApp:
         cfg = resolve(context)
         site = resolve_site(cfg, context)
         partition_id, institution = site.partition_id, site.institution
-        model = models.build(cfg.model, institution.x_test.shape[1])
+        model = _empty_model(cfg, institution.x_test.shape[1])
         receive_model(model, msg.content, cfg, site.secret_context)
         result = evaluate(model, institution.x_test, institution.y_test)
         metrics = MetricRecord(

@@ -12,12 +12,12 @@ accountant: Gopi, Lee and Wutschitz, NeurIPS 2021. RDP: Mironov, CSF 2017.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable, Sequence
 from enum import StrEnum
 
 from opacus.accountants import PRVAccountant, RDPAccountant
 from opacus.accountants.accountant import IAccountant
-from opacus.accountants.utils import get_noise_multiplier
 
 from countyfl.errors import ConfigError
 
@@ -60,7 +60,12 @@ def epsilon_of(history: Sequence[HistoryEntry], delta: float, accountant: Accoun
     """Epsilon at ``delta`` of every step in ``history`` composed; 0 for an empty history."""
     if not history:
         return 0.0
-    return float(make_accountant(accountant, history).get_epsilon(delta=delta))
+    with warnings.catch_warnings():
+        # PRV's subsampling formula takes log(1 - q), -inf at q = 1 (a Gaussian mechanism on
+        # the whole data, such as the noisy count); numpy warns, and the result is right
+        # (checked against the analytic Gaussian mechanism in tests/privacy).
+        warnings.filterwarnings("ignore", "divide by zero encountered in log", RuntimeWarning)
+        return float(make_accountant(accountant, history).get_epsilon(delta=delta))
 
 
 def project_epsilon(
@@ -80,29 +85,68 @@ def poisson_sample_rate(num_rows: int, batch_size: int) -> float:
     return 1.0 / math.ceil(num_rows / batch_size)
 
 
+# Opacus's search bounds (opacus.accountants.utils.get_noise_multiplier).
+_MAX_NOISE_MULTIPLIER = 2000.0
+EPSILON_TOLERANCE = 0.005
+
+
+def gaussian_entry(noise_multiplier: float) -> HistoryEntry:
+    """The history entry of one Gaussian mechanism on the whole data (sample rate 1, one step).
+
+    For a query of L2 sensitivity S answered with noise of standard deviation
+    ``noise_multiplier * S``, the accountants' subsampled Gaussian at sample rate 1 is
+    exactly the Gaussian mechanism.
+    """
+    return float(noise_multiplier), 1.0, 1
+
+
 def noise_multiplier_for(
     target_epsilon: float,
     delta: float,
     sample_rate: float,
     steps: int,
     accountant: AccountantName,
+    before: Sequence[HistoryEntry] = (),
 ) -> float:
-    """Noise multiplier that spends exactly ``target_epsilon`` over ``steps`` real DP-SGD steps.
+    """Noise multiplier so that ``before`` and ``steps`` DP-SGD steps spend ``target_epsilon``.
 
     Calibrated on the steps that will really run (local steps x rounds), not on a nominal
-    epoch count.
+    epoch count, at the sample rate the sampler really uses, composed with the run's other
+    mechanisms ``before`` (the noisy example count). The search is Opacus's
+    (``get_noise_multiplier``): double until under the target, then bisect until the
+    epsilon is within :data:`EPSILON_TOLERANCE` below it; the result never overshoots.
+
+    Raises
+    ------
+    ConfigError
+        Bad target or delta, or the other mechanisms alone already spend the target.
     """
     if target_epsilon <= 0 or not 0 < delta < 1:
         raise ConfigError(
             f"target epsilon must be > 0 and delta in (0, 1); got {target_epsilon}, {delta}"
         )
-    return float(
-        get_noise_multiplier(
-            target_epsilon=target_epsilon,
-            target_delta=delta,
-            sample_rate=sample_rate,
-            steps=steps,
-            accountant=accountant.value,
-            epsilon_tolerance=0.005,
+    prefix = [normalize_entry(entry) for entry in before]
+    if prefix and epsilon_of(prefix, delta, accountant) >= target_epsilon:
+        raise ConfigError(
+            f"the run's other mechanisms {prefix} alone spend epsilon "
+            f"{epsilon_of(prefix, delta, accountant):.3f}, at least the target {target_epsilon}: "
+            "raise the target epsilon or the count noise"
         )
-    )
+
+    def spent(noise_multiplier: float) -> float:
+        return epsilon_of([*prefix, (noise_multiplier, sample_rate, steps)], delta, accountant)
+
+    low, high, high_epsilon = 0.0, 10.0, math.inf
+    while high_epsilon > target_epsilon:
+        high *= 2
+        high_epsilon = spent(high)
+        if high > _MAX_NOISE_MULTIPLIER:
+            raise ConfigError(f"target epsilon {target_epsilon} needs a noise multiplier > 2000")
+    while target_epsilon - high_epsilon > EPSILON_TOLERANCE:
+        middle = (low + high) / 2
+        epsilon = spent(middle)
+        if epsilon < target_epsilon:
+            high, high_epsilon = middle, epsilon
+        else:
+            low = middle
+    return float(high)

@@ -5,14 +5,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
+import torch
 from torch import nn
 
 from countyfl.clients.training import TrainingPlan
 from countyfl.data.federated import FloatArray
-from countyfl.errors import CountyflError
+from countyfl.errors import ConfigError, CountyflError
 from countyfl.privacy.accounting import (
     AccountantName,
+    HistoryEntry,
     epsilon_of,
+    gaussian_entry,
     merge_history,
     noise_multiplier_for,
     poisson_sample_rate,
@@ -20,6 +23,10 @@ from countyfl.privacy.accounting import (
 )
 from countyfl.privacy.dp import GradSampleMode, PrivacyPlan, PrivateTrainOutcome, train_private
 from countyfl.privacy.ledger import Budget, PrivacyLedger
+from countyfl.privacy.randomness import GeneratorFactory, Mechanism, secret_generators
+
+# The key under which the ledger keeps the noisy count a run released
+NUM_EXAMPLES_RELEASE = "num-examples"
 
 
 class BudgetExceededError(CountyflError):
@@ -28,19 +35,122 @@ class BudgetExceededError(CountyflError):
 
 @dataclass(frozen=True)
 class RoundSpend:
-    """What one private round cost."""
+    """What one private round cost, and the noisy example count it used."""
 
     outcome: PrivateTrainOutcome
     noise_multiplier: float
     epsilon_after: float
+    num_examples: int
+    """The institution's noisy example count for this run (paid for in its ledger)."""
 
 
-@lru_cache(maxsize=64)
+@lru_cache(maxsize=256)
 def calibrated_noise(
-    target_epsilon: float, delta: float, sample_rate: float, steps: int, accountant: AccountantName
+    target_epsilon: float,
+    delta: float,
+    sample_rate: float,
+    steps: int,
+    accountant: AccountantName,
+    before: tuple[HistoryEntry, ...] = (),
 ) -> float:
     """Cached :func:`noise_multiplier_for` (the search calls the accountant many times)."""
-    return noise_multiplier_for(target_epsilon, delta, sample_rate, steps, accountant)
+    return noise_multiplier_for(target_epsilon, delta, sample_rate, steps, accountant, before)
+
+
+def noisy_count(num_rows: int, noise: float, generator: torch.Generator) -> int:
+    """The Gaussian mechanism on a count: ``max(1, round(rows + N(0, noise^2)))``.
+
+    Adding or removing one record changes the count by 1 (sensitivity 1), so this is the
+    Gaussian mechanism with noise multiplier ``noise`` (:func:`gaussian_entry`). Rounding
+    to an integer and the floor of 1 are post-processing; rounding also removes the low
+    bits of the floating-point noise, which floating-point attacks read.
+    """
+    draw = float(torch.normal(0.0, 1.0, size=(1,), generator=generator)[0])
+    return max(1, round(num_rows + noise * draw))
+
+
+def _check_fits(
+    entry: HistoryEntry,
+    *,
+    institution_id: str,
+    ledger: PrivacyLedger,
+    budget: Budget,
+    accountant: AccountantName,
+    run_id: str,
+    server_round: int,
+) -> tuple[list[HistoryEntry], float]:
+    """The ledger's history and the epsilon after ``entry``; refuses if that exceeds the budget.
+
+    A refusal is recorded in the ledger and raised as :class:`BudgetExceededError`, which
+    says who refuses, what is spent and what remains.
+    """
+    history = ledger.history()
+    projected = project_epsilon(history, entry, budget.delta, accountant)
+    if projected <= budget.epsilon:
+        return history, projected
+    spent = epsilon_of(history, budget.delta, accountant)
+    ledger.record_refusal(
+        run_id=run_id,
+        server_round=server_round,
+        spent_epsilon=spent,
+        projected_epsilon=projected,
+        budget_epsilon=budget.epsilon,
+    )
+    raise BudgetExceededError(
+        f"institution {institution_id} refuses round {server_round} of run {run_id}: its "
+        f"privacy budget is epsilon {budget.epsilon:g} at delta {budget.delta:g}; it has "
+        f"spent {spent:.3f}, {max(budget.epsilon - spent, 0.0):.3f} remains, and this "
+        f"round would bring it to {projected:.3f}"
+    )
+
+
+def release_count(
+    *,
+    institution_id: str,
+    ledger: PrivacyLedger,
+    budget: Budget,
+    run_id: str,
+    server_round: int,
+    num_rows: int,
+    count_noise: float,
+    accountant: AccountantName,
+    generator: torch.Generator,
+) -> int:
+    """The run's noisy example count: drawn and paid for once per run, then reused.
+
+    The count is recorded in the ledger (its own transaction) before anything derived
+    from it is used or released. Whether it fits the budget depends on the ledger only,
+    never on the data.
+    """
+    released = ledger.released(run_id, Mechanism.NOISY_COUNT)
+    if released is not None:
+        return int(released[NUM_EXAMPLES_RELEASE])
+    entry = gaussian_entry(count_noise)
+    history, projected = _check_fits(
+        entry,
+        institution_id=institution_id,
+        ledger=ledger,
+        budget=budget,
+        accountant=accountant,
+        run_id=run_id,
+        server_round=server_round,
+    )
+    value = noisy_count(num_rows, count_noise, generator)
+    ledger.record_spend(
+        run_id=run_id,
+        server_round=server_round,
+        history_before=history,
+        history_after=merge_history([*history, entry]),
+        steps=1,
+        sample_rate=1.0,
+        noise_multiplier=count_noise,
+        delta=budget.delta,
+        accountant=accountant,
+        epsilon_after=projected,
+        mechanism=Mechanism.NOISY_COUNT,
+        released={NUM_EXAMPLES_RELEASE: value},
+    )
+    return value
 
 
 def train_within_budget(
@@ -59,47 +169,73 @@ def train_within_budget(
     max_grad_norm: float,
     accountant: AccountantName,
     grad_sample_mode: GradSampleMode,
+    count_noise: float,
+    generators: GeneratorFactory = secret_generators,
 ) -> RoundSpend:
-    """Check the projected epsilon of this round against the budget, train, record.
+    """Release the run's noisy count, check this round against the budget, train, record.
 
-    The noise multiplier is calibrated so that ``steps_per_run`` steps at this
-    institution's own sample rate spend ``target_epsilon``. If the epsilon after this
-    round (composed with everything in the ledger, over every earlier run) would exceed
-    the budget, nothing is trained, the refusal is recorded, and BudgetExceededError says
-    who, how much is spent and how much remains. The spend is recorded in one
-    transaction before the caller may release the update.
+    Everything a run releases is composed to ``target_epsilon``: the noisy example count
+    (once per run, :func:`release_count`) and ``steps_per_run`` DP-SGD steps at the sample
+    rate the sampler uses, 1 / ceil(noisy count / batch size). The sample rate, the
+    divisor of each noisy sum and the noise multiplier are derived from the noisy count,
+    never from the exact number of rows, so they are post-processing of an accounted
+    release. If the epsilon after this round (composed with everything in the ledger,
+    over every earlier run) would exceed the budget, nothing is trained, the refusal is
+    recorded, and BudgetExceededError says who, how much is spent and how much remains.
+    The spend is recorded in one transaction before the caller may release the update.
     """
-    sample_rate = poisson_sample_rate(len(x), plan.batch_size)
-    noise = calibrated_noise(target_epsilon, budget.delta, sample_rate, steps_per_run, accountant)
-    history = ledger.history()
-    projected = project_epsilon(
-        history, (noise, sample_rate, plan.local_steps), budget.delta, accountant
+    if len(x) == 0:
+        raise ConfigError(
+            f"institution {institution_id} has no training rows: nothing to train with "
+            "differential privacy (check its data export)"
+        )
+    count = release_count(
+        institution_id=institution_id,
+        ledger=ledger,
+        budget=budget,
+        run_id=run_id,
+        server_round=server_round,
+        num_rows=len(x),
+        count_noise=count_noise,
+        accountant=accountant,
+        generator=generators(Mechanism.NOISY_COUNT),
     )
-    if projected > budget.epsilon:
-        spent = epsilon_of(history, budget.delta, accountant)
-        ledger.record_refusal(
-            run_id=run_id,
-            server_round=server_round,
-            spent_epsilon=spent,
-            projected_epsilon=projected,
-            budget_epsilon=budget.epsilon,
-        )
-        raise BudgetExceededError(
-            f"institution {institution_id} refuses round {server_round} of run {run_id}: its "
-            f"privacy budget is epsilon {budget.epsilon:g} at delta {budget.delta:g}; it has "
-            f"spent {spent:.3f}, {max(budget.epsilon - spent, 0.0):.3f} remains, and this "
-            f"round would bring it to {projected:.3f}"
-        )
+    sample_rate = poisson_sample_rate(count, plan.batch_size)
+    noise = calibrated_noise(
+        target_epsilon,
+        budget.delta,
+        sample_rate,
+        steps_per_run,
+        accountant,
+        (gaussian_entry(count_noise),),
+    )
+    history, projected = _check_fits(
+        (noise, sample_rate, plan.local_steps),
+        institution_id=institution_id,
+        ledger=ledger,
+        budget=budget,
+        accountant=accountant,
+        run_id=run_id,
+        server_round=server_round,
+    )
     outcome = train_private(
         model,
         x,
         y,
         plan,
-        PrivacyPlan(noise, max_grad_norm, accountant, grad_sample_mode),
+        PrivacyPlan(
+            noise,
+            max_grad_norm,
+            accountant,
+            grad_sample_mode,
+            sample_rate=sample_rate,
+            expected_batch_size=sample_rate * count,
+        ),
         history,
+        generator=generators(Mechanism.DP_SGD),
     )
     # The projection was computed for exactly this history unless Opacus ran another
-    # number of steps or sample rate than planned; then the ledger recomputes it.
+    # number of steps than planned; then the ledger recomputes it.
     planned = merge_history([*history, (noise, sample_rate, plan.local_steps)])
     same = merge_history(outcome.history_after) == planned
     epsilon_after = ledger.record_spend(
@@ -114,4 +250,4 @@ def train_within_budget(
         accountant=accountant,
         epsilon_after=projected if same else None,
     )
-    return RoundSpend(outcome, noise, epsilon_after)
+    return RoundSpend(outcome, noise, epsilon_after, count)

@@ -16,12 +16,20 @@ from enum import StrEnum
 import numpy as np
 import torch
 from opacus import PrivacyEngine
+from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from countyfl.clients.training import TrainingPlan, make_optimizer
 from countyfl.data.federated import FloatArray
-from countyfl.privacy.accounting import AccountantName, HistoryEntry, normalize_entry
+from countyfl.errors import ConfigError
+from countyfl.privacy.accounting import (
+    AccountantName,
+    HistoryEntry,
+    merge_history,
+    poisson_sample_rate,
+)
+from countyfl.privacy.randomness import secret_generator
 
 
 class GradSampleMode(StrEnum):
@@ -35,12 +43,21 @@ class GradSampleMode(StrEnum):
 
 @dataclass(frozen=True)
 class PrivacyPlan:
-    """The DP-SGD parameters of one round."""
+    """The DP-SGD parameters of one round.
+
+    ``sample_rate`` is the Poisson rate the sampler uses and the accountant records, and
+    ``expected_batch_size`` the divisor of each noisy gradient sum. Both must be fixed
+    before the round sees the data (countyfl derives them from the institution's noisy,
+    accounted example count); None takes Opacus's convention from the rows at hand,
+    1 / ceil(rows / batch size) and rate x rows, which is for tests and tools only.
+    """
 
     noise_multiplier: float
     max_grad_norm: float
     accountant: AccountantName = AccountantName.PRV
     grad_sample_mode: GradSampleMode = GradSampleMode.HOOKS
+    sample_rate: float | None = None
+    expected_batch_size: float | None = None
 
 
 @dataclass(frozen=True)
@@ -74,52 +91,78 @@ def train_private(
     plan: TrainingPlan,
     privacy: PrivacyPlan,
     history_before: Sequence[HistoryEntry],
+    *,
+    generator: torch.Generator | None = None,
 ) -> PrivateTrainOutcome:
     """Run ``plan.local_steps`` DP-SGD steps on (x, y), updating ``model`` in place.
 
     Batches are Poisson-sampled (each row joins a batch with probability
-    1 / batches-per-epoch), as DP-SGD's analysis requires; a batch may be empty, and an
+    ``privacy.sample_rate``), as DP-SGD's analysis requires; a batch may be empty, and an
     empty batch is still a step that adds noise and is accounted. FedProx's proximal
     pull towards the starting weights is applied after each noisy step: it does not
     touch the data, so it is post-processing and costs no privacy.
+
+    Every random draw (the Poisson masks and the Gaussian noise) comes from
+    ``generator``; None means a fresh one seeded from the OS CSPRNG
+    (:mod:`countyfl.privacy.randomness`). Torch's global generator is never drawn from.
+    The noise is drawn as Opacus's ``secure_mode`` draws it (2n Gaussian samples, Holohan
+    and Braghin 2021), against floating-point attacks on the noise's low bits.
     """
+    if generator is None:
+        generator = secret_generator()
+    rows = TensorRows(x, y)
+    sample_rate = (
+        privacy.sample_rate
+        if privacy.sample_rate is not None
+        else poisson_sample_rate(len(rows), plan.batch_size)
+    )
+    expected_batch_size = (
+        privacy.expected_batch_size
+        if privacy.expected_batch_size is not None
+        else sample_rate * len(rows)
+    )
+    if not 0 < sample_rate <= 1 or expected_batch_size <= 0:
+        raise ConfigError(
+            f"DP-SGD needs a sample rate in (0, 1] and a positive expected batch size; got "
+            f"{sample_rate} and {expected_batch_size}"
+        )
     with warnings.catch_warnings():
-        # Opacus warns that its secure RNG is off: countyfl uses the standard RNG
-        # (documented in the README); Opacus's secure_mode is a later switch.
+        # Opacus warns that its secure RNG is off: countyfl passes its own generator,
+        # seeded from the OS CSPRNG (torchcsprng, which secure_mode needs, predates torch 2).
         warnings.filterwarnings("ignore", message="Secure RNG turned off")
         engine = PrivacyEngine(accountant=privacy.accountant.value)
-    engine.accountant.load_state_dict(
-        {
-            "history": [normalize_entry(e) for e in history_before],
-            "mechanism": engine.accountant.mechanism(),
-        }
-    )
     anchor = [p.detach().clone() for p in model.parameters()] if plan.proximal_mu > 0 else []
-    rows = TensorRows(x, y)
-    loader = DataLoader(rows, batch_size=plan.batch_size)
     made = engine.make_private(
         module=model,
         optimizer=make_optimizer(model, plan),
         criterion=nn.BCEWithLogitsLoss(),
-        data_loader=loader,
+        # Opacus's own Poisson loader would draw from torch's global generator and at
+        # 1 / len(loader): countyfl samples below, at the planned rate, from ``generator``.
+        data_loader=DataLoader(rows, batch_size=plan.batch_size),
         noise_multiplier=privacy.noise_multiplier,
         max_grad_norm=privacy.max_grad_norm,
-        poisson_sampling=True,
+        poisson_sampling=False,
+        noise_generator=generator,
         grad_sample_mode=privacy.grad_sample_mode.value,
     )
     if privacy.grad_sample_mode is GradSampleMode.GHOST:
         # Ghost clipping also wraps the loss: it runs the second backward pass itself.
-        private_model, optimizer, criterion, private_loader = made
+        private_model, optimizer, criterion, _ = made
     else:
-        private_model, optimizer, private_loader = made
+        private_model, optimizer, _ = made
         criterion = nn.BCEWithLogitsLoss()
+    # The noisy sum is divided by a batch size fixed before the data is seen, and the
+    # noise drawn the floating-point-safe way, from the same secret generator.
+    optimizer.expected_batch_size = expected_batch_size
+    optimizer.secure_mode = True
     private_model.train()
     steps, total, counted = 0, 0.0, 0
     features_all, labels_all = rows.x, rows.y
-    # Draw Opacus's own Poisson batches but index the tensors directly: the DataLoader's
-    # fetch-and-collate machinery cost more per step than the clipping it feeds.
-    sampler = private_loader.batch_sampler
-    assert sampler is not None
+    # Index the tensors directly: the DataLoader's fetch-and-collate machinery cost more
+    # per step than the clipping it feeds.
+    sampler = UniformWithReplacementSampler(
+        num_samples=len(rows), sample_rate=sample_rate, generator=generator
+    )
     with warnings.catch_warnings():
         # Opacus's hooks fire on inputs that need no gradient; expected and harmless.
         warnings.filterwarnings("ignore", message="Full backward hook is firing")
@@ -145,22 +188,33 @@ def train_private(
                             )
                 optimizer.step()
                 if anchor:
-                    with torch.no_grad():
-                        for parameter, start in zip(model.parameters(), anchor, strict=True):
-                            parameter.sub_(
-                                plan.learning_rate * plan.proximal_mu * (parameter - start)
-                            )
+                    proximal_pull(model, anchor, plan.learning_rate * plan.proximal_mu)
                 steps += 1
                 if steps >= plan.local_steps:
                     break
-    history_after = [normalize_entry(e) for e in engine.accountant.state_dict()["history"]]
     _detach_hooks(private_model)
     return PrivateTrainOutcome(
         mean_loss=total / counted if counted else float("nan"),
         steps=steps,
-        sample_rate=float(private_loader.sample_rate),
-        history_after=history_after,
+        sample_rate=float(sample_rate),
+        # What ran, as Opacus's accountant would have recorded it step by step.
+        history_after=merge_history(
+            [*history_before, (privacy.noise_multiplier, sample_rate, steps)]
+        ),
     )
+
+
+@torch.no_grad()
+def proximal_pull(model: nn.Module, anchor: Sequence[torch.Tensor], strength: float) -> None:
+    """FedProx's proximal step towards the round's starting weights, in place.
+
+    ``w <- w - strength * (w - anchor)`` with strength = learning rate x mu: the gradient
+    step of (mu / 2) ||w - anchor||^2 (Li et al., MLSys 2020). It reads only the current
+    weights and the anchor, never a row, so under DP-SGD it is post-processing of the
+    noisy steps and costs no privacy.
+    """
+    for parameter, start in zip(model.parameters(), anchor, strict=True):
+        parameter.sub_(strength * (parameter - start))
 
 
 def _detach_hooks(private_model: nn.Module) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -24,6 +24,7 @@ from countyfl.privacy.accounting import (
     merge_history,
     normalize_entry,
 )
+from countyfl.privacy.randomness import Mechanism
 
 LEDGER_FILE = "privacy-ledger.sqlite"
 
@@ -39,7 +40,9 @@ CREATE TABLE IF NOT EXISTS spends (
     accountant TEXT NOT NULL,
     epsilon_after REAL NOT NULL,
     history_after TEXT NOT NULL,
-    recorded_at TEXT NOT NULL
+    recorded_at TEXT NOT NULL,
+    mechanism TEXT NOT NULL DEFAULT 'dp-sgd',
+    released TEXT
 );
 CREATE TABLE IF NOT EXISTS refusals (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -51,6 +54,12 @@ CREATE TABLE IF NOT EXISTS refusals (
     recorded_at TEXT NOT NULL
 );
 """
+# Ledgers written before the noisy count have no mechanism or released column: every row
+# there is a DP-SGD round.
+_ADDED_COLUMNS = {
+    "mechanism": "ALTER TABLE spends ADD COLUMN mechanism TEXT NOT NULL DEFAULT 'dp-sgd'",
+    "released": "ALTER TABLE spends ADD COLUMN released TEXT",
+}
 
 
 class LedgerError(CountyflError):
@@ -69,6 +78,9 @@ class Spend:
     delta: float
     accountant: str
     epsilon_after: float
+    mechanism: str = Mechanism.DP_SGD.value
+    # What the mechanism released, for those whose output is a value (the noisy count)
+    released: Mapping[str, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -88,6 +100,10 @@ class PrivacyLedger:
             path.parent.mkdir(parents=True, exist_ok=True)
             with self._connect() as connection:
                 connection.executescript(_SCHEMA)
+                columns = {row[1] for row in connection.execute("PRAGMA table_info(spends)")}
+                for column, statement in _ADDED_COLUMNS.items():
+                    if column not in columns:
+                        connection.execute(statement)
         except (OSError, sqlite3.Error) as error:
             raise LedgerError(f"privacy ledger {path} cannot be opened: {error}") from error
 
@@ -118,9 +134,37 @@ class PrivacyLedger:
         with self._connect() as connection:
             rows = connection.execute(
                 "SELECT run_id, server_round, steps, sample_rate, noise_multiplier, delta, "
-                "accountant, epsilon_after FROM spends ORDER BY id"
+                "accountant, epsilon_after, mechanism, released FROM spends ORDER BY id"
             ).fetchall()
-        return [Spend(*row) for row in rows]
+        return [
+            Spend(
+                run_id=row[0],
+                server_round=row[1],
+                steps=row[2],
+                sample_rate=row[3],
+                noise_multiplier=row[4],
+                delta=row[5],
+                accountant=row[6],
+                epsilon_after=row[7],
+                mechanism=row[8],
+                released=json.loads(row[9]) if row[9] is not None else None,
+            )
+            for row in rows
+        ]
+
+    def released(self, run_id: str, mechanism: Mechanism) -> Mapping[str, float] | None:
+        """What ``mechanism`` released in run ``run_id`` (its first release), or None.
+
+        Releasing the same value again is post-processing and costs nothing: a round of a
+        run reuses the noisy count its first round paid for.
+        """
+        with self._connect() as connection:
+            row = connection.execute(
+                "SELECT released FROM spends WHERE run_id = ? AND mechanism = ? "
+                "AND released IS NOT NULL ORDER BY id LIMIT 1",
+                (run_id, mechanism.value),
+            ).fetchone()
+        return dict(json.loads(row[0])) if row else None
 
     def refusal_count(self) -> int:
         with self._connect() as connection:
@@ -139,8 +183,13 @@ class PrivacyLedger:
         delta: float,
         accountant: AccountantName,
         epsilon_after: float | None = None,
+        mechanism: Mechanism = Mechanism.DP_SGD,
+        released: Mapping[str, float] | None = None,
     ) -> float:
         """Record one round's spend atomically; return the epsilon after it.
+
+        ``mechanism`` names what ran (DP-SGD steps, or the noisy count with the value it
+        ``released``), so that every release is paid for in this ledger.
 
         ``epsilon_after`` may be passed when the caller already computed it for exactly
         ``history_after`` (PRV's epsilon costs about a second); otherwise it is computed.
@@ -172,7 +221,8 @@ class PrivacyLedger:
                 connection.execute(
                     "INSERT INTO spends (run_id, server_round, steps, sample_rate, "
                     "noise_multiplier, delta, accountant, epsilon_after, history_after, "
-                    "recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "recorded_at, mechanism, released) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         run_id,
                         server_round,
@@ -184,6 +234,8 @@ class PrivacyLedger:
                         epsilon_after,
                         json.dumps(history),
                         _now(),
+                        mechanism.value,
+                        json.dumps(dict(released)) if released is not None else None,
                     ),
                 )
                 connection.execute("COMMIT")

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from countyfl import __version__, keys
+from countyfl.config import RunConfig
 from countyfl.simulations import plots
 from countyfl.simulations.baselines import POOLED_TEST, mean_of_institutions
 from countyfl.simulations.runner import QUARANTINE_FILE, SimulationResult
@@ -135,7 +136,7 @@ def _privacy_summary(result: SimulationResult, ids: list[str]) -> dict[str, Any]
     config = result.config
     per_institution: dict[str, Any] = {}
     for partition, institution_id in enumerate(ids):
-        finals, noises, refusals = [], [], 0
+        finals, noises, rates, refusals = [], [], [], 0
         for seed_result in result.seeds:
             trained_rounds = [
                 record.train[partition]
@@ -145,6 +146,7 @@ def _privacy_summary(result: SimulationResult, ids: list[str]) -> dict[str, Any]
             if trained_rounds and keys.EPSILON in trained_rounds[-1]:
                 finals.append(trained_rounds[-1][keys.EPSILON])
                 noises.append(trained_rounds[-1][keys.NOISE_MULTIPLIER])
+                rates.append(trained_rounds[-1][keys.SAMPLE_RATE])
             refusals += sum(
                 f"institution {institution_id} refuses" in failure
                 for record in seed_result.history.rounds.values()
@@ -152,6 +154,7 @@ def _privacy_summary(result: SimulationResult, ids: list[str]) -> dict[str, Any]
             )
         per_institution[institution_id] = {
             "noise-multiplier": float(np.mean(noises)) if noises else None,
+            "budget-split": _budget_split(config, noises, rates),
             "epsilon-after-run": _stats(finals),
             "refused-rounds": refusals,
             "membership-inference-auc": _stats(
@@ -160,6 +163,8 @@ def _privacy_summary(result: SimulationResult, ids: list[str]) -> dict[str, Any]
         }
     return {
         "enabled": config.dp,
+        "randomness": config.dp_randomness.value if config.dp else None,
+        "count-noise": config.count_noise if config.dp else None,
         "target-epsilon-per-run": config.target_epsilon if config.dp else None,
         "delta": config.delta if config.dp else None,
         "budget-epsilon": config.budget_epsilon if config.dp else None,
@@ -169,6 +174,27 @@ def _privacy_summary(result: SimulationResult, ids: list[str]) -> dict[str, Any]
         "membership-inference-auc-mean": _stats(
             [float(np.nanmean(list(s.membership_inference.values()))) for s in result.seeds]
         ),
+    }
+
+
+def _budget_split(
+    config: RunConfig, noises: list[float], rates: list[float]
+) -> dict[str, float] | None:
+    """How one run's epsilon splits between the noisy count and DP-SGD (first seed's noise).
+
+    Each mechanism alone, and both composed (the run's total, which the calibration puts
+    at the target). Epsilons do not add: composition is tighter than the sum.
+    """
+    if not config.dp or not noises:
+        return None
+    from countyfl.privacy.accounting import epsilon_of, gaussian_entry
+
+    count = gaussian_entry(config.count_noise)
+    training = (noises[0], rates[0], config.dp_steps_per_run)
+    return {
+        "noisy-count": epsilon_of([count], config.delta, config.accountant),
+        "training": epsilon_of([training], config.delta, config.accountant),
+        "run": epsilon_of([count, training], config.delta, config.accountant),
     }
 
 
@@ -267,37 +293,69 @@ def render_markdown(summary: dict[str, Any]) -> str:
     lines += ["", "## Privacy", ""]
     if privacy["enabled"]:
         lines += [
-            f"Record-level DP-SGD (Opacus) at every institution: target epsilon "
+            f"Record-level differential privacy at every institution: target epsilon "
             f"{privacy['target-epsilon-per-run']:g} per run at delta {privacy['delta']:g}, "
-            f"clipping norm {privacy['max-grad-norm']:g}, {privacy['accountant']} accountant, "
-            f"accounted over every DP-SGD step that ran; institution budget epsilon "
-            f"{privacy['budget-epsilon']:g}. Each institution calibrates its own noise to its "
-            "own sampling rate.",
+            f"for everything the run releases: the institution's example count, released "
+            f"once per run with Gaussian noise of {privacy['count-noise']:g} records, and "
+            f"DP-SGD (Opacus; clipping norm {privacy['max-grad-norm']:g}) over every step "
+            f"that ran, composed by the {privacy['accountant']} accountant; institution "
+            f"budget epsilon {privacy['budget-epsilon']:g}. Each institution calibrates its "
+            "own noise to the sampling rate its noisy count gives. The release inventory "
+            "(docs/privacy.md) lists every field a site sends and what protects it.",
             "",
         ]
+        if privacy["randomness"] == "seeded":
+            lines += [
+                "**Reproducible noise: this run asked for `--dp-randomness seeded`.** Every "
+                "DP draw followed the run's seed, so the privacy guarantee below does NOT "
+                "hold against anyone who knows the seed (the server, or a reader of run.json): "
+                "they can replay the noise. A deployed site refuses such a task.",
+                "",
+            ]
+        else:
+            lines += [
+                "Every DP draw (Poisson sampling, Gaussian noise, the count's noise) came from "
+                "a generator seeded per institution and round from the operating system's "
+                "CSPRNG: no other party, the county server included, can predict or set it.",
+                "",
+            ]
     else:
         lines += ["Differential privacy was off for this run (`--no-dp`).", ""]
     lines += [
-        "| institution | noise multiplier | epsilon after the run | refused rounds | "
-        "membership-inference AUC |",
-        "| --- | --- | --- | --- | --- |",
+        "| institution | noise multiplier | epsilon: count / training / run | "
+        "epsilon after the run | refused rounds | membership-inference AUC |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
     for institution in data["institutions"]:
         entry = privacy["per-institution"][institution["id"]]
         epsilon = entry["epsilon-after-run"]
         attack = entry["membership-inference-auc"]
+        split = entry["budget-split"]
+        shares = (
+            f"{split['noisy-count']:.3f} / {split['training']:.3f} / {split['run']:.3f}"
+            if split
+            else "n/a"
+        )
         lines.append(
-            f"| {institution['name']} | {_fmt(entry['noise-multiplier'])} | "
+            f"| {institution['name']} | {_fmt(entry['noise-multiplier'])} | {shares} | "
             f"{_fmt(epsilon['mean'], epsilon['std'])} | {entry['refused-rounds']} | "
             f"{_fmt(attack['mean'], attack['std'])} |"
         )
+    if privacy["enabled"]:
+        lines += [
+            "",
+            "Epsilons of the count and of training alone, and of both composed (the run's "
+            "total): composition is tighter than their sum.",
+        ]
     attack_mean = privacy["membership-inference-auc-mean"]
     lines += [
         "",
         "Membership inference: a loss-threshold attack (Yeom et al., CSF 2018) on each "
         "institution's training rows against its held-out rows, using the final global "
         "model; 0.5 means the attack cannot tell members from non-members. Mean over "
-        f"institutions: {_fmt(attack_mean['mean'], attack_mean['std'])}.",
+        f"institutions: {_fmt(attack_mean['mean'], attack_mean['std'])}. This audit reads "
+        "every institution's rows, so it exists in simulations only; a deployed site never "
+        "computes or sends it.",
     ]
     if privacy["enabled"]:
         lines += ["", f"![epsilon per round]({PRIVACY_PLOT})"]

@@ -51,7 +51,7 @@ def _train_reply(
     node_id: int, partition_id: int, num_examples: int, arrays: Sequence[np.ndarray], loss: float
 ) -> Message:
     metrics = MetricRecord(
-        {keys.NUM_EXAMPLES: num_examples, keys.PARTITION_ID: partition_id, keys.TRAIN_LOSS: loss}
+        {keys.NUM_EXAMPLES: num_examples, keys.PARTITION_ID: partition_id, keys.EPSILON: loss}
     )
     content = RecordDict({keys.ARRAYS: ArrayRecord(list(arrays)), keys.METRICS: metrics})
     return Message(content, reply_to=_instruction(node_id, MessageType.TRAIN))
@@ -111,14 +111,14 @@ def test_aggregate_train_is_the_example_weighted_average(make_strategy, seed: in
     expected = _weighted_average(arrays, examples)
     for got, want in zip(aggregated.to_numpy_ndarrays(), expected, strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
-    assert metrics[keys.TRAIN_LOSS] == pytest.approx(np.average(losses, weights=examples))
+    assert metrics[keys.EPSILON] == pytest.approx(np.average(losses, weights=examples))
 
     record = strategy.history.rounds[1]
     assert record.failures == []
     assert set(record.train) == set(range(count))
     for i in range(count):
         assert record.train[i][keys.NUM_EXAMPLES] == examples[i]
-        assert record.train[i][keys.TRAIN_LOSS] == pytest.approx(losses[i])
+        assert record.train[i][keys.EPSILON] == pytest.approx(losses[i])
         assert keys.PARTITION_ID not in record.train[i]
 
 
@@ -184,7 +184,7 @@ def test_reply_without_metrics_is_rejected_and_the_round_goes_on() -> None:
 def test_reply_without_partition_id_is_rejected_and_the_round_goes_on() -> None:
     rng = np.random.default_rng(4)
     good = _arrays(rng)
-    metrics = MetricRecord({keys.NUM_EXAMPLES: 9, keys.TRAIN_LOSS: 0.4})
+    metrics = MetricRecord({keys.NUM_EXAMPLES: 9, keys.EPSILON: 0.4})
     content = RecordDict({keys.ARRAYS: ArrayRecord(_arrays(rng)), keys.METRICS: metrics})
     bad = Message(content, reply_to=_instruction(31, MessageType.TRAIN))
     strategy = FedAvg()
@@ -199,7 +199,7 @@ def test_reply_without_partition_id_is_rejected_and_the_round_goes_on() -> None:
 def test_train_reply_without_arrays_is_rejected_and_the_round_goes_on() -> None:
     rng = np.random.default_rng(5)
     good = _arrays(rng)
-    metrics = MetricRecord({keys.NUM_EXAMPLES: 9, keys.PARTITION_ID: 1, keys.TRAIN_LOSS: 0.4})
+    metrics = MetricRecord({keys.NUM_EXAMPLES: 9, keys.PARTITION_ID: 1, keys.EPSILON: 0.4})
     bad = Message(RecordDict({keys.METRICS: metrics}), reply_to=_instruction(41, MessageType.TRAIN))
     strategy = FedAvg()
     aggregated, _ = strategy.aggregate_train(1, [_train_reply(40, 0, 5, good, 0.1), bad])
@@ -256,7 +256,7 @@ def test_rounds_are_kept_apart_and_history_round_trips(tmp_path) -> None:  # typ
         )
     history = strategy.history
     assert sorted(history.rounds) == [1, 2]
-    assert history.rounds[2].train[0][keys.TRAIN_LOSS] == pytest.approx(0.2)
+    assert history.rounds[2].train[0][keys.EPSILON] == pytest.approx(0.2)
     path = tmp_path / "history.json"
     history.write(path)
     again = FederationHistory.read(path)

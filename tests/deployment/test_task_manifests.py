@@ -56,6 +56,8 @@ IN_MANIFEST = {
     "delta",
     "max_grad_norm",
     "accountant",
+    "count_noise",
+    "dp_randomness",
     "encryption",
 }
 CKKS = {"encryption": "ckks", "he-secret-context": "s.ckks", "he-public-context": "p.ckks"}
@@ -77,6 +79,8 @@ CHANGES: dict[str, dict[str, Any]] = {
     "delta": {"delta": 1e-5},
     "max_grad_norm": {"max-grad-norm": 0.5},
     "accountant": {"accountant": "rdp"},
+    "count_noise": {"count-noise": 12.0},
+    "dp_randomness": {"dp-randomness": "seeded"},
     "encryption": CKKS,
 }
 
@@ -142,10 +146,25 @@ def test_with_dp_off_the_dp_terms_do_not_matter_and_leaves_site_says_so() -> Non
     assert off.differential_privacy is None and not off.dp
     assert _hash({"dp": False}) == _hash({"dp": False, "target-epsilon": 3.0, "delta": 1e-6})
     assert "WITHOUT differential privacy" in off.leaves_site[0]
-    assert "epsilon" not in off.leaves_site[1]
+    assert "train:arrays.*: unprotected" in off.leaves_site[1]
+    assert not any("noisy count" in line for line in off.leaves_site)
     ckks = manifest_for(run_config_from_overrides(CKKS))
-    assert "encrypted with CKKS" in ckks.leaves_site[0]
-    assert "plaintext" in manifest_for(_config()).leaves_site[0]
+    assert ckks.leaves_site[1].startswith("train:arrays.*: encrypted")
+    plain = manifest_for(_config())
+    assert plain.leaves_site[1].startswith("train:arrays.*: dp-accounted")
+    assert "noisy count" in " ".join(plain.leaves_site)
+
+
+def test_leaves_site_is_the_release_inventory_in_words() -> None:
+    from countyfl.privacy.release import describe, inventory
+
+    for overrides, encrypted, dp in (
+        ({}, False, True),
+        (CKKS, True, True),
+        ({"dp": False}, False, False),
+    ):
+        manifest = manifest_for(run_config_from_overrides(overrides))
+        assert manifest.leaves_site[1:] == describe(inventory(encrypted=encrypted, dp=dp))
 
 
 NUMERIC = {

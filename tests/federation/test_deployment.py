@@ -35,6 +35,7 @@ from countyfl.federation.local_county import LocalCounty, task_manifest, wait_fo
 from countyfl.privacy.accounting import AccountantName
 from countyfl.privacy.he.keys import SECRET_CONTEXT_FILE
 from countyfl.privacy.ledger import LEDGER_FILE, PrivacyLedger
+from countyfl.privacy.randomness import Mechanism
 from countyfl.publishing import publish
 
 pytestmark = pytest.mark.e2e
@@ -102,7 +103,14 @@ def test_four_sites_train_under_dp_and_ckks_over_tls(county: LocalCounty) -> Non
         reported = history["2"]["train"][partition]["epsilon"]
         site = load_site(site_file)
         ledger = PrivacyLedger(Path(site.state_dir) / LEDGER_FILE)
-        assert [s.server_round for s in ledger.spends()] == [1, 2]
+        # The run's noisy count, released once in round 1, then DP-SGD in each round.
+        assert [(s.mechanism, s.server_round) for s in ledger.spends()] == [
+            ("noisy-count", 1),
+            ("dp-sgd", 1),
+            ("dp-sgd", 2),
+        ]
+        paid = ledger.released(str(run["run-id"]), Mechanism.NOISY_COUNT)
+        assert paid == {"num-examples": history["1"]["train"][partition]["num-examples"]}
         assert ledger.spent_epsilon(1e-3, AccountantName.PRV) == pytest.approx(reported)
         assert 0 < reported <= TARGET_EPSILON + 1e-6
         assert run["task-manifest-hash"] == site.approved_tasks[0].sha256
@@ -151,10 +159,14 @@ def test_faults_refusals_and_a_killed_node(county: LocalCounty) -> None:
     assert refusals and refusals[-1].task_hash.startswith(
         json.loads((output / "run.json").read_text())["task-manifest-hash"][:12]
     )
-    # VA's ledger holds the first run only: the second was refused before any training.
+    # VA's ledger holds the first run's training only: the second was refused before any
+    # training (its noisy count may have fitted the budget's last sliver and been paid for).
     va = load_site(county.sites["va-long-beach"])
-    assert len(PrivacyLedger(Path(va.state_dir) / LEDGER_FILE).spends()) == 2
-    assert len(hungary.spends()) in (2, 3)  # killed before or after it finished training
+    va_spends = PrivacyLedger(Path(va.state_dir) / LEDGER_FILE).spends()
+    assert [s.server_round for s in va_spends if s.mechanism == "dp-sgd"] == [1, 2]
+    assert sum(s.mechanism == "noisy-count" for s in va_spends) in (1, 2)
+    # Hungary was killed before or after it finished training.
+    assert sum(s.mechanism == "dp-sgd" for s in hungary.spends()) in (2, 3)
 
 
 def test_a_node_with_an_unregistered_key_is_refused(county: LocalCounty, tmp_path: Path) -> None:

@@ -30,6 +30,7 @@ from countyfl.models import LogisticRegression
 from countyfl.privacy.accounting import (
     AccountantName,
     epsilon_of,
+    gaussian_entry,
     make_accountant,
     noise_multiplier_for,
     poisson_sample_rate,
@@ -289,3 +290,50 @@ def test_more_steps_need_more_noise() -> None:
 def test_invalid_calibration_targets_are_config_errors(target: float, delta: float) -> None:
     with pytest.raises(ConfigError):
         noise_multiplier_for(target, delta, 0.1, 10, AccountantName.RDP)
+
+
+# --- the noisy count: a Gaussian mechanism composed with DP-SGD -------------------------------
+
+
+def _analytic_gaussian_epsilon(noise_multiplier: float, delta: float) -> float:
+    """The exact epsilon of the Gaussian mechanism (Balle and Wang, ICML 2018), mu = 1 / sigma."""
+    from scipy.optimize import brentq
+    from scipy.stats import norm
+
+    mu = 1.0 / noise_multiplier
+
+    def excess(epsilon: float) -> float:
+        return (
+            norm.cdf(-epsilon / mu + mu / 2)
+            - math.exp(epsilon) * norm.cdf(-epsilon / mu - mu / 2)
+            - delta
+        )
+
+    return float(brentq(excess, 1e-9, 100.0))
+
+
+@pytest.mark.parametrize("noise", [5.0, 10.0, 20.0])
+def test_the_count_entry_is_accounted_as_the_gaussian_mechanism(noise: float) -> None:
+    # Sample rate 1, one step: the accountants' subsampled Gaussian is the plain Gaussian
+    # mechanism; PRV lands just above the exact value (its error bound), RDP above it.
+    exact = _analytic_gaussian_epsilon(noise, 1e-3)
+    prv = epsilon_of([gaussian_entry(noise)], 1e-3, AccountantName.PRV)
+    rdp = epsilon_of([gaussian_entry(noise)], 1e-3, AccountantName.RDP)
+    assert exact <= prv <= exact + 0.02
+    assert exact <= rdp
+
+
+def test_calibration_composes_the_count_and_the_steps_to_the_target() -> None:
+    # RDP here for speed; the ClientApp's tests run the same calibration with PRV.
+    accountant = AccountantName.RDP
+    rate, steps, count = poisson_sample_rate(30, 16), 75, [gaussian_entry(10.0)]
+    alone = noise_multiplier_for(1.0, 1e-3, rate, steps, accountant)
+    with_count = noise_multiplier_for(1.0, 1e-3, rate, steps, accountant, count)
+    composed = epsilon_of([*count, (with_count, rate, steps)], 1e-3, accountant)
+    assert 1.0 - 0.006 <= composed <= 1.0
+    assert with_count > alone  # the count's share is paid for with more training noise
+
+
+def test_a_count_that_alone_spends_the_target_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="count noise"):
+        noise_multiplier_for(0.1, 1e-3, 0.5, 10, AccountantName.RDP, [gaussian_entry(2.0)])

@@ -24,15 +24,21 @@ from countyfl.privacy import budget as budget_module
 from countyfl.privacy.accounting import (
     AccountantName,
     epsilon_of,
+    gaussian_entry,
+    merge_history,
     noise_multiplier_for,
     poisson_sample_rate,
 )
 from countyfl.privacy.budget import BudgetExceededError, calibrated_noise, train_within_budget
 from countyfl.privacy.dp import GradSampleMode
 from countyfl.privacy.ledger import LEDGER_FILE, Budget, LedgerError, PrivacyLedger
+from countyfl.privacy.randomness import DpRandomness, Mechanism, round_generators
 
 DELTA = 1e-5
 RDP = AccountantName.RDP
+# Noise on the example count: large, so that the count costs little of these small budgets
+COUNT_NOISE = 50.0
+COUNT = gaussian_entry(COUNT_NOISE)
 ROWS, BATCH = 40, 8
 INSTITUTION = "hospital-7"
 pytestmark = pytest.mark.filterwarnings("ignore:Optimal order is the largest alpha")
@@ -53,6 +59,7 @@ def _round(
     local_steps: int,
     target_epsilon: float,
     steps_per_run: int,
+    seed: int = 0,
 ):  # type: ignore[no-untyped-def]
     return train_within_budget(
         institution_id=INSTITUTION,
@@ -69,10 +76,16 @@ def _round(
         max_grad_norm=1.0,
         accountant=RDP,
         grad_sample_mode=GradSampleMode.HOOKS,
+        count_noise=COUNT_NOISE,
+        generators=round_generators(
+            DpRandomness.SEEDED, seed=seed, institution=INSTITUTION, server_round=server_round
+        ),
     )
 
 
-def _steps(history: list) -> int:
+def _sgd_steps(history: list) -> int:
+    """DP-SGD steps in a history (every entry but the counts' Gaussian mechanisms)."""
+    return sum(steps for *mechanism, steps in history if tuple(mechanism) != COUNT[:2])
     return sum(steps for _, _, steps in history)
 
 
@@ -86,8 +99,8 @@ def _check_refusal_message(message: str, spent: float, budget: Budget) -> None:
 
 def test_calibrated_noise_is_the_calibration() -> None:
     rate = poisson_sample_rate(ROWS, BATCH)
-    assert calibrated_noise(1.0, DELTA, rate, 10, RDP) == noise_multiplier_for(
-        1.0, DELTA, rate, 10, RDP
+    assert calibrated_noise(1.0, DELTA, rate, 10, RDP, (COUNT,)) == noise_multiplier_for(
+        1.0, DELTA, rate, 10, RDP, [COUNT]
     )
 
 
@@ -97,43 +110,58 @@ def test_rounds_fit_until_the_budget_is_spent_then_are_refused_across_runs(
     path = tmp_path / INSTITUTION / LEDGER_FILE
     budget = Budget(epsilon=1.0, delta=DELTA)
     args = {"local_steps": 5, "target_epsilon": 1.0, "steps_per_run": 10}
-    torch.manual_seed(0)
     model = LogisticRegression(3)
     first = _round(PrivacyLedger(path), model, budget, run_id="run-1", server_round=1, **args)
     second = _round(PrivacyLedger(path), model, budget, run_id="run-1", server_round=2, **args)
     assert 0 < first.epsilon_after < second.epsilon_after <= budget.epsilon
-    # Calibrated on the 10 steps of the run: the two rounds spend the budget (almost) all.
+    # Calibrated on the count and the 10 steps of the run: the run spends the budget
+    # (almost) all, at the sample rate of the noisy count the run released once.
     assert second.epsilon_after >= 0.99 * budget.epsilon
     assert first.noise_multiplier == second.noise_multiplier
-    assert second.outcome.history_after == [
-        (first.noise_multiplier, poisson_sample_rate(ROWS, BATCH), 10)
-    ]
+    assert first.num_examples == second.num_examples
+    released = PrivacyLedger(path).released("run-1", Mechanism.NOISY_COUNT)
+    assert released == {"num-examples": first.num_examples}
+    rate = poisson_sample_rate(first.num_examples, BATCH)
+    assert first.outcome.sample_rate == rate
+    assert second.outcome.history_after == [COUNT, (first.noise_multiplier, rate, 10)]
 
     # A new run, a restarted site: the ledger remembers, and the next round is refused.
+    # Its count still fits the last sliver of the budget and is paid for; no step is.
     ledger = PrivacyLedger(path)
     snapshot = (ledger.history(), ledger.spends())
+    assert epsilon_of([*snapshot[0], COUNT], DELTA, RDP) <= budget.epsilon
     fresh = LogisticRegression(3)
     weights = get_weights(fresh)
     with pytest.raises(BudgetExceededError) as refused:
         _round(ledger, fresh, budget, run_id="run-2", server_round=1, **args)
-    spent = epsilon_of(snapshot[0], DELTA, RDP)
+    reopened = PrivacyLedger(path)
+    assert reopened.history() == [*snapshot[0], COUNT]
+    assert [s.mechanism for s in reopened.spends()[len(snapshot[1]) :]] == ["noisy-count"]
+    spent = epsilon_of(reopened.history(), DELTA, RDP)
     _check_refusal_message(str(refused.value), spent, budget)
     assert "run-2" in str(refused.value)
-    reopened = PrivacyLedger(path)
-    assert (reopened.history(), reopened.spends()) == snapshot
     assert reopened.refusal_count() == 1
+    # A third run finds not even room for its count: refused with nothing released.
+    with pytest.raises(BudgetExceededError):
+        _round(reopened, fresh, budget, run_id="run-3", server_round=1, **args)
+    assert PrivacyLedger(path).history() == [*snapshot[0], COUNT]
     assert all(np.array_equal(a, b) for a, b in zip(get_weights(fresh), weights, strict=True))
 
 
-def test_a_round_that_alone_exceeds_the_budget_is_refused_on_an_empty_ledger(
+def test_a_round_that_alone_exceeds_the_budget_is_refused_after_paying_for_its_count(
     tmp_path: Path,
 ) -> None:
+    # The count fits the budget, the round does not: the count was released (the refusal
+    # depends on the sample rate it sets) and stays paid for; nothing else is.
     ledger = PrivacyLedger(tmp_path / LEDGER_FILE)
     budget = Budget(epsilon=0.3, delta=DELTA)
+    assert epsilon_of([COUNT], DELTA, RDP) < budget.epsilon
+    model = LogisticRegression(3)
+    weights = get_weights(model)
     with pytest.raises(BudgetExceededError) as refused:
         _round(
             ledger,
-            LogisticRegression(3),
+            model,
             budget,
             run_id="run-1",
             server_round=1,
@@ -141,10 +169,46 @@ def test_a_round_that_alone_exceeds_the_budget_is_refused_on_an_empty_ledger(
             target_epsilon=1.0,
             steps_per_run=10,
         )
-    _check_refusal_message(str(refused.value), 0.0, budget)
-    assert "0.300 remains" in str(refused.value)
-    assert ledger.history() == []
+    spent = epsilon_of([COUNT], DELTA, RDP)
+    _check_refusal_message(str(refused.value), spent, budget)
+    assert ledger.history() == [COUNT]
+    assert [s.mechanism for s in ledger.spends()] == ["noisy-count"]
     assert ledger.refusal_count() == 1
+    assert all(np.array_equal(a, b) for a, b in zip(get_weights(model), weights, strict=True))
+
+
+def test_a_count_beyond_the_budget_is_refused_and_nothing_is_drawn(tmp_path: Path) -> None:
+    ledger = PrivacyLedger(tmp_path / LEDGER_FILE)
+    budget = Budget(epsilon=0.05, delta=DELTA)
+    assert epsilon_of([COUNT], DELTA, RDP) > budget.epsilon
+    drawn: list[Mechanism] = []
+
+    def watching(mechanism: Mechanism) -> torch.Generator:
+        drawn.append(mechanism)
+        return torch.Generator().manual_seed(0)
+
+    with pytest.raises(BudgetExceededError):
+        train_within_budget(
+            institution_id=INSTITUTION,
+            ledger=ledger,
+            budget=budget,
+            run_id="run-1",
+            server_round=1,
+            model=LogisticRegression(3),
+            x=X,
+            y=Y,
+            plan=TrainingPlan(local_steps=2, batch_size=BATCH, learning_rate=0.1),
+            target_epsilon=0.04,
+            steps_per_run=10,
+            max_grad_norm=1.0,
+            accountant=RDP,
+            grad_sample_mode=GradSampleMode.HOOKS,
+            count_noise=COUNT_NOISE,
+            generators=watching,
+        )
+    assert ledger.history() == [] and ledger.refusal_count() == 1
+    # The generator was handed out, but the refusal came before any draw from it.
+    assert drawn in ([], [Mechanism.NOISY_COUNT])
 
 
 schedules = st.lists(
@@ -175,8 +239,6 @@ def test_an_institution_never_spends_beyond_its_budget(
     schedule: list[list[bool]],
 ) -> None:
     budget = Budget(epsilon=budget_epsilon, delta=DELTA)
-    rate = poisson_sample_rate(ROWS, BATCH)
-    noise = calibrated_noise(target_epsilon, DELTA, rate, steps_per_run, RDP)
     with tempfile.TemporaryDirectory() as directory:
         path = Path(directory) / INSTITUTION / LEDGER_FILE
         ledger = PrivacyLedger(path)
@@ -203,24 +265,38 @@ def test_an_institution_never_spends_beyond_its_budget(
                     )
                 except BudgetExceededError as refused:
                     event("a round was refused")
-                    # Refused: nothing trained, nothing spent, the refusal recorded.
-                    assert ledger.history() == history
-                    assert ledger.spends() == spends
+                    # Refused: nothing trained, no DP-SGD step spent, the refusal recorded;
+                    # at most the run's count was paid for (it decided the sample rate).
+                    after = ledger.history()
+                    paid_count = len(ledger.spends()) == len(spends) + 1
+                    assert merge_history(after) == merge_history(
+                        [*history, COUNT] if paid_count else history
+                    )
+                    assert all(s.mechanism == "noisy-count" for s in ledger.spends()[len(spends) :])
                     assert ledger.refusal_count() == refusals + 1
                     assert all(
                         np.array_equal(a, b)
                         for a, b in zip(get_weights(model), weights, strict=True)
                     )
-                    _check_refusal_message(str(refused), spent_before, budget)
-                    # And rightly refused: the round would have gone over the budget.
-                    would_be = epsilon_of([*history, (noise, rate, local_steps)], DELTA, RDP)
-                    assert would_be > budget.epsilon
+                    _check_refusal_message(str(refused), epsilon_of(after, DELTA, RDP), budget)
+                    # And rightly refused: the count, or the round, would have gone over.
+                    released = ledger.released(f"run-{run}", Mechanism.NOISY_COUNT)
+                    if released is None:
+                        assert epsilon_of([*history, COUNT], DELTA, RDP) > budget.epsilon
+                    else:
+                        rate = poisson_sample_rate(int(released["num-examples"]), BATCH)
+                        noise = calibrated_noise(
+                            target_epsilon, DELTA, rate, steps_per_run, RDP, (COUNT,)
+                        )
+                        would_be = epsilon_of([*after, (noise, rate, local_steps)], DELTA, RDP)
+                        assert would_be > budget.epsilon
                 else:
                     event("a round trained")
                     after = ledger.history()
                     assert after == spend.outcome.history_after
-                    assert _steps(after) == _steps(history) + local_steps
-                    assert len(ledger.spends()) == len(spends) + 1
+                    assert _sgd_steps(after) == _sgd_steps(history) + local_steps
+                    new = [s.mechanism for s in ledger.spends()[len(spends) :]]
+                    assert new in (["dp-sgd"], ["noisy-count", "dp-sgd"])
                     assert ledger.refusal_count() == refusals
                     spent = epsilon_of(after, DELTA, RDP)
                     assert spend.epsilon_after == pytest.approx(spent, rel=1e-12)
@@ -228,7 +304,8 @@ def test_an_institution_never_spends_beyond_its_budget(
                     assert spent <= budget.epsilon * (1 + 1e-12)
         final = PrivacyLedger(path)
         assert final.spent_epsilon(DELTA, RDP) <= budget.epsilon * (1 + 1e-12)
-        assert len(final.spends()) + final.refusal_count() == sum(map(len, schedule))
+        trained = sum(s.mechanism == "dp-sgd" for s in final.spends())
+        assert trained + final.refusal_count() == sum(map(len, schedule))
 
 
 def test_a_spend_recorded_elsewhere_during_training_voids_this_round(
@@ -238,14 +315,14 @@ def test_a_spend_recorded_elsewhere_during_training_voids_this_round(
     # not release its update, and its spend is not recorded.
     path = tmp_path / LEDGER_FILE
     real_train = budget_module.train_private
-    other = [(9.0, 0.2, 3)]
+    other = [COUNT, (9.0, 0.2, 3)]
 
     def train_while_another_process_spends(*args, **kwargs):  # type: ignore[no-untyped-def]
         outcome = real_train(*args, **kwargs)
         PrivacyLedger(path).record_spend(
             run_id="other-process",
             server_round=1,
-            history_before=[],
+            history_before=[COUNT],
             history_after=other,
             steps=3,
             sample_rate=0.2,
@@ -268,8 +345,12 @@ def test_a_spend_recorded_elsewhere_during_training_voids_this_round(
             steps_per_run=10,
         )
     ledger = PrivacyLedger(path)
+    # The run's count was paid for before training; the round's steps were not recorded.
     assert ledger.history() == other
-    assert [s.run_id for s in ledger.spends()] == ["other-process"]
+    assert [(s.run_id, s.mechanism) for s in ledger.spends()] == [
+        ("run-1", "noisy-count"),
+        ("other-process", "dp-sgd"),
+    ]
 
 
 def test_no_rows_is_a_config_error_and_spends_nothing(tmp_path: Path) -> None:
@@ -290,6 +371,7 @@ def test_no_rows_is_a_config_error_and_spends_nothing(tmp_path: Path) -> None:
             max_grad_norm=1.0,
             accountant=RDP,
             grad_sample_mode=GradSampleMode.HOOKS,
+            count_noise=COUNT_NOISE,
         )
     assert ledger.history() == []
     assert ledger.spends() == []

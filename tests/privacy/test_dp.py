@@ -17,7 +17,7 @@ from torch import nn
 
 from countyfl.clients.training import TrainingPlan, get_weights
 from countyfl.models import LogisticRegression, SmallMLP
-from countyfl.privacy.accounting import AccountantName, epsilon_of, poisson_sample_rate
+from countyfl.privacy.accounting import AccountantName, poisson_sample_rate
 from countyfl.privacy.dp import GradSampleMode, PrivacyPlan, train_private
 
 pytestmark = pytest.mark.filterwarnings("ignore:Full backward hook is firing")
@@ -54,8 +54,13 @@ def _one_step(
     batch: int,
     clip: float,
     mode: GradSampleMode = GradSampleMode.HOOKS,
+    seed: int = 0,
 ) -> tuple[np.ndarray, int]:
-    """Weight change of one noise-free DP-SGD step (lr 1) and the rows that step used."""
+    """Weight change of one noise-free DP-SGD step (lr 1) and the rows that step used.
+
+    The Poisson draw comes from a generator seeded with ``seed`` (tests only: countyfl
+    itself draws from a secret one).
+    """
     model.batch_rows.clear()
     before = _flat(model)
     outcome = train_private(
@@ -65,6 +70,7 @@ def _one_step(
         TrainingPlan(local_steps=1, batch_size=batch, learning_rate=1.0),
         PrivacyPlan(noise_multiplier=0.0, max_grad_norm=clip, grad_sample_mode=mode),
         [],
+        generator=torch.Generator().manual_seed(seed),
     )
     assert outcome.steps == 1
     # An empty batch runs no forward pass; a non-empty one runs exactly one.
@@ -91,7 +97,7 @@ def test_aligned_per_sample_gradients_are_clipped_to_exactly_c(mode: GradSampleM
         # Per-sample gradient of BCE: (sigmoid(logit) - label) * (x, 1).
         gradient = (1 / (1 + math.exp(-logit)) - label) * np.append(x[0], 1.0)
         assert np.linalg.norm(gradient) > 10 * clip  # clipping must bind
-        change, used = _one_step(model, x, y, batch, clip, mode)
+        change, used = _one_step(model, x, y, batch, clip, mode, seed=seed)
         if used == 0:
             assert np.allclose(change, 0.0)
             continue
@@ -112,7 +118,7 @@ def test_a_noise_free_step_never_moves_further_than_the_clipped_bound() -> None:
         x = x * 25.0  # per-sample gradients far longer than C
         torch.manual_seed(seed)
         model = RecordingLogReg(3)
-        change, used = _one_step(model, x, y, batch, clip)
+        change, used = _one_step(model, x, y, batch, clip, seed=seed)
         bound = clip * used / expected_batch
         assert np.linalg.norm(change) <= bound + 1e-6
         if used:
@@ -129,7 +135,7 @@ def test_without_clipping_the_same_step_would_break_the_bound() -> None:
     expected_batch = rows * poisson_sample_rate(rows, batch)
     for seed in range(20):
         torch.manual_seed(seed)
-        change, used = _one_step(RecordingLogReg(3), x, y, batch, clip=1e6)
+        change, used = _one_step(RecordingLogReg(3), x, y, batch, clip=1e6, seed=seed)
         if used:
             assert np.linalg.norm(change) > clip * used / expected_batch
             return
@@ -293,15 +299,95 @@ def test_fedprox_under_dp_keeps_weights_closer_to_the_start() -> None:
         assert proximal < 0.7 * free
 
 
+class BiasFreeLogReg(nn.Module):
+    """Logistic regression without a bias, starting at zero."""
+
+    def __init__(self, num_features: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(num_features, 1, bias=False)
+        nn.init.zeros_(self.linear.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x).squeeze(-1)
+
+
+def _private_weights(x: np.ndarray, y: np.ndarray, mu: float, seed: int) -> np.ndarray:
+    model = BiasFreeLogReg(x.shape[1])
+    train_private(
+        model,
+        x,
+        y,
+        TrainingPlan(local_steps=6, batch_size=8, learning_rate=0.1, proximal_mu=mu),
+        PrivacyPlan(noise_multiplier=1.0, max_grad_norm=1e-3, accountant=AccountantName.RDP),
+        [],
+        generator=torch.Generator().manual_seed(seed),
+    )
+    return _flat(model)
+
+
 def test_fedprox_pull_is_post_processing_and_costs_no_privacy() -> None:
-    x, y = _rows(40)
-    plan_args = {"local_steps": 6, "batch_size": 8, "learning_rate": 0.1}
+    # Scaling every row by 10 leaves every clipped per-example gradient as it was: far
+    # longer than C, each clips to C times its direction, and x and 10 x point the same
+    # way (no bias term; the logits stay small, so no sigmoid saturates). With the same
+    # randomness the noisy DP-SGD steps are then identical, and so must be the weights
+    # after the proximal pull, unless the pull reads the rows (any statistic of them,
+    # such as their mean, changes tenfold).
+    rng = np.random.default_rng(3)
+    x = (rng.normal(size=(40, 3)) * 25).astype(np.float32)
+    y = (rng.random(40) < 0.5).astype(np.float32)
+    for seed in range(3):
+        plain = _private_weights(x, y, mu=0.0, seed=seed)
+        pulled = _private_weights(x, y, mu=2.0, seed=seed)
+        pulled_scaled = _private_weights(10 * x, y, mu=2.0, seed=seed)
+        np.testing.assert_allclose(_private_weights(10 * x, y, mu=0.0, seed=seed), plain, atol=1e-9)
+        assert np.linalg.norm(pulled - plain) > 0.05 * np.linalg.norm(plain)  # it pulls
+        np.testing.assert_allclose(pulled_scaled, pulled, atol=1e-9)
+    # And the accountant is told the same steps with and without the pull.
     privacy = PrivacyPlan(noise_multiplier=1.3, max_grad_norm=1.0, accountant=AccountantName.RDP)
-    plain = train_private(LogisticRegression(3), x, y, TrainingPlan(**plan_args), privacy, [])
-    prox = train_private(
-        LogisticRegression(3), x, y, TrainingPlan(**plan_args, proximal_mu=2.0), privacy, []
+    histories = [
+        train_private(
+            LogisticRegression(3), x, y, TrainingPlan(6, 8, 0.1, proximal_mu=mu), privacy, []
+        ).history_after
+        for mu in (0.0, 2.0)
+    ]
+    assert histories[0] == histories[1] == [(1.3, poisson_sample_rate(40, 8), 6)]
+
+
+def test_poisson_batches_are_drawn_at_the_planned_rate() -> None:
+    # The rate the accountant is told is the rate the sampler uses: rows per step average
+    # rate x rows (here not Opacus's default of 1 / ceil(rows / batch) = 1 / 7 = 0.14).
+    x, y = _rows(50)
+    model = RecordingLogReg(3)
+    outcome = train_private(
+        model,
+        x,
+        y,
+        TrainingPlan(local_steps=400, batch_size=8, learning_rate=0.01),
+        PrivacyPlan(noise_multiplier=1.0, max_grad_norm=1.0, sample_rate=0.3),
+        [],
     )
-    assert prox.history_after == plain.history_after
-    assert epsilon_of(prox.history_after, 1e-5, AccountantName.RDP) == epsilon_of(
-        plain.history_after, 1e-5, AccountantName.RDP
-    )
+    assert outcome.history_after == [(1.0, 0.3, 400)]
+    rows_per_step = np.array(model.batch_rows + [0] * (400 - len(model.batch_rows)))
+    standard_error = math.sqrt(50 * 0.3 * 0.7 / 400)
+    assert abs(rows_per_step.mean() - 15.0) < 5 * standard_error
+
+
+def test_the_noise_does_not_come_from_torchs_global_generator() -> None:
+    x, y = _rows(40)
+    results, states = [], []
+    for _ in range(2):
+        torch.manual_seed(0)
+        model = LogisticRegression(3)
+        before = torch.get_rng_state()
+        train_private(
+            model,
+            x,
+            y,
+            TrainingPlan(local_steps=5, batch_size=8, learning_rate=0.5),
+            PrivacyPlan(noise_multiplier=1.0, max_grad_norm=1.0),
+            [],
+        )
+        states.append(torch.equal(torch.get_rng_state(), before))
+        results.append(_flat(model))
+    assert states == [True, True]  # nothing drawn from the global generator
+    assert not np.array_equal(results[0], results[1])  # same global seed, different noise

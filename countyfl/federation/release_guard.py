@@ -1,0 +1,112 @@
+"""The ClientApp's outermost mod: nothing leaves the site that the release inventory lacks.
+
+Every reply is checked against :func:`countyfl.privacy.release.inventory` for the run's
+encryption and DP settings before Flower sends it: a field the inventory does not list,
+or an update the inventory says is encrypted that is not, is never sent; the site
+replies with an error naming the field instead, and logs it. An exception inside the
+ClientApp would otherwise reach the server with its message (Flower sends
+``str(exception)``); the guard replies with the exception's kind only, unless it is one
+of countyfl's own errors, whose messages never hold patient values.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord
+from flwr.clientapp.typing import ClientAppCallable
+
+from countyfl import keys
+from countyfl.aggregator.encrypted import CHUNK_PREFIX, META_KEY
+from countyfl.config import EncryptionName, RunConfig, parse_run_config
+from countyfl.errors import CountyflError
+from countyfl.privacy.release import (
+    ERROR_CODE,
+    ERROR_REASON,
+    ERROR_RECORD,
+    Phase,
+    Protection,
+    ReleasedField,
+    find,
+    inventory,
+)
+
+logger = logging.getLogger(__name__)
+
+# Error codes a site's reply may carry (the inventory's refusal.code)
+REPLY_ERROR_CODES = frozenset({keys.REFUSED_ERROR_CODE, keys.SITE_FAILURE_ERROR_CODE})
+_PHASES = {"train": Phase.TRAIN, "evaluate": Phase.EVALUATE}
+
+
+def release_problems(reply: Message, phase: Phase, fields: tuple[ReleasedField, ...]) -> list[str]:
+    """Why ``reply`` must not leave the site (empty when everything is in the inventory)."""
+    if reply.has_error():
+        find(fields, Phase.REFUSAL, ERROR_RECORD, ERROR_CODE)
+        find(fields, Phase.REFUSAL, ERROR_RECORD, ERROR_REASON)
+        if reply.error.code not in REPLY_ERROR_CODES:
+            return [f"error code {reply.error.code} is not a refusal the inventory lists"]
+        return []
+    problems = []
+    for name, record in reply.content.items():
+        if isinstance(record, ArrayRecord):
+            try:
+                field = find(fields, phase, name, "*")
+            except KeyError:
+                problems.append(f"{phase.value}:{name} (arrays) is not in the release inventory")
+                continue
+            if field.protection is Protection.ENCRYPTED and not _ciphertexts_only(record):
+                problems.append(
+                    f"{field.path} must be CKKS ciphertexts, but the reply holds plaintext arrays"
+                )
+        elif isinstance(record, MetricRecord | ConfigRecord):
+            for key in record:
+                try:
+                    find(fields, phase, name, key)
+                except KeyError:
+                    problems.append(f"{phase.value}:{name}.{key} is not in the release inventory")
+        else:
+            problems.append(f"{phase.value}:{name} is a record the release inventory lacks")
+    return problems
+
+
+def _ciphertexts_only(record: ArrayRecord) -> bool:
+    names = list(record)
+    return META_KEY in names and all(n == META_KEY or n.startswith(CHUNK_PREFIX) for n in names)
+
+
+def _fields(config: RunConfig) -> tuple[ReleasedField, ...]:
+    return inventory(encrypted=config.encryption is EncryptionName.CKKS, dp=config.dp)
+
+
+def release_guard_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """Send the reply only if every field of it is in the release inventory."""
+    try:
+        config = parse_run_config(context.run_config)
+        reply = call_next(msg, context)
+    except CountyflError as error:
+        logger.warning("refusing %s: %s", msg.metadata.message_type, error)
+        return Message(
+            error=Error(code=keys.SITE_FAILURE_ERROR_CODE, reason=str(error)), reply_to=msg
+        )
+    except Exception as error:
+        # The message of a foreign exception may hold anything: only its kind leaves.
+        logger.exception("the ClientApp failed on a %s message", msg.metadata.message_type)
+        reason = (
+            f"the site's ClientApp failed ({type(error).__name__}); the site's log has the details"
+        )
+        return Message(error=Error(code=keys.SITE_FAILURE_ERROR_CODE, reason=reason), reply_to=msg)
+    phase = _PHASES.get(msg.metadata.message_type.split(".")[0])
+    if phase is None:
+        problems = [f"message type {msg.metadata.message_type!r} has no release inventory"]
+    else:
+        problems = release_problems(reply, phase, _fields(config))
+    if not problems:
+        return reply
+    logger.error("release refused: %s", "; ".join(problems))
+    return Message(
+        error=Error(
+            code=keys.SITE_FAILURE_ERROR_CODE,
+            reason="the site refused to send its reply: " + "; ".join(problems),
+        ),
+        reply_to=msg,
+    )

@@ -1,0 +1,169 @@
+"""Every field a site sends in a real round is in the release inventory, protected as it says.
+
+One real round of Fed-Heart-Disease on Flower's Simulation Engine, DP on, in plaintext
+and under CKKS. The county's strategy is wrapped to keep every reply it receives; each
+field is then looked up in :func:`countyfl.privacy.release.inventory` and checked against
+what its protection promises: ciphertexts the county's public context cannot decrypt,
+values paid for in the site's own privacy ledger, test-split figures, identities.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+
+from countyfl import keys
+from countyfl.aggregator.encrypted import arrays_to_update
+from countyfl.config import EncryptionName, parse_run_config
+from countyfl.data import load_scenario
+from countyfl.federation import server_app
+from countyfl.privacy.he.codec import deserialize
+from countyfl.privacy.he.keys import (
+    PUBLIC_CONTEXT_FILE,
+    SECRET_CONTEXT_FILE,
+    init_keys,
+    load_public_context,
+)
+from countyfl.privacy.ledger import LEDGER_FILE, PrivacyLedger
+from countyfl.privacy.randomness import Mechanism
+from countyfl.privacy.release import Phase, Protection, ReleasedField, find, inventory
+from countyfl.simulations.runner import run_federated
+from countyfl.simulations.scenarios import get_scenario
+
+pytestmark = pytest.mark.e2e
+
+
+def _capture(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Phase, Message]]:
+    """Keep every reply the county's strategy receives (the ServerApp runs in this process)."""
+    received: list[tuple[Phase, Message]] = []
+    original = server_app.build_strategy
+
+    def build(*args: Any, **kwargs: Any) -> Any:
+        strategy = original(*args, **kwargs)
+        train, evaluate = strategy.aggregate_train, strategy.aggregate_evaluate
+
+        def aggregate_train(server_round: int, replies: Iterable[Message]) -> Any:
+            replies = list(replies)
+            received.extend((Phase.TRAIN, m) for m in replies)
+            return train(server_round, replies)
+
+        def aggregate_evaluate(server_round: int, replies: Iterable[Message]) -> Any:
+            replies = list(replies)
+            received.extend((Phase.EVALUATE, m) for m in replies)
+            return evaluate(server_round, replies)
+
+        strategy.aggregate_train = aggregate_train  # type: ignore[method-assign]
+        strategy.aggregate_evaluate = aggregate_evaluate  # type: ignore[method-assign]
+        return strategy
+
+    monkeypatch.setattr(server_app, "build_strategy", build)
+    return received
+
+
+@pytest.mark.parametrize("encryption", ["none", "ckks"])
+def test_every_reply_field_is_in_the_inventory_and_protected_as_it_says(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, encryption: str
+) -> None:
+    overrides: dict[str, Any] = {
+        **get_scenario("fed-heart-disease").defaults,
+        "num-server-rounds": 1,
+        "local-steps": 2,
+        "accountant": "rdp",
+        "output-dir": str(tmp_path / "run"),
+        "sites-dir": str(tmp_path / "sites"),
+        "encryption": encryption,
+    }
+    if encryption == "ckks":
+        init_keys(tmp_path / "keys")
+        overrides["he-secret-context"] = str(tmp_path / "keys" / SECRET_CONTEXT_FILE)
+        overrides["he-public-context"] = str(tmp_path / "keys" / PUBLIC_CONTEXT_FILE)
+    config = parse_run_config(overrides)
+    received = _capture(monkeypatch)
+    institutions = load_scenario("fed-heart-disease").institutions
+    run_federated(config, len(institutions))
+
+    fields = inventory(encrypted=config.encryption is EncryptionName.CKKS, dp=True)
+    assert len(received) == 2 * len(institutions)  # a train and an evaluate reply from each
+    seen: set[str] = set()
+    for phase, reply in received:
+        assert not reply.has_error(), reply.error.reason
+        site = reply.content[keys.SITE]
+        assert isinstance(site, ConfigRecord)
+        institution = next(i for i in institutions if i.institution_id == site[keys.INSTITUTION_ID])
+        ledger = PrivacyLedger(tmp_path / "sites" / institution.institution_id / LEDGER_FILE)
+        run_id = str(reply.metadata.run_id)
+        for name, record in reply.content.items():
+            names = ["*"] if isinstance(record, ArrayRecord) else list(record)
+            for key in names:
+                field = find(fields, phase, name, key)  # KeyError: not in the inventory
+                seen.add(field.path)
+                _check(field, record, key, ledger, run_id, institution, config, tmp_path)
+    # The inventory lists nothing a real round does not send (refusals aside).
+    listed = {f.path for f in fields if f.phase is not Phase.REFUSAL}
+    assert seen == listed
+
+
+def _check(
+    field: ReleasedField,
+    record: Any,
+    key: str,
+    ledger: PrivacyLedger,
+    run_id: str,
+    institution: Any,
+    config: Any,
+    tmp_path: Path,
+) -> None:
+    """What the field's protection promises, checked on the value that was sent."""
+    if field.protection is Protection.ENCRYPTED:
+        assert isinstance(record, ArrayRecord)
+        update = arrays_to_update(record)
+        public = load_public_context(tmp_path / "keys" / PUBLIC_CONTEXT_FILE)
+        vectors = deserialize(public, update)
+        with pytest.raises(ValueError):  # the county's context cannot read it
+            vectors[0].decrypt()
+        assert (
+            update.num_examples == ledger.released(run_id, Mechanism.NOISY_COUNT)[keys.NUM_EXAMPLES]
+        )
+        return
+    if field.protection is Protection.DP_ACCOUNTED:
+        spends = [s for s in ledger.spends() if s.run_id == run_id]
+        training = [s for s in spends if s.mechanism == "dp-sgd"]
+        assert training, "released under DP but nothing was paid for in the ledger"
+        if isinstance(record, ArrayRecord):
+            assert sum(s.steps for s in training) == config.local_steps
+            return
+        value = record[key]
+        if key == keys.NUM_EXAMPLES:
+            paid = ledger.released(run_id, Mechanism.NOISY_COUNT)
+            assert paid is not None and value == paid[keys.NUM_EXAMPLES]
+        elif key == keys.EPSILON:
+            assert value == pytest.approx(training[-1].epsilon_after)
+        elif key == keys.NOISE_MULTIPLIER:
+            assert value == training[-1].noise_multiplier
+        elif key == keys.SAMPLE_RATE:
+            assert value == training[-1].sample_rate
+        else:
+            pytest.fail(f"no check for {field.path}")
+        return
+    if field.protection is Protection.POLICY:
+        assert isinstance(record, MetricRecord)
+        if key == keys.NUM_EXAMPLES:
+            assert record[key] == institution.num_test  # the held-out split, by policy
+        else:
+            assert np.isfinite(float(record[key]))
+        return
+    if field.protection is Protection.PUBLIC:
+        value = record[key]
+        if key == keys.INSTITUTION_ID:
+            assert value == institution.institution_id
+        elif key == keys.DELTA:
+            assert value == config.delta
+        else:
+            assert isinstance(value, int)
+        return
+    pytest.fail(f"{field.path} is {field.protection} in a DP run")
