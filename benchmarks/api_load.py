@@ -138,10 +138,8 @@ def prepare(root: Path) -> tuple[str, Path]:
     """A registry with a clinician and a production heart model; (database URL, folder)."""
     import torch
 
-    from countyfl import models
+    from countyfl import models, scenarios
     from countyfl.audit import AuditLog
-    from countyfl.clients.training import TrainingPlan, train
-    from countyfl.data import load_scenario
     from countyfl.publishing import input_transform, sha256_of
     from countyfl.registry import (
         Principal,
@@ -153,8 +151,10 @@ def prepare(root: Path) -> tuple[str, Path]:
         set_threshold,
     )
     from countyfl.storage import create_database_engine, upgrade
+    from countyfl.training.local import train
+    from countyfl.training.plan import TrainingPlan
 
-    data = load_scenario("fed-heart-disease")
+    data = scenarios.load("fed-heart-disease")
     x, y, _, _ = data.pooled()
     torch.manual_seed(0)
     model = models.build("diagnosis-logreg", data.num_features)

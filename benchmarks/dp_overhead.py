@@ -22,9 +22,10 @@ import numpy as np
 import torch
 
 from countyfl import models
-from countyfl.clients.training import OptimizerName, TrainingPlan, train
-from countyfl.privacy.accounting import AccountantName
-from countyfl.privacy.dp import GradSampleMode, PrivacyPlan, train_private
+from countyfl.privacy.dp import PrivacyPlan, train_private
+from countyfl.privacy.modes import AccountantName, GradSampleMode
+from countyfl.training.local import train
+from countyfl.training.plan import OptimizerName, TrainingPlan
 
 TARGET_AT_64 = 2.0
 

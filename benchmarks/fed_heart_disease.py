@@ -21,11 +21,10 @@ import time
 from pathlib import Path
 
 import countyfl  # noqa: F401  (telemetry off)
+from countyfl import scenarios
 from countyfl.cli import _parse_seeds
-from countyfl.config import ScenarioName
 from countyfl.simulations.report import summarize, write_report
 from countyfl.simulations.runner import SimulationRequest, run_simulation_request
-from countyfl.simulations.scenarios import SCENARIOS
 
 TARGET = 0.74
 
@@ -69,7 +68,7 @@ def main() -> int:
             if method != "federated" and any(r[0] == name for r in rows):
                 continue
             rows.append((name, stats["mean"], stats["std"], pooled["mean"]))
-    reference = SCENARIOS[ScenarioName.FED_HEART_DISEASE].reference
+    reference = scenarios.get("fed-heart-disease").reference
     published = {
         "fedavg (tuned)": reference["fedavg"],
         "fedprox (tuned, mu 0.01)": reference["fedprox"],

@@ -58,7 +58,7 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
 import countyfl  # noqa: F401  (telemetry off)
-from countyfl import keys
+from countyfl import protocol
 from countyfl.aggregator.encrypted import (
     META_KEY,
     EncryptedFedAvg,
@@ -67,7 +67,6 @@ from countyfl.aggregator.encrypted import (
     update_to_arrays,
 )
 from countyfl.aggregator.strategies import FedAvg
-from countyfl.clients.training import get_weights, set_weights
 from countyfl.privacy.he import codec
 from countyfl.privacy.he.keys import (
     PUBLIC_CONTEXT_FILE,
@@ -76,6 +75,7 @@ from countyfl.privacy.he.keys import (
     load_public_context,
     load_secret_context,
 )
+from countyfl.training.local import get_weights, set_weights
 
 NUM_NODES = 4
 MODES = ("plaintext", "ckks")
@@ -249,7 +249,7 @@ def _set_polling(grid: Grid, seconds: float) -> None:
 def _ciphertext_bytes(replies: Iterable[Message]) -> int:
     total = 0
     for message in replies:
-        arrays = None if message.has_error() else message.content.get(keys.ARRAYS)
+        arrays = None if message.has_error() else message.content.get(protocol.ARRAYS)
         if isinstance(arrays, ArrayRecord) and is_encrypted(arrays):
             total += sum(len(a.data) for name, a in arrays.items() if name != META_KEY)
     return total
@@ -257,7 +257,7 @@ def _ciphertext_bytes(replies: Iterable[Message]) -> int:
 
 def _collect_client_timings(timings: Timings, mode: str, replies: list[Message]) -> None:
     for message in replies:
-        metrics = None if message.has_error() else message.content.get(keys.METRICS)
+        metrics = None if message.has_error() else message.content.get(protocol.METRICS)
         if isinstance(metrics, MetricRecord):
             for name in (RECEIVE_SECONDS, SEND_SECONDS):
                 if name in metrics:
@@ -325,7 +325,7 @@ def _segments_server_app(
 
 
 def _mode_of(message: Message) -> str:
-    config = message.content.get(keys.CONFIG)
+    config = message.content.get(protocol.CONFIG)
     mode = config.get(MODE_KEY) if isinstance(config, ConfigRecord) else None
     if mode not in MODES:
         raise ValueError(f"a benchmark task without {MODE_KEY}")
@@ -371,7 +371,7 @@ def _secret_context(path: str) -> Any:
 
 
 def _receive_big(model: torch.nn.Module, content: RecordDict, secret_path: str) -> float:
-    arrays = content[keys.ARRAYS]
+    arrays = content[protocol.ARRAYS]
     assert isinstance(arrays, ArrayRecord)
     started = time.perf_counter()
     if is_encrypted(arrays):
@@ -413,7 +413,7 @@ def make_big_client_app(secret_path: str, local_steps: int = 1, kind: str = "mlp
     @app.train()
     def train(msg: Message, context: Context) -> Message:
         torch.set_num_threads(1)
-        partition_id = int(str(context.node_config[keys.PARTITION_ID]))
+        partition_id = int(str(context.node_config[protocol.PARTITION_ID]))
         model = big_model(kind)
         received = _receive_big(model, msg.content, secret_path)
         x, y = _big_batch(partition_id, kind)
@@ -434,18 +434,20 @@ def make_big_client_app(secret_path: str, local_steps: int = 1, kind: str = "mlp
             arrays = ArrayRecord(model.state_dict())
         metrics = MetricRecord(
             {
-                keys.NUM_EXAMPLES: num_examples,
-                keys.PARTITION_ID: partition_id,
+                protocol.NUM_EXAMPLES: num_examples,
+                protocol.PARTITION_ID: partition_id,
                 RECEIVE_SECONDS: received,
                 SEND_SECONDS: time.perf_counter() - started,
             }
         )
-        return Message(RecordDict({keys.ARRAYS: arrays, keys.METRICS: metrics}), reply_to=msg)
+        return Message(
+            RecordDict({protocol.ARRAYS: arrays, protocol.METRICS: metrics}), reply_to=msg
+        )
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
         torch.set_num_threads(1)
-        partition_id = int(str(context.node_config[keys.PARTITION_ID]))
+        partition_id = int(str(context.node_config[protocol.PARTITION_ID]))
         model = big_model(kind)
         received = _receive_big(model, msg.content, secret_path)
         x, y = _big_batch(partition_id, kind)
@@ -453,13 +455,13 @@ def make_big_client_app(secret_path: str, local_steps: int = 1, kind: str = "mlp
             loss = float(_loss(kind, model(x), y))
         metrics = MetricRecord(
             {
-                keys.NUM_EXAMPLES: batch,
-                keys.PARTITION_ID: partition_id,
-                keys.LOSS: loss,
+                protocol.NUM_EXAMPLES: batch,
+                protocol.PARTITION_ID: partition_id,
+                protocol.LOSS: loss,
                 RECEIVE_SECONDS: received,
             }
         )
-        return Message(RecordDict({keys.METRICS: metrics}), reply_to=msg)
+        return Message(RecordDict({protocol.METRICS: metrics}), reply_to=msg)
 
     return app
 
@@ -554,15 +556,13 @@ def _typical(per_segment: list[list[float]]) -> float:
 
 
 def _heart_rounds(folder: Path, segments: int, rounds: int, ray_inline_kib: int) -> None:
-    from countyfl import models
-    from countyfl.data import scenario_shape
+    from countyfl import models, scenarios
     from countyfl.federation.client_app import make_client_app
     from countyfl.federation.records import model_to_arrays
     from countyfl.federation.server_app import build_strategy
     from countyfl.simulations.runner import build_config
-    from countyfl.simulations.scenarios import get_scenario
 
-    scenario = get_scenario("fed-heart-disease")
+    scenario = scenarios.get("fed-heart-disease")
     common = {"num-server-rounds": 1 + rounds, "dp": False}
     he = {
         "encryption": "ckks",
@@ -573,7 +573,7 @@ def _heart_rounds(folder: Path, segments: int, rounds: int, ray_inline_kib: int)
         "plaintext": build_config(scenario, 42, common, folder / "plaintext"),
         "ckks": build_config(scenario, 42, {**common, **he}, folder / "ckks"),
     }
-    num_features, num_institutions = scenario_shape(scenario.name.value)
+    num_features, num_institutions = scenario.num_features, scenario.num_institutions
     torch.manual_seed(42)
     initial = models.build(configs["plaintext"].model, num_features)
     num_values = sum(int(t.numel()) for t in initial.state_dict().values())

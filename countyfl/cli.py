@@ -290,11 +290,11 @@ def run_federation_command(
     ] = None,
 ) -> None:
     """Submit a federation to the county's SuperLink and wait for it (with a deadline)."""
-    from countyfl.config import parse_run_config
     from countyfl.deployment.tasks import manifest_for, manifest_hash
     from countyfl.errors import ConfigError
     from countyfl.federation.deployment import default_app_dir, submit_run
-    from countyfl.privacy.randomness import DpRandomness
+    from countyfl.privacy.modes import DpRandomness
+    from countyfl.run_config import parse_run_config
 
     overrides: dict[str, Any] = {}
     for item in config or []:
@@ -397,12 +397,12 @@ def model_publish(
 @app.command()
 def scenarios() -> None:
     """List the scenarios `countyfl simulate` can run."""
-    from countyfl.simulations.scenarios import SCENARIOS
+    from countyfl import scenarios
 
     table = Table("scenario", "headline metric", "default seeds", "description")
-    for scenario in SCENARIOS.values():
+    for scenario in map(scenarios.get, scenarios.names()):
         table.add_row(
-            scenario.name.value,
+            scenario.name,
             scenario.headline_metric,
             ",".join(map(str, scenario.default_seeds)),
             scenario.description,

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from countyfl import keys, models
+from countyfl import models, protocol, scenarios
 from countyfl.aggregator.history import FederationHistory
 from countyfl.errors import CountyflError
 
@@ -43,7 +43,7 @@ HISTORY_FILE = "history.json"
 FINAL_MODEL_FILE = "final-model.npz"
 FINAL_AGGREGATE_FILE = "final-aggregate.npz"
 # Metrics averaged over institutions (weighted by test examples) into the federated figure
-FEDERATED_METRICS = (keys.ACCURACY, keys.AUC, keys.BRIER, keys.ECE, keys.LOSS)
+FEDERATED_METRICS = (protocol.ACCURACY, protocol.AUC, protocol.BRIER, protocol.ECE, protocol.LOSS)
 
 
 class PublishError(CountyflError):
@@ -73,7 +73,7 @@ def _read_json(path: Path) -> Any:
 
 def _run_config(run: Any, path: Path) -> dict[str, Any]:
     """The run config stored in run.json, checked (a clear error instead of a KeyError)."""
-    from countyfl.config import parse_run_config
+    from countyfl.run_config import parse_run_config
 
     config = run.get("config") if isinstance(run, dict) else None
     if not isinstance(config, dict):
@@ -111,11 +111,10 @@ def final_state(run_dir: Path, secret_context_path: Path | None) -> dict[str, np
         from flwr.app import Array, ArrayRecord
 
         from countyfl.aggregator.encrypted import arrays_to_update
-        from countyfl.data import scenario_shape
         from countyfl.privacy.he.codec import CodecError, decrypt_average
         from countyfl.privacy.he.keys import load_secret_context
 
-        num_features, _ = scenario_shape(config["scenario"])
+        num_features = scenarios.get(config["scenario"]).num_features
         template = models.build(config["model"], num_features).state_dict()
         shapes = [tuple(t.shape) for t in template.values()]
         record = ArrayRecord({k: Array(v) for k, v in _load_arrays(aggregate).items()})
@@ -153,17 +152,17 @@ def summarise_history(history: FederationHistory) -> dict[str, Any]:
 
     privacy = {
         name(p): {
-            "epsilon": _finite(float(v[keys.EPSILON])),
-            "delta": _finite(float(v.get(keys.DELTA, math.nan))),
+            "epsilon": _finite(float(v[protocol.EPSILON])),
+            "delta": _finite(float(v.get(protocol.DELTA, math.nan))),
         }
         for p, v in sorted(trained.items())
-        if keys.EPSILON in v
+        if protocol.EPSILON in v
     }
     per_institution = {
         name(p): {k: _finite(float(x)) for k, x in v.items()} for p, v in sorted(last_eval.items())
     }
     federated: dict[str, float | None] = {}
-    weights = {p: float(v.get(keys.NUM_EXAMPLES, 0.0)) for p, v in last_eval.items()}
+    weights = {p: float(v.get(protocol.NUM_EXAMPLES, 0.0)) for p, v in last_eval.items()}
     total = sum(weights.values())
     for metric in FEDERATED_METRICS:
         values = [(weights[p], v[metric]) for p, v in last_eval.items() if metric in v]
@@ -235,8 +234,6 @@ def publish(
     Returns the metadata written. ``out_dir`` defaults to ``run_dir / PUBLISHED_DIR``;
     ``name`` to the scenario's registry name.
     """
-    from countyfl.simulations.scenarios import get_scenario
-
     run = _read_json(run_dir / RUN_FILE)
     config = _run_config(run, run_dir / RUN_FILE)
     try:
@@ -261,7 +258,7 @@ def publish(
             "key-fingerprint": fingerprint(load_secret_context(secret_context_path)),
         }
     metadata = {
-        "name": name or get_scenario(config["scenario"]).registry_name,
+        "name": name or scenarios.get(config["scenario"]).registry_name,
         "model": config["model"],
         "run_id": str(run.get("run-id", "")) or run_dir.name,
         "scenario": config["scenario"],

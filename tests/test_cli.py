@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 
 from countyfl.cli import app
 from countyfl.data import fed_heart_disease
-from countyfl.privacy.accounting import AccountantName
 from countyfl.privacy.ledger import LEDGER_FILE, PrivacyLedger
+from countyfl.privacy.modes import AccountantName
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -21,7 +21,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
 
-from countyfl import keys
+from countyfl import protocol
 from countyfl.aggregator.history import FederationHistory
 from countyfl.aggregator.strategies import RecordingMixin, RoundCallback
 from countyfl.privacy.he.codec import (
@@ -176,7 +176,7 @@ class EncryptedFedAvg(RecordingMixin, FlowerFedAvg):
             if message.has_error():
                 continue
             try:
-                arrays = message.content.get(keys.ARRAYS)
+                arrays = message.content.get(protocol.ARRAYS)
                 if not isinstance(arrays, ArrayRecord):
                     raise CodecError("the reply carries no arrays")
                 update = arrays_to_update(arrays)
@@ -193,9 +193,9 @@ class EncryptedFedAvg(RecordingMixin, FlowerFedAvg):
                 record.failures.append(
                     f"train: node {message.metadata.src_node_id}: rejected: {error}"
                 )
-                metrics = message.content.get(keys.METRICS)
-                if isinstance(metrics, MetricRecord) and keys.PARTITION_ID in metrics:
-                    record.train.pop(int(metrics[keys.PARTITION_ID]), None)  # type: ignore[arg-type]
+                metrics = message.content.get(protocol.METRICS)
+                if isinstance(metrics, MetricRecord) and protocol.PARTITION_ID in metrics:
+                    record.train.pop(int(metrics[protocol.PARTITION_ID]), None)  # type: ignore[arg-type]
                 continue
             counts.append(update.num_examples)
             contents.append(message.content)
@@ -224,5 +224,5 @@ class EncryptedFedProx(EncryptedFedAvg):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        config[keys.PROXIMAL_MU] = self.proximal_mu
+        config[protocol.PROXIMAL_MU] = self.proximal_mu
         return super().configure_train(server_round, arrays, config, grid)

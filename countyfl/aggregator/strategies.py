@@ -15,18 +15,18 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
 from flwr.serverapp.strategy import FedProx as FlowerFedProx
 
-from countyfl import keys
+from countyfl import protocol
 from countyfl.aggregator.history import FederationHistory
 
 RoundCallback = Callable[[int], None]
 
 
 def _reply_metrics(message: Message) -> tuple[int, dict[str, float]] | None:
-    record = message.content.get(keys.METRICS)
-    if not isinstance(record, MetricRecord) or keys.PARTITION_ID not in record:
+    record = message.content.get(protocol.METRICS)
+    if not isinstance(record, MetricRecord) or protocol.PARTITION_ID not in record:
         return None
     values = {k: float(v) for k, v in record.items() if isinstance(v, int | float)}
-    return int(values.pop(keys.PARTITION_ID)), values
+    return int(values.pop(protocol.PARTITION_ID)), values
 
 
 class RecordingMixin:
@@ -91,16 +91,20 @@ class RecordingMixin:
                     f"{phase}: node {message.metadata.src_node_id}: reply without metrics"
                 )
                 continue
-            if phase == "train" and not isinstance(message.content.get(keys.ARRAYS), ArrayRecord):
+            if phase == "train" and not isinstance(
+                message.content.get(protocol.ARRAYS), ArrayRecord
+            ):
                 record.failures.append(
                     f"{phase}: node {message.metadata.src_node_id}: reply without weights"
                 )
                 continue
             partition_id, values = parsed
             getattr(record, phase)[partition_id] = values
-            site = message.content.get(keys.SITE)
-            if isinstance(site, ConfigRecord) and isinstance(site.get(keys.INSTITUTION_ID), str):
-                record.institutions[partition_id] = str(site[keys.INSTITUTION_ID])
+            site = message.content.get(protocol.SITE)
+            if isinstance(site, ConfigRecord) and isinstance(
+                site.get(protocol.INSTITUTION_ID), str
+            ):
+                record.institutions[partition_id] = str(site[protocol.INSTITUTION_ID])
             forwarded.append(message)
         return forwarded
 

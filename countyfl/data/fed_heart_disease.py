@@ -24,7 +24,6 @@ from typing import get_args
 
 import numpy as np
 import numpy.typing as npt
-from sklearn.model_selection import train_test_split
 
 from countyfl.data.federated import (
     CareLevel,
@@ -176,6 +175,8 @@ def split_indices(
     # FLamby stratifies only when both classes have more than two rows.
     counts = np.bincount(labels, minlength=2)
     stratify = labels if (counts > 2).all() else None
+    from sklearn.model_selection import train_test_split  # slow to import; only to split
+
     train_index, test_index = train_test_split(
         np.arange(len(records)),
         test_size=1.0 - TRAIN_FRACTION,

@@ -21,7 +21,6 @@ from enum import StrEnum
 from pathlib import Path
 
 import numpy as np
-from sklearn.model_selection import train_test_split
 
 from countyfl.data.federated import CareLevel, FederatedDataset, InstitutionData
 from countyfl.data.quarantine import validate_rows
@@ -237,6 +236,8 @@ def load(
     assignment = assign_institutions(raw[:, FEATURES.index("age")], layout, partition_seed)
     centre = np.array([REFERENCE_SCALE[name][0] for name in FEATURES])
     scale = np.array([REFERENCE_SCALE[name][1] for name in FEATURES])
+    from sklearn.model_selection import train_test_split  # slow to import; only to split
+
     institutions = []
     for index, (institution_id, name, level, _) in enumerate(layout.institutions()):
         rows = np.flatnonzero(assignment == index)

@@ -22,8 +22,8 @@ from countyfl.deployment.tasks import (
     task_name,
 )
 from countyfl.errors import CountyflError
-from countyfl.privacy.accounting import AccountantName
 from countyfl.privacy.ledger import PrivacyLedger
+from countyfl.privacy.modes import AccountantName
 
 
 class Status(StrEnum):

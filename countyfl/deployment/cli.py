@@ -151,7 +151,7 @@ def _manifest_table(manifest: TaskManifest, title: str) -> Table:
     table = Table("item", _value_column(), title=title, show_lines=False)
     table.add_row("task", escape(task_name(manifest)))
     table.add_row("model", manifest.model)
-    table.add_row("scenario / schema", f"{manifest.scenario.value} / {manifest.data_schema.value}")
+    table.add_row("scenario / schema", f"{manifest.scenario} / {manifest.data_schema}")
     table.add_row("features", ", ".join(manifest.features))
     table.add_row("strategy", manifest.strategy.value)
     table.add_row("rounds", str(manifest.num_server_rounds))

@@ -22,20 +22,12 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from enum import StrEnum
 from pathlib import Path
 from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from countyfl.clients.training import OptimizerName
-from countyfl.config import (
-    EncryptionName,
-    RunConfig,
-    ScenarioName,
-    StrategyName,
-    parse_run_config,
-)
+from countyfl import scenarios
 from countyfl.deployment.site import (
     ApprovedTask,
     SiteConfig,
@@ -43,10 +35,16 @@ from countyfl.deployment.site import (
     load_site,
     toml_string,
 )
-from countyfl.errors import ConfigError, CountyflError
-from countyfl.privacy.accounting import AccountantName
-from countyfl.privacy.randomness import DpRandomness
+from countyfl.errors import ConfigError, CountyflError, UnknownNameError
+from countyfl.privacy.modes import AccountantName, DpRandomness
 from countyfl.privacy.release import describe, inventory
+from countyfl.run_config import (
+    EncryptionName,
+    RunConfig,
+    StrategyName,
+    parse_run_config,
+)
+from countyfl.training.plan import OptimizerName
 
 MANIFEST_VERSION: Final = 1
 # Run-config fields a manifest leaves out, and why. Every other field is in the manifest
@@ -62,19 +60,6 @@ EXCLUDED_RUN_CONFIG_FIELDS: Mapping[str, str] = {
     "he_secret_context": "a site uses the CKKS context its own site.toml names",
     "he_public_context": "the aggregator's key file; the key fingerprint is checked per reply",
     "min_nodes": "how many institutions the server waits for; not what a site computes or sends",
-}
-
-
-class DataSchema(StrEnum):
-    """Common schemas a task's data follows (as in ``[data] schema`` of a site.toml)."""
-
-    HEART_DISEASE = "heart-disease"
-    FRAMINGHAM = "framingham"
-
-
-SCENARIO_SCHEMAS: Mapping[ScenarioName, DataSchema] = {
-    ScenarioName.FED_HEART_DISEASE: DataSchema.HEART_DISEASE,
-    ScenarioName.FRAMINGHAM_COUNTY: DataSchema.FRAMINGHAM,
 }
 
 
@@ -123,8 +108,8 @@ class TaskManifest(BaseModel):
 
     manifest_version: Literal[1] = MANIFEST_VERSION
     model: str
-    scenario: ScenarioName
-    data_schema: DataSchema = Field(alias="schema")
+    scenario: str = Field(min_length=1, max_length=64)
+    data_schema: str = Field(alias="schema", min_length=1, max_length=64)
     features: tuple[str, ...]
     strategy: StrategyName
     num_server_rounds: int = Field(ge=1)
@@ -142,17 +127,6 @@ class TaskManifest(BaseModel):
     @property
     def dp(self) -> bool:
         return self.differential_privacy is not None
-
-
-def feature_names(scenario: ScenarioName) -> tuple[str, ...]:
-    """The model's input features in a scenario (the columns a site's data is encoded into)."""
-    if scenario is ScenarioName.FED_HEART_DISEASE:
-        from countyfl.data.fed_heart_disease import FEATURE_NAMES
-
-        return FEATURE_NAMES
-    from countyfl.data.framingham import FEATURE_NAMES as FRAMINGHAM_FEATURES
-
-    return FRAMINGHAM_FEATURES
 
 
 def leaves_site(
@@ -193,11 +167,12 @@ def manifest_for(config: RunConfig) -> TaskManifest:
         if config.dp
         else None
     )
+    scenario = scenarios.get(config.scenario)
     return TaskManifest(
         model=config.model,
         scenario=config.scenario,
-        schema=SCENARIO_SCHEMAS[config.scenario],
-        features=feature_names(config.scenario),
+        schema=scenario.data_schema,
+        features=scenario.feature_names,
         strategy=config.strategy,
         num_server_rounds=config.num_server_rounds,
         local_steps=config.local_steps,
@@ -239,7 +214,7 @@ def task_name(manifest: TaskManifest) -> str:
         else "no DP"
     )
     return (
-        f"{manifest.model} on {manifest.scenario.value}, {manifest.strategy.value}, "
+        f"{manifest.model} on {manifest.scenario}, {manifest.strategy.value}, "
         f"{manifest.num_server_rounds} rounds, {dp}, encryption {manifest.encryption.value}"
     )
 
@@ -250,9 +225,13 @@ def verify_manifest(manifest: TaskManifest) -> None:
     Such a manifest matches no run configuration, so approving it would approve nothing
     and, worse, show the approver a description that the run does not have.
     """
+    try:
+        scenario = scenarios.get(manifest.scenario)
+    except UnknownNameError as error:
+        raise TaskManifestError(f"task manifest: {error}") from None
     expected = {
-        "schema": SCENARIO_SCHEMAS[manifest.scenario],
-        "features": feature_names(manifest.scenario),
+        "schema": scenario.data_schema,
+        "features": scenario.feature_names,
         "leaves-site": leaves_site(manifest.encryption, manifest.differential_privacy),
     }
     actual = {
@@ -273,10 +252,11 @@ def run_config_from_overrides(overrides: Mapping[str, Any]) -> RunConfig:
 
     The scenario is ``overrides["scenario"]`` (default ``fed-heart-disease``).
     """
-    from countyfl.simulations.scenarios import get_scenario
-
-    scenario = str(overrides.get("scenario", ScenarioName.FED_HEART_DISEASE.value))
-    defaults = get_scenario(scenario).defaults
+    scenario = str(overrides.get("scenario", "fed-heart-disease"))
+    try:
+        defaults = scenarios.get(scenario).defaults
+    except UnknownNameError as error:
+        raise ConfigError(str(error)) from None
     return parse_run_config({**defaults, "scenario": scenario, **overrides})
 
 
@@ -471,9 +451,9 @@ def approve_task(
     """
     site = load_site(site_path, require_data=False)
     verify_manifest(manifest)
-    if manifest.data_schema.value != site.data.data_schema:
+    if manifest.data_schema != site.data.data_schema:
         raise TaskManifestError(
-            f"the task trains on {manifest.data_schema.value} data but {site_path} holds "
+            f"the task trains on {manifest.data_schema} data but {site_path} holds "
             f"{site.data.data_schema} data (data.schema); this site cannot run it"
         )
     # One printable line: it also goes into a TOML comment, where control characters are invalid.

@@ -13,11 +13,9 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricR
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import ClientAppCallable
 
-from countyfl import keys, models
+from countyfl import models, protocol, scenarios
 from countyfl.aggregator.encrypted import arrays_to_update, is_encrypted, update_to_arrays
-from countyfl.clients.training import evaluate, get_weights, set_weights, train
-from countyfl.config import EncryptionName, RunConfig, parse_run_config
-from countyfl.data import InstitutionData, load_scenario
+from countyfl.data import InstitutionData
 from countyfl.deployment.site import SiteConfig, load_site
 from countyfl.deployment.site_data import load_site_data
 from countyfl.deployment.tasks import TaskNotApprovedError, check_approved, record_refusal
@@ -28,7 +26,10 @@ from countyfl.privacy.budget import BudgetExceededError, train_within_budget
 from countyfl.privacy.he.codec import decrypt_average, encrypt_update
 from countyfl.privacy.he.keys import load_secret_context
 from countyfl.privacy.ledger import LEDGER_FILE, Budget, PrivacyLedger
-from countyfl.privacy.randomness import DpRandomness, round_generators
+from countyfl.privacy.modes import DpRandomness
+from countyfl.privacy.randomness import round_generators
+from countyfl.run_config import EncryptionName, RunConfig, parse_run_config
+from countyfl.training.local import evaluate, get_weights, set_weights, train
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,7 @@ def _deployed_site(path: str) -> tuple[SiteConfig, InstitutionData]:
 
 def resolve_site(config: RunConfig, context: Context) -> Site:
     """The site this message is handled at (see :class:`Site`)."""
-    site_file = context.node_config.get(keys.SITE_CONFIG)
+    site_file = context.node_config.get(protocol.SITE_CONFIG)
     if site_file:
         site, institution = _deployed_site(str(site_file))
         secret = site.keys.he_secret_context
@@ -73,8 +74,8 @@ def resolve_site(config: RunConfig, context: Context) -> Site:
             secret_context=str(secret) if secret else "",
             config_file=Path(str(site_file)),
         )
-    partition_id = int(str(context.node_config[keys.PARTITION_ID]))
-    dataset = load_scenario(config.scenario.value, config.data_path, config.partition_seed)
+    partition_id = int(str(context.node_config[protocol.PARTITION_ID]))
+    dataset = scenarios.load(config.scenario, config.data_path, config.partition_seed)
     institution = dataset.institutions[partition_id]
     return Site(
         partition_id=partition_id,
@@ -92,7 +93,7 @@ def site_policy_mod(msg: Message, context: Context, call_next: ClientAppCallable
     pair an approved manifest with another config. A refusal is an error reply naming the
     task, and is recorded in the site's refusals.jsonl.
     """
-    site_file = context.node_config.get(keys.SITE_CONFIG)
+    site_file = context.node_config.get(protocol.SITE_CONFIG)
     if not site_file:
         return call_next(msg, context)
     try:
@@ -109,10 +110,14 @@ def site_policy_mod(msg: Message, context: Context, call_next: ClientAppCallable
         record_refusal(
             site, task_hash=refusal.task_hash, reason=str(refusal), run_id=context.run_id
         )
-        return Message(error=Error(code=keys.REFUSED_ERROR_CODE, reason=str(refusal)), reply_to=msg)
+        return Message(
+            error=Error(code=protocol.REFUSED_ERROR_CODE, reason=str(refusal)), reply_to=msg
+        )
     except CountyflError as error:
         # A broken site.toml or data export: refuse with the reason rather than crash.
-        return Message(error=Error(code=keys.REFUSED_ERROR_CODE, reason=str(error)), reply_to=msg)
+        return Message(
+            error=Error(code=protocol.REFUSED_ERROR_CODE, reason=str(error)), reply_to=msg
+        )
     return call_next(msg, context)
 
 
@@ -188,7 +193,7 @@ def _empty_model(config: RunConfig, num_features: int) -> torch.nn.Module:
 
 
 def _site_record(institution: InstitutionData) -> ConfigRecord:
-    return ConfigRecord({keys.INSTITUTION_ID: institution.institution_id})
+    return ConfigRecord({protocol.INSTITUTION_ID: institution.institution_id})
 
 
 def make_client_app(config: RunConfig | None = None) -> ClientApp:
@@ -208,7 +213,7 @@ def make_client_app(config: RunConfig | None = None) -> ClientApp:
         server_round = server_round_of(msg.content)
         model = _empty_model(cfg, institution.x_train.shape[1])
         receive_model(model, msg.content, cfg, site.secret_context)
-        values: dict[str, Any] = {keys.PARTITION_ID: partition_id}
+        values: dict[str, Any] = {protocol.PARTITION_ID: partition_id}
         if cfg.dp:
             try:
                 spend = train_within_budget(
@@ -237,17 +242,17 @@ def make_client_app(config: RunConfig | None = None) -> ClientApp:
             except BudgetExceededError as refusal:
                 # A refusal is a reply, not a crash: the server records it and goes on.
                 return Message(
-                    error=Error(code=keys.REFUSED_ERROR_CODE, reason=str(refusal)),
+                    error=Error(code=protocol.REFUSED_ERROR_CODE, reason=str(refusal)),
                     reply_to=msg,
                 )
             # The FedAvg weight is the run's noisy count, paid for in the ledger; the exact
             # number of rows and the training loss never leave the site.
             num_examples = spend.num_examples
             values |= {
-                keys.EPSILON: spend.epsilon_after,
-                keys.DELTA: cfg.delta,
-                keys.NOISE_MULTIPLIER: spend.noise_multiplier,
-                keys.SAMPLE_RATE: spend.outcome.sample_rate,
+                protocol.EPSILON: spend.epsilon_after,
+                protocol.DELTA: cfg.delta,
+                protocol.NOISE_MULTIPLIER: spend.noise_multiplier,
+                protocol.SAMPLE_RATE: spend.outcome.sample_rate,
             }
         else:
             train(
@@ -258,12 +263,12 @@ def make_client_app(config: RunConfig | None = None) -> ClientApp:
                 torch.Generator().manual_seed(_round_seed(cfg, partition_id, server_round)),
             )
             num_examples = institution.num_train
-        values[keys.NUM_EXAMPLES] = num_examples
+        values[protocol.NUM_EXAMPLES] = num_examples
         content = RecordDict(
             {
-                keys.ARRAYS: send_model(model, num_examples, cfg, site.secret_context),
-                keys.METRICS: MetricRecord(values),
-                keys.SITE: _site_record(institution),
+                protocol.ARRAYS: send_model(model, num_examples, cfg, site.secret_context),
+                protocol.METRICS: MetricRecord(values),
+                protocol.SITE: _site_record(institution),
             }
         )
         return Message(content=content, reply_to=msg)
@@ -278,10 +283,16 @@ def make_client_app(config: RunConfig | None = None) -> ClientApp:
         receive_model(model, msg.content, cfg, site.secret_context)
         result = evaluate(model, institution.x_test, institution.y_test)
         metrics = MetricRecord(
-            {keys.NUM_EXAMPLES: institution.num_test, keys.PARTITION_ID: partition_id, **result}
+            {
+                protocol.NUM_EXAMPLES: institution.num_test,
+                protocol.PARTITION_ID: partition_id,
+                **result,
+            }
         )
         return Message(
-            content=RecordDict({keys.METRICS: metrics, keys.SITE: _site_record(institution)}),
+            content=RecordDict(
+                {protocol.METRICS: metrics, protocol.SITE: _site_record(institution)}
+            ),
             reply_to=msg,
         )
 

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from countyfl.config import parse_run_config
 from countyfl.data import fed_heart_disease
 from countyfl.deployment import (
     add_node,
@@ -33,6 +32,7 @@ from countyfl.deployment import (
 from countyfl.deployment.certs import CA_CERT_FILE
 from countyfl.federation.deployment import DeploymentError, flower_environment, online_nodes
 from countyfl.privacy.he.keys import PUBLIC_CONTEXT_FILE, SECRET_CONTEXT_FILE, init_keys
+from countyfl.run_config import parse_run_config
 
 
 def free_port() -> int:

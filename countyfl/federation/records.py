@@ -5,7 +5,7 @@ from __future__ import annotations
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 from torch import nn
 
-from countyfl import keys
+from countyfl import protocol
 
 
 def model_to_arrays(model: nn.Module) -> ArrayRecord:
@@ -23,14 +23,14 @@ def load_arrays(model: nn.Module, arrays: ArrayRecord) -> None:
 
 def arrays_of(content: RecordDict) -> ArrayRecord:
     """The model weights a task carries; ValueError if the message has none."""
-    record = content.get(keys.ARRAYS)
+    record = content.get(protocol.ARRAYS)
     if not isinstance(record, ArrayRecord):
-        raise ValueError(f"the task carries no ArrayRecord under {keys.ARRAYS!r}")
+        raise ValueError(f"the task carries no ArrayRecord under {protocol.ARRAYS!r}")
     return record
 
 
 def server_round_of(content: RecordDict) -> int:
     """The server round a task belongs to (0 when the server did not say)."""
-    record = content.get(keys.CONFIG)
-    value = record.get(keys.SERVER_ROUND, 0) if isinstance(record, ConfigRecord) else 0
+    record = content.get(protocol.CONFIG)
+    value = record.get(protocol.SERVER_ROUND, 0) if isinstance(record, ConfigRecord) else 0
     return int(value) if isinstance(value, int | float) else 0

@@ -16,9 +16,8 @@ import logging
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord
 from flwr.clientapp.typing import ClientAppCallable
 
-from countyfl import keys
+from countyfl import protocol
 from countyfl.aggregator.encrypted import CHUNK_PREFIX, META_KEY
-from countyfl.config import EncryptionName, RunConfig, parse_run_config
 from countyfl.errors import CountyflError
 from countyfl.privacy.release import (
     ERROR_CODE,
@@ -30,11 +29,12 @@ from countyfl.privacy.release import (
     find,
     inventory,
 )
+from countyfl.run_config import EncryptionName, RunConfig, parse_run_config
 
 logger = logging.getLogger(__name__)
 
 # Error codes a site's reply may carry (the inventory's refusal.code)
-REPLY_ERROR_CODES = frozenset({keys.REFUSED_ERROR_CODE, keys.SITE_FAILURE_ERROR_CODE})
+REPLY_ERROR_CODES = frozenset({protocol.REFUSED_ERROR_CODE, protocol.SITE_FAILURE_ERROR_CODE})
 _PHASES = {"train": Phase.TRAIN, "evaluate": Phase.EVALUATE}
 
 
@@ -86,7 +86,7 @@ def release_guard_mod(msg: Message, context: Context, call_next: ClientAppCallab
     except CountyflError as error:
         logger.warning("refusing %s: %s", msg.metadata.message_type, error)
         return Message(
-            error=Error(code=keys.SITE_FAILURE_ERROR_CODE, reason=str(error)), reply_to=msg
+            error=Error(code=protocol.SITE_FAILURE_ERROR_CODE, reason=str(error)), reply_to=msg
         )
     except Exception as error:
         # The message of a foreign exception may hold anything: only its kind leaves.
@@ -94,7 +94,9 @@ def release_guard_mod(msg: Message, context: Context, call_next: ClientAppCallab
         reason = (
             f"the site's ClientApp failed ({type(error).__name__}); the site's log has the details"
         )
-        return Message(error=Error(code=keys.SITE_FAILURE_ERROR_CODE, reason=reason), reply_to=msg)
+        return Message(
+            error=Error(code=protocol.SITE_FAILURE_ERROR_CODE, reason=reason), reply_to=msg
+        )
     phase = _PHASES.get(msg.metadata.message_type.split(".")[0])
     if phase is None:
         problems = [f"message type {msg.metadata.message_type!r} has no release inventory"]
@@ -105,7 +107,7 @@ def release_guard_mod(msg: Message, context: Context, call_next: ClientAppCallab
     logger.error("release refused: %s", "; ".join(problems))
     return Message(
         error=Error(
-            code=keys.SITE_FAILURE_ERROR_CODE,
+            code=protocol.SITE_FAILURE_ERROR_CODE,
             reason="the site refused to send its reply: " + "; ".join(problems),
         ),
         reply_to=msg,

@@ -13,14 +13,13 @@ import torch
 from flwr.app import ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
-from countyfl import models
+from countyfl import models, scenarios
 from countyfl.aggregator.encrypted import EncryptedFedAvg, EncryptedFedProx, is_encrypted
 from countyfl.aggregator.strategies import FedAvg, FedProx, RoundCallback
-from countyfl.config import EncryptionName, RunConfig, StrategyName, parse_run_config
-from countyfl.data import scenario_shape
 from countyfl.deployment.tasks import manifest_for, manifest_hash
 from countyfl.federation.records import model_to_arrays
 from countyfl.publishing import FINAL_AGGREGATE_FILE, FINAL_MODEL_FILE, HISTORY_FILE, RUN_FILE
+from countyfl.run_config import EncryptionName, RunConfig, StrategyName, parse_run_config
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +65,8 @@ def run_federation(
 ) -> None:
     """Run ``config.num_server_rounds`` rounds; write the run, its history and final model."""
     started = datetime.now(UTC)
-    num_features, num_institutions = scenario_shape(config.scenario.value)
+    scenario = scenarios.get(config.scenario)
+    num_features, num_institutions = scenario.num_features, scenario.num_institutions
     num_institutions = config.min_nodes or num_institutions
     torch.manual_seed(config.seed)
     initial = models.build(config.model, num_features)

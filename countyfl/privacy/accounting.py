@@ -14,21 +14,14 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Iterable, Sequence
-from enum import StrEnum
 
 from opacus.accountants import PRVAccountant, RDPAccountant
 from opacus.accountants.accountant import IAccountant
 
 from countyfl.errors import ConfigError
+from countyfl.privacy.modes import AccountantName
 
 HistoryEntry = tuple[float, float, int]
-
-
-class AccountantName(StrEnum):
-    """Privacy accountants an institution may choose."""
-
-    PRV = "prv"
-    RDP = "rdp"
 
 
 def make_accountant(name: AccountantName, history: Iterable[HistoryEntry] = ()) -> IAccountant:

@@ -8,11 +8,9 @@ from functools import lru_cache
 import torch
 from torch import nn
 
-from countyfl.clients.training import TrainingPlan
 from countyfl.data.federated import FloatArray
 from countyfl.errors import ConfigError, CountyflError
 from countyfl.privacy.accounting import (
-    AccountantName,
     HistoryEntry,
     epsilon_of,
     gaussian_entry,
@@ -21,9 +19,11 @@ from countyfl.privacy.accounting import (
     poisson_sample_rate,
     project_epsilon,
 )
-from countyfl.privacy.dp import GradSampleMode, PrivacyPlan, PrivateTrainOutcome, train_private
+from countyfl.privacy.dp import PrivacyPlan, PrivateTrainOutcome, train_private
 from countyfl.privacy.ledger import Budget, PrivacyLedger
-from countyfl.privacy.randomness import GeneratorFactory, Mechanism, secret_generators
+from countyfl.privacy.modes import AccountantName, GradSampleMode, Mechanism
+from countyfl.privacy.randomness import GeneratorFactory, secret_generators
+from countyfl.training.plan import TrainingPlan
 
 # The key under which the ledger keeps the noisy count a run released
 NUM_EXAMPLES_RELEASE = "num-examples"

@@ -11,7 +11,6 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 
 import numpy as np
 import torch
@@ -20,25 +19,17 @@ from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from countyfl.clients.training import TrainingPlan, make_optimizer
 from countyfl.data.federated import FloatArray
 from countyfl.errors import ConfigError
 from countyfl.privacy.accounting import (
-    AccountantName,
     HistoryEntry,
     merge_history,
     poisson_sample_rate,
 )
+from countyfl.privacy.modes import AccountantName, GradSampleMode
 from countyfl.privacy.randomness import secret_generator
-
-
-class GradSampleMode(StrEnum):
-    """Opacus's ways of computing per-sample gradients."""
-
-    HOOKS = "hooks"
-    EW = "ew"
-    FUNCTORCH = "functorch"
-    GHOST = "ghost"
+from countyfl.training.local import make_optimizer
+from countyfl.training.plan import TrainingPlan
 
 
 @dataclass(frozen=True)

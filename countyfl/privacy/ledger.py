@@ -17,14 +17,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from countyfl.errors import CountyflError
-from countyfl.privacy.accounting import (
-    AccountantName,
-    HistoryEntry,
-    epsilon_of,
-    merge_history,
-    normalize_entry,
-)
-from countyfl.privacy.randomness import Mechanism
+from countyfl.privacy.accounting import HistoryEntry, epsilon_of, merge_history, normalize_entry
+from countyfl.privacy.modes import AccountantName, Mechanism
 
 LEDGER_FILE = "privacy-ledger.sqlite"
 

@@ -18,26 +18,10 @@ from __future__ import annotations
 import hashlib
 import secrets
 from collections.abc import Callable
-from enum import StrEnum
 
 import torch
 
-
-class DpRandomness(StrEnum):
-    """Where the DP mechanisms' random draws come from."""
-
-    SECRET = "secret"
-    """Seeded from the OS CSPRNG per institution, round and mechanism (the default)."""
-    SEEDED = "seeded"
-    """Derived from the run's seed: reproducible, and no privacy against whoever knows it."""
-
-
-class Mechanism(StrEnum):
-    """The DP mechanisms an institution runs; each draws from its own generator."""
-
-    DP_SGD = "dp-sgd"
-    NOISY_COUNT = "noisy-count"
-
+from countyfl.privacy.modes import DpRandomness, Mechanism
 
 GeneratorFactory = Callable[["Mechanism"], torch.Generator]
 """Gives each mechanism of one institution's round its own generator."""

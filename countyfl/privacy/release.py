@@ -26,7 +26,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
-from countyfl import keys
+from countyfl import protocol
 
 
 class Phase(StrEnum):
@@ -82,7 +82,7 @@ def _update(encrypted: bool, dp: bool) -> ReleasedField:
     if encrypted:
         return ReleasedField(
             Phase.TRAIN,
-            keys.ARRAYS,
+            protocol.ARRAYS,
             ANY_KEY,
             Protection.ENCRYPTED,
             "CKKS ciphertexts of the model weights times the noisy example count, with the key "
@@ -94,7 +94,7 @@ def _update(encrypted: bool, dp: bool) -> ReleasedField:
     if dp:
         return ReleasedField(
             Phase.TRAIN,
-            keys.ARRAYS,
+            protocol.ARRAYS,
             ANY_KEY,
             Protection.DP_ACCOUNTED,
             "model weights in plaintext after DP-SGD (clipped per-example gradients, Gaussian "
@@ -103,7 +103,7 @@ def _update(encrypted: bool, dp: bool) -> ReleasedField:
         )
     return ReleasedField(
         Phase.TRAIN,
-        keys.ARRAYS,
+        protocol.ARRAYS,
         ANY_KEY,
         Protection.UNPROTECTED,
         "model weights in plaintext, trained WITHOUT differential privacy",
@@ -121,8 +121,8 @@ def inventory(*, encrypted: bool, dp: bool) -> tuple[ReleasedField, ...]:
         fields.append(
             ReleasedField(
                 Phase.TRAIN,
-                keys.METRICS,
-                keys.NUM_EXAMPLES,
+                protocol.METRICS,
+                protocol.NUM_EXAMPLES,
                 Protection.DP_ACCOUNTED,
                 "the run's noisy count of training rows (Gaussian mechanism, sensitivity 1, "
                 "drawn once per run from a secret generator), the FedAvg weight",
@@ -130,23 +130,25 @@ def inventory(*, encrypted: bool, dp: bool) -> tuple[ReleasedField, ...]:
             )
         )
         fields += [
-            ReleasedField(Phase.TRAIN, keys.METRICS, key, Protection.DP_ACCOUNTED, why, mechanism)
+            ReleasedField(
+                Phase.TRAIN, protocol.METRICS, key, Protection.DP_ACCOUNTED, why, mechanism
+            )
             for key, why, mechanism in (
                 (
-                    keys.EPSILON,
+                    protocol.EPSILON,
                     "the epsilon the site's ledger has spent, computed from the noise "
                     "multipliers, sample rates and steps of its releases: post-processing",
                     "",
                 ),
-                (keys.NOISE_MULTIPLIER, f"DP-SGD's calibrated noise; {derived}", "noisy-count"),
-                (keys.SAMPLE_RATE, f"DP-SGD's Poisson rate; {derived}", "noisy-count"),
+                (protocol.NOISE_MULTIPLIER, f"DP-SGD's calibrated noise; {derived}", "noisy-count"),
+                (protocol.SAMPLE_RATE, f"DP-SGD's Poisson rate; {derived}", "noisy-count"),
             )
         ]
         fields.append(
             ReleasedField(
                 Phase.TRAIN,
-                keys.METRICS,
-                keys.DELTA,
+                protocol.METRICS,
+                protocol.DELTA,
                 Protection.PUBLIC,
                 "the task's delta, a setting every site approved",
             )
@@ -155,8 +157,8 @@ def inventory(*, encrypted: bool, dp: bool) -> tuple[ReleasedField, ...]:
         fields.append(
             ReleasedField(
                 Phase.TRAIN,
-                keys.METRICS,
-                keys.NUM_EXAMPLES,
+                protocol.METRICS,
+                protocol.NUM_EXAMPLES,
                 Protection.UNPROTECTED,
                 "the exact number of training rows (a task WITHOUT differential privacy)",
             )
@@ -164,8 +166,12 @@ def inventory(*, encrypted: bool, dp: bool) -> tuple[ReleasedField, ...]:
     identity = "the institution's identity, known to the federation; no patient data"
     for phase in (Phase.TRAIN, Phase.EVALUATE):
         fields += [
-            ReleasedField(phase, keys.METRICS, keys.PARTITION_ID, Protection.PUBLIC, identity),
-            ReleasedField(phase, keys.SITE, keys.INSTITUTION_ID, Protection.PUBLIC, identity),
+            ReleasedField(
+                phase, protocol.METRICS, protocol.PARTITION_ID, Protection.PUBLIC, identity
+            ),
+            ReleasedField(
+                phase, protocol.SITE, protocol.INSTITUTION_ID, Protection.PUBLIC, identity
+            ),
         ]
     held_out = (
         "computed on the site's held-out test rows, which DP-SGD never reads; released by "
@@ -174,15 +180,15 @@ def inventory(*, encrypted: bool, dp: bool) -> tuple[ReleasedField, ...]:
     fields.append(
         ReleasedField(
             Phase.EVALUATE,
-            keys.METRICS,
-            keys.NUM_EXAMPLES,
+            protocol.METRICS,
+            protocol.NUM_EXAMPLES,
             Protection.POLICY,
             f"the number of test rows; {held_out}",
         )
     )
     fields += [
-        ReleasedField(Phase.EVALUATE, keys.METRICS, metric, Protection.POLICY, held_out)
-        for metric in keys.EVALUATION_METRICS
+        ReleasedField(Phase.EVALUATE, protocol.METRICS, metric, Protection.POLICY, held_out)
+        for metric in protocol.EVALUATION_METRICS
     ]
     fields += [
         ReleasedField(

@@ -1,6 +1,6 @@
 """A loaded model ready to serve: probabilities and the features that pushed them most.
 
-Probabilities come from ``countyfl.clients.training.predict_proba``, the very function
+Probabilities come from ``countyfl.training.local.predict_proba``, the very function
 evaluation used, on the standardised input. Explanations: for logistic regression each
 feature's contribution to the logit is exactly ``weight x standardised value``; for other
 networks it is the gradient of the logit times the input (a local, first-order account).
@@ -17,11 +17,11 @@ import torch
 from torch import nn
 
 from countyfl import models
-from countyfl.clients.training import predict_proba
 from countyfl.errors import UnknownNameError
 from countyfl.registry.schemas import FeatureTransform, ModelVersionPublic
 from countyfl.serving.errors import ModelNotServingError
 from countyfl.serving.features import InputSpec, spec_for
+from countyfl.training.local import predict_proba
 
 Explanation = Literal["weight-times-standardized-value", "gradient-times-input"]
 TOP_FEATURES = 3

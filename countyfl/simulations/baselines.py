@@ -6,9 +6,10 @@ import numpy as np
 import torch
 
 from countyfl import models
-from countyfl.clients.training import TrainingPlan, evaluate, train
 from countyfl.data import FederatedDataset
 from countyfl.data.federated import FloatArray
+from countyfl.training.local import evaluate, train
+from countyfl.training.plan import TrainingPlan
 
 MethodMetrics = dict[str, dict[str, float]]  # institution id (or "pooled-test") -> metrics
 

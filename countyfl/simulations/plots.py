@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +63,7 @@ def plot_methods(
     path: Path,
     summary: dict[str, dict[str, Any]],
     metric: str,
-    reference: dict[str, float],
+    reference: Mapping[str, float],
     reference_label: str,
     title: str,
 ) -> None:

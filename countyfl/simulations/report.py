@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from countyfl import __version__, keys
-from countyfl.config import RunConfig
+from countyfl import __version__, protocol
+from countyfl.run_config import RunConfig
 from countyfl.simulations import plots
 from countyfl.simulations.baselines import POOLED_TEST, mean_of_institutions
 from countyfl.simulations.runner import QUARANTINE_FILE, SimulationResult
@@ -96,7 +96,7 @@ def summarize(result: SimulationResult) -> dict[str, Any]:
     config.pop("output-dir")
     summary: dict[str, Any] = _clean(
         {
-            "scenario": scenario.name.value,
+            "scenario": scenario.name,
             "description": scenario.description,
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "countyfl-version": __version__,
@@ -143,10 +143,10 @@ def _privacy_summary(result: SimulationResult, ids: list[str]) -> dict[str, Any]
                 for _, record in sorted(seed_result.history.rounds.items())
                 if partition in record.train
             ]
-            if trained_rounds and keys.EPSILON in trained_rounds[-1]:
-                finals.append(trained_rounds[-1][keys.EPSILON])
-                noises.append(trained_rounds[-1][keys.NOISE_MULTIPLIER])
-                rates.append(trained_rounds[-1][keys.SAMPLE_RATE])
+            if trained_rounds and protocol.EPSILON in trained_rounds[-1]:
+                finals.append(trained_rounds[-1][protocol.EPSILON])
+                noises.append(trained_rounds[-1][protocol.NOISE_MULTIPLIER])
+                rates.append(trained_rounds[-1][protocol.SAMPLE_RATE])
             refusals += sum(
                 f"institution {institution_id} refuses" in failure
                 for record in seed_result.history.rounds.values()
@@ -244,7 +244,7 @@ def render_markdown(summary: dict[str, Any]) -> str:
         f"## Results: {metric}, mean of institution tests (mean ± std over seeds)",
         "",
     ]
-    headline_columns = [keys.ACCURACY, keys.AUC, keys.BRIER, keys.ECE]
+    headline_columns = [protocol.ACCURACY, protocol.AUC, protocol.BRIER, protocol.ECE]
     header = "| method | " + " | ".join(f"{c} (mean of institutions)" for c in headline_columns)
     header += f" | {metric} (pooled test) |"
     if reference:
@@ -406,7 +406,7 @@ def write_report(result: SimulationResult) -> Path:
         round_numbers,
         per_institution,
         metric,
-        f"{result.scenario.name.value}: federated model on each institution's test split",
+        f"{result.scenario.name}: federated model on each institution's test split",
     )
     # The federated model is drawn under its strategy's name, beside the published figure
     # of the same strategy.
@@ -427,7 +427,7 @@ def write_report(result: SimulationResult) -> Path:
         metric,
         result.scenario.reference,
         "FLamby (published)",
-        f"{result.scenario.name.value}: federated vs baselines",
+        f"{result.scenario.name}: federated vs baselines",
     )
     if result.config.dp:
         plots.plot_privacy(
@@ -436,7 +436,7 @@ def write_report(result: SimulationResult) -> Path:
             {
                 names[i]: [
                     [
-                        s.history.rounds[r].train.get(p, {}).get(keys.EPSILON, float("nan"))
+                        s.history.rounds[r].train.get(p, {}).get(protocol.EPSILON, float("nan"))
                         for r in round_numbers
                     ]
                     for s in result.seeds
@@ -446,7 +446,7 @@ def write_report(result: SimulationResult) -> Path:
             budget=result.config.budget_epsilon,
             target=result.config.target_epsilon,
         )
-    if result.scenario.name.value == "framingham-county":
+    if result.scenario.name == "framingham-county":
         _, _, _, y_test = result.dataset.pooled()
         curves = {
             name: (

@@ -13,17 +13,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from countyfl import models
+from countyfl import models, scenarios
 from countyfl.aggregator.history import FederationHistory
-from countyfl.clients.training import predict_proba
-from countyfl.config import EncryptionName, RunConfig, parse_run_config
-from countyfl.data import FederatedDataset, load_scenario
+from countyfl.data import FederatedDataset
 from countyfl.data.quarantine import write_quarantine
 from countyfl.errors import ConfigError, SimulationError
-from countyfl.privacy.audit import membership_inference_auc
+from countyfl.privacy.membership_inference import membership_inference_auc
 from countyfl.publishing import HISTORY_FILE, MODEL_FILE, PUBLISHED_DIR, publish
+from countyfl.run_config import EncryptionName, RunConfig, parse_run_config
+from countyfl.scenarios import Scenario
 from countyfl.simulations.baselines import MethodMetrics, evaluate_everywhere, train_baselines
-from countyfl.simulations.scenarios import Scenario, get_scenario
+from countyfl.training.local import predict_proba
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def build_config(
     scenario: Scenario, seed: int, overrides: Mapping[str, Any], output: Path
 ) -> RunConfig:
     """The run config of one seed: scenario defaults, then the researcher's overrides."""
-    values = {**scenario.defaults, **overrides, "scenario": scenario.name.value, "seed": seed}
+    values = {**scenario.defaults, **overrides, "scenario": scenario.name, "seed": seed}
     values["output-dir"] = str(output)
     # Without --sites-dir every seed simulates its own, fresh institutions (independent
     # repetitions); with it, every seed and every later run composes in the same ledgers.
@@ -146,14 +146,14 @@ def run_simulation_request(
     request: SimulationRequest, progress: ProgressCallback | None = None
 ) -> SimulationResult:
     """Run every seed of the request; the caller writes the report from the result."""
-    scenario = get_scenario(request.scenario)
+    scenario = scenarios.get(request.scenario)
     seeds = list(request.seeds) or list(scenario.default_seeds)
     request = _with_keys(request)
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"seeds must be distinct, got {seeds}")
     base_config = build_config(scenario, seeds[0], request.overrides, request.output_dir)
-    dataset = load_scenario(
-        base_config.scenario.value, base_config.data_path, base_config.partition_seed
+    dataset = scenarios.load(
+        base_config.scenario, base_config.data_path, base_config.partition_seed
     )
     request.output_dir.mkdir(parents=True, exist_ok=True)
     write_quarantine(request.output_dir / QUARANTINE_FILE, dataset.quarantined)

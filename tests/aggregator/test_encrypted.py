@@ -14,7 +14,7 @@ from flwr.app import Array, ArrayRecord, Message, MessageType, MetricRecord, Rec
 from hypothesis import given, settings
 from test_strategies import _error_reply, _instruction
 
-from countyfl import keys
+from countyfl import protocol
 from countyfl.aggregator import encrypted
 from countyfl.aggregator.encrypted import (
     CHUNK_PREFIX,
@@ -52,8 +52,8 @@ def secret(key_dir: Path) -> Any:
 
 
 def _reply(node: int, partition: int, arrays: ArrayRecord, examples: int) -> Message:
-    metrics = MetricRecord({keys.NUM_EXAMPLES: examples, keys.PARTITION_ID: partition})
-    content = RecordDict({keys.ARRAYS: arrays, keys.METRICS: metrics})
+    metrics = MetricRecord({protocol.NUM_EXAMPLES: examples, protocol.PARTITION_ID: partition})
+    content = RecordDict({protocol.ARRAYS: arrays, protocol.METRICS: metrics})
     return Message(content, reply_to=_instruction(node, MessageType.TRAIN))
 
 
@@ -186,7 +186,7 @@ def test_encrypted_fedprox_sends_mu_and_aggregates_like_fedavg(
         proximal_mu=0.01, public_context_path=key_dir / PUBLIC_CONTEXT_FILE, num_values=NUM_VALUES
     )
     strategy.configure_train(1, ArrayRecord(), ConfigRecord(), grid=None)  # type: ignore[arg-type]
-    assert handed_on and handed_on[0][keys.PROXIMAL_MU] == pytest.approx(0.01)
+    assert handed_on and handed_on[0][protocol.PROXIMAL_MU] == pytest.approx(0.01)
     rng = np.random.default_rng(1)
     weights = [[rng.normal(size=s) for s in SHAPES] for _ in range(2)]
     replies = [

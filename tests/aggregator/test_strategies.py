@@ -19,7 +19,7 @@ from flwr.app import (
     RecordDict,
 )
 
-from countyfl import keys
+from countyfl import protocol
 from countyfl.aggregator.history import FederationHistory
 from countyfl.aggregator.strategies import FedAvg, FedProx
 
@@ -39,7 +39,7 @@ def _instruction(node_id: int, message_type: str, server_round: int = 1) -> Mess
         ttl=DEFAULT_TTL,
         message_type=message_type,
     )
-    content = RecordDict({keys.CONFIG: ConfigRecord({keys.SERVER_ROUND: server_round})})
+    content = RecordDict({protocol.CONFIG: ConfigRecord({protocol.SERVER_ROUND: server_round})})
     return Message(content=content, metadata=metadata)
 
 
@@ -51,23 +51,28 @@ def _train_reply(
     node_id: int, partition_id: int, num_examples: int, arrays: Sequence[np.ndarray], loss: float
 ) -> Message:
     metrics = MetricRecord(
-        {keys.NUM_EXAMPLES: num_examples, keys.PARTITION_ID: partition_id, keys.EPSILON: loss}
+        {
+            protocol.NUM_EXAMPLES: num_examples,
+            protocol.PARTITION_ID: partition_id,
+            protocol.EPSILON: loss,
+        }
     )
-    content = RecordDict({keys.ARRAYS: ArrayRecord(list(arrays)), keys.METRICS: metrics})
+    content = RecordDict({protocol.ARRAYS: ArrayRecord(list(arrays)), protocol.METRICS: metrics})
     return Message(content, reply_to=_instruction(node_id, MessageType.TRAIN))
 
 
 def _evaluate_reply(node_id: int, partition_id: int, num_examples: int, accuracy: float) -> Message:
     metrics = MetricRecord(
         {
-            keys.NUM_EXAMPLES: num_examples,
-            keys.PARTITION_ID: partition_id,
-            keys.ACCURACY: accuracy,
-            keys.LOSS: 1.0 - accuracy,
+            protocol.NUM_EXAMPLES: num_examples,
+            protocol.PARTITION_ID: partition_id,
+            protocol.ACCURACY: accuracy,
+            protocol.LOSS: 1.0 - accuracy,
         }
     )
     return Message(
-        RecordDict({keys.METRICS: metrics}), reply_to=_instruction(node_id, MessageType.EVALUATE)
+        RecordDict({protocol.METRICS: metrics}),
+        reply_to=_instruction(node_id, MessageType.EVALUATE),
     )
 
 
@@ -111,15 +116,15 @@ def test_aggregate_train_is_the_example_weighted_average(make_strategy, seed: in
     expected = _weighted_average(arrays, examples)
     for got, want in zip(aggregated.to_numpy_ndarrays(), expected, strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
-    assert metrics[keys.EPSILON] == pytest.approx(np.average(losses, weights=examples))
+    assert metrics[protocol.EPSILON] == pytest.approx(np.average(losses, weights=examples))
 
     record = strategy.history.rounds[1]
     assert record.failures == []
     assert set(record.train) == set(range(count))
     for i in range(count):
-        assert record.train[i][keys.NUM_EXAMPLES] == examples[i]
-        assert record.train[i][keys.EPSILON] == pytest.approx(losses[i])
-        assert keys.PARTITION_ID not in record.train[i]
+        assert record.train[i][protocol.NUM_EXAMPLES] == examples[i]
+        assert record.train[i][protocol.EPSILON] == pytest.approx(losses[i])
+        assert protocol.PARTITION_ID not in record.train[i]
 
 
 def test_unequal_weights_matter() -> None:
@@ -166,7 +171,7 @@ def test_only_errors_aggregate_to_nothing() -> None:
 def test_reply_without_metrics_is_rejected_and_the_round_goes_on() -> None:
     rng = np.random.default_rng(3)
     good = [_arrays(rng) for _ in range(2)]
-    bad_content = RecordDict({keys.ARRAYS: ArrayRecord(_arrays(rng))})
+    bad_content = RecordDict({protocol.ARRAYS: ArrayRecord(_arrays(rng))})
     bad = Message(bad_content, reply_to=_instruction(21, MessageType.TRAIN))
     replies = [_train_reply(20, 0, 5, good[0], 0.1), bad, _train_reply(22, 2, 15, good[1], 0.2)]
     strategy = FedAvg()
@@ -184,8 +189,8 @@ def test_reply_without_metrics_is_rejected_and_the_round_goes_on() -> None:
 def test_reply_without_partition_id_is_rejected_and_the_round_goes_on() -> None:
     rng = np.random.default_rng(4)
     good = _arrays(rng)
-    metrics = MetricRecord({keys.NUM_EXAMPLES: 9, keys.EPSILON: 0.4})
-    content = RecordDict({keys.ARRAYS: ArrayRecord(_arrays(rng)), keys.METRICS: metrics})
+    metrics = MetricRecord({protocol.NUM_EXAMPLES: 9, protocol.EPSILON: 0.4})
+    content = RecordDict({protocol.ARRAYS: ArrayRecord(_arrays(rng)), protocol.METRICS: metrics})
     bad = Message(content, reply_to=_instruction(31, MessageType.TRAIN))
     strategy = FedAvg()
     aggregated, _ = strategy.aggregate_train(1, [_train_reply(30, 0, 5, good, 0.1), bad])
@@ -199,8 +204,12 @@ def test_reply_without_partition_id_is_rejected_and_the_round_goes_on() -> None:
 def test_train_reply_without_arrays_is_rejected_and_the_round_goes_on() -> None:
     rng = np.random.default_rng(5)
     good = _arrays(rng)
-    metrics = MetricRecord({keys.NUM_EXAMPLES: 9, keys.PARTITION_ID: 1, keys.EPSILON: 0.4})
-    bad = Message(RecordDict({keys.METRICS: metrics}), reply_to=_instruction(41, MessageType.TRAIN))
+    metrics = MetricRecord(
+        {protocol.NUM_EXAMPLES: 9, protocol.PARTITION_ID: 1, protocol.EPSILON: 0.4}
+    )
+    bad = Message(
+        RecordDict({protocol.METRICS: metrics}), reply_to=_instruction(41, MessageType.TRAIN)
+    )
     strategy = FedAvg()
     aggregated, _ = strategy.aggregate_train(1, [_train_reply(40, 0, 5, good, 0.1), bad])
     assert aggregated is not None
@@ -222,10 +231,10 @@ def test_aggregate_evaluate_records_metrics_and_calls_back(make_strategy) -> Non
     metrics = strategy.aggregate_evaluate(3, replies)
     assert ended == [3]
     assert metrics is not None
-    assert metrics[keys.ACCURACY] == pytest.approx((30 * 0.9 + 10 * 0.5) / 40)
+    assert metrics[protocol.ACCURACY] == pytest.approx((30 * 0.9 + 10 * 0.5) / 40)
     record = strategy.history.rounds[3]
-    assert record.evaluate[0][keys.ACCURACY] == pytest.approx(0.9)
-    assert record.evaluate[1][keys.NUM_EXAMPLES] == 10
+    assert record.evaluate[0][protocol.ACCURACY] == pytest.approx(0.9)
+    assert record.evaluate[1][protocol.NUM_EXAMPLES] == 10
     assert record.train == {}
     assert len(record.failures) == 1 and "evaluate" in record.failures[0]
 
@@ -256,12 +265,12 @@ def test_rounds_are_kept_apart_and_history_round_trips(tmp_path) -> None:  # typ
         )
     history = strategy.history
     assert sorted(history.rounds) == [1, 2]
-    assert history.rounds[2].train[0][keys.EPSILON] == pytest.approx(0.2)
+    assert history.rounds[2].train[0][protocol.EPSILON] == pytest.approx(0.2)
     path = tmp_path / "history.json"
     history.write(path)
     again = FederationHistory.read(path)
     assert again.to_dict() == history.to_dict()
-    assert again.rounds[1].evaluate[0][keys.ACCURACY] == pytest.approx(0.6)
+    assert again.rounds[1].evaluate[0][protocol.ACCURACY] == pytest.approx(0.6)
 
 
 def test_fedprox_sends_proximal_mu_and_both_keep_their_own_history() -> None:
@@ -278,7 +287,7 @@ def test_evaluate_reply_without_metrics_is_rejected_and_the_round_ends() -> None
     strategy = FedAvg(on_round_end=ended.append)
     bad = Message(RecordDict({}), reply_to=_instruction(9, MessageType.EVALUATE))
     metrics = strategy.aggregate_evaluate(1, [_evaluate_reply(8, 0, 4, 0.75), bad])
-    assert metrics is not None and metrics[keys.ACCURACY] == pytest.approx(0.75)
+    assert metrics is not None and metrics[protocol.ACCURACY] == pytest.approx(0.75)
     assert list(strategy.history.rounds[1].evaluate) == [0]
     assert len(strategy.history.rounds[1].failures) == 1
     assert "9" in strategy.history.rounds[1].failures[0]

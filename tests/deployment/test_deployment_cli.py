@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 from countyfl.deployment.cli import certs_app, node_app, task_app
 from countyfl.deployment.site import load_site
 from countyfl.deployment.tasks import manifest_for, manifest_hash, read_task_file
-from countyfl.privacy.accounting import AccountantName
 from countyfl.privacy.ledger import PrivacyLedger
+from countyfl.privacy.modes import AccountantName
 
 MakeSite = Callable[..., Path]
 

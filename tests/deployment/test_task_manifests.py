@@ -14,7 +14,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from countyfl.config import RunConfig, parse_run_config
 from countyfl.deployment.site import SiteConfigError, load_site
 from countyfl.deployment.tasks import (
     EXCLUDED_RUN_CONFIG_FIELDS,
@@ -35,6 +34,7 @@ from countyfl.deployment.tasks import (
     write_task_file,
 )
 from countyfl.errors import CountyflError
+from countyfl.run_config import RunConfig, parse_run_config
 
 MakeSite = Callable[..., Path]
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -28,12 +28,11 @@ from flwr.app import (
 )
 from opacus.accountants import PRVAccountant, RDPAccountant
 
-from countyfl import keys, models
-from countyfl.config import RunConfig, parse_run_config
+from countyfl import models, protocol, scenarios
 from countyfl.federation.client_app import make_client_app
 from countyfl.privacy.accounting import poisson_sample_rate
 from countyfl.privacy.ledger import LEDGER_FILE, PrivacyLedger
-from countyfl.simulations.scenarios import get_scenario
+from countyfl.run_config import RunConfig, parse_run_config
 
 pytestmark = pytest.mark.filterwarnings("ignore:Optimal order is the largest alpha")
 
@@ -43,7 +42,7 @@ ROWS = 30  # Switzerland's training rows
 
 def _config(sites: Path, **overrides: Any) -> RunConfig:
     values = {
-        **get_scenario("fed-heart-disease").defaults,
+        **scenarios.get("fed-heart-disease").defaults,
         "sites-dir": str(sites),
         "num-server-rounds": 3,
         "local-steps": 2,
@@ -72,7 +71,7 @@ def _context(config: RunConfig, partition: int = SWITZERLAND) -> Context:
     return Context(
         run_id=7,
         node_id=11,
-        node_config={keys.PARTITION_ID: partition},
+        node_config={protocol.PARTITION_ID: partition},
         state=RecordDict(),
         run_config=config.to_run_config(),
     )
@@ -85,7 +84,10 @@ def _initial(config: RunConfig) -> ArrayRecord:
 
 def _train(config: RunConfig, arrays: ArrayRecord, server_round: int) -> Message:
     content = RecordDict(
-        {keys.ARRAYS: arrays, keys.CONFIG: ConfigRecord({keys.SERVER_ROUND: server_round})}
+        {
+            protocol.ARRAYS: arrays,
+            protocol.CONFIG: ConfigRecord({protocol.SERVER_ROUND: server_round}),
+        }
     )
     return make_client_app(config)(
         _instruction(content, MessageType.TRAIN, server_round), _context(config)
@@ -94,7 +96,7 @@ def _train(config: RunConfig, arrays: ArrayRecord, server_round: int) -> Message
 
 def _flat(reply: Message) -> np.ndarray:
     assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
-    return np.concatenate([a.numpy().ravel() for a in reply.content[keys.ARRAYS].values()])
+    return np.concatenate([a.numpy().ravel() for a in reply.content[protocol.ARRAYS].values()])
 
 
 def _run(config: RunConfig) -> list[Message]:
@@ -103,7 +105,7 @@ def _run(config: RunConfig) -> list[Message]:
     for server_round in range(1, config.num_server_rounds + 1):
         reply = _train(config, arrays, server_round)
         replies.append(reply)
-        arrays = reply.content[keys.ARRAYS]
+        arrays = reply.content[protocol.ARRAYS]
     return replies
 
 
@@ -120,7 +122,7 @@ def test_a_run_spends_its_target_epsilon_exactly_over_all_its_rounds(tmp_path: P
     # twice the steps would stop well short of it.
     config = _config(tmp_path / "sites", **{"target-epsilon": 1.0})
     replies = _run(config)
-    epsilons = [float(r.content[keys.METRICS][keys.EPSILON]) for r in replies]
+    epsilons = [float(r.content[protocol.METRICS][protocol.EPSILON]) for r in replies]
     assert epsilons == sorted(epsilons)
     assert config.target_epsilon - 0.006 <= epsilons[-1] <= config.target_epsilon
     assert epsilons[0] < 0.8 * config.target_epsilon
@@ -129,21 +131,21 @@ def test_a_run_spends_its_target_epsilon_exactly_over_all_its_rounds(tmp_path: P
 def test_every_round_uses_the_rate_of_the_runs_noisy_count(tmp_path: Path) -> None:
     config = _config(tmp_path / "sites")
     replies = _run(config)
-    counts = {int(r.content[keys.METRICS][keys.NUM_EXAMPLES]) for r in replies}
+    counts = {int(r.content[protocol.METRICS][protocol.NUM_EXAMPLES]) for r in replies}
     assert len(counts) == 1  # one noisy count per run, reused by every round
     (count,) = counts
     released = _ledger(config).released("7", mechanism=_noisy_count())
     assert released == {"num-examples": count}
     rate = poisson_sample_rate(count, config.batch_size)
     for reply in replies:
-        assert reply.content[keys.METRICS][keys.SAMPLE_RATE] == pytest.approx(rate)
+        assert reply.content[protocol.METRICS][protocol.SAMPLE_RATE] == pytest.approx(rate)
     steps = [s for s in _ledger(config).spends() if s.mechanism == "dp-sgd"]
     assert [s.sample_rate for s in steps] == [rate] * config.num_server_rounds
     assert sum(s.steps for s in steps) == config.dp_steps_per_run
 
 
 def _noisy_count() -> Any:
-    from countyfl.privacy.randomness import Mechanism
+    from countyfl.privacy.modes import Mechanism
 
     return Mechanism.NOISY_COUNT
 
@@ -166,7 +168,7 @@ def test_the_reported_epsilon_is_recomputed_from_the_ledgers_rows(
     fresh = accountant()
     fresh.history = [(float(n), float(q), int(s)) for n, q, s, _ in rows]
     recomputed = fresh.get_epsilon(delta=config.delta)
-    reported = float(replies[-1].content[keys.METRICS][keys.EPSILON])
+    reported = float(replies[-1].content[protocol.METRICS][protocol.EPSILON])
     assert reported == pytest.approx(recomputed, rel=1e-6)
 
 
@@ -213,16 +215,16 @@ def test_a_train_reply_carries_no_loss_and_no_exact_count(tmp_path: Path) -> Non
     for attempt in range(4):
         run = _config(tmp_path / f"sites-{attempt}", **{"count-noise": 10.0})
         reply = _train(run, _initial(run), 1)
-        metrics = reply.content[keys.METRICS]
+        metrics = reply.content[protocol.METRICS]
         assert set(metrics) == {
-            keys.NUM_EXAMPLES,
-            keys.PARTITION_ID,
-            keys.EPSILON,
-            keys.DELTA,
-            keys.NOISE_MULTIPLIER,
-            keys.SAMPLE_RATE,
+            protocol.NUM_EXAMPLES,
+            protocol.PARTITION_ID,
+            protocol.EPSILON,
+            protocol.DELTA,
+            protocol.NOISE_MULTIPLIER,
+            protocol.SAMPLE_RATE,
         }
-        counts.add(int(metrics[keys.NUM_EXAMPLES]))
+        counts.add(int(metrics[protocol.NUM_EXAMPLES]))
     # The count is noisy (standard deviation 10 around 30): four draws are not all exact.
     assert counts != {ROWS}
     assert config.count_noise == 10.0
@@ -240,7 +242,7 @@ def test_an_exception_leaves_the_site_as_its_kind_only(
     config = _config(tmp_path / "sites")
     reply = _train(config, _initial(config), 1)
     assert reply.has_error()
-    assert reply.error.code == keys.SITE_FAILURE_ERROR_CODE
+    assert reply.error.code == protocol.SITE_FAILURE_ERROR_CODE
     assert "RuntimeError" in reply.error.reason
     assert "4711" not in reply.error.reason and "287" not in reply.error.reason
 
@@ -260,19 +262,19 @@ def _guarded(config: RunConfig, reply_content: RecordDict) -> Message:
     def handler(msg: Message, context: Context) -> Message:
         return Message(content=reply_content, reply_to=msg)
 
-    content = RecordDict({keys.CONFIG: ConfigRecord({keys.SERVER_ROUND: 1})})
+    content = RecordDict({protocol.CONFIG: ConfigRecord({protocol.SERVER_ROUND: 1})})
     return app(_instruction(content, MessageType.TRAIN, 1), _context(config))
 
 
 def _metrics(**extra: float) -> MetricRecord:
     return MetricRecord(
         {
-            keys.NUM_EXAMPLES: 31,
-            keys.PARTITION_ID: 2,
-            keys.EPSILON: 0.4,
-            keys.DELTA: 1e-3,
-            keys.NOISE_MULTIPLIER: 3.0,
-            keys.SAMPLE_RATE: 0.5,
+            protocol.NUM_EXAMPLES: 31,
+            protocol.PARTITION_ID: 2,
+            protocol.EPSILON: 0.4,
+            protocol.DELTA: 1e-3,
+            protocol.NOISE_MULTIPLIER: 3.0,
+            protocol.SAMPLE_RATE: 0.5,
             **extra,
         }
     )
@@ -280,7 +282,9 @@ def _metrics(**extra: float) -> MetricRecord:
 
 def test_the_guard_sends_a_reply_that_is_all_in_the_inventory(tmp_path: Path) -> None:
     config = _config(tmp_path)
-    reply = _guarded(config, RecordDict({keys.ARRAYS: _initial(config), keys.METRICS: _metrics()}))
+    reply = _guarded(
+        config, RecordDict({protocol.ARRAYS: _initial(config), protocol.METRICS: _metrics()})
+    )
     assert not reply.has_error()
 
 
@@ -291,9 +295,9 @@ def test_the_guard_refuses_a_field_the_inventory_lacks(
     tmp_path: Path, extra: dict[str, float]
 ) -> None:
     config = _config(tmp_path)
-    content = RecordDict({keys.ARRAYS: _initial(config), keys.METRICS: _metrics(**extra)})
+    content = RecordDict({protocol.ARRAYS: _initial(config), protocol.METRICS: _metrics(**extra)})
     reply = _guarded(config, content)
-    assert reply.has_error() and reply.error.code == keys.SITE_FAILURE_ERROR_CODE
+    assert reply.has_error() and reply.error.code == protocol.SITE_FAILURE_ERROR_CODE
     (name,) = extra
     assert f"train:metrics.{name} is not in the release inventory" in reply.error.reason
     assert str(extra[name]) not in reply.error.reason
@@ -304,7 +308,9 @@ def test_the_guard_refuses_plaintext_weights_in_an_encrypted_run(tmp_path: Path)
         tmp_path,
         **{"encryption": "ckks", "he-secret-context": "s.ckks", "he-public-context": "p.ckks"},
     )
-    reply = _guarded(config, RecordDict({keys.ARRAYS: _initial(config), keys.METRICS: _metrics()}))
+    reply = _guarded(
+        config, RecordDict({protocol.ARRAYS: _initial(config), protocol.METRICS: _metrics()})
+    )
     assert reply.has_error()
     assert "must be CKKS ciphertexts" in reply.error.reason
 
@@ -336,15 +342,18 @@ def test_a_deployed_site_refuses_seeded_randomness_even_if_approved(tmp_path: Pa
     context = Context(
         run_id=7,
         node_id=11,
-        node_config={keys.SITE_CONFIG: str(site)},
+        node_config={protocol.SITE_CONFIG: str(site)},
         state=RecordDict(),
         run_config=config.to_run_config(),
     )
     content = RecordDict(
-        {keys.ARRAYS: _initial(config), keys.CONFIG: ConfigRecord({keys.SERVER_ROUND: 1})}
+        {
+            protocol.ARRAYS: _initial(config),
+            protocol.CONFIG: ConfigRecord({protocol.SERVER_ROUND: 1}),
+        }
     )
     reply = make_client_app()(_instruction(content, MessageType.TRAIN, 1), context)
-    assert reply.has_error() and reply.error.code == keys.REFUSED_ERROR_CODE
+    assert reply.has_error() and reply.error.code == protocol.REFUSED_ERROR_CODE
     assert "seed" in reply.error.reason and "switzerland" in reply.error.reason
     assert not (site.parent / "site-state" / LEDGER_FILE).exists()
 

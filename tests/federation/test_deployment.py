@@ -21,7 +21,6 @@ import pytest
 import torch
 
 from countyfl import models
-from countyfl.clients.training import evaluate
 from countyfl.deployment import (
     add_node,
     approve_task,
@@ -32,11 +31,11 @@ from countyfl.deployment import (
 from countyfl.federation.client_app import deployed_partition_id
 from countyfl.federation.deployment import online_nodes
 from countyfl.federation.local_county import LocalCounty, task_manifest, wait_for
-from countyfl.privacy.accounting import AccountantName
 from countyfl.privacy.he.keys import SECRET_CONTEXT_FILE
 from countyfl.privacy.ledger import LEDGER_FILE, PrivacyLedger
-from countyfl.privacy.randomness import Mechanism
+from countyfl.privacy.modes import AccountantName, Mechanism
 from countyfl.publishing import publish
+from countyfl.training.local import evaluate
 
 pytestmark = pytest.mark.e2e
 

@@ -17,10 +17,8 @@ import numpy as np
 import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 
-from countyfl import keys
+from countyfl import protocol, scenarios
 from countyfl.aggregator.encrypted import arrays_to_update
-from countyfl.config import EncryptionName, parse_run_config
-from countyfl.data import load_scenario
 from countyfl.federation import server_app
 from countyfl.privacy.he.codec import deserialize
 from countyfl.privacy.he.keys import (
@@ -30,10 +28,10 @@ from countyfl.privacy.he.keys import (
     load_public_context,
 )
 from countyfl.privacy.ledger import LEDGER_FILE, PrivacyLedger
-from countyfl.privacy.randomness import Mechanism
+from countyfl.privacy.modes import Mechanism
 from countyfl.privacy.release import Phase, Protection, ReleasedField, find, inventory
+from countyfl.run_config import EncryptionName, parse_run_config
 from countyfl.simulations.runner import run_federated
-from countyfl.simulations.scenarios import get_scenario
 
 pytestmark = pytest.mark.e2e
 
@@ -70,7 +68,7 @@ def test_every_reply_field_is_in_the_inventory_and_protected_as_it_says(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, encryption: str
 ) -> None:
     overrides: dict[str, Any] = {
-        **get_scenario("fed-heart-disease").defaults,
+        **scenarios.get("fed-heart-disease").defaults,
         "num-server-rounds": 1,
         "local-steps": 2,
         "accountant": "rdp",
@@ -84,7 +82,7 @@ def test_every_reply_field_is_in_the_inventory_and_protected_as_it_says(
         overrides["he-public-context"] = str(tmp_path / "keys" / PUBLIC_CONTEXT_FILE)
     config = parse_run_config(overrides)
     received = _capture(monkeypatch)
-    institutions = load_scenario("fed-heart-disease").institutions
+    institutions = scenarios.load("fed-heart-disease").institutions
     run_federated(config, len(institutions))
 
     fields = inventory(encrypted=config.encryption is EncryptionName.CKKS, dp=True)
@@ -92,9 +90,11 @@ def test_every_reply_field_is_in_the_inventory_and_protected_as_it_says(
     seen: set[str] = set()
     for phase, reply in received:
         assert not reply.has_error(), reply.error.reason
-        site = reply.content[keys.SITE]
+        site = reply.content[protocol.SITE]
         assert isinstance(site, ConfigRecord)
-        institution = next(i for i in institutions if i.institution_id == site[keys.INSTITUTION_ID])
+        institution = next(
+            i for i in institutions if i.institution_id == site[protocol.INSTITUTION_ID]
+        )
         ledger = PrivacyLedger(tmp_path / "sites" / institution.institution_id / LEDGER_FILE)
         run_id = str(reply.metadata.run_id)
         for name, record in reply.content.items():
@@ -127,7 +127,8 @@ def _check(
         with pytest.raises(ValueError):  # the county's context cannot read it
             vectors[0].decrypt()
         assert (
-            update.num_examples == ledger.released(run_id, Mechanism.NOISY_COUNT)[keys.NUM_EXAMPLES]
+            update.num_examples
+            == ledger.released(run_id, Mechanism.NOISY_COUNT)[protocol.NUM_EXAMPLES]
         )
         return
     if field.protection is Protection.DP_ACCOUNTED:
@@ -138,30 +139,30 @@ def _check(
             assert sum(s.steps for s in training) == config.local_steps
             return
         value = record[key]
-        if key == keys.NUM_EXAMPLES:
+        if key == protocol.NUM_EXAMPLES:
             paid = ledger.released(run_id, Mechanism.NOISY_COUNT)
-            assert paid is not None and value == paid[keys.NUM_EXAMPLES]
-        elif key == keys.EPSILON:
+            assert paid is not None and value == paid[protocol.NUM_EXAMPLES]
+        elif key == protocol.EPSILON:
             assert value == pytest.approx(training[-1].epsilon_after)
-        elif key == keys.NOISE_MULTIPLIER:
+        elif key == protocol.NOISE_MULTIPLIER:
             assert value == training[-1].noise_multiplier
-        elif key == keys.SAMPLE_RATE:
+        elif key == protocol.SAMPLE_RATE:
             assert value == training[-1].sample_rate
         else:
             pytest.fail(f"no check for {field.path}")
         return
     if field.protection is Protection.POLICY:
         assert isinstance(record, MetricRecord)
-        if key == keys.NUM_EXAMPLES:
+        if key == protocol.NUM_EXAMPLES:
             assert record[key] == institution.num_test  # the held-out split, by policy
         else:
             assert np.isfinite(float(record[key]))
         return
     if field.protection is Protection.PUBLIC:
         value = record[key]
-        if key == keys.INSTITUTION_ID:
+        if key == protocol.INSTITUTION_ID:
             assert value == institution.institution_id
-        elif key == keys.DELTA:
+        elif key == protocol.DELTA:
             assert value == config.delta
         else:
             assert isinstance(value, int)

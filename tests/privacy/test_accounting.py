@@ -23,12 +23,10 @@ from opacus.accountants.accountant import IAccountant
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from countyfl.clients.training import TrainingPlan
 from countyfl.data import fed_heart_disease
 from countyfl.errors import ConfigError
 from countyfl.models import LogisticRegression
 from countyfl.privacy.accounting import (
-    AccountantName,
     epsilon_of,
     gaussian_entry,
     make_accountant,
@@ -38,6 +36,8 @@ from countyfl.privacy.accounting import (
 )
 from countyfl.privacy.dp import PrivacyPlan, train_private
 from countyfl.privacy.ledger import PrivacyLedger
+from countyfl.privacy.modes import AccountantName
+from countyfl.training.plan import TrainingPlan
 
 DELTA = 1e-5
 RDP = AccountantName.RDP

@@ -17,12 +17,10 @@ import pytest
 import torch
 from hypothesis import HealthCheck, event, given, settings
 
-from countyfl.clients.training import TrainingPlan, get_weights
 from countyfl.errors import ConfigError
 from countyfl.models import LogisticRegression
 from countyfl.privacy import budget as budget_module
 from countyfl.privacy.accounting import (
-    AccountantName,
     epsilon_of,
     gaussian_entry,
     merge_history,
@@ -30,9 +28,11 @@ from countyfl.privacy.accounting import (
     poisson_sample_rate,
 )
 from countyfl.privacy.budget import BudgetExceededError, calibrated_noise, train_within_budget
-from countyfl.privacy.dp import GradSampleMode
 from countyfl.privacy.ledger import LEDGER_FILE, Budget, LedgerError, PrivacyLedger
-from countyfl.privacy.randomness import DpRandomness, Mechanism, round_generators
+from countyfl.privacy.modes import AccountantName, DpRandomness, GradSampleMode, Mechanism
+from countyfl.privacy.randomness import round_generators
+from countyfl.training.local import get_weights
+from countyfl.training.plan import TrainingPlan
 
 DELTA = 1e-5
 RDP = AccountantName.RDP

@@ -15,10 +15,12 @@ import pytest
 import torch
 from torch import nn
 
-from countyfl.clients.training import TrainingPlan, get_weights
 from countyfl.models import LogisticRegression, SmallMLP
-from countyfl.privacy.accounting import AccountantName, poisson_sample_rate
-from countyfl.privacy.dp import GradSampleMode, PrivacyPlan, train_private
+from countyfl.privacy.accounting import poisson_sample_rate
+from countyfl.privacy.dp import PrivacyPlan, train_private
+from countyfl.privacy.modes import AccountantName, GradSampleMode
+from countyfl.training.local import get_weights
+from countyfl.training.plan import TrainingPlan
 
 pytestmark = pytest.mark.filterwarnings("ignore:Full backward hook is firing")
 

@@ -14,8 +14,9 @@ import hypothesis.strategies as st
 import pytest
 from hypothesis import given, settings
 
-from countyfl.privacy.accounting import AccountantName, epsilon_of
+from countyfl.privacy.accounting import epsilon_of
 from countyfl.privacy.ledger import LEDGER_FILE, LedgerError, PrivacyLedger, Spend
+from countyfl.privacy.modes import AccountantName
 
 DELTA = 1e-5
 RDP = AccountantName.RDP
@@ -195,7 +196,7 @@ CHILD = textwrap.dedent(
     import sys
     from pathlib import Path
 
-    from countyfl.privacy.accounting import AccountantName
+    from countyfl.privacy.modes import AccountantName
     from countyfl.privacy.ledger import PrivacyLedger
 
     ledger = PrivacyLedger(Path(sys.argv[1]))

@@ -21,10 +21,8 @@ import uvicorn
 from fastapi import FastAPI
 from sqlalchemy import Engine, text
 
-from countyfl import models
+from countyfl import models, scenarios
 from countyfl.audit import AuditLog
-from countyfl.clients.training import TrainingPlan, train
-from countyfl.data import load_scenario
 from countyfl.publishing import input_transform
 from countyfl.registry import (
     ModelVersionPublic,
@@ -40,6 +38,8 @@ from countyfl.registry import (
 from countyfl.serving.auth import issue_access_token
 from countyfl.settings import ServingSettings
 from countyfl.storage import create_database_engine, upgrade
+from countyfl.training.local import train
+from countyfl.training.plan import TrainingPlan
 
 PASSWORD = "correct horse battery staple"
 SECRET = "x" * 48
@@ -88,7 +88,7 @@ FRAMINGHAM_PATIENT: dict[str, Any] = {
 @cache
 def trained_state(scenario: str, architecture: str, seed: int) -> dict[str, np.ndarray]:
     """A model trained in-process on a scenario's pooled train rows (cached per session)."""
-    data = load_scenario(scenario)
+    data = scenarios.load(scenario)
     x, y, _, _ = data.pooled()
     torch.manual_seed(seed)
     model = models.build(architecture, data.num_features)
@@ -111,7 +111,7 @@ def publish_model(
     buffer = io.BytesIO()
     np.savez(buffer, **trained_state(scenario, architecture, seed))
     (folder / "model.npz").write_bytes(buffer.getvalue())
-    institutions = [i.institution_id for i in load_scenario(scenario).institutions]
+    institutions = [i.institution_id for i in scenarios.load(scenario).institutions]
     manifest: dict[str, Any] = {
         "name": name,
         "model": architecture,

@@ -31,12 +31,12 @@ from serving_support import (
 from sqlalchemy import text
 
 from countyfl import models
-from countyfl.clients.training import predict_proba
 from countyfl.data import fed_heart_disease
 from countyfl.data.schema import HeartDiseaseRecord
 from countyfl.registry import archive, get_version, promote
 from countyfl.serving import create_app
 from countyfl.serving.auth import issue_access_token
+from countyfl.training.local import predict_proba
 
 
 @pytest.fixture(scope="module")

@@ -22,9 +22,8 @@ from serving_support import (
 )
 from sqlalchemy import text
 
-from countyfl import models
-from countyfl.clients.training import predict_proba
-from countyfl.data import fed_heart_disease, framingham, load_scenario
+from countyfl import models, scenarios
+from countyfl.data import fed_heart_disease, framingham
 from countyfl.data.schema import HeartDiseaseRecord
 from countyfl.publishing import input_transform
 from countyfl.registry import FeatureTransform, PublishedModelError, get_version, register_published
@@ -33,6 +32,7 @@ from countyfl.serving.errors import InvalidRecordError
 from countyfl.serving.features import SPECS, standardize, validate_records
 from countyfl.serving.schemas import FraminghamPatient, HeartDiseasePatient
 from countyfl.storage import create_database_engine, upgrade
+from countyfl.training.local import predict_proba
 
 # What Deployment.release() publishes for the heart model: scenario, architecture, seed
 HEART_MODEL = ("fed-heart-disease", "diagnosis-logreg", 0)
@@ -63,7 +63,7 @@ def test_served_probability_is_the_models_probability_on_each_hospitals_own_test
     model = models.build("diagnosis-logreg", len(fed_heart_disease.FEATURE_NAMES))
     model.load_state_dict({k: torch.from_numpy(v) for k, v in trained_state(*HEART_MODEL).items()})
     _, _, _, by_hospital = fed_heart_disease.hospital_records()
-    dataset = load_scenario("fed-heart-disease")
+    dataset = scenarios.load("fed-heart-disease")
     app = create_app(deployment.settings())
     gaps = {}
     with TestClient(app) as client:

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 
-from countyfl import keys
-from countyfl.clients.metrics import classification_metrics, expected_calibration_error
+from countyfl import protocol
+from countyfl.training.metrics import classification_metrics, expected_calibration_error
 
 
 def test_ece_hand_computed_example() -> None:
@@ -80,27 +80,27 @@ def test_classification_metrics_hand_computed() -> None:
     probabilities = np.array([0.9, 0.6, 0.4, 0.2, 0.7])
     labels = np.array([1, 0, 1, 0, 1])
     metrics = classification_metrics(probabilities, labels)
-    assert set(metrics) == {keys.ACCURACY, keys.AUC, keys.BRIER, keys.ECE}
-    assert metrics[keys.ACCURACY] == pytest.approx(3 / 5)  # 0.9, 0.2, 0.7 right
+    assert set(metrics) == {protocol.ACCURACY, protocol.AUC, protocol.BRIER, protocol.ECE}
+    assert metrics[protocol.ACCURACY] == pytest.approx(3 / 5)  # 0.9, 0.2, 0.7 right
     # Positive/negative pairs ranked correctly: (.9 > .6, .2), (.4 > .2 only), (.7 > .6, .2)
-    assert metrics[keys.AUC] == pytest.approx(5 / 6)
+    assert metrics[protocol.AUC] == pytest.approx(5 / 6)
     brier = np.mean((probabilities - labels) ** 2)
-    assert metrics[keys.BRIER] == pytest.approx(brier)
-    assert metrics[keys.ECE] == pytest.approx(expected_calibration_error(probabilities, labels))
+    assert metrics[protocol.BRIER] == pytest.approx(brier)
+    assert metrics[protocol.ECE] == pytest.approx(expected_calibration_error(probabilities, labels))
 
 
 def test_accuracy_threshold_is_inclusive_at_one_half() -> None:
     metrics = classification_metrics(np.array([0.5, 0.5]), np.array([1, 0]))
-    assert metrics[keys.ACCURACY] == 0.5
+    assert metrics[protocol.ACCURACY] == 0.5
 
 
 @pytest.mark.parametrize("label", [0, 1])
 def test_auc_is_nan_when_one_class_is_absent(label: int) -> None:
     probabilities = np.array([0.2, 0.7, 0.9])
     metrics = classification_metrics(probabilities, np.full(3, label))
-    assert math.isnan(metrics[keys.AUC])
-    assert not math.isnan(metrics[keys.ACCURACY])
-    assert metrics[keys.BRIER] == pytest.approx(np.mean((probabilities - label) ** 2))
+    assert math.isnan(metrics[protocol.AUC])
+    assert not math.isnan(metrics[protocol.ACCURACY])
+    assert metrics[protocol.BRIER] == pytest.approx(np.mean((probabilities - label) ** 2))
 
 
 def test_empty_input_gives_nan_everywhere() -> None:

@@ -3,39 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import StrEnum
 
 import numpy as np
 import torch
 from torch import nn
 
-from countyfl import keys
-from countyfl.clients.metrics import classification_metrics
+from countyfl import protocol
 from countyfl.data.federated import FloatArray
-
-
-class OptimizerName(StrEnum):
-    """Local optimizers a task may ask for."""
-
-    SGD = "sgd"
-    ADAM = "adam"
-
-
-@dataclass(frozen=True)
-class TrainingPlan:
-    """What one round of local training does.
-
-    ``proximal_mu`` > 0 adds FedProx's proximal term (mu / 2) * ||w - w_global||^2
-    (Li et al., "Federated Optimization in Heterogeneous Networks", MLSys 2020).
-    """
-
-    local_steps: int
-    batch_size: int
-    learning_rate: float
-    optimizer: OptimizerName = OptimizerName.SGD
-    momentum: float = 0.0
-    weight_decay: float = 0.0
-    proximal_mu: float = 0.0
+from countyfl.training.metrics import classification_metrics
+from countyfl.training.plan import OptimizerName, TrainingPlan
 
 
 @dataclass(frozen=True)
@@ -127,7 +103,7 @@ def evaluate(model: nn.Module, x: FloatArray, y: FloatArray) -> dict[str, float]
     logits = model(torch.from_numpy(np.ascontiguousarray(x)))
     loss = float(nn.functional.binary_cross_entropy_with_logits(logits, torch.from_numpy(y)))
     metrics = classification_metrics(torch.sigmoid(logits).numpy(), y)
-    metrics[keys.LOSS] = loss
+    metrics[protocol.LOSS] = loss
     return metrics
 
 

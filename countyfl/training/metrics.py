@@ -6,7 +6,7 @@ import numpy as np
 import numpy.typing as npt
 from sklearn.metrics import brier_score_loss, roc_auc_score
 
-from countyfl import keys
+from countyfl import protocol
 
 ArrayLike = npt.NDArray[np.floating]
 
@@ -39,12 +39,12 @@ def classification_metrics(probabilities: ArrayLike, labels: ArrayLike) -> dict[
     labels = np.asarray(labels, dtype=np.float64)
     both_classes = labels.size > 0 and 0 < labels.sum() < labels.size
     return {
-        keys.ACCURACY: float(((probabilities >= 0.5) == (labels >= 0.5)).mean())
+        protocol.ACCURACY: float(((probabilities >= 0.5) == (labels >= 0.5)).mean())
         if labels.size
         else float("nan"),
-        keys.AUC: float(roc_auc_score(labels, probabilities)) if both_classes else float("nan"),
-        keys.BRIER: float(brier_score_loss(labels, probabilities, pos_label=1))
+        protocol.AUC: float(roc_auc_score(labels, probabilities)) if both_classes else float("nan"),
+        protocol.BRIER: float(brier_score_loss(labels, probabilities, pos_label=1))
         if labels.size
         else float("nan"),
-        keys.ECE: expected_calibration_error(probabilities, labels),
+        protocol.ECE: expected_calibration_error(probabilities, labels),
     }

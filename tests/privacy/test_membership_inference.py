@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from countyfl.models import LogisticRegression, SmallMLP
-from countyfl.privacy.audit import membership_inference_auc, per_example_loss
+from countyfl.privacy.membership_inference import membership_inference_auc, per_example_loss
 
 
 def _random_rows(rows: int, features: int, rng: np.random.Generator):  # type: ignore[no-untyped-def]

@@ -11,20 +11,18 @@ from collections.abc import Mapping
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from countyfl.clients.training import OptimizerName, TrainingPlan
 from countyfl.errors import ConfigError
-from countyfl.privacy.accounting import AccountantName
-from countyfl.privacy.dp import GradSampleMode
-from countyfl.privacy.randomness import DpRandomness
-
-
-class ScenarioName(StrEnum):
-    """Scenarios a simulation can run."""
-
-    FED_HEART_DISEASE = "fed-heart-disease"
-    FRAMINGHAM_COUNTY = "framingham-county"
+from countyfl.privacy.modes import AccountantName, DpRandomness, GradSampleMode
+from countyfl.training.plan import OptimizerName, TrainingPlan
 
 
 class EncryptionName(StrEnum):
@@ -52,7 +50,7 @@ class RunConfig(BaseModel):
         frozen=True, extra="forbid", alias_generator=_kebab, populate_by_name=True
     )
 
-    scenario: ScenarioName = ScenarioName.FED_HEART_DISEASE
+    scenario: str = Field(default="fed-heart-disease", min_length=1, max_length=64)
     model: str = "diagnosis-logreg"
     strategy: StrategyName = StrategyName.FEDAVG
     num_server_rounds: int = Field(default=15, ge=1, le=10_000)
@@ -92,6 +90,18 @@ class RunConfig(BaseModel):
     # Nodes that must be connected before a round starts; 0: all of the scenario's
     # institutions. In a deployment, lower it so that a lost node does not stall the run.
     min_nodes: int = Field(default=0, ge=0, le=10_000)
+
+    @field_validator("scenario")
+    @classmethod
+    def _known_scenario(cls, name: str) -> str:
+        from countyfl import scenarios
+        from countyfl.errors import UnknownNameError
+
+        try:
+            scenarios.get(name)
+        except UnknownNameError as error:  # a KeyError: pydantic would not wrap it
+            raise ValueError(str(error)) from None
+        return name
 
     @model_validator(mode="after")
     def _check(self) -> RunConfig:

@@ -10,10 +10,9 @@ import pytest
 import torch
 from hypothesis import given, settings
 
-from countyfl import keys
-from countyfl.clients.training import (
-    OptimizerName,
-    TrainingPlan,
+from countyfl import protocol
+from countyfl.models import LogisticRegression, SmallMLP
+from countyfl.training.local import (
     batch_indices,
     evaluate,
     get_weights,
@@ -22,7 +21,7 @@ from countyfl.clients.training import (
     set_weights,
     train,
 )
-from countyfl.models import LogisticRegression, SmallMLP
+from countyfl.training.plan import OptimizerName, TrainingPlan
 
 
 def _separable(rows: int = 400, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -48,21 +47,21 @@ def test_training_on_separable_data_lowers_loss_and_classifies(optimizer: Optimi
     after = evaluate(model, x, y)
     assert outcome.steps == 150
     assert math.isfinite(outcome.mean_loss)
-    assert after[keys.LOSS] < 0.5 * before[keys.LOSS]
-    assert after[keys.ACCURACY] >= 0.97
-    assert after[keys.AUC] >= 0.99
+    assert after[protocol.LOSS] < 0.5 * before[protocol.LOSS]
+    assert after[protocol.ACCURACY] >= 0.97
+    assert after[protocol.AUC] >= 0.99
 
 
 def test_mlp_trains_too() -> None:
     torch.manual_seed(0)
     x, y = _separable()
     model = SmallMLP(3)
-    before = evaluate(model, x, y)[keys.LOSS]
+    before = evaluate(model, x, y)[protocol.LOSS]
     plan = TrainingPlan(local_steps=200, batch_size=32, learning_rate=0.05, momentum=0.9)
     train(model, x, y, plan, torch.Generator().manual_seed(1))
     after = evaluate(model, x, y)
-    assert after[keys.LOSS] < before
-    assert after[keys.ACCURACY] >= 0.95
+    assert after[protocol.LOSS] < before
+    assert after[protocol.ACCURACY] >= 0.95
 
 
 def test_training_is_reproducible_with_the_same_generator_seed() -> None:
@@ -226,5 +225,5 @@ def test_evaluate_loss_is_binary_cross_entropy() -> None:
     p = 1 / (1 + np.exp(-x[:, 0].astype(np.float64)))
     expected = -np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))
     metrics = evaluate(model, x, y)
-    assert metrics[keys.LOSS] == pytest.approx(expected, rel=1e-5)
-    assert set(metrics) == set(keys.EVALUATION_METRICS)
+    assert metrics[protocol.LOSS] == pytest.approx(expected, rel=1e-5)
+    assert set(metrics) == set(protocol.EVALUATION_METRICS)

@@ -1,0 +1,41 @@
+"""The names of privacy settings a run or a site chooses: enums only, no heavy imports.
+
+The run configuration, the task manifest and the CLI read these without importing
+Opacus or torch.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class AccountantName(StrEnum):
+    """Privacy accountants an institution may choose."""
+
+    PRV = "prv"
+    RDP = "rdp"
+
+
+class GradSampleMode(StrEnum):
+    """Opacus's ways of computing per-sample gradients."""
+
+    HOOKS = "hooks"
+    EW = "ew"
+    FUNCTORCH = "functorch"
+    GHOST = "ghost"
+
+
+class DpRandomness(StrEnum):
+    """Where the DP mechanisms' random draws come from."""
+
+    SECRET = "secret"
+    """Seeded from the OS CSPRNG per institution, round and mechanism (the default)."""
+    SEEDED = "seeded"
+    """Derived from the run's seed: reproducible, and no privacy against whoever knows it."""
+
+
+class Mechanism(StrEnum):
+    """The DP mechanisms an institution runs; each draws from its own generator."""
+
+    DP_SGD = "dp-sgd"
+    NOISY_COUNT = "noisy-count"

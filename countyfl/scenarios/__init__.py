@@ -1,0 +1,117 @@
+"""Scenarios: the one place a clinical task on a federated data set is defined.
+
+A :class:`Scenario` holds everything every layer needs to know about a task and its
+data: the common data schema and the model's input features, how to load and partition
+the data, the model's input transform (what the API applies to a patient record), the
+run-config defaults, the name its models get in the registry, and the published numbers
+it is compared with. The ClientApp loads its institution's data through :func:`load`,
+the ServerApp sizes the model from :attr:`Scenario.num_features`, the task manifest
+takes the schema and features, publishing the input transform and registry name, and
+the simulation runner the defaults and reference numbers.
+
+Adding a scenario is one module in this package (plus its data loader in
+``countyfl/data/``) that builds a :class:`Scenario` and calls :func:`register`, and one
+line in :data:`_BUILT_IN`; docs/architecture.md lists what a scenario must provide.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import import_module
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from countyfl.errors import UnknownNameError
+
+if TYPE_CHECKING:
+    from countyfl.data.federated import FederatedDataset
+
+InputTransform = dict[str, Any]
+"""``{"schema", "names", "mean", "scale"}``: a record of ``schema`` encoded into ``names``
+and scaled as ``(raw - mean) / scale`` (the ``features`` block of ``model.json``)."""
+
+DataLoader = Callable[[Path | None, int], "FederatedDataset"]
+"""(data file or None for the packaged copy, partition seed) -> the federated data set."""
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A clinical task on a federated data set (see the module docstring)."""
+
+    name: str
+    description: str
+    data_schema: str
+    """The common schema a site's export is mapped onto (``[data] schema`` of a site.toml)."""
+    feature_names: tuple[str, ...]
+    num_institutions: int
+    loader: DataLoader
+    reference_scale: Mapping[str, tuple[float, float]]
+    """Feature -> (centre, scale): the fixed constants every site and the API scale with."""
+    defaults: Mapping[str, Any]
+    """Run-config defaults (kebab-case keys)."""
+    default_seeds: tuple[int, ...]
+    registry_name: str
+    """The name its published models get in the registry (what clinicians ask for)."""
+    headline_metric: str
+    reference_source: str = ""
+    reference: Mapping[str, float] = field(default_factory=dict)
+    """Method -> the published mean of per-institution test metric."""
+
+    @property
+    def num_features(self) -> int:
+        return len(self.feature_names)
+
+    def input_transform(self) -> InputTransform:
+        """The model's input transform: the task's reference constants, never data."""
+        return {
+            "schema": self.data_schema,
+            "names": list(self.feature_names),
+            "mean": [float(self.reference_scale[f][0]) for f in self.feature_names],
+            "scale": [float(self.reference_scale[f][1]) for f in self.feature_names],
+        }
+
+
+_REGISTRY: dict[str, Scenario] = {}
+# Built-in scenarios: name -> the module that registers it (imported on first use).
+_BUILT_IN = {
+    "fed-heart-disease": "countyfl.scenarios.fed_heart_disease",
+    "framingham-county": "countyfl.scenarios.framingham_county",
+}
+
+
+def register(scenario: Scenario) -> Scenario:
+    """Make ``scenario`` known by its name; a second scenario of that name is an error."""
+    known = _REGISTRY.get(scenario.name)
+    if known is not None and known is not scenario:
+        raise ValueError(f"a scenario called {scenario.name!r} is already registered")
+    _REGISTRY[scenario.name] = scenario
+    return scenario
+
+
+def names() -> list[str]:
+    """Every scenario's name, built-in ones first."""
+    return [*_BUILT_IN, *(n for n in _REGISTRY if n not in _BUILT_IN)]
+
+
+def get(name: str) -> Scenario:
+    """The scenario called ``name``; UnknownNameError names the valid ones."""
+    if name not in _REGISTRY and name in _BUILT_IN:
+        import_module(_BUILT_IN[name])
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise UnknownNameError(
+            f"unknown scenario {name!r}; choose one of {', '.join(names())}"
+        ) from None
+
+
+@lru_cache(maxsize=8)
+def load(name: str, data_path: str = "", partition_seed: int = 2026) -> FederatedDataset:
+    """The preprocessed federated data set of scenario ``name`` (cached per process).
+
+    A simulated institution's ClientApp calls this every round; the cache keeps it from
+    re-reading its CSV.
+    """
+    return get(name).loader(Path(data_path) if data_path else None, partition_seed)
