@@ -56,17 +56,12 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import FedAvg
 
 import countyfl  # noqa: F401  (telemetry off)
 from countyfl import protocol
-from countyfl.aggregator.encrypted import (
-    META_KEY,
-    EncryptedFedAvg,
-    arrays_to_update,
-    is_encrypted,
-    update_to_arrays,
-)
-from countyfl.aggregator.strategies import FedAvg
+from countyfl.federation.strategies.encrypted import EncryptedFedAvg
+from countyfl.federation.strategies.recording import RecordingStrategy
 from countyfl.privacy.he import codec
 from countyfl.privacy.he.keys import (
     PUBLIC_CONTEXT_FILE,
@@ -75,6 +70,7 @@ from countyfl.privacy.he.keys import (
     load_public_context,
     load_secret_context,
 )
+from countyfl.privacy.he.wire import META_KEY, arrays_to_update, is_encrypted, update_to_arrays
 from countyfl.training.local import get_weights, set_weights
 
 NUM_NODES = 4
@@ -640,12 +636,14 @@ def _big_rounds(
         "min_available_nodes": NUM_NODES,
     }
     strategies: dict[str, StrategyFactory] = {
-        "plaintext": lambda on_round_end: FedAvg(on_round_end=on_round_end, **common),
-        "ckks": lambda on_round_end: EncryptedFedAvg(
-            public_context_path=folder / PUBLIC_CONTEXT_FILE,
-            num_values=num_values,
+        "plaintext": lambda on_round_end: RecordingStrategy(
+            FedAvg(**common), on_round_end=on_round_end
+        ),
+        "ckks": lambda on_round_end: RecordingStrategy(
+            EncryptedFedAvg(
+                public_context_path=folder / PUBLIC_CONTEXT_FILE, num_values=num_values, **common
+            ),
             on_round_end=on_round_end,
-            **common,
         ),
     }
     order, timings = _order(segments, (SHIPPED_POLL,)), Timings()

@@ -31,17 +31,20 @@ from typing import Any
 import numpy as np
 
 from countyfl import models, protocol, scenarios
-from countyfl.aggregator.history import FederationHistory
 from countyfl.errors import CountyflError
+from countyfl.runs import (
+    FINAL_AGGREGATE_FILE,
+    FINAL_MODEL_FILE,
+    HISTORY_FILE,
+    RUN_FILE,
+    FederationHistory,
+    RunFolderError,
+    RunRecord,
+)
 
 MODEL_FILE = "model.npz"
 PUBLISHED_DIR = "published"
 METADATA_FILE = "model.json"
-# Files a run folder holds (written by the ServerApp; see countyfl.federation.server_app)
-RUN_FILE = "run.json"
-HISTORY_FILE = "history.json"
-FINAL_MODEL_FILE = "final-model.npz"
-FINAL_AGGREGATE_FILE = "final-aggregate.npz"
 # Metrics averaged over institutions (weighted by test examples) into the federated figure
 FEDERATED_METRICS = (protocol.ACCURACY, protocol.AUC, protocol.BRIER, protocol.ECE, protocol.LOSS)
 
@@ -59,30 +62,16 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _read_json(path: Path) -> Any:
-    if not path.is_file():
-        raise PublishError(
-            f"{path} is missing: is {path.parent} the output folder of a finished run "
-            "(it holds run.json, history.json and the final model or aggregate)?"
-        )
+def _run_record(run_dir: Path) -> tuple[RunRecord, dict[str, Any]]:
+    """run.json and its run config with every default filled in (PublishError if broken)."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise PublishError(f"{path} is not valid JSON: {error}") from error
-
-
-def _run_config(run: Any, path: Path) -> dict[str, Any]:
-    """The run config stored in run.json, checked (a clear error instead of a KeyError)."""
-    from countyfl.run_config import parse_run_config
-
-    config = run.get("config") if isinstance(run, dict) else None
-    if not isinstance(config, dict):
-        raise PublishError(f"{path} holds no run config under 'config'")
-    try:
+        run = RunRecord.read(run_dir)
         # Dumped back with every default filled in, so no key is ever missing.
-        return parse_run_config(config).model_dump(mode="json", by_alias=True)
+        return run, run.run_config().model_dump(mode="json", by_alias=True)
+    except RunFolderError as error:
+        raise PublishError(str(error)) from None
     except CountyflError as error:
-        raise PublishError(f"{path}: {error}") from error
+        raise PublishError(f"{run_dir / RUN_FILE}: {error}") from error
 
 
 def _load_arrays(path: Path) -> dict[str, np.ndarray]:
@@ -100,7 +89,7 @@ def final_state(run_dir: Path, secret_context_path: Path | None) -> dict[str, np
     Under CKKS the aggregate is decrypted with the secret context (which must be the key
     the run used: the fingerprint is checked); a plaintext run's model is read as it is.
     """
-    config = _run_config(_read_json(run_dir / RUN_FILE), run_dir / RUN_FILE)
+    _, config = _run_record(run_dir)
     aggregate = run_dir / FINAL_AGGREGATE_FILE
     if aggregate.is_file():
         if secret_context_path is None:
@@ -110,9 +99,9 @@ def final_state(run_dir: Path, secret_context_path: Path | None) -> dict[str, np
             )
         from flwr.app import Array, ArrayRecord
 
-        from countyfl.aggregator.encrypted import arrays_to_update
         from countyfl.privacy.he.codec import CodecError, decrypt_average
         from countyfl.privacy.he.keys import load_secret_context
+        from countyfl.privacy.he.wire import arrays_to_update
 
         num_features = scenarios.get(config["scenario"]).num_features
         template = models.build(config["model"], num_features).state_dict()
@@ -234,12 +223,11 @@ def publish(
     Returns the metadata written. ``out_dir`` defaults to ``run_dir / PUBLISHED_DIR``;
     ``name`` to the scenario's registry name.
     """
-    run = _read_json(run_dir / RUN_FILE)
-    config = _run_config(run, run_dir / RUN_FILE)
+    run, config = _run_record(run_dir)
     try:
-        history = FederationHistory.from_dict(_read_json(run_dir / HISTORY_FILE))
-    except (KeyError, TypeError, ValueError, AttributeError) as error:
-        raise PublishError(f"{run_dir / HISTORY_FILE} is not a run history: {error}") from error
+        history = FederationHistory.read(run_dir / HISTORY_FILE)
+    except RunFolderError as error:
+        raise PublishError(str(error)) from None
     state = final_state(run_dir, secret_context_path)
     out = out_dir or run_dir / PUBLISHED_DIR
     out.mkdir(parents=True, exist_ok=True)
@@ -260,9 +248,9 @@ def publish(
     metadata = {
         "name": name or scenarios.get(config["scenario"]).registry_name,
         "model": config["model"],
-        "run_id": str(run.get("run-id", "")) or run_dir.name,
+        "run_id": run.run_id or run_dir.name,
         "scenario": config["scenario"],
-        "task_manifest_hash": task_manifest_hash or run.get("task-manifest-hash"),
+        "task_manifest_hash": task_manifest_hash or run.task_manifest_hash,
         "rounds": len(history.rounds),
         **summarise_history(history),
         "encryption": encryption,

@@ -14,7 +14,6 @@ from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import ClientAppCallable
 
 from countyfl import models, protocol, scenarios
-from countyfl.aggregator.encrypted import arrays_to_update, is_encrypted, update_to_arrays
 from countyfl.data import InstitutionData
 from countyfl.deployment.site import SiteConfig, load_site
 from countyfl.deployment.site_data import load_site_data
@@ -25,6 +24,7 @@ from countyfl.federation.release_guard import release_guard_mod
 from countyfl.privacy.budget import BudgetExceededError, train_within_budget
 from countyfl.privacy.he.codec import decrypt_average, encrypt_update
 from countyfl.privacy.he.keys import load_secret_context
+from countyfl.privacy.he.wire import arrays_to_update, is_encrypted, update_to_arrays
 from countyfl.privacy.ledger import LEDGER_FILE, Budget, PrivacyLedger
 from countyfl.privacy.modes import DpRandomness
 from countyfl.privacy.randomness import round_generators

@@ -17,8 +17,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricR
 from flwr.clientapp.typing import ClientAppCallable
 
 from countyfl import protocol
-from countyfl.aggregator.encrypted import CHUNK_PREFIX, META_KEY
 from countyfl.errors import CountyflError
+from countyfl.privacy.he.wire import CHUNK_PREFIX, META_KEY
 from countyfl.privacy.release import (
     ERROR_CODE,
     ERROR_REASON,

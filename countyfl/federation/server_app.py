@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -12,14 +12,26 @@ import numpy as np
 import torch
 from flwr.app import ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import FedAvg, FedProx, Strategy
 
 from countyfl import models, scenarios
-from countyfl.aggregator.encrypted import EncryptedFedAvg, EncryptedFedProx, is_encrypted
-from countyfl.aggregator.strategies import FedAvg, FedProx, RoundCallback
 from countyfl.deployment.tasks import manifest_for, manifest_hash
 from countyfl.federation.records import model_to_arrays
-from countyfl.publishing import FINAL_AGGREGATE_FILE, FINAL_MODEL_FILE, HISTORY_FILE, RUN_FILE
+from countyfl.federation.strategies.encrypted import EncryptedFedAvg, EncryptedFedProx
+from countyfl.federation.strategies.recording import (
+    RecordingStrategy,
+    RoundCallback,
+    record_rejection,
+)
+from countyfl.privacy.he.wire import is_encrypted
 from countyfl.run_config import EncryptionName, RunConfig, StrategyName, parse_run_config
+from countyfl.runs import (
+    FINAL_AGGREGATE_FILE,
+    FINAL_MODEL_FILE,
+    HISTORY_FILE,
+    FederationHistory,
+    RunRecord,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -32,8 +44,13 @@ def build_strategy(
     num_institutions: int,
     num_values: int,
     on_round_end: RoundCallback | None = None,
-) -> FedAvg | FedProx | EncryptedFedAvg | EncryptedFedProx:
-    """The strategy the config names; every institution takes part in every round."""
+) -> RecordingStrategy:
+    """The strategy the config names, wrapped to record every reply.
+
+    Plaintext: Flower's own FedAvg or FedProx; CKKS: their encrypted versions, which hold
+    the public context only. Every institution takes part in every round.
+    """
+    history = FederationHistory()
     common: dict[str, Any] = {
         "fraction_train": 1.0,
         "fraction_evaluate": 1.0,
@@ -42,19 +59,23 @@ def build_strategy(
         # Under the simulation engine get_node_ids() can be empty at start: wait for all.
         "min_available_nodes": num_institutions,
     }
+    inner: Strategy
     if config.encryption is EncryptionName.CKKS:
         encrypted = {
             "public_context_path": Path(config.he_public_context),
             "num_values": num_values,
-            "on_round_end": on_round_end,
+            "on_reject": partial(record_rejection, history),
             **common,
         }
         if config.strategy is StrategyName.FEDPROX:
-            return EncryptedFedProx(proximal_mu=config.proximal_mu, **encrypted)
-        return EncryptedFedAvg(**encrypted)
-    if config.strategy is StrategyName.FEDPROX:
-        return FedProx(proximal_mu=config.proximal_mu, on_round_end=on_round_end, **common)
-    return FedAvg(on_round_end=on_round_end, **common)
+            inner = EncryptedFedProx(proximal_mu=config.proximal_mu, **encrypted)
+        else:
+            inner = EncryptedFedAvg(**encrypted)
+    elif config.strategy is StrategyName.FEDPROX:
+        inner = FedProx(proximal_mu=config.proximal_mu, **common)
+    else:
+        inner = FedAvg(**common)
+    return RecordingStrategy(inner, history, on_round_end)
 
 
 def run_federation(
@@ -82,15 +103,14 @@ def run_federation(
     if config.output_dir:
         output = Path(config.output_dir)
         strategy.history.write(output / HISTORY_FILE)
-        run = {
-            "run-id": run_id,
-            "task-manifest-hash": manifest_hash(manifest_for(config)),
-            "started-at": started.isoformat(),
-            "finished-at": datetime.now(UTC).isoformat(),
-            "num-values": num_values,
-            "config": config.model_dump(mode="json", by_alias=True),
-        }
-        (output / RUN_FILE).write_text(json.dumps(run, indent=1), encoding="utf-8")
+        RunRecord(
+            run_id=run_id,
+            task_manifest_hash=manifest_hash(manifest_for(config)),
+            started_at=started,
+            finished_at=datetime.now(UTC),
+            num_values=num_values,
+            config=config.model_dump(mode="json", by_alias=True),
+        ).write(output)
         if is_encrypted(result.arrays):
             chunks: dict[str, Any] = {k: v.numpy() for k, v in result.arrays.items()}
             np.savez(output / FINAL_AGGREGATE_FILE, **chunks)

@@ -14,13 +14,13 @@ import numpy as np
 import torch
 
 from countyfl import models, scenarios
-from countyfl.aggregator.history import FederationHistory
 from countyfl.data import FederatedDataset
 from countyfl.data.quarantine import write_quarantine
 from countyfl.errors import ConfigError, SimulationError
 from countyfl.privacy.membership_inference import membership_inference_auc
-from countyfl.publishing import HISTORY_FILE, MODEL_FILE, PUBLISHED_DIR, publish
+from countyfl.publishing import MODEL_FILE, PUBLISHED_DIR, publish
 from countyfl.run_config import EncryptionName, RunConfig, parse_run_config
+from countyfl.runs import HISTORY_FILE, FederationHistory
 from countyfl.scenarios import Scenario
 from countyfl.simulations.baselines import MethodMetrics, evaluate_everywhere, train_baselines
 from countyfl.training.local import predict_proba

@@ -18,7 +18,6 @@ import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 
 from countyfl import protocol, scenarios
-from countyfl.aggregator.encrypted import arrays_to_update
 from countyfl.federation import server_app
 from countyfl.privacy.he.codec import deserialize
 from countyfl.privacy.he.keys import (
@@ -27,6 +26,7 @@ from countyfl.privacy.he.keys import (
     init_keys,
     load_public_context,
 )
+from countyfl.privacy.he.wire import arrays_to_update
 from countyfl.privacy.ledger import LEDGER_FILE, PrivacyLedger
 from countyfl.privacy.modes import Mechanism
 from countyfl.privacy.release import Phase, Protection, ReleasedField, find, inventory

@@ -1,22 +1,22 @@
-"""FedAvg and FedProx for the county node, recording each institution's metrics per round.
+"""A strategy wrapper that keeps every institution's reply in a :class:`FederationHistory`.
 
-FedAvg: McMahan et al., "Communication-Efficient Learning of Deep Networks from
-Decentralized Data", AISTATS 2017. FedProx: Li et al., "Federated Optimization in
-Heterogeneous Networks", MLSys 2020 (the proximal term is applied by the clients).
+As Flower composes its own features (``DifferentialPrivacyServerSideFixedClipping`` wraps
+any strategy), :class:`RecordingStrategy` wraps FedAvg, FedProx or their encrypted
+versions: it records what every node replied (metrics only, never weights), notes nodes
+that were sent a task and never answered, holds back replies that would make the inner
+strategy abandon the whole aggregation, and calls back after each round.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
-from flwr.serverapp.strategy import FedProx as FlowerFedProx
+from flwr.serverapp.strategy import Strategy
 
 from countyfl import protocol
-from countyfl.aggregator.history import FederationHistory
+from countyfl.runs import FederationHistory
 
 RoundCallback = Callable[[int], None]
 
@@ -29,20 +29,42 @@ def _reply_metrics(message: Message) -> tuple[int, dict[str, float]] | None:
     return int(values.pop(protocol.PARTITION_ID)), values
 
 
-class RecordingMixin:
-    """Keeps a :class:`FederationHistory` of every reply and calls back after each round."""
+def record_rejection(
+    history: FederationHistory, server_round: int, message: Message, reason: str
+) -> None:
+    """Record that a reply was dropped after it was recorded: a failure, not a result."""
+    record = history.round(server_round)
+    record.failures.append(f"train: node {message.metadata.src_node_id}: {reason}")
+    parsed = _reply_metrics(message)
+    if parsed is not None:
+        record.train.pop(parsed[0], None)
 
-    history: FederationHistory
-    on_round_end: RoundCallback | None
-    # (server round, phase) -> node ids a task was sent to
-    _sent: dict[tuple[int, str], set[int]]
+
+class RecordingStrategy(Strategy):
+    """Wraps ``strategy``; records every reply in ``history`` and calls ``on_round_end``."""
+
+    def __init__(
+        self,
+        strategy: Strategy,
+        history: FederationHistory | None = None,
+        on_round_end: RoundCallback | None = None,
+    ) -> None:
+        self.strategy = strategy
+        self.history = history if history is not None else FederationHistory()
+        self.on_round_end = on_round_end
+        # (server round, phase) -> node ids a task was sent to
+        self._sent: dict[tuple[int, str], set[int]] = {}
+
+    def __repr__(self) -> str:
+        return f"RecordingStrategy({self.strategy!r})"
+
+    def summary(self) -> None:
+        self.strategy.summary()
 
     def _remember(
         self, server_round: int, phase: str, messages: Iterable[Message]
     ) -> list[Message]:
         sent = list(messages)
-        if not hasattr(self, "_sent"):
-            self._sent = {}
         self._sent[(server_round, phase)] = {m.metadata.dst_node_id for m in sent}
         return sent
 
@@ -50,9 +72,7 @@ class RecordingMixin:
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         return self._remember(
-            server_round,
-            "train",
-            super().configure_train(server_round, arrays, config, grid),  # type: ignore[misc]
+            server_round, "train", self.strategy.configure_train(server_round, arrays, config, grid)
         )
 
     def configure_evaluate(
@@ -61,7 +81,7 @@ class RecordingMixin:
         return self._remember(
             server_round,
             "evaluate",
-            super().configure_evaluate(server_round, arrays, config, grid),  # type: ignore[misc]
+            self.strategy.configure_evaluate(server_round, arrays, config, grid),
         )
 
     def _record(self, server_round: int, replies: list[Message], phase: str) -> list[Message]:
@@ -75,36 +95,28 @@ class RecordingMixin:
         # A node that was sent a task and never answered (killed, cut off, timed out) is a
         # loss to record, not a silence.
         answered = {m.metadata.src_node_id for m in replies}
-        sent = getattr(self, "_sent", {}).get((server_round, phase), set())
-        for node in sorted(sent - answered):
+        for node in sorted(self._sent.get((server_round, phase), set()) - answered):
             record.failures.append(f"{phase}: node {node}: no reply (node lost or timed out)")
         for message in replies:
+            node = message.metadata.src_node_id
             if message.has_error():
-                record.failures.append(
-                    f"{phase}: node {message.metadata.src_node_id}: {message.error.reason}"
-                )
+                record.failures.append(f"{phase}: node {node}: {message.error.reason}")
                 forwarded.append(message)
                 continue
             parsed = _reply_metrics(message)
             if parsed is None:
-                record.failures.append(
-                    f"{phase}: node {message.metadata.src_node_id}: reply without metrics"
-                )
+                record.failures.append(f"{phase}: node {node}: reply without metrics")
                 continue
-            if phase == "train" and not isinstance(
-                message.content.get(protocol.ARRAYS), ArrayRecord
-            ):
-                record.failures.append(
-                    f"{phase}: node {message.metadata.src_node_id}: reply without weights"
-                )
+            arrays = message.content.get(protocol.ARRAYS)
+            if phase == "train" and not isinstance(arrays, ArrayRecord):
+                record.failures.append(f"{phase}: node {node}: reply without weights")
                 continue
             partition_id, values = parsed
             getattr(record, phase)[partition_id] = values
             site = message.content.get(protocol.SITE)
-            if isinstance(site, ConfigRecord) and isinstance(
-                site.get(protocol.INSTITUTION_ID), str
-            ):
-                record.institutions[partition_id] = str(site[protocol.INSTITUTION_ID])
+            name = site.get(protocol.INSTITUTION_ID) if isinstance(site, ConfigRecord) else None
+            if isinstance(name, str):
+                record.institutions[partition_id] = name
             forwarded.append(message)
         return forwarded
 
@@ -112,31 +124,13 @@ class RecordingMixin:
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         accepted = self._record(server_round, list(replies), "train")
-        return super().aggregate_train(server_round, accepted)  # type: ignore[misc,no-any-return]
+        return self.strategy.aggregate_train(server_round, accepted)
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
         accepted = self._record(server_round, list(replies), "evaluate")
-        result = super().aggregate_evaluate(server_round, accepted)  # type: ignore[misc]
+        result = self.strategy.aggregate_evaluate(server_round, accepted)
         if self.on_round_end is not None:
             self.on_round_end(server_round)
-        return result  # type: ignore[no-any-return]
-
-
-class FedAvg(RecordingMixin, FlowerFedAvg):
-    """Federated averaging weighted by each institution's number of training examples."""
-
-    def __init__(self, *, on_round_end: RoundCallback | None = None, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.history = FederationHistory()
-        self.on_round_end = on_round_end
-
-
-class FedProx(RecordingMixin, FlowerFedProx):
-    """FedAvg aggregation; sends ``proximal-mu`` so that clients add the proximal term."""
-
-    def __init__(self, *, on_round_end: RoundCallback | None = None, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.history = FederationHistory()
-        self.on_round_end = on_round_end
+        return result

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -12,19 +13,12 @@ import pytest
 import tenseal as ts
 from flwr.app import Array, ArrayRecord, Message, MessageType, MetricRecord, RecordDict
 from hypothesis import given, settings
-from test_strategies import _error_reply, _instruction
+from test_recording import _error_reply, _instruction
 
 from countyfl import protocol
-from countyfl.aggregator import encrypted
-from countyfl.aggregator.encrypted import (
-    CHUNK_PREFIX,
-    MAX_CHUNK_BYTES,
-    META_KEY,
-    EncryptedFedAvg,
-    EncryptedFedProx,
-    arrays_to_update,
-    update_to_arrays,
-)
+from countyfl.federation.strategies import encrypted
+from countyfl.federation.strategies.encrypted import EncryptedFedAvg, EncryptedFedProx
+from countyfl.federation.strategies.recording import RecordingStrategy, record_rejection
 from countyfl.privacy.he.codec import EncryptedUpdate, decrypt_average, encrypt_update
 from countyfl.privacy.he.keys import (
     PUBLIC_CONTEXT_FILE,
@@ -34,6 +28,14 @@ from countyfl.privacy.he.keys import (
     init_keys,
     load_secret_context,
 )
+from countyfl.privacy.he.wire import (
+    CHUNK_PREFIX,
+    MAX_CHUNK_BYTES,
+    META_KEY,
+    arrays_to_update,
+    update_to_arrays,
+)
+from countyfl.runs import FederationHistory
 
 SHAPES = [(1, 13), (1,)]
 NUM_VALUES = 14
@@ -57,8 +59,15 @@ def _reply(node: int, partition: int, arrays: ArrayRecord, examples: int) -> Mes
     return Message(content, reply_to=_instruction(node, MessageType.TRAIN))
 
 
-def _strategy(key_dir: Path) -> EncryptedFedAvg:
-    return EncryptedFedAvg(public_context_path=key_dir / PUBLIC_CONTEXT_FILE, num_values=NUM_VALUES)
+def _strategy(key_dir: Path, num_values: int = NUM_VALUES) -> RecordingStrategy:
+    """Encrypted FedAvg as the ServerApp composes it: rejections go to the history."""
+    history = FederationHistory()
+    inner = EncryptedFedAvg(
+        public_context_path=key_dir / PUBLIC_CONTEXT_FILE,
+        num_values=num_values,
+        on_reject=partial(record_rejection, history),
+    )
+    return RecordingStrategy(inner, history)
 
 
 def test_the_strategy_refuses_to_start_with_a_secret_context(key_dir: Path) -> None:
@@ -257,7 +266,7 @@ def test_replies_that_would_break_the_sum_are_rejected_before_it(
 ) -> None:
     # 5,000 values: one ciphertext two to a slot, two if one to a slot.
     size = 5000
-    strategy = EncryptedFedAvg(public_context_path=key_dir / PUBLIC_CONTEXT_FILE, num_values=size)
+    strategy = _strategy(key_dir, num_values=size)
     rng = np.random.default_rng(4)
     weights = [[rng.normal(size=size)] for _ in range(2)]
     good = [

@@ -1,9 +1,10 @@
-"""FedAvg and FedProx of the county node, called directly on hand-built replies."""
+"""The recording wrapper around Flower's FedAvg and FedProx, called on hand-built replies."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pytest
@@ -18,12 +19,23 @@ from flwr.app import (
     MetricRecord,
     RecordDict,
 )
+from flwr.serverapp import strategy as flower
 
 from countyfl import protocol
-from countyfl.aggregator.history import FederationHistory
-from countyfl.aggregator.strategies import FedAvg, FedProx
+from countyfl.federation.strategies.recording import RecordingStrategy, RoundCallback
+from countyfl.runs import FederationHistory
 
 SHAPES = [(3, 2), (2,)]
+
+
+def FedAvg(*, on_round_end: RoundCallback | None = None, **kwargs: Any) -> RecordingStrategy:
+    """Flower's FedAvg, wrapped to record every reply (as the ServerApp composes it)."""
+    return RecordingStrategy(flower.FedAvg(**kwargs), on_round_end=on_round_end)
+
+
+def FedProx(*, on_round_end: RoundCallback | None = None, **kwargs: Any) -> RecordingStrategy:
+    """Flower's FedProx, wrapped to record every reply."""
+    return RecordingStrategy(flower.FedProx(**kwargs), on_round_end=on_round_end)
 
 
 def _instruction(node_id: int, message_type: str, server_round: int = 1) -> Message:
@@ -275,7 +287,7 @@ def test_rounds_are_kept_apart_and_history_round_trips(tmp_path) -> None:  # typ
 
 def test_fedprox_sends_proximal_mu_and_both_keep_their_own_history() -> None:
     prox = FedProx(proximal_mu=0.25)
-    assert prox.proximal_mu == 0.25
+    assert prox.strategy.proximal_mu == 0.25  # type: ignore[attr-defined]
     avg = FedAvg()
     prox.aggregate_train(1, [_train_reply(1, 0, 3, _arrays(np.random.default_rng(0)), 0.1)])
     assert 1 in prox.history.rounds

@@ -1,0 +1,145 @@
+"""The run folder: what the county's ServerApp writes for one federated run, defined once.
+
+``run.json`` (:class:`RunRecord`: run id, task manifest hash, times, the run config),
+``history.json`` (:class:`FederationHistory`: per round, what every institution replied,
+metrics only, never weights) and the final model: ``final-model.npz`` in plaintext, or
+``final-aggregate.npz``, Enc(sum n w), under CKKS, which only a key holder can publish
+(:mod:`countyfl.publishing`). The ServerApp writes these types and publishing, the
+simulation runner and the tests read them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from countyfl.errors import CountyflError
+
+if TYPE_CHECKING:
+    from countyfl.run_config import RunConfig
+
+RUN_FILE = "run.json"
+HISTORY_FILE = "history.json"
+FINAL_MODEL_FILE = "final-model.npz"
+FINAL_AGGREGATE_FILE = "final-aggregate.npz"
+
+
+class RunFolderError(CountyflError):
+    """A run folder's file is missing or is not what the ServerApp writes."""
+
+
+def _kebab(name: str) -> str:
+    return name.replace("_", "-")
+
+
+class RunRecord(BaseModel):
+    """``run.json``: which run, which task, when, and its whole run config."""
+
+    model_config = ConfigDict(
+        frozen=True, extra="ignore", alias_generator=_kebab, populate_by_name=True
+    )
+
+    run_id: str = ""
+    task_manifest_hash: str | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    num_values: int | None = Field(default=None, ge=0)
+    config: dict[str, Any]
+
+    def run_config(self) -> RunConfig:
+        """The run config, parsed (ConfigError if it is not a valid one)."""
+        from countyfl.run_config import parse_run_config
+
+        return parse_run_config(self.config)
+
+    def write(self, folder: Path) -> Path:
+        path = folder / RUN_FILE
+        path.write_text(
+            json.dumps(self.model_dump(mode="json", by_alias=True), indent=1), encoding="utf-8"
+        )
+        return path
+
+    @classmethod
+    def read(cls, folder: Path) -> RunRecord:
+        path = folder / RUN_FILE
+        data = read_json(path)
+        if not isinstance(data, dict) or not isinstance(data.get("config"), dict):
+            raise RunFolderError(f"{path} holds no run config under 'config'")
+        try:
+            return cls.model_validate(data)
+        except ValidationError as error:
+            raise RunFolderError(f"{path} is not a run record: {error}") from None
+
+
+def read_json(path: Path) -> Any:
+    """A JSON file of a run folder; RunFolderError says what is missing or broken."""
+    if not path.is_file():
+        raise RunFolderError(
+            f"{path} is missing: is {path.parent} the output folder of a finished run "
+            "(it holds run.json, history.json and the final model or aggregate)?"
+        )
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise RunFolderError(f"{path} is not valid JSON: {error}") from error
+
+
+@dataclass
+class RoundRecord:
+    """What one round produced: per-partition train and evaluation metrics and failures."""
+
+    train: dict[int, dict[str, float]] = field(default_factory=dict)
+    evaluate: dict[int, dict[str, float]] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
+    # partition id -> institution id, as each reply named itself
+    institutions: dict[int, str] = field(default_factory=dict)
+
+
+@dataclass
+class FederationHistory:
+    """Every round's :class:`RoundRecord`, keyed by server round (1-based)."""
+
+    rounds: dict[int, RoundRecord] = field(default_factory=dict)
+
+    def round(self, server_round: int) -> RoundRecord:
+        return self.rounds.setdefault(server_round, RoundRecord())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {str(r): asdict(record) for r, record in sorted(self.rounds.items())}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FederationHistory:
+        history = cls()
+        for key, record in data.items():
+            history.rounds[int(key)] = RoundRecord(
+                train={int(k): v for k, v in record["train"].items()},
+                evaluate={int(k): v for k, v in record["evaluate"].items()},
+                failures=list(record["failures"]),
+                institutions={int(k): v for k, v in record.get("institutions", {}).items()},
+            )
+        return history
+
+    def institution_names(self) -> dict[int, str]:
+        """Partition id -> institution id over all rounds (what the replies said)."""
+        names: dict[int, str] = {}
+        for record in self.rounds.values():
+            names.update(record.institutions)
+        return names
+
+    def write(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=1, allow_nan=True), encoding="utf-8")
+
+    @classmethod
+    def read(cls, path: Path) -> FederationHistory:
+        """``history.json``; RunFolderError if it is missing or not a history."""
+        data = read_json(path)
+        try:
+            return cls.from_dict(data)
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            raise RunFolderError(f"{path} is not a run history: {error!r}") from None
