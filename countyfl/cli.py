@@ -193,7 +193,7 @@ def server_start(
     import os
 
     from countyfl.deployment.certs import CA_CERT_FILE, SERVER_CERT_FILE, SERVER_KEY_FILE
-    from countyfl.federation.deployment import (
+    from countyfl.deployment.processes import (
         flower_environment,
         superlink_command,
         write_connection,
@@ -226,7 +226,7 @@ def server_add_node(
     state_dir: StateOption,
 ) -> None:
     """Register a site's SuperNode key: only registered nodes may connect."""
-    from countyfl.federation.deployment import register_node
+    from countyfl.deployment.processes import register_node
 
     if not public_key.is_file():
         raise _fail(f"{public_key} does not exist (made by `countyfl certs add-node NAME`)")
@@ -245,8 +245,8 @@ def node_start(
     """Run this institution's SuperNode in the foreground (TLS, its auth key, its site.toml)."""
     import os
 
+    from countyfl.deployment.processes import flower_environment, supernode_command
     from countyfl.deployment.site import load_site
-    from countyfl.federation.deployment import flower_environment, supernode_command
 
     try:
         config = load_site(site)
@@ -290,9 +290,9 @@ def run_federation_command(
     ] = None,
 ) -> None:
     """Submit a federation to the county's SuperLink and wait for it (with a deadline)."""
+    from countyfl.deployment.processes import default_app_dir, submit_run
     from countyfl.deployment.tasks import manifest_for, manifest_hash
     from countyfl.errors import ConfigError
-    from countyfl.federation.deployment import default_app_dir, submit_run
     from countyfl.privacy.modes import DpRandomness
     from countyfl.run_config import parse_run_config
 

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
 
 class CountyflError(Exception):
     """Root of every error countyfl raises on purpose."""
@@ -32,3 +37,14 @@ class UnknownNameError(CountyflError, KeyError):
 
 class SimulationError(CountyflError, RuntimeError):
     """A federated simulation did not complete."""
+
+
+def describe_validation_error(error: ValidationError, *, whole: str = "value") -> str:
+    """A pydantic error as ``location: problem; location: problem`` for a message.
+
+    ``whole`` names the location of a problem with the object as a whole (no field).
+    """
+    return "; ".join(
+        f"{'.'.join(str(part) for part in issue['loc']) or whole}: {issue['msg']}"
+        for issue in error.errors()
+    )

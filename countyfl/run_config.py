@@ -20,7 +20,8 @@ from pydantic import (
     model_validator,
 )
 
-from countyfl.errors import ConfigError
+from countyfl.errors import ConfigError, describe_validation_error
+from countyfl.naming import kebab_case
 from countyfl.privacy.modes import AccountantName, DpRandomness, GradSampleMode
 from countyfl.training.plan import OptimizerName, TrainingPlan
 
@@ -39,15 +40,11 @@ class StrategyName(StrEnum):
     FEDPROX = "fedprox"
 
 
-def _kebab(name: str) -> str:
-    return name.replace("_", "-")
-
-
 class RunConfig(BaseModel):
     """Everything one federated run needs to know, shared by ServerApp and ClientApp."""
 
     model_config = ConfigDict(
-        frozen=True, extra="forbid", alias_generator=_kebab, populate_by_name=True
+        frozen=True, extra="forbid", alias_generator=kebab_case, populate_by_name=True
     )
 
     scenario: str = Field(default="fed-heart-disease", min_length=1, max_length=64)
@@ -156,8 +153,5 @@ def parse_run_config(run_config: Mapping[str, Any]) -> RunConfig:
     try:
         return RunConfig.model_validate(dict(run_config))
     except ValidationError as error:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in issue['loc']) or 'run config'}: {issue['msg']}"
-            for issue in error.errors()
-        )
+        problems = describe_validation_error(error, whole="run config")
         raise ConfigError(f"invalid run config: {problems}") from None

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from countyfl.errors import CountyflError
+from countyfl.errors import CountyflError, describe_validation_error
+from countyfl.naming import kebab_case
 
 if TYPE_CHECKING:
     from countyfl.run_config import RunConfig
@@ -33,15 +34,11 @@ class RunFolderError(CountyflError):
     """A run folder's file is missing or is not what the ServerApp writes."""
 
 
-def _kebab(name: str) -> str:
-    return name.replace("_", "-")
-
-
 class RunRecord(BaseModel):
     """``run.json``: which run, which task, when, and its whole run config."""
 
     model_config = ConfigDict(
-        frozen=True, extra="ignore", alias_generator=_kebab, populate_by_name=True
+        frozen=True, extra="ignore", alias_generator=kebab_case, populate_by_name=True
     )
 
     run_id: str = ""
@@ -73,7 +70,8 @@ class RunRecord(BaseModel):
         try:
             return cls.model_validate(data)
         except ValidationError as error:
-            raise RunFolderError(f"{path} is not a run record: {error}") from None
+            problems = describe_validation_error(error, whole="file")
+            raise RunFolderError(f"{path} is not a run record: {problems}") from None
 
 
 def read_json(path: Path) -> Any:

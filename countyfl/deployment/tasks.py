@@ -35,7 +35,13 @@ from countyfl.deployment.site import (
     load_site,
     toml_string,
 )
-from countyfl.errors import ConfigError, CountyflError, UnknownNameError
+from countyfl.errors import (
+    ConfigError,
+    CountyflError,
+    UnknownNameError,
+    describe_validation_error,
+)
+from countyfl.naming import kebab_case
 from countyfl.privacy.modes import AccountantName, DpRandomness
 from countyfl.privacy.release import describe, inventory
 from countyfl.run_config import (
@@ -80,15 +86,11 @@ class TaskAlreadyApprovedError(CountyflError):
     """The site.toml already approves this task."""
 
 
-def _kebab(name: str) -> str:
-    return name.replace("_", "-")
-
-
 class DifferentialPrivacyTerms(BaseModel):
     """The DP-SGD terms of a task (Abadi et al., CCS 2016): what one run may spend."""
 
     model_config = ConfigDict(
-        frozen=True, extra="forbid", alias_generator=_kebab, populate_by_name=True
+        frozen=True, extra="forbid", alias_generator=kebab_case, populate_by_name=True
     )
 
     target_epsilon: float = Field(gt=0, description="epsilon one run spends at this site")
@@ -103,7 +105,7 @@ class TaskManifest(BaseModel):
     """What a federated run asks a site to do, and what leaves the site if it agrees."""
 
     model_config = ConfigDict(
-        frozen=True, extra="forbid", alias_generator=_kebab, populate_by_name=True
+        frozen=True, extra="forbid", alias_generator=kebab_case, populate_by_name=True
     )
 
     manifest_version: Literal[1] = MANIFEST_VERSION
@@ -277,10 +279,7 @@ def read_task_file(path: Path) -> TaskManifest:
     try:
         manifest = TaskManifest.model_validate_json(text)
     except ValidationError as error:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in issue['loc']) or 'file'}: {issue['msg']}"
-            for issue in error.errors()
-        )
+        problems = describe_validation_error(error, whole="file")
         raise TaskManifestError(
             f"{path}: not a task manifest: {problems}. Write it with `countyfl task manifest`."
         ) from None

@@ -17,7 +17,7 @@ from countyfl import models, protocol, scenarios
 from countyfl.data import InstitutionData
 from countyfl.deployment.site import SiteConfig, load_site
 from countyfl.deployment.site_data import load_site_data
-from countyfl.deployment.tasks import TaskNotApprovedError, check_approved, record_refusal
+from countyfl.deployment.tasks import TaskNotApprovedError, enforce_approval
 from countyfl.errors import ConfigError, CountyflError
 from countyfl.federation.records import arrays_of, load_arrays, model_to_arrays, server_round_of
 from countyfl.federation.release_guard import release_guard_mod
@@ -105,11 +105,8 @@ def site_policy_mod(msg: Message, context: Context, call_next: ClientAppCallable
                 f"{config.dp_randomness.value!r}: its noise would follow the run's seed, which "
                 "the server knows; a deployed site draws its noise from its own secret source"
             )
-        check_approved(site, config)
-    except TaskNotApprovedError as refusal:
-        record_refusal(
-            site, task_hash=refusal.task_hash, reason=str(refusal), run_id=context.run_id
-        )
+        enforce_approval(site, config, run_id=context.run_id)
+    except TaskNotApprovedError as refusal:  # recorded in the site's refusals.jsonl
         return Message(
             error=Error(code=protocol.REFUSED_ERROR_CODE, reason=str(refusal)), reply_to=msg
         )
@@ -127,13 +124,20 @@ def _round_seed(config: RunConfig, partition_id: int, server_round: int) -> int:
     return config.seed * 1_000_003 + partition_id * 10_007 + server_round
 
 
-DEFAULT_SITES_DIR = Path.home() / ".countyfl" / "sites"
+SITES_DIR = "sites"
 
 
 def site_directory(config: RunConfig, institution_id: str) -> Path:
-    """The simulated institution's own folder (its privacy ledger lives there)."""
-    root = Path(config.sites_dir) if config.sites_dir else DEFAULT_SITES_DIR
-    return root / institution_id
+    """The simulated institution's own folder (its privacy ledger lives there).
+
+    ``sites-dir`` of the run config, else ``sites/`` under countyfl's home
+    (``COUNTYFL_HOME``, default ``~/.countyfl``).
+    """
+    if config.sites_dir:
+        return Path(config.sites_dir) / institution_id
+    from countyfl.settings import Settings
+
+    return Settings().home / SITES_DIR / institution_id
 
 
 @lru_cache(maxsize=4)

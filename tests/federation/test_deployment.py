@@ -28,9 +28,9 @@ from countyfl.deployment import (
     load_site_data,
     read_refusals,
 )
+from countyfl.deployment.local_county import LocalCounty, task_manifest, wait_for
+from countyfl.deployment.processes import online_nodes
 from countyfl.federation.client_app import deployed_partition_id
-from countyfl.federation.deployment import online_nodes
-from countyfl.federation.local_county import LocalCounty, task_manifest, wait_for
 from countyfl.privacy.he.keys import SECRET_CONTEXT_FILE
 from countyfl.privacy.ledger import LEDGER_FILE, PrivacyLedger
 from countyfl.privacy.modes import AccountantName, Mechanism

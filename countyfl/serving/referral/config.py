@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from countyfl.data.federated import CareLevel
+from countyfl.naming import kebab_case
 from countyfl.serving.errors import ReferralConfigError
 
 CODE_PATTERN = r"^[a-z0-9][a-z0-9-]{0,63}$"
@@ -71,15 +72,11 @@ Label = Annotated[str, Field(min_length=1, max_length=200)]
 Probability = Annotated[float, Field(gt=0, lt=1, allow_inf_nan=False)]
 
 
-def _kebab(name: str) -> str:
-    return name.replace("_", "-")
-
-
 class _Config(BaseModel):
     model_config = ConfigDict(
         frozen=True,
         extra="forbid",
-        alias_generator=_kebab,
+        alias_generator=kebab_case,
         validate_by_name=True,
         validate_by_alias=True,
     )

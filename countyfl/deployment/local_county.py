@@ -30,7 +30,7 @@ from countyfl.deployment import (
     render_site_toml,
 )
 from countyfl.deployment.certs import CA_CERT_FILE
-from countyfl.federation.deployment import DeploymentError, flower_environment, online_nodes
+from countyfl.deployment.processes import DeploymentError, flower_environment, online_nodes
 from countyfl.privacy.he.keys import PUBLIC_CONTEXT_FILE, SECRET_CONTEXT_FILE, init_keys
 from countyfl.run_config import parse_run_config
 

@@ -1,0 +1,106 @@
+"""The report from a simulation result built by hand: numbers, privacy section, files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from countyfl import protocol, scenarios
+from countyfl.run_config import parse_run_config
+from countyfl.runs import FederationHistory, RoundRecord
+from countyfl.simulations.baselines import POOLED_TEST
+from countyfl.simulations.report import render_markdown, summarize, write_report
+from countyfl.simulations.runner import SeedResult, SimulationResult
+
+SCENARIO = "fed-heart-disease"
+
+
+def _metrics(accuracy: float) -> dict[str, float]:
+    return {
+        protocol.ACCURACY: accuracy,
+        protocol.AUC: accuracy + 0.05,
+        protocol.LOSS: 1 - accuracy,
+        protocol.BRIER: 0.2,
+        protocol.ECE: 0.05,
+    }
+
+
+def _result(tmp_path: Path, **overrides: object) -> SimulationResult:
+    scenario = scenarios.get(SCENARIO)
+    dataset = scenarios.load(SCENARIO)
+    config = parse_run_config(
+        {**scenario.defaults, "num-server-rounds": 2, "accountant": "rdp", **overrides}
+    )
+    ids = [i.institution_id for i in dataset.institutions]
+    seeds = []
+    for seed, accuracy in ((42, 0.8), (43, 0.7)):
+        history = FederationHistory()
+        for server_round in (1, 2):
+            history.rounds[server_round] = RoundRecord(
+                train={
+                    p: {
+                        protocol.NUM_EXAMPLES: 50.0,
+                        protocol.EPSILON: 0.5 * server_round,
+                        protocol.NOISE_MULTIPLIER: 2.0 + p,
+                        protocol.SAMPLE_RATE: 0.25,
+                    }
+                    for p in range(len(ids))
+                },
+                evaluate={p: {protocol.NUM_EXAMPLES: 20.0, **_metrics(accuracy)} for p in range(4)},
+                failures=["train: node 9: no reply (node lost or timed out)"]
+                if server_round == 2
+                else [],
+                institutions=dict(enumerate(ids)),
+            )
+        methods = {
+            method: {**{i: _metrics(accuracy - shift) for i in ids}, POOLED_TEST: _metrics(0.75)}
+            for method, shift in (("federated", 0.0), ("pooled", 0.02))
+        }
+        _, _, x_test, _ = dataset.pooled()
+        predictions = {m: np.full(len(x_test), 0.4) for m in methods}
+        seeds.append(SeedResult(seed, history, methods, 12.0, predictions, dict.fromkeys(ids, 0.5)))
+    return SimulationResult(scenario, config, dataset, seeds, tmp_path / "report")
+
+
+def test_the_headline_is_the_mean_of_institutions_over_seeds(tmp_path: Path) -> None:
+    summary = summarize(_result(tmp_path))
+    headline = summary["methods"]["federated"]["summary"]["mean-of-institutions"]["accuracy"]
+    assert headline["mean"] == pytest.approx(0.75)
+    assert headline["std"] == pytest.approx(np.std([0.8, 0.7], ddof=1))
+    assert summary["seeds"] == [42, 43]
+
+
+def test_the_privacy_section_splits_each_runs_epsilon(tmp_path: Path) -> None:
+    summary = summarize(_result(tmp_path))
+    split = summary["privacy"]["per-institution"]["cleveland"]["budget-split"]
+    assert 0 < split["noisy-count"] < split["run"] and 0 < split["training"] < split["run"]
+    assert split["run"] < split["noisy-count"] + split["training"]  # tighter than a sum
+    text = render_markdown(summary)
+    assert "epsilon: count / training / run" in text
+    assert "CSPRNG" in text and "does NOT hold" not in text
+    assert "train-loss" not in json.dumps(summary)
+
+
+def test_seeded_randomness_is_stated_in_the_report(tmp_path: Path) -> None:
+    text = render_markdown(summarize(_result(tmp_path, **{"dp-randomness": "seeded"})))
+    assert "does NOT hold against anyone who knows the seed" in text
+
+
+def test_without_dp_the_report_says_so_and_splits_nothing(tmp_path: Path) -> None:
+    summary = summarize(_result(tmp_path, dp=False))
+    assert summary["privacy"]["per-institution"]["cleveland"]["budget-split"] is None
+    assert "Differential privacy was off" in render_markdown(summary)
+
+
+def test_failures_are_listed_and_the_files_written(tmp_path: Path) -> None:
+    result = _result(tmp_path)
+    report = write_report(result)
+    text = report.read_text(encoding="utf-8")
+    assert "seed 43 round 2: train: node 9: no reply" in text
+    folder = result.output_dir
+    for name in ("metrics.json", "institution-metric-per-round.png", "federated-vs-baselines.png"):
+        assert (folder / name).stat().st_size > 0, name
+    assert json.loads((folder / "metrics.json").read_text())["scenario"] == SCENARIO
