@@ -20,7 +20,7 @@ from pathlib import Path
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
 
-from countyfl.federation.local_county import LocalCounty, countyfl_command
+from countyfl.deployment.local_county import LocalCounty, countyfl_command
 
 TASK = {
     "scenario": "fed-heart-disease",
