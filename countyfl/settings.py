@@ -32,9 +32,16 @@ class Settings(BaseSettings):
     )
 
     def resolved_database_url(self) -> str:
-        """The database URL to use: the configured one, or embedded SQLite under ``home``."""
+        """The database URL to use: the configured one, or embedded SQLite under ``home``.
+
+        For the embedded default, ``home`` is created owner-only (0700), or tightened to it
+        when an older version left it open to other users: it holds the database and keys.
+        """
         if self.database_url:
             return self.database_url
+        from countyfl.storage.database import ensure_private_directory
+
+        ensure_private_directory(self.home)
         return f"sqlite:///{self.home / 'countyfl.db'}"
 
 

@@ -1,5 +1,11 @@
 """Engine creation (SQLite WAL or PostgreSQL), the declarative base and Alembic upgrades.
 
+A SQLite database holds password hashes, token hashes and the audit log, so its files are
+owner-only from the moment they exist: the folders countyfl creates for it are 0700, the
+database file is created 0600 before SQLite opens it (SQLite gives ``-wal`` and ``-shm`` the
+database file's mode), and files left group- or world-readable by an older version are
+tightened when an engine is created and on every new connection.
+
 The registry (``countyfl.registry``) and the audit log (``countyfl.audit``) put their tables
 on the one :class:`Base` defined here; their schema changes are Alembic revisions in
 ``countyfl/storage/migrations/versions`` and are applied with :func:`upgrade`.
@@ -7,6 +13,9 @@ on the one :class:`Base` defined here; their schema changes are Alembic revision
 
 from __future__ import annotations
 
+import logging
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +25,13 @@ from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 from countyfl.errors import ConfigError
 
+logger = logging.getLogger(__name__)
+
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+PRIVATE_FILE_MODE = 0o600
+PRIVATE_DIRECTORY_MODE = 0o700
+SQLITE_COMPANIONS = ("-wal", "-shm", "-journal")
+"""Files SQLite keeps beside a database; they hold the same data."""
 
 
 class Base(DeclarativeBase):
@@ -32,6 +47,75 @@ def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+
+
+def make_private_directory(path: Path) -> None:
+    """Create ``path`` (and missing parents) with mode 0700; existing folders are left alone.
+
+    ``mkdir``'s mode is filtered by the umask, so each folder created here is set exactly.
+    """
+    missing = []
+    current = path
+    while not current.exists():
+        missing.append(current)
+        if current.parent == current:
+            break
+        current = current.parent
+    for folder in reversed(missing):
+        try:
+            folder.mkdir(mode=PRIVATE_DIRECTORY_MODE)
+        except FileExistsError:
+            continue
+        folder.chmod(PRIVATE_DIRECTORY_MODE)
+
+
+def tighten(path: Path, private_mode: int) -> None:
+    """Take group and other permissions away from ``path`` if it is ours and has any."""
+    try:
+        info = path.lstat()
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(info.st_mode) or info.st_uid != os.getuid():
+        return
+    if stat.S_IMODE(info.st_mode) & (stat.S_IRWXG | stat.S_IRWXO):
+        path.chmod(stat.S_IMODE(info.st_mode) & private_mode)
+        logger.warning(
+            "%s was readable by other users; its mode is now %04o",
+            path,
+            stat.S_IMODE(info.st_mode) & private_mode,
+        )
+
+
+def ensure_private_directory(path: Path) -> None:
+    """``path`` exists as a folder only its owner may enter (created or tightened to 0700).
+
+    For countyfl's own home folder (``COUNTYFL_HOME``): it holds the database and keys.
+    """
+    make_private_directory(path)
+    tighten(path, PRIVATE_DIRECTORY_MODE)
+
+
+def _prepare_sqlite_file(database: Path) -> None:
+    """Create the folders and an empty database file owner-only; tighten older files."""
+    make_private_directory(database.parent)
+    try:
+        descriptor = os.open(
+            database, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, PRIVATE_FILE_MODE
+        )
+    except FileExistsError:
+        pass
+    else:
+        try:
+            os.fchmod(descriptor, PRIVATE_FILE_MODE)  # exactly, whatever the umask
+        finally:
+            os.close(descriptor)
+    _tighten_sqlite_files(database)
+
+
+def _tighten_sqlite_files(database: Path) -> None:
+    tighten(database, PRIVATE_FILE_MODE)
+    for suffix in SQLITE_COMPANIONS:
+        tighten(Path(f"{database}{suffix}"), PRIVATE_FILE_MODE)
 
 
 def create_database_engine(url: str, **kwargs: Any) -> Engine:
@@ -51,10 +135,27 @@ def create_database_engine(url: str, **kwargs: Any) -> Engine:
         ) from exc
     backend = parsed.get_backend_name()
     if backend == "sqlite":
+        database = None
         if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            database = Path(parsed.database).expanduser()
+            try:
+                _prepare_sqlite_file(database)
+            except OSError as error:
+                raise ConfigError(
+                    f"the SQLite database {database} cannot be created owner-only ({error}); "
+                    "check the folder and its permissions"
+                ) from None
         engine = create_engine(parsed, **kwargs)
         event.listen(engine, "connect", _configure_sqlite)
+        if database is not None:
+            # The -wal and -shm files appear with the first connection; one left readable
+            # by an older version is tightened as soon as it is opened again.
+            path = database
+
+            def _tighten_on_connect(_connection: Any, _record: Any) -> None:
+                _tighten_sqlite_files(path)
+
+            event.listen(engine, "connect", _tighten_on_connect)
         return engine
     if backend == "postgresql":
         if parsed.drivername == "postgresql":
