@@ -52,3 +52,12 @@ class ArtifactIntegrityError(RegistryError):
 
 class PublishedModelError(InvalidInputError):
     """A folder written by ``countyfl model publish`` is incomplete or malformed."""
+
+
+class UnsafeModelError(RegistryError):
+    """A model is not what a model must be (non-finite or absurd weights, a broken transform,
+    weights that do not fit its architecture), whatever its lineage claims."""
+
+
+class EvaluationDataError(InvalidInputError):
+    """Held-out evaluation data cannot be used as given (file, row, column, what to do)."""
