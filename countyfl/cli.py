@@ -15,6 +15,7 @@ from rich.table import Table
 
 import countyfl  # noqa: F401  (switches Flower's telemetry off before flwr is imported)
 from countyfl.errors import CountyflError
+from countyfl.terminal import shown
 
 app = typer.Typer(
     help="countyfl: privacy-preserving federated learning for a county medical community.",
@@ -458,14 +459,17 @@ def simulate(
         bool,
         typer.Option(
             help="register each seed's published model as a candidate in the registry "
-            "(COUNTYFL_DATABASE_URL, else SQLite under COUNTYFL_HOME)"
+            "(COUNTYFL_DATABASE_URL, else SQLite under COUNTYFL_HOME); needs a token"
         ),
     ] = True,
-    token: Annotated[
+    registry_token: Annotated[
         str | None,
         typer.Option(
+            "--registry-token",
+            "--token",
             envvar="COUNTYFL_TOKEN",
-            help="API token to register with (default: the local simulation-runner identity)",
+            help="your API token (a researcher's): the candidates are registered as you. "
+            "Without one the models are published but not registered",
             show_default=False,
         ),
     ] = None,
@@ -474,7 +478,8 @@ def simulate(
     """Run a federated simulation on real hospital data and write a report folder.
 
     Each seed's final model is published (decrypted by the runner, which holds the keys in
-    a simulation) and registered as a candidate version with its lineage.
+    a simulation) and, with --registry-token, registered as a candidate version with its
+    lineage, by the user the token belongs to.
     """
     from countyfl.simulations.report import write_report
     from countyfl.simulations.runner import SimulationRequest, run_simulation_request
@@ -540,24 +545,30 @@ def simulate(
 
             result = run_simulation_request(request, update)
         report = write_report(result)
+        from countyfl.publishing import PUBLISHED_DIR
+
+        published = [result.output_dir / f"seed-{r.seed}" / PUBLISHED_DIR for r in result.seeds]
         registered = []
-        if register:
-            from countyfl.publishing import PUBLISHED_DIR
+        if register and registry_token:
             from countyfl.simulations.registration import register_published_runs
 
-            registered = register_published_runs(
-                [result.output_dir / f"seed-{r.seed}" / PUBLISHED_DIR for r in result.seeds],
-                token=token,
-            )
+            registered = register_published_runs(published, token=registry_token)
     except CountyflError as error:
-        console.print(f"[red]error:[/red] {error}")
+        console.print(f"[red]error:[/red] {shown(error)}")
         raise typer.Exit(code=2) from None
     _print_summary(report.parent)
     for version in registered:
         Console().print(
-            f"registered {version.name} version {version.version} as a candidate "
-            f"(run {version.run_id}): `countyfl registry show {version.name} "
+            f"registered {shown(version.name)} version {version.version} as a candidate "
+            f"(run {shown(version.run_id)}): `countyfl registry show {shown(version.name)} "
             f"--version {version.version}`"
+        )
+    if register and not registry_token:
+        Console().print(
+            "published, not registered: no API token was given (--registry-token or "
+            "COUNTYFL_TOKEN). Register each model as yourself later with `countyfl registry "
+            "register FOLDER --user YOUR-NAME`, for FOLDER in: "
+            + ", ".join(shown(folder) for folder in published)
         )
 
 
