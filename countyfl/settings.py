@@ -147,13 +147,13 @@ class ServingSettings(Settings):
         default=5,
         ge=1,
         le=100,
-        description="Failed password logins of one account before it is locked out for a while.",
+        description="The failed password login of one account that locks it out for a while.",
     )
     address_free_failures: int = Field(
         default=30,
         ge=1,
         le=10_000,
-        description="Failed authentications from one client address before it is slowed down.",
+        description="The failed authentication from one address that locks its password logins.",
     )
     lockout_seconds: float = Field(
         default=2.0,

@@ -278,7 +278,7 @@ def _request_problem(item: Any, body_type: Any = None) -> FieldProblem:
     """One schema error as a field problem: where (``patients[1].resting_bp``), what,
     and the range and unit the schema expects for that field (never the value sent)."""
     parts = list(item.get("loc", ()))
-    if parts and parts[0] == "body":
+    if parts and parts[0] in {"body", "query", "path", "header", "cookie"}:
         parts = parts[1:]
     field = "".join(
         f"[{part}]" if isinstance(part, int) else ("." if index else "") + str(part)

@@ -1,9 +1,9 @@
 """Login throttling: lockout with exponential backoff per account and per client address.
 
 Every failed authentication counts against the client address it came from, and a failed
-password login also against the account it named. The first ``free`` failures cost
-nothing; each further one locks the key for ``base`` seconds, doubled for every failure
-after that, up to ``ceiling`` (1 s, 2 s, 4 s, ... 15 min by default). While an account is
+password login also against the account it named. The ``free``-th failure locks the key
+for ``base`` seconds, and every failure after that doubles the lock, up to ``ceiling``
+(2 s, 4 s, 8 s, ... 15 min by default; 5 failures for an account, 30 for an address). While an account is
 locked its password is not even checked, so the right password does not get through
 either (the lock does not tell a guess that was right from one that was wrong). Failures
 are forgotten ``ceiling`` seconds after the last one; a successful login forgets the
@@ -51,7 +51,7 @@ class LoginThrottle:
     Parameters
     ----------
     account_free, address_free : int
-        Failures allowed before a key is locked.
+        The failure that locks a key (5: the fifth failure locks the account).
     base, ceiling : float
         The first lock's length and the longest lock, in seconds.
     clock : Callable[[], float]
@@ -106,8 +106,8 @@ class LoginThrottle:
                 found.count += 1
                 found.last = now
                 beyond = found.count - self._free[kind]
-                if beyond > 0:
-                    seconds = min(self._base * 2 ** min(beyond - 1, 30), self._ceiling)
+                if beyond >= 0:
+                    seconds = min(self._base * 2 ** min(beyond, 30), self._ceiling)
                     found.locked_until = now + seconds
                     started.append(Lockout(key, kind, seconds))
                 self._keys[(kind, key)] = found

@@ -252,3 +252,36 @@ def test_users_roles_prints_the_matrix_without_a_database() -> None:
         for action in Action
     }
     assert "second person" in result.stdout
+
+
+def test_stored_text_with_escapes_and_markup_prints_inert(cli_runner: Cli, tmp_path: Path) -> None:
+    """Finding 9: ANSI escapes and rich markup in run ids and token labels reached the terminal.
+
+    Registration refuses control characters now; rows an older version stored are still
+    printed inert.
+    """
+    from sqlalchemy import text
+
+    from countyfl.storage import create_database_engine
+
+    admin_token = cli_runner.bootstrap()
+    researcher = cli_runner.token_for(admin_token, "rita", "researcher")
+    folder = publish_folder(tmp_path / "published", run_id="run\x1b[2J-42")
+    refused = cli_runner.run("registry", "register", str(folder), token=researcher)
+    assert refused.exit_code == ExitCode.USAGE and "'run_id'" in refused.stderr
+    folder = publish_folder(tmp_path / "ok")
+    assert cli_runner.run("registry", "register", str(folder), token=researcher).exit_code == 0
+    evil = "\x1b]0;pwned\x07\x1b[2J[link=https://evil.example]run[/link][red]ok[/red]"
+    engine = create_database_engine(cli_runner.url)
+    with engine.begin() as connection:
+        connection.execute(text("UPDATE registry_model_versions SET run_id = :v"), {"v": evil})
+        connection.execute(text("UPDATE api_tokens SET name = :v"), {"v": evil})
+    engine.dispose()
+    outputs = [
+        cli_runner.run("registry", "list", token=researcher).stdout,
+        cli_runner.run("registry", "show", MODEL, token=researcher).stdout,
+        cli_runner.run("users", "tokens", token=admin_token).stdout,
+    ]
+    for output in outputs:
+        assert "\x1b" not in output and "\x07" not in output, output
+        assert "\\x1b" in output and "[red]" in output
