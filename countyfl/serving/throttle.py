@@ -3,12 +3,14 @@
 Every failed authentication counts against the client address it came from, and a failed
 password login also against the account it named. The ``free``-th failure locks the key
 for ``base`` seconds, and every failure after that doubles the lock, up to ``ceiling``
-(2 s, 4 s, 8 s, ... 15 min by default; 5 failures for an account, 30 for an address). While an account is
-locked its password is not even checked, so the right password does not get through
-either (the lock does not tell a guess that was right from one that was wrong). Failures
-are forgotten ``ceiling`` seconds after the last one; a successful login forgets the
-account's failures but not the address's (an attacker who owns one account cannot wipe
-the count of the guesses made at others).
+(2 s, 4 s, 8 s, ... 15 min by default; 5 failures for an account, 30 for an address).
+While an account is locked its password is not even checked, so the right password does
+not get through either (the lock does not tell a guess that was right from one that was
+wrong). Failures are forgotten ``ceiling`` seconds after the last one; a successful login
+forgets the account's failures but not the address's (an attacker who owns one account
+cannot wipe the count of the guesses made at others). Bearer tokens are never refused for
+their address's failures (see :mod:`countyfl.serving.dependencies`), but their failures
+count towards it.
 
 State lives in the process: with several workers each keeps its own counts, which
 multiplies what an attacker gets by the number of workers. The client address is the
