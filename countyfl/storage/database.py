@@ -186,3 +186,32 @@ def upgrade(engine: Engine, revision: str = "heads") -> None:
     from alembic import command
 
     command.upgrade(alembic_config(engine), revision)
+
+
+API_ROLE_SQL = Path(__file__).parent / "api_role.sql"
+_IDENTIFIER = r"^[a-z_][a-z0-9_]{0,62}$"
+
+
+def api_role_statements(role: str, schema: str = "public") -> list[str]:
+    """The GRANT statements of the API's least-privilege PostgreSQL role (``api_role.sql``).
+
+    Raises
+    ------
+    ConfigError
+        If ``role`` or ``schema`` is not a plain lowercase SQL identifier.
+    """
+    import re
+
+    for kind, name in (("role", role), ("schema", schema)):
+        if not re.fullmatch(_IDENTIFIER, name):
+            raise ConfigError(
+                f"{kind} name {name!r} is not a plain SQL identifier; use lowercase letters, "
+                "digits and '_'"
+            )
+    text = API_ROLE_SQL.read_text(encoding="utf-8")
+    code = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("--"))
+    return [
+        " ".join(statement.split()).replace("{role}", role).replace("{schema}", schema)
+        for statement in code.split(";")
+        if statement.strip()
+    ]

@@ -183,7 +183,7 @@ class Deployment:
 
     @property
     def url(self) -> str:
-        return str(self.engine.url)
+        return self.engine.url.render_as_string(hide_password=False)
 
     def settings(self, **overrides: Any) -> ServingSettings:
         values: dict[str, Any] = {
@@ -261,14 +261,14 @@ class Deployment:
         return "\n".join("\t".join(str(value) for value in row) for row in rows)
 
 
-def make_deployment(root: Path) -> Deployment:
+def make_deployment(root: Path, url: str | None = None) -> Deployment:
     """A fresh SQLite registry under ``root`` with users of every role (password PASSWORD).
 
     Two admins: ada adds every user, adam approves the privileged ones (and their tokens),
     as the registry's two-person rule requires.
     """
     root.mkdir(parents=True, exist_ok=True)
-    engine = create_database_engine(f"sqlite:///{root / 'countyfl.db'}")
+    engine = create_database_engine(url or f"sqlite:///{root / 'countyfl.db'}")
     upgrade(engine)
     audit = AuditLog(engine)
     bootstrap_admin(engine, ADMIN.username, password=PASSWORD, audit=audit)
