@@ -370,17 +370,19 @@ def model_publish(
     try:
         metadata = publish(run_dir, out, secret_context_path=secret_context, name=name)
     except CountyflError as error:
-        console.print(f"[red]error:[/red] {error}")
+        console.print(f"[red]error:[/red] {shown(error)}")
         raise typer.Exit(code=2) from None
     folder = out or run_dir / "published"
-    table = Table("item", "value", title=f"published {metadata['name']} to {folder}")
-    table.add_row("run", metadata["run_id"])
+    table = Table("item", "value", title=f"published {shown(metadata['name'])} to {shown(folder)}")
+    table.add_row("run", shown(metadata["run_id"]))
     table.add_row("rounds", str(metadata["rounds"]))
-    table.add_row("institutions", ", ".join(metadata["institutions"]))
+    table.add_row("institutions", shown(", ".join(metadata["institutions"])))
     for institution, spent in metadata["privacy"].items():
-        table.add_row(f"epsilon at {institution}", f"{spent['epsilon']} (delta {spent['delta']})")
+        table.add_row(
+            f"epsilon at {shown(institution)}", f"{spent['epsilon']} (delta {spent['delta']})"
+        )
     for metric, value in metadata["metrics"]["federated"].items():
-        table.add_row(f"federated {metric}", "n/a" if value is None else f"{value:.4f}")
+        table.add_row(f"federated {shown(metric)}", "n/a" if value is None else f"{value:.4f}")
     table.add_row("encryption", "none" if metadata["encryption"] is None else "CKKS")
     table.add_row("sha256", metadata["artifact"]["sha256"])
     Console().print(table)

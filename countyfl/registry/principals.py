@@ -22,6 +22,7 @@ from countyfl.registry.errors import AuthenticationError, RegistryError
 from countyfl.registry.permissions import Action, authorize
 from countyfl.registry.roles import Principal
 from countyfl.registry.tables import SettingRow, UserRow
+from countyfl.storage.database import fetch_row
 
 PSEUDONYM_KEY = "audit-pseudonym-key"
 """The ``registry_settings`` row holding the pseudonym key (written by a migration)."""
@@ -143,6 +144,9 @@ def token_version_of(engine: Engine, username: str) -> int | None:
     return None if found is None else int(found)
 
 
+_USER_STATE = "SELECT disabled, pending_approval, role, token_version FROM users WHERE username = ?"
+
+
 def access_refusal(engine: Engine, principal: Principal, token_version: int) -> str:
     """Why an access token of ``principal`` at ``token_version`` no longer proves anything.
 
@@ -150,12 +154,7 @@ def access_refusal(engine: Engine, principal: Principal, token_version: int) -> 
     role, and its token version is still ``token_version`` (disabling the user or changing
     its role or password increments it). One indexed query, for every request.
     """
-    with engine.connect() as connection:
-        row = connection.execute(
-            select(
-                UserRow.disabled, UserRow.pending_approval, UserRow.role, UserRow.token_version
-            ).where(UserRow.username == principal.username)
-        ).one_or_none()
+    row = fetch_row(engine, _USER_STATE, (principal.username,))
     if row is None:
         return "unknown-user"
     reason = live_refusal_reason((bool(row[0]), bool(row[1]), str(row[2])), principal)

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy.typing as npt
 from pydantic import TypeAdapter, ValidationError
-from sqlalchemy import Engine, Select, and_, func, select
+from sqlalchemy import Engine, Select, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
@@ -74,11 +74,10 @@ from countyfl.registry.tables import (
     ModelVersionRow,
     StageTransitionRow,
     ThresholdRow,
-    UserRow,
     VersionInstitutionRow,
 )
 from countyfl.registry.timestamps import as_utc, utc_now
-from countyfl.storage.database import session_factory
+from countyfl.storage.database import fetch_row, session_factory
 
 logger = logging.getLogger(__name__)
 
@@ -692,6 +691,14 @@ def get_production(
     return found
 
 
+_POINTER = (
+    "SELECT (SELECT count(*) FROM users WHERE username = ? AND role = ? AND NOT disabled "
+    "AND NOT pending_approval), "
+    "(SELECT version FROM registry_model_versions WHERE name = ? AND stage = ?), "
+    "(SELECT artifact_sha256 FROM registry_model_versions WHERE name = ? AND stage = ?)"
+)
+
+
 def production_pointer(
     engine: Engine, name: str, *, principal: Principal, audit: AuditSink
 ) -> ProductionPointer:
@@ -713,28 +720,14 @@ def production_pointer(
     check_model_name(name)
     target = version_target(name)
     authorize(principal, Action.MODEL_READ, audit=audit, target=target)
-    production = and_(ModelVersionRow.name == name, ModelVersionRow.stage == Stage.PRODUCTION.value)
-    live = (
-        select(func.count())
-        .select_from(UserRow)
-        .where(
-            UserRow.username == principal.username,
-            UserRow.role == principal.role.value,
-            UserRow.disabled.is_(False),
-            UserRow.pending_approval.is_(False),
-        )
-        .scalar_subquery()
+    # One statement through the pool's raw connection: this runs on every request of the
+    # API, and an ORM session (or even a Core connection) costs several times the query.
+    found = fetch_row(
+        engine,
+        _POINTER,
+        (principal.username, principal.role.value, name, "production", name, "production"),
     )
-    # A Core connection and one statement, not an ORM session: this runs on every request of
-    # the API, and a session costs several times the query itself.
-    with engine.connect() as connection:
-        found = connection.execute(
-            select(
-                live,
-                select(ModelVersionRow.version).where(production).scalar_subquery(),
-                select(ModelVersionRow.artifact_sha256).where(production).scalar_subquery(),
-            )
-        ).one()
+    assert found is not None  # a SELECT of scalar subqueries always returns one row
     if not found[0]:
         require_live(engine, principal, audit=audit, action=Action.MODEL_READ, target=target)
     return ProductionPointer(name=name, version=found[1], artifact_sha256=found[2])

@@ -215,3 +215,33 @@ def api_role_statements(role: str, schema: str = "public") -> list[str]:
         for statement in code.split(";")
         if statement.strip()
     ]
+
+
+def fetch_row(engine: Engine, sql: str, parameters: tuple[Any, ...]) -> tuple[Any, ...] | None:
+    """The first row of a fixed query, through a pooled DB-API connection (``?`` marks).
+
+    For the two lookups the API makes on every request (the caller's user, the production
+    version): a SQLAlchemy Connection costs several times the indexed query itself. A
+    driver error is raised as SQLAlchemy's ``DBAPIError`` (parameters hidden), so callers
+    handle it like any database error.
+    """
+    from sqlalchemy.exc import DBAPIError
+
+    if engine.dialect.name != "sqlite":
+        sql = sql.replace("?", "%s")
+    dbapi_error: type[Exception] = engine.dialect.loaded_dbapi.Error
+    connection = engine.raw_connection()
+    try:
+        cursor = connection.cursor()
+        try:
+            cursor.execute(sql, parameters)
+            row = cursor.fetchone()
+        finally:
+            cursor.close()
+    except dbapi_error as error:
+        raise DBAPIError.instance(
+            sql, parameters, error, dbapi_error, hide_parameters=True
+        ) from None
+    finally:
+        connection.close()
+    return None if row is None else tuple(row)
