@@ -203,7 +203,7 @@ def bootstrap_admin(
         If any user exists already (the attempt is audited).
     """
     principal = Principal(_username(username), Role.ADMIN)
-    target = f"user:{username}"
+    target = f"user:{_username(username)}"
     password_hash = None if password is None else PASSWORD_HASHER.hash(check_password(password))
     details = {"operation": "bootstrap-admin"}
     closed = BootstrapError(
@@ -211,11 +211,13 @@ def bootstrap_admin(
         "admin (--token or --user) to add users"
     )
     if count_users(engine):
+        # The name is whatever was typed and names no user: audited as its keyed hash.
+        hidden = Principal(pseudonym(engine, username), Role.ADMIN)
         record(
             audit,
-            principal,
+            hidden,
             Action.USER_MANAGE,
-            target,
+            f"user:{hidden.username}",
             Outcome.REFUSED,
             {**details, "reason": "users-exist"},
         )
@@ -252,7 +254,7 @@ def add_user(
     AlreadyExistsError
         If the name is taken.
     """
-    target = f"user:{username}"
+    target = f"user:{_username(username)}"
     authorize_live(engine, principal, Action.USER_MANAGE, audit=audit, target=target)
     role = _role(role)
     _username(username)
@@ -316,7 +318,7 @@ def approve_user(
     UserStateError
         If nothing about the user waits for approval.
     """
-    target = f"user:{username}"
+    target = f"user:{_username(username)}"
     authorize_live(engine, principal, Action.USER_MANAGE, audit=audit, target=target)
     details: dict[str, object] = {"operation": "approve-user"}
     with session_factory(engine)() as session:
@@ -383,7 +385,7 @@ def set_role(
     UserStateError
         If it would leave no enabled admin (audited).
     """
-    target = f"user:{username}"
+    target = f"user:{_username(username)}"
     authorize_live(engine, principal, Action.USER_MANAGE, audit=audit, target=target)
     role = _role(role)
     pending = role in PRIVILEGED_ROLES
@@ -449,7 +451,7 @@ def _last_enabled_admin(session: Session, row: UserRow) -> bool:
 def _set_disabled(
     engine: Engine, username: str, disabled: bool, *, principal: Principal, audit: AuditSink
 ) -> UserPublic:
-    target = f"user:{username}"
+    target = f"user:{_username(username)}"
     authorize_live(engine, principal, Action.USER_MANAGE, audit=audit, target=target)
     details = {"operation": "disable-user" if disabled else "enable-user"}
     last_admin = UserStateError(
@@ -511,7 +513,7 @@ def set_password(
     makes that account pending (a second admin approves it): the admin now knows it.
     Either way the user's earlier access tokens stop working.
     """
-    target = f"user:{username}"
+    target = f"user:{_username(username)}"
     own = principal.username == username
     if own:
         require_live(engine, principal, audit=audit, action=Action.USER_MANAGE, target=target)
@@ -593,7 +595,7 @@ def authenticate_password(
             target=f"user:{hidden}",
             details={"method": "password", "reason": "malformed-username"},
         ) from None
-    target = f"user:{username}"
+    target = f"user:{_username(username)}"
     with session_factory(engine)() as session:
         row = session.scalar(select(UserRow).where(UserRow.username == username))
         role = _UNKNOWN_ROLE if row is None else row.role
@@ -672,7 +674,7 @@ def create_api_token(
     InvalidInputError
         If the label is empty or too long, or the expiry is not in the future.
     """
-    target = f"user:{owner}"
+    target = f"user:{_username(owner)}"
     own = principal.username == owner
     if own:
         require_live(engine, principal, audit=audit, action=Action.USER_MANAGE, target=target)
@@ -762,7 +764,7 @@ def list_api_tokens(
     engine: Engine, *, owner: str | None = None, principal: Principal, audit: AuditSink
 ) -> list[ApiTokenPublic]:
     """The tokens of ``owner`` (or of every user), without their secrets or hashes."""
-    target = f"user:{owner or '*'}"
+    target = f"user:{'*' if owner is None else _username(owner)}"
     authorize_live(engine, principal, Action.USER_MANAGE, audit=audit, target=target)
     query = select(ApiTokenRow, UserRow.username).join(UserRow).order_by(ApiTokenRow.id)
     if owner is not None:
