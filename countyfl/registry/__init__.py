@@ -7,6 +7,7 @@ from countyfl.registry.errors import (
     AuthenticationError,
     BootstrapError,
     EvaluationDataError,
+    InactivePrincipalError,
     InvalidInputError,
     NotFoundError,
     PermissionDeniedError,
@@ -29,7 +30,7 @@ from countyfl.registry.permissions import (
     permission_matrix_text,
     roles_allowed,
 )
-from countyfl.registry.principals import InactivePrincipalError, pseudonym
+from countyfl.registry.principals import pseudonym
 from countyfl.registry.published import read_published, register_published
 from countyfl.registry.roles import PRIVILEGED_ROLES, Principal, Role
 from countyfl.registry.schemas import (

@@ -34,6 +34,10 @@ class AuthenticationError(RegistryError):
     """
 
 
+class InactivePrincipalError(AuthenticationError):
+    """A principal that names no enabled, approved user with that role (e.g. made up in code)."""
+
+
 class PermissionDeniedError(RegistryError, PermissionError):
     """The caller's role does not include the permission an action needs."""
 

@@ -18,7 +18,7 @@ import weakref
 from sqlalchemy import Engine, select
 
 from countyfl.registry.audit_sink import AuditSink, Outcome
-from countyfl.registry.errors import AuthenticationError, RegistryError
+from countyfl.registry.errors import InactivePrincipalError, RegistryError
 from countyfl.registry.permissions import Action, authorize
 from countyfl.registry.roles import Principal
 from countyfl.registry.tables import SettingRow, UserRow
@@ -32,10 +32,6 @@ UNKNOWN_ROLE = "unknown"
 
 _keys: weakref.WeakKeyDictionary[Engine, bytes] = weakref.WeakKeyDictionary()
 _keys_guard = threading.Lock()
-
-
-class InactivePrincipalError(AuthenticationError):
-    """A principal that names no enabled, approved user with that role."""
 
 
 def _pseudonym_key(engine: Engine) -> bytes:

@@ -2,17 +2,22 @@
 
 Rules
 -----
-- A version is registered as a ``candidate`` and numbered 1, 2, ... per model name.
+- A version is registered as a ``candidate`` and numbered 1, 2, ... per model name, once its
+  artifact was loaded and judged sound (:func:`countyfl.registry.artifacts.inspect_state`).
 - ``candidate -> production`` needs a threshold for the model name (``registry_thresholds``),
-  every thresholded federated metric at or above its minimum, and a second person: whoever
-  registered the version may not promote it. The previous production version of the name is
+  an input transform, every thresholded metric *measured by the registry* on the
+  promoter's held-out data at or above its minimum (:mod:`countyfl.registry.evaluation`),
+  and a second person: whoever registered the version may not promote it. The metrics the
+  run reported are kept, and never decide. The previous production version of the name is
   archived in the same transaction; the database holds at most one production version per
   name.
 - ``candidate -> archived`` and ``production -> archived``; an archived version stays archived.
 - Every stage change is kept in ``registry_stage_transitions`` (who, when, from, to, why).
+- To a caller who may read production versions only, any other version does not exist.
 
-Every function checks the principal with :func:`countyfl.registry.permissions.authorize` and
-audits what it does, in the order described in :mod:`countyfl.registry.audit_sink`.
+Every function checks that the principal is a live user allowed to act
+(:func:`countyfl.registry.principals.authorize_live`) and audits what it does, in the order
+described in :mod:`countyfl.registry.audit_sink`.
 """
 
 from __future__ import annotations
