@@ -43,7 +43,7 @@ from countyfl.serving.auth import issue_access_token
 
 @pytest.fixture(scope="module")
 def served_app(shared: Deployment) -> FastAPI:
-    return create_app(shared.settings())
+    return create_app(shared.settings(failed_login_summary_seconds=3600))
 
 
 @pytest.fixture(scope="module")

@@ -57,7 +57,8 @@ class FakeClock:
 @pytest.fixture
 def app(deployment: Deployment) -> Iterator[FastAPI]:
     deployment.release()
-    built = create_app(deployment.settings())
+    # Summaries are written when a test flushes them, never by the clock mid-test.
+    built = create_app(deployment.settings(failed_login_summary_seconds=3600))
     yield built
     built.state.serving.close()
 
