@@ -184,7 +184,8 @@ def run_role(
         "--report-json-path",
         str(report),
     ]
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    # st keeps a cache in its working folder: run it in the run's own temporary folder.
+    done = subprocess.run(command, capture_output=True, text=True, check=False, cwd=out.parent)
     (out / f"{role}.txt").write_text(done.stdout + done.stderr)
     summary = {"exit": done.returncode, "output": done.stdout[-2500:]}
     match = re.search(r"Test cases:\s*(\d+) generated,\s*(\d+) passed", done.stdout)
