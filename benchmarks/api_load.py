@@ -5,9 +5,12 @@ same heart-disease model one after the other in one run:
   - bare: a plain FastAPI endpoint that validates the record, encodes and standardises it,
     predicts and explains (the same countyfl functions), with no authentication, no
     registry lookup and no audit;
-  - full: ``countyfl.serving.create_app``: JWT check, the registry's permission check, the
-    per-request production-version lookup (hot swap), the prediction, and a durable audit
-    entry (SQLite, synchronous=FULL) before the answer.
+  - full: ``countyfl.serving.create_app``: JWT check, the per-request check of the token's
+    user in the registry (enabled, approved, role, token version), the registry's permission
+    check, the per-request production-version lookup (hot swap) with the live-user check,
+    the finite-probability check, the prediction, and a durable audit entry (SQLite,
+    synchronous=FULL) before the answer; login throttling is on and the service signs
+    audit checkpoints automatically (every 1,000 entries) while it serves.
 An httpx async client keeps N connections busy for a fixed time against each; the rounds
 alternate (bare, full, bare, full, ...) so that a machine that is busy for a while weighs on
 both. It prints requests/s, p50 and p99 latency, the full/bare throughput ratio (target
@@ -24,6 +27,7 @@ import asyncio
 import io
 import json
 import os
+import secrets
 import socket
 import statistics
 import subprocess
@@ -52,7 +56,7 @@ PATIENT: dict[str, Any] = {
     "st_depression": 2.3,
 }
 MODEL_NAME = "heart-disease-diagnosis"
-SECRET = "benchmark-secret-" + "b" * 40
+SECRET = secrets.token_urlsafe(48)
 TARGET_RATIO = 0.5
 
 
@@ -140,12 +144,15 @@ def prepare(root: Path) -> tuple[str, Path]:
 
     from countyfl import models, scenarios
     from countyfl.audit import AuditLog
+    from countyfl.data import fed_heart_disease
     from countyfl.publishing import input_transform, sha256_of
     from countyfl.registry import (
         Principal,
         Role,
         add_user,
+        approve_user,
         bootstrap_admin,
+        evaluation_data,
         promote,
         register_published,
         set_threshold,
@@ -186,18 +193,34 @@ def prepare(root: Path) -> tuple[str, Path]:
     upgrade(engine)
     audit = AuditLog(engine)
     admin = Principal("admin", Role.ADMIN)
+    second = Principal("second-admin", Role.ADMIN)
     bootstrap_admin(engine, admin.username, password=None, audit=audit)
-    for name, role in (("clinician", Role.CLINICIAN), ("researcher", Role.RESEARCHER)):
-        add_user(engine, name, role, password=None, principal=admin, audit=audit)
-    add_user(engine, "regulator", Role.REGULATOR, password=None, principal=admin, audit=audit)
+    add_user(engine, second.username, Role.ADMIN, password=None, principal=admin, audit=audit)
+    for name, role in (
+        ("clinician", Role.CLINICIAN),
+        ("researcher", Role.RESEARCHER),
+        ("regulator", Role.REGULATOR),
+    ):
+        if add_user(
+            engine, name, role, password=None, principal=admin, audit=audit
+        ).pending_approval:
+            approve_user(engine, name, principal=second, audit=audit)
     version = register_published(
         engine, folder, principal=Principal("researcher", Role.RESEARCHER), audit=audit
     )
     set_threshold(engine, MODEL_NAME, "auc", 0.5, principal=admin, audit=audit)
+    _, _, _, by_hospital = fed_heart_disease.hospital_records()
+    tests = [fed_heart_disease.split_hospital(rows) for rows in by_hospital.values()]
+    heldout = evaluation_data(
+        fed_heart_disease.FEATURE_NAMES,
+        np.vstack([split[1] for split in tests]),
+        np.concatenate([split[3] for split in tests]),
+    )
     promote(
         engine,
         MODEL_NAME,
         version.version,
+        evaluation=heldout,
         principal=Principal("regulator", Role.REGULATOR),
         audit=audit,
     )
@@ -217,6 +240,18 @@ def predict_entries(url: str) -> int:
             for entry in AuditLog(engine).entries()
             if entry.action == "model.predict" and entry.outcome == "ok"
         )
+    finally:
+        engine.dispose()
+
+
+def checkpoint_count(url: str) -> int:
+    """How many signed checkpoints the audit log holds."""
+    from countyfl.audit import AuditLog
+    from countyfl.storage import create_database_engine
+
+    engine = create_database_engine(url)
+    try:
+        return len(AuditLog(engine).checkpoints())
     finally:
         engine.dispose()
 
@@ -324,14 +359,22 @@ def main() -> int:
         root = Path(tmp)
         url, folder = prepare(root)
         (root / "jwt.key").write_text(SECRET)
+        (root / "jwt.key").chmod(0o600)
+        from countyfl.audit import generate_signing_key
+
+        signing_key, _, _ = generate_signing_key(root / "keys" / "audit-signing.key")
         env = {
             **os.environ,
             "COUNTYFL_DATABASE_URL": url,
             "COUNTYFL_HOME": str(root),
             "COUNTYFL_JWT_SECRET_FILE": str(root / "jwt.key"),
+            "COUNTYFL_AUDIT_SIGNING_KEY_FILE": str(signing_key),
         }
         token = issue_access_token(
-            Principal("clinician", Role.CLINICIAN), SECRET.encode(), timedelta(hours=2)
+            Principal("clinician", Role.CLINICIAN),
+            SECRET.encode(),
+            timedelta(hours=2),
+            token_version=0,
         ).token
         body = {"patient": PATIENT}
         loads: list[Load] = []
@@ -362,6 +405,7 @@ def main() -> int:
                     flush=True,
                 )
         written = predict_entries(url) - before
+        checkpoints = checkpoint_count(url)
 
     def summary(mode: str) -> tuple[float, float, float]:
         mine = [load for load in loads if load.server == mode]
@@ -389,7 +433,8 @@ def main() -> int:
     matched = written == full_answered
     print(
         f"audit: {written} model.predict entries for {full_answered} answered predictions "
-        f"({'equal' if matched else 'MISMATCH'})"
+        f"({'equal' if matched else 'MISMATCH'}); {checkpoints} checkpoints signed by the "
+        "service while it served"
     )
     return 0 if matched else 1
 

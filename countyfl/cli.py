@@ -15,6 +15,7 @@ from rich.table import Table
 
 import countyfl  # noqa: F401  (switches Flower's telemetry off before flwr is imported)
 from countyfl.errors import CountyflError
+from countyfl.terminal import shown
 
 app = typer.Typer(
     help="countyfl: privacy-preserving federated learning for a county medical community.",
@@ -377,17 +378,19 @@ def model_publish(
     try:
         metadata = publish(run_dir, out, secret_context_path=secret_context, name=name)
     except CountyflError as error:
-        console.print(f"[red]error:[/red] {error}")
+        console.print(f"[red]error:[/red] {shown(error)}")
         raise typer.Exit(code=2) from None
     folder = out or run_dir / "published"
-    table = Table("item", "value", title=f"published {metadata['name']} to {folder}")
-    table.add_row("run", metadata["run_id"])
+    table = Table("item", "value", title=f"published {shown(metadata['name'])} to {shown(folder)}")
+    table.add_row("run", shown(metadata["run_id"]))
     table.add_row("rounds", str(metadata["rounds"]))
-    table.add_row("institutions", ", ".join(metadata["institutions"]))
+    table.add_row("institutions", shown(", ".join(metadata["institutions"])))
     for institution, spent in metadata["privacy"].items():
-        table.add_row(f"epsilon at {institution}", f"{spent['epsilon']} (delta {spent['delta']})")
+        table.add_row(
+            f"epsilon at {shown(institution)}", f"{spent['epsilon']} (delta {spent['delta']})"
+        )
     for metric, value in metadata["metrics"]["federated"].items():
-        table.add_row(f"federated {metric}", "n/a" if value is None else f"{value:.4f}")
+        table.add_row(f"federated {shown(metric)}", "n/a" if value is None else f"{value:.4f}")
     table.add_row("encryption", "none" if metadata["encryption"] is None else "CKKS")
     table.add_row("sha256", metadata["artifact"]["sha256"])
     Console().print(table)
@@ -477,14 +480,17 @@ def simulate(
         bool,
         typer.Option(
             help="register each seed's published model as a candidate in the registry "
-            "(COUNTYFL_DATABASE_URL, else SQLite under COUNTYFL_HOME)"
+            "(COUNTYFL_DATABASE_URL, else SQLite under COUNTYFL_HOME); needs a token"
         ),
     ] = True,
-    token: Annotated[
+    registry_token: Annotated[
         str | None,
         typer.Option(
+            "--registry-token",
+            "--token",
             envvar="COUNTYFL_TOKEN",
-            help="API token to register with (default: the local simulation-runner identity)",
+            help="your API token (a researcher's): the candidates are registered as you. "
+            "Without one the models are published but not registered",
             show_default=False,
         ),
     ] = None,
@@ -493,7 +499,8 @@ def simulate(
     """Run a federated simulation on real hospital data and write a report folder.
 
     Each seed's final model is published (decrypted by the runner, which holds the keys in
-    a simulation) and registered as a candidate version with its lineage.
+    a simulation) and, with --registry-token, registered as a candidate version with its
+    lineage, by the user the token belongs to.
     """
     from countyfl.simulations.report import write_report
     from countyfl.simulations.runner import SimulationRequest, run_simulation_request
@@ -561,24 +568,30 @@ def simulate(
 
             result = run_simulation_request(request, update)
         report = write_report(result)
+        from countyfl.publishing import PUBLISHED_DIR
+
+        published = [result.output_dir / f"seed-{r.seed}" / PUBLISHED_DIR for r in result.seeds]
         registered = []
-        if register:
-            from countyfl.publishing import PUBLISHED_DIR
+        if register and registry_token:
             from countyfl.simulations.registration import register_published_runs
 
-            registered = register_published_runs(
-                [result.output_dir / f"seed-{r.seed}" / PUBLISHED_DIR for r in result.seeds],
-                token=token,
-            )
+            registered = register_published_runs(published, token=registry_token)
     except CountyflError as error:
-        console.print(f"[red]error:[/red] {error}")
+        console.print(f"[red]error:[/red] {shown(error)}")
         raise typer.Exit(code=2) from None
     _print_summary(report.parent)
     for version in registered:
         Console().print(
-            f"registered {version.name} version {version.version} as a candidate "
-            f"(run {version.run_id}): `countyfl registry show {version.name} "
+            f"registered {shown(version.name)} version {version.version} as a candidate "
+            f"(run {shown(version.run_id)}): `countyfl registry show {shown(version.name)} "
             f"--version {version.version}`"
+        )
+    if register and not registry_token:
+        Console().print(
+            "published, not registered: no API token was given (--registry-token or "
+            "COUNTYFL_TOKEN). Register each model as yourself later with `countyfl registry "
+            "register FOLDER --user YOUR-NAME`, for FOLDER in: "
+            + ", ".join(shown(folder) for folder in published)
         )
 
 

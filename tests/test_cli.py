@@ -36,11 +36,48 @@ class _NullAudit:
         pass
 
 
+def _researcher_token(home: Path) -> str:
+    """A researcher, rita, in the registry under ``home``, and her own API token."""
+    from countyfl.registry import (
+        Principal,
+        Role,
+        add_user,
+        approve_user,
+        bootstrap_admin,
+        create_api_token,
+    )
+    from countyfl.storage import create_database_engine, upgrade
+
+    engine = create_database_engine(f"sqlite:///{home / 'countyfl.db'}")
+    upgrade(engine)
+    audit = _NullAudit()
+    ada, adam = Principal("ada", Role.ADMIN), Principal("adam", Role.ADMIN)
+    bootstrap_admin(engine, ada.username, password=None, audit=audit)
+    add_user(engine, adam.username, Role.ADMIN, password=None, principal=ada, audit=audit)
+    add_user(engine, "rita", Role.RESEARCHER, password=None, principal=ada, audit=audit)
+    approve_user(engine, "rita", principal=adam, audit=audit)
+    rita = Principal("rita", Role.RESEARCHER)
+    issued = create_api_token(engine, "rita", name="simulations", principal=rita, audit=audit)
+    engine.dispose()
+    return issued.secret.get_secret_value()
+
+
 @pytest.mark.e2e
 def test_fed_heart_disease_two_rounds_through_the_cli(tmp_path: Path, countyfl_home: Path) -> None:
     out = tmp_path / "report"
+    token = _researcher_token(countyfl_home)
     done = _simulate(
-        "fed-heart-disease", "--rounds", "2", "--seeds", "42", "--local-steps", "3", "-o", str(out)
+        "fed-heart-disease",
+        "--rounds",
+        "2",
+        "--seeds",
+        "42",
+        "--local-steps",
+        "3",
+        "-o",
+        str(out),
+        "--registry-token",
+        token,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((out / "metrics.json").read_text())
@@ -132,11 +169,12 @@ def test_fed_heart_disease_two_rounds_through_the_cli(tmp_path: Path, countyfl_h
         engine,
         "heart-disease-diagnosis",
         1,
-        principal=Principal("reader", Role.AUDITOR),
+        principal=Principal("rita", Role.RESEARCHER),
         audit=_NullAudit(),
     )
     engine.dispose()
-    assert version.stage.value == "candidate" and version.registered_by == "simulation-runner"
+    # Registered as the user who ran the simulation, with her token: never anonymously.
+    assert version.stage.value == "candidate" and version.registered_by == "rita"
     assert version.rounds == 2
     assert sorted(i.institution for i in version.institutions) == sorted(hospitals)
     assert all(0 < (i.epsilon or 0) <= 1.0 + 1e-6 for i in version.institutions)
@@ -159,6 +197,9 @@ def test_framingham_county_runs_thirteen_institutions(tmp_path: Path) -> None:
         str(out),
     )
     assert done.returncode == 0, done.stderr[-3000:]
+    # Without a token the models are published but nobody registers them.
+    assert "published, not registered: no API token was given" in " ".join(done.stdout.split())
+    assert (out / "seed-7" / "published" / "model.json").is_file()
     summary = json.loads((out / "metrics.json").read_text())
     assert len(summary["data"]["institutions"]) == 13
     levels = [i["level"] for i in summary["data"]["institutions"]]

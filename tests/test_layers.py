@@ -14,6 +14,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "countyfl"
 LAYERS = (
     "errors",
     "naming",
+    "terminal",
+    "files",
     "protocol",
     "settings",
     "data",

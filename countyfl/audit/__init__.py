@@ -6,6 +6,7 @@ JSON lines. The encoding a regulator re-implements is documented in
 :mod:`countyfl.audit.chain` (entries) and :mod:`countyfl.audit.checkpoints` (signatures).
 """
 
+from countyfl.audit.autocheckpoint import AutoCheckpointer
 from countyfl.audit.chain import (
     GENESIS,
     GENESIS_HASH,
@@ -53,6 +54,7 @@ __all__ = [
     "AuditReadError",
     "AuditTamperedError",
     "AuditWriteError",
+    "AutoCheckpointer",
     "ChainHead",
     "Checkpoint",
     "EntryRow",

@@ -17,7 +17,6 @@ from typing import Annotated, TextIO
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 
 from countyfl.audit.errors import AuditTamperedError
 from countyfl.audit.operations import (
@@ -28,6 +27,7 @@ from countyfl.audit.operations import (
 )
 from countyfl.audit.signing_keys import default_signing_key_path, generate_signing_key
 from countyfl.errors import CountyflError
+from countyfl.terminal import shown
 
 EXIT_TAMPERED = 1
 EXIT_USAGE = 2
@@ -87,7 +87,7 @@ def _err() -> Console:
 
 
 def _usage_error(error: CountyflError) -> typer.Exit:
-    _err().print(f"[red]error:[/red] {escape(str(error))}")
+    _err().print(f"[red]error:[/red] {shown(error)}")
     return typer.Exit(code=EXIT_USAGE)
 
 
@@ -120,7 +120,17 @@ def verify_command(
         Path | None,
         typer.Option(
             "--checkpoints",
-            help="a site's JSON-lines copy of the checkpoints (needs --public-key)",
+            help="a site's JSON-lines copy of the checkpoints (needs --public-key): the "
+            "strongest check, kept by another party",
+            show_default=False,
+        ),
+    ] = None,
+    known_checkpoints: Annotated[
+        Path | None,
+        typer.Option(
+            "--known-checkpoints",
+            help="this verifier's own copy of the checkpoints it trusted before, updated "
+            "after each passing verification [default: COUNTYFL_HOME/audit/verified-*.jsonl]",
             show_default=False,
         ),
     ] = None,
@@ -129,24 +139,30 @@ def verify_command(
 ) -> None:
     """Verify the hash chain and, with --public-key, the signed checkpoints.
 
+    Fails on an empty log, on a log no signed checkpoint vouches for (with --public-key), and
+    on a log shorter than the latest checkpoint known from the database, a site's copy
+    (--checkpoints) or this verifier's own earlier runs; it says what it compared against.
     Exits 0 when the log is intact, 1 when it was tampered with (naming the first bad
     entry), 2 when it could not be checked, 3 when the caller may not verify it.
     """
     _require(database_url, token, user, "audit.verify")
     try:
         result = verify_audit_log(
-            database_url, public_key_paths=public_key or (), checkpoints_path=checkpoints
+            database_url,
+            public_key_paths=public_key or (),
+            checkpoints_path=checkpoints,
+            known_path=known_checkpoints,
         )
     except CountyflError as error:
         raise _usage_error(error) from None
     console = _out()
     if not result.ok:
-        console.print(f"[bold red]{escape(result.summary())}[/bold red]")
+        console.print(f"[bold red]{shown(result.summary())}[/bold red]")
         for problem in sorted(result.problems, key=lambda problem: problem.seq):
-            console.print(f"[red]  - {problem.kind.value}: {escape(problem.message)}[/red]")
+            console.print(f"[red]  - {problem.kind.value}: {shown(problem.message)}[/red]")
         raise typer.Exit(code=EXIT_TAMPERED)
     style = "green" if result.signatures_checked and result.checkpoints_verified else "yellow"
-    console.print(f"[{style}]{escape(result.summary())}[/{style}]")
+    console.print(f"[{style}]{shown(result.summary())}[/{style}]")
 
 
 @app.command("export")
@@ -171,7 +187,7 @@ def export_command(
     _require(database_url, token, user, "audit.export")
     count = _write_json_lines(out, lambda file: export_audit_entries(database_url, moment, file))
     where = "standard output" if out == "-" else out
-    _err().print(f"exported {count} entr{'y' if count == 1 else 'ies'} to {escape(where)}")
+    _err().print(f"exported {count} entr{'y' if count == 1 else 'ies'} to {shown(where)}")
 
 
 @app.command("export-checkpoints")
@@ -187,7 +203,7 @@ def export_checkpoints_command(
     _require(database_url, token, user, "audit.export")
     count = _write_json_lines(out, lambda file: export_audit_checkpoints(database_url, file))
     where = "standard output" if out == "-" else out
-    _err().print(f"exported {count} checkpoint{'' if count == 1 else 's'} to {escape(where)}")
+    _err().print(f"exported {count} checkpoint{'' if count == 1 else 's'} to {shown(where)}")
 
 
 def _write_json_lines(out: str, export: Callable[[TextIO], int]) -> int:
@@ -198,7 +214,7 @@ def _write_json_lines(out: str, export: Callable[[TextIO], int]) -> int:
         with open(out, "w", encoding="utf-8", newline="\n") as file:
             return export(file)
     except OSError as error:
-        _err().print(f"[red]error:[/red] {escape(out)} cannot be written: {error.strerror}")
+        _err().print(f"[red]error:[/red] {shown(out)} cannot be written: {error.strerror}")
         raise typer.Exit(code=EXIT_USAGE) from None
     except CountyflError as error:
         raise _usage_error(error) from None
@@ -215,7 +231,7 @@ def checkpoint_command(signing_key: SigningKey = None, database_url: DatabaseUrl
     try:
         checkpoint = checkpoint_audit_log(database_url, path)
     except AuditTamperedError as error:
-        _err().print(f"[bold red]{escape(str(error))}[/bold red]")
+        _err().print(f"[bold red]{shown(error)}[/bold red]")
         raise typer.Exit(code=EXIT_TAMPERED) from None
     except CountyflError as error:
         raise _usage_error(error) from None
@@ -244,7 +260,7 @@ def keygen_command(
     except CountyflError as error:
         raise _usage_error(error) from None
     _out().print(
-        f"[green]created signing key {escape(str(private_path))}[/green] (key {key_id}) and its "
-        f"public key {escape(str(public_path))}. Keep the private key off the database host and "
+        f"[green]created signing key {shown(private_path)}[/green] (key {key_id}) and its "
+        f"public key {shown(public_path)}. Keep the private key off the database host and "
         "out of its backups; give the .pub file to whoever verifies."
     )

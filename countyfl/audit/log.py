@@ -14,6 +14,7 @@ import sqlite3
 import uuid
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
@@ -431,10 +432,20 @@ class AuditLog:
         public_keys: Sequence[Ed25519PublicKey] | None = None,
         site_checkpoints: Sequence[Checkpoint] | None = None,
         site_name: str = "the site's copy",
+        known_checkpoints: Sequence[Checkpoint] = (),
+        known_name: str = "this verifier's copy",
     ) -> VerificationResult:
         """Verify the whole chain, its head and (with public keys) the signed checkpoints.
 
-        Everything is read in one consistent snapshot, so appends may go on meanwhile.
+        Everything is read in one consistent snapshot, so appends may go on meanwhile. Besides
+        the chain itself, the log fails verification when it is empty (every countyfl
+        database holds at least its first admin's entries, so an empty log was emptied), and,
+        with public keys, when no signed checkpoint vouches for it (they were removed, or
+        none was ever signed). Every checkpoint of a copy kept elsewhere (a site's, or the
+        verifier's own memory of what it verified before) must still be in the database and
+        the chain must still reach it: a log cut short and stripped of its checkpoints still
+        fails against the latest checkpoint the verifier knows of. The result's summary says
+        what the chain was compared against.
 
         Parameters
         ----------
@@ -444,12 +455,17 @@ class AuditLog:
             A site's copy of the checkpoints (see :meth:`export_checkpoints`).
         site_name : str
             How messages name that copy, e.g. its file name.
+        known_checkpoints : Sequence[Checkpoint]
+            The checkpoints this verifier trusted in earlier runs.
+        known_name : str
+            How messages name those.
 
         Raises
         ------
         AuditReadError
             If the log cannot be read.
         """
+        copies = [(known_name, list(known_checkpoints))] if known_checkpoints else []
         with self._snapshot() as connection:
             head = self._read_head(connection)
             stored = self._read_checkpoints(connection)
@@ -460,22 +476,49 @@ class AuditLog:
                 public_keys=public_keys,
                 site_checkpoints=site_checkpoints,
                 site_name=site_name,
+                copies=copies,
             )
+        problems = list(result.problems)
         if head is None:
-            missing = Problem(
-                ProblemKind.REMOVED,
-                result.last_seq + 1,
-                "the log's head row (audit_head id 1) was removed: the end of the chain cannot "
-                "be checked, so entries after the last one may have been removed",
+            problems.append(
+                Problem(
+                    ProblemKind.REMOVED,
+                    result.last_seq + 1,
+                    "the log's head row (audit_head id 1) was removed: the end of the chain "
+                    "cannot be checked, so entries after the last one may have been removed",
+                )
             )
-            result = VerificationResult(
-                result.entries_checked,
-                result.last_seq,
-                result.signatures_checked,
-                result.checkpoints_verified,
-                (*result.problems, missing),
+        if result.entries_checked == 0 and not problems:
+            problems.append(
+                Problem(
+                    ProblemKind.EMPTY,
+                    1,
+                    "the audit log holds no entry at all, yet every countyfl database records "
+                    "its first admin: it was emptied (or this is not the database you meant)",
+                )
             )
-        return result
+        elif public_keys is not None and result.checkpoints_verified == 0 and not problems:
+            problems.append(
+                Problem(
+                    ProblemKind.UNANCHORED,
+                    1,
+                    f"no signed checkpoint vouches for the {result.entries_checked} entries: "
+                    "the checkpoints were removed, or none was ever signed (the API signs "
+                    "them automatically; or run 'countyfl audit checkpoint')",
+                )
+            )
+        compared = [
+            "no head row" if head is None else f"the log's head row (entry {head.seq})",
+        ]
+        if public_keys is None:
+            compared.append("no public key given, so no signed checkpoint")
+        else:
+            compared.append(f"{len(stored)} signed checkpoint(s) in the database")
+            if site_checkpoints is not None:
+                compared.append(f"{len(site_checkpoints)} in {site_name}")
+            if known_checkpoints:
+                compared.append(f"{len(known_checkpoints)} in {known_name}")
+        return replace(result, problems=tuple(problems), compared=tuple(compared))
 
     # ------------------------------------------------------------------------- checkpoint
 

@@ -8,8 +8,6 @@ also be able to sign.
 
 from __future__ import annotations
 
-import os
-import stat
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -24,6 +22,7 @@ from cryptography.hazmat.primitives.serialization import (
 
 from countyfl.audit.checkpoints import key_id_of
 from countyfl.audit.errors import AuditKeyError
+from countyfl.files import make_private_directory, shared_mode, write_file
 from countyfl.settings import Settings
 
 SIGNING_KEY_FILE = "audit-signing.key"
@@ -65,27 +64,16 @@ def generate_signing_key(path: Path) -> tuple[Path, Path, str]:
     private_pem = key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
     public_pem = key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
     try:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        _write_new(path, private_pem, 0o600)
+        make_private_directory(path.parent)
+        write_file(path, private_pem)
     except OSError as error:
         raise AuditKeyError(f"signing key {path} cannot be written: {error}") from error
     try:
-        _write_new(public_path, public_pem, 0o644)
+        write_file(public_path, public_pem, mode=0o644)
     except OSError as error:
         path.unlink(missing_ok=True)
         raise AuditKeyError(f"public key {public_path} cannot be written: {error}") from error
     return path, public_path, key_id_of(key.public_key())
-
-
-def _write_new(path: Path, data: bytes, mode: int) -> None:
-    # O_EXCL: never replace a file that appeared since the existence check.
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        os.fchmod(descriptor, mode)  # the umask may have taken bits away; set exactly
-        os.write(descriptor, data)
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
 
 
 def load_private_key(path: Path) -> Ed25519PrivateKey:
@@ -97,16 +85,16 @@ def load_private_key(path: Path) -> Ed25519PrivateKey:
         If the file is missing, readable by group or others, or not an Ed25519 PEM key.
     """
     try:
-        mode = path.stat().st_mode
+        shared = shared_mode(path)
         data = path.read_bytes()
     except OSError as error:
         raise AuditKeyError(
             f"signing key {path} cannot be read ({error.strerror}); create one with "
             "'countyfl audit keygen --out PATH' or pass --signing-key"
         ) from None
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+    if shared is not None:
         raise AuditKeyError(
-            f"signing key {path} is accessible to other users (mode {stat.S_IMODE(mode):04o}); "
+            f"signing key {path} is accessible to other users (mode {shared:04o}); "
             f"run 'chmod 600 {path}' and consider the key compromised if others could read it"
         )
     try:

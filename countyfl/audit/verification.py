@@ -46,6 +46,10 @@ class ProblemKind(StrEnum):
     """A checkpoint names a key whose public key was not given."""
     REMOVED_CHECKPOINT = "removed-checkpoint"
     """A checkpoint in a site's copy is no longer in the database."""
+    EMPTY = "empty"
+    """The log holds no entry at all: a countyfl database always has some (its first admin)."""
+    UNANCHORED = "unanchored"
+    """Public keys were given but no signed checkpoint vouches for any entry."""
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,10 @@ class VerificationResult:
     checkpoints_verified: int = 0
     """Checkpoints whose signature verified and whose entry was found with the signed hash."""
     problems: tuple[Problem, ...] = field(default=())
+    compared: tuple[str, ...] = field(default=())
+    """What the chain was compared against, one phrase each (for the summary)."""
+    trusted: tuple[Checkpoint, ...] = field(default=())
+    """The checkpoints whose signature verified (each once)."""
 
     @property
     def ok(self) -> bool:
@@ -83,6 +91,10 @@ class VerificationResult:
 
     def summary(self) -> str:
         """One paragraph for a person: intact or the first problem, and what was checked."""
+        compared = f" Compared against: {'; '.join(self.compared)}." if self.compared else ""
+        return self._verdict() + compared
+
+    def _verdict(self) -> str:
         if not self.ok:
             first = self.first_problem
             assert first is not None
@@ -126,8 +138,9 @@ def check_checkpoints(
     site_checkpoints: Iterable[Checkpoint] | None = None,
     *,
     site_name: str = "the site's copy",
+    copies: Sequence[tuple[str, Sequence[Checkpoint]]] = (),
 ) -> tuple[list[Checkpoint], list[Problem]]:
-    """Check the signatures of the database's (and a site's) checkpoints.
+    """Check the signatures of the database's (and copies') checkpoints.
 
     Parameters
     ----------
@@ -139,6 +152,8 @@ def check_checkpoints(
         A copy kept elsewhere; each must still be in the database.
     site_name : str
         How messages name the copy (e.g. its file name).
+    copies : Sequence[tuple[str, Sequence[Checkpoint]]]
+        More named copies, checked like the site's (e.g. the verifier's own memory).
 
     Returns
     -------
@@ -178,17 +193,19 @@ def check_checkpoints(
     for checkpoint in checkpoints:
         stored.add(checkpoint.signature)
         check(checkpoint, "in the database")
-    for checkpoint in site_checkpoints or ():
-        check(checkpoint, f"in {site_name}")
-        if checkpoint.signature not in stored:
-            problems.append(
-                Problem(
-                    ProblemKind.REMOVED_CHECKPOINT,
-                    checkpoint.seq,
-                    f"{checkpoint.describe()} is in {site_name} but no longer in the database: "
-                    "it was removed",
+    named = [(site_name, list(site_checkpoints or ())), *copies]
+    for name, copy in named:
+        for checkpoint in copy:
+            check(checkpoint, f"in {name}")
+            if checkpoint.signature not in stored:
+                problems.append(
+                    Problem(
+                        ProblemKind.REMOVED_CHECKPOINT,
+                        checkpoint.seq,
+                        f"{checkpoint.describe()} is in {name} but no longer in the database: "
+                        "it was removed",
+                    )
                 )
-            )
     return list(trusted.values()), problems
 
 
@@ -201,6 +218,7 @@ def verify_chain(
     site_checkpoints: Iterable[Checkpoint] | None = None,
     site_name: str = "the site's copy",
     anchor: ChainHead = GENESIS,
+    copies: Sequence[tuple[str, Sequence[Checkpoint]]] = (),
 ) -> VerificationResult:
     """Verify stored entry rows, given in ``seq`` order, and the checkpoints over them.
 
@@ -222,6 +240,8 @@ def verify_chain(
     anchor : ChainHead
         The entry before the first row (the empty chain by default). A trusted checkpoint
         lets a caller verify only what came after it.
+    copies : Sequence[tuple[str, Sequence[Checkpoint]]]
+        More named copies of checkpoints, checked like ``site_checkpoints``.
 
     Returns
     -------
@@ -232,7 +252,7 @@ def verify_chain(
     trusted: list[Checkpoint] = []
     if public_keys is not None:
         trusted, checkpoint_problems = check_checkpoints(
-            checkpoints, public_keys, site_checkpoints, site_name=site_name
+            checkpoints, public_keys, site_checkpoints, site_name=site_name, copies=copies
         )
         problems.extend(checkpoint_problems)
     count, last, last_hash, chain_problem, matched = _walk(rows, anchor, trusted)
@@ -246,6 +266,7 @@ def verify_chain(
         signatures_checked=public_keys is not None,
         checkpoints_verified=matched,
         problems=tuple(problems),
+        trusted=tuple(trusted),
     )
 
 

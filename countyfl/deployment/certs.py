@@ -26,7 +26,6 @@ import base64
 import hashlib
 import ipaddress
 import json
-import os
 import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -42,6 +41,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from countyfl.errors import ConfigError, CountyflError
+from countyfl.files import write_file
 
 CA_KEY_FILE = "ca.key"
 CA_CERT_FILE = "ca.pem"
@@ -136,18 +136,13 @@ def _san_entries(hosts: Sequence[str]) -> list[x509.GeneralName]:
 
 
 def _write_new(path: Path, data: bytes, mode: int) -> None:
-    # O_EXCL: never replace an existing file, even one created between check and write.
     try:
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        write_file(path, data, mode=mode)
     except FileExistsError:
         raise CertificateExistsError(
             f"{path} already exists; certificates and keys are never overwritten. "
             "Move the old files away first if you really mean to replace them."
         ) from None
-    with os.fdopen(descriptor, "wb") as handle:
-        handle.write(data)
-    # The umask may have narrowed the mode; a private key must be exactly 0600.
-    os.chmod(path, mode)
 
 
 def _private_pem(key: ec.EllipticCurvePrivateKey) -> bytes:

@@ -6,13 +6,21 @@ from countyfl.registry.errors import (
     ArtifactIntegrityError,
     AuthenticationError,
     BootstrapError,
+    EvaluationDataError,
+    InactivePrincipalError,
     InvalidInputError,
     NotFoundError,
     PermissionDeniedError,
     PublishedModelError,
     RegistryError,
     StageChangeRefusedError,
+    UnsafeModelError,
     UserStateError,
+)
+from countyfl.registry.evaluation import (
+    EvaluationData,
+    evaluation_data,
+    read_evaluation_csv,
 )
 from countyfl.registry.permissions import (
     PERMISSIONS,
@@ -22,10 +30,13 @@ from countyfl.registry.permissions import (
     permission_matrix_text,
     roles_allowed,
 )
+from countyfl.registry.principals import pseudonym
 from countyfl.registry.published import read_published, register_published
-from countyfl.registry.roles import Principal, Role
+from countyfl.registry.roles import PRIVILEGED_ROLES, Principal, Role
 from countyfl.registry.schemas import (
+    MAX_VERSION,
     ApiTokenPublic,
+    EvaluationPublic,
     FeatureTransform,
     InstitutionPrivacy,
     IssuedToken,
@@ -40,6 +51,8 @@ from countyfl.registry.schemas import (
 )
 from countyfl.registry.users import (
     add_user,
+    approve_api_token,
+    approve_user,
     authenticate_password,
     authenticate_token,
     bootstrap_admin,
@@ -51,6 +64,7 @@ from countyfl.registry.users import (
     list_users,
     revoke_api_token,
     set_password,
+    set_role,
 )
 from countyfl.registry.versions import (
     archive,
@@ -69,7 +83,9 @@ from countyfl.registry.versions import (
 
 __all__ = [
     "LOGIN",
+    "MAX_VERSION",
     "PERMISSIONS",
+    "PRIVILEGED_ROLES",
     "Action",
     "AlreadyExistsError",
     "ApiTokenPublic",
@@ -77,7 +93,11 @@ __all__ = [
     "AuditSink",
     "AuthenticationError",
     "BootstrapError",
+    "EvaluationData",
+    "EvaluationDataError",
+    "EvaluationPublic",
     "FeatureTransform",
+    "InactivePrincipalError",
     "InstitutionPrivacy",
     "InvalidInputError",
     "IssuedToken",
@@ -97,9 +117,12 @@ __all__ = [
     "StageTransitionPublic",
     "ThresholdPublic",
     "TransactionalAuditSink",
+    "UnsafeModelError",
     "UserPublic",
     "UserStateError",
     "add_user",
+    "approve_api_token",
+    "approve_user",
     "archive",
     "authenticate_password",
     "authenticate_token",
@@ -109,6 +132,7 @@ __all__ = [
     "create_api_token",
     "disable_user",
     "enable_user",
+    "evaluation_data",
     "get_production",
     "get_version",
     "is_allowed",
@@ -120,7 +144,9 @@ __all__ = [
     "permission_matrix_text",
     "production_pointer",
     "promote",
+    "pseudonym",
     "read_artifact",
+    "read_evaluation_csv",
     "read_published",
     "register_candidate",
     "register_published",
@@ -128,5 +154,6 @@ __all__ = [
     "revoke_api_token",
     "roles_allowed",
     "set_password",
+    "set_role",
     "set_threshold",
 ]

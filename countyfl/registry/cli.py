@@ -6,6 +6,16 @@ environment variable, or ``--user NAME`` to be asked for that user's password (`
 wins over a token). While no user exists, ``users add NAME --role admin`` creates the first
 admin without authentication.
 
+Two people for privileged accounts: an admin who adds a researcher, regulator, node or
+admin, gives a user such a role, sets such a user's password or issues a token acting as
+one leaves it *pending*; a second admin approves it with ``users approve NAME`` or
+``users approve-token ID``. Users set their own password (``users password`` with their own
+name) and issue their own tokens (``users token`` with their own name) without approval.
+
+Everything these commands print that a user or a file chose (run ids, token labels,
+reasons, paths) goes through :func:`countyfl.terminal.shown`: control characters appear as
+visible escapes and rich markup is escaped.
+
 Exit codes
 ----------
 0  done
@@ -30,7 +40,6 @@ from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
@@ -48,9 +57,11 @@ from countyfl.registry.errors import (
 from countyfl.registry.permissions import ACTION_DESCRIPTIONS, PERMISSIONS, Action
 from countyfl.registry.published import register_published
 from countyfl.registry.roles import Principal, Role
-from countyfl.registry.schemas import ModelVersionPublic, Stage
+from countyfl.registry.schemas import MAX_VERSION, ModelVersionPublic, Stage
 from countyfl.registry.users import (
     add_user,
+    approve_api_token,
+    approve_user,
     authenticate_password,
     authenticate_token,
     bootstrap_admin,
@@ -62,6 +73,7 @@ from countyfl.registry.users import (
     list_users,
     revoke_api_token,
     set_password,
+    set_role,
 )
 from countyfl.registry.versions import (
     archive,
@@ -71,6 +83,7 @@ from countyfl.registry.versions import (
     promote,
     set_threshold,
 )
+from countyfl.terminal import shown
 
 
 class ExitCode(IntEnum):
@@ -131,7 +144,7 @@ def _err() -> Console:
 
 
 def _fail(code: ExitCode, message: str) -> NoReturn:
-    _err().print(f"[red]error:[/red] {escape(message)}")
+    _err().print(f"[red]error:[/red] {shown(message)}")
     raise typer.Exit(code=int(code))
 
 
@@ -144,6 +157,15 @@ def exit_code_of(error: CountyflError) -> ExitCode:
     if isinstance(error, InvalidInputError | AlreadyExistsError | BootstrapError | ConfigError):
         return ExitCode.USAGE
     return ExitCode.REFUSED
+
+
+def _pending_note(pending: bool, what: str) -> str:
+    if not pending:
+        return ""
+    return (
+        f" It is pending: {what} works once a second admin approves it "
+        "(`countyfl users approve` / `countyfl users approve-token`)."
+    )
 
 
 @contextmanager
@@ -280,7 +302,7 @@ def users_add(
                 created = bootstrap_admin(
                     context.engine, name, password=password, audit=context.audit
                 )
-                _out().print(f"Created the first admin, {created.username}.")
+                _out().print(f"Created the first admin, {shown(created.username)}.")
                 return
             principal = _login(context, token, user)
             password = _new_password(name, password_stdin, no_password)
@@ -292,7 +314,10 @@ def users_add(
                 principal=principal,
                 audit=context.audit,
             )
-            _out().print(f"Added {created.username} ({created.role.value}).")
+            _out().print(
+                f"Added {shown(created.username)} ({created.role.value})."
+                + _pending_note(created.pending_approval, "the account")
+            )
         finally:
             context.engine.dispose()
 
@@ -306,10 +331,16 @@ def users_list(
         users = list_users(acting.engine, principal=acting.principal, audit=acting.audit)
     table = Table("user", "role", "status", "login", "created")
     for item in users:
+        if item.disabled:
+            status = "[red]disabled[/red]"
+        elif item.pending_approval:
+            status = f"[yellow]pending approval[/yellow] (by {shown(item.changed_by)})"
+        else:
+            status = "active"
         table.add_row(
-            item.username,
+            shown(item.username),
             item.role.value,
-            "[red]disabled[/red]" if item.disabled else "active",
+            status,
             "password" if item.has_password else "token only",
             _when(item.created_at),
         )
@@ -326,7 +357,7 @@ def users_disable(
     """Disable a user: its password and API tokens stop working."""
     with _acting(database_url, token, user) as acting:
         disable_user(acting.engine, name, principal=acting.principal, audit=acting.audit)
-    _out().print(f"Disabled {name}.")
+    _out().print(f"Disabled {shown(name)}.")
 
 
 @users_app.command("enable")
@@ -339,7 +370,7 @@ def users_enable(
     """Enable a disabled user again."""
     with _acting(database_url, token, user) as acting:
         enable_user(acting.engine, name, principal=acting.principal, audit=acting.audit)
-    _out().print(f"Enabled {name}.")
+    _out().print(f"Enabled {shown(name)}.")
 
 
 @users_app.command("password")
@@ -350,11 +381,49 @@ def users_password(
     token: TokenOption = None,
     user: UserOption = None,
 ) -> None:
-    """Set a user's password."""
+    """Set a user's password (your own, or as an admin another user's).
+
+    An admin setting another privileged user's password leaves that account pending until
+    a second admin approves it.
+    """
     with _acting(database_url, token, user) as acting:
         password = _new_password(name, password_stdin, no_password=False) or ""
         set_password(acting.engine, name, password, principal=acting.principal, audit=acting.audit)
-    _out().print(f"Set the password of {name}.")
+        own = acting.principal.username == name
+    note = "" if own else " If the account is privileged it now waits for a second admin."
+    _out().print(f"Set the password of {shown(name)}.{note}")
+
+
+@users_app.command("approve")
+def users_approve(
+    name: Annotated[str, typer.Argument(help="user whose pending account or change to approve")],
+    database_url: DatabaseUrlOption = None,
+    token: TokenOption = None,
+    user: UserOption = None,
+) -> None:
+    """Approve, as a second admin, a privileged account, role or password another admin gave."""
+    with _acting(database_url, token, user) as acting:
+        approved = approve_user(acting.engine, name, principal=acting.principal, audit=acting.audit)
+    _out().print(f"Approved {shown(approved.username)} ({approved.role.value}).")
+
+
+@users_app.command("role")
+def users_role(
+    name: Annotated[str, typer.Argument(help="user whose role to change")],
+    role: Annotated[Role, typer.Option("--role", help="the new role")],
+    database_url: DatabaseUrlOption = None,
+    token: TokenOption = None,
+    user: UserOption = None,
+) -> None:
+    """Give a user another role; a privileged role waits for a second admin's approval."""
+    with _acting(database_url, token, user) as acting:
+        changed = set_role(
+            acting.engine, name, role, principal=acting.principal, audit=acting.audit
+        )
+    _out().print(
+        f"{shown(changed.username)} now has the role {changed.role.value}."
+        + _pending_note(changed.pending_approval, "the account")
+    )
 
 
 @users_app.command("token")
@@ -370,7 +439,11 @@ def users_token(
     token: TokenOption = None,
     user: UserOption = None,
 ) -> None:
-    """Issue an API token for a user and print it, once (only its sha256 is kept)."""
+    """Issue an API token for a user and print it, once (only its sha256 is kept).
+
+    Issue your own tokens with your own name. A token an admin issues to act as another
+    privileged user waits for a second admin (`countyfl users approve-token ID`).
+    """
     expires_at = (
         None if expires_in_days is None else datetime.now(UTC) + timedelta(days=expires_in_days)
     )
@@ -386,8 +459,26 @@ def users_token(
     # The secret alone goes to standard output, so that it can be captured by a script.
     print(issued.secret.get_secret_value())
     _err().print(
-        f"Token {issued.token.id} ({escape(issued.token.name)}) for {name}, expires "
+        f"Token {issued.token.id} ({shown(issued.token.name)}) for {shown(name)}, expires "
         f"{_when(issued.token.expires_at)}. It is shown only now: store it in a secret store."
+        + _pending_note(issued.token.pending_approval, "the token")
+    )
+
+
+@users_app.command("approve-token")
+def users_approve_token(
+    token_id: Annotated[int, typer.Argument(help="id from `countyfl users tokens`", min=1)],
+    database_url: DatabaseUrlOption = None,
+    token: TokenOption = None,
+    user: UserOption = None,
+) -> None:
+    """Approve, as a second admin, a token another admin issued to act as a privileged user."""
+    with _acting(database_url, token, user) as acting:
+        approved = approve_api_token(
+            acting.engine, token_id, principal=acting.principal, audit=acting.audit
+        )
+    _out().print(
+        f"Approved token {approved.id} ({shown(approved.name)}) of {shown(approved.owner)}."
     )
 
 
@@ -405,14 +496,20 @@ def users_tokens(
         )
     table = Table("id", "name", "owner", "fingerprint", "created", "expires", "status")
     for item in tokens:
+        if item.revoked:
+            status = "[red]revoked[/red]"
+        elif item.pending_approval:
+            status = f"[yellow]pending approval[/yellow] (issued by {shown(item.issued_by)})"
+        else:
+            status = "active"
         table.add_row(
             str(item.id),
-            item.name,
-            item.owner,
+            shown(item.name),
+            shown(item.owner),
             item.fingerprint,
             _when(item.created_at),
             _when(item.expires_at),
-            "[red]revoked[/red]" if item.revoked else "active",
+            status,
         )
     _out().print(table)
 
@@ -429,7 +526,7 @@ def users_revoke_token(
         revoked = revoke_api_token(
             acting.engine, token_id, principal=acting.principal, audit=acting.audit
         )
-    _out().print(f"Revoked token {revoked.id} ({escape(revoked.name)}) of {revoked.owner}.")
+    _out().print(f"Revoked token {revoked.id} ({shown(revoked.name)}) of {shown(revoked.owner)}.")
 
 
 @users_app.command("whoami")
@@ -439,7 +536,7 @@ def users_whoami(
     """Show who the given token or user acts as."""
     with _acting(database_url, token, user) as acting:
         principal = acting.principal
-    _out().print(f"{principal.username} ({principal.role.value})")
+    _out().print(f"{shown(principal.username)} ({principal.role.value})")
 
 
 @users_app.command("roles")
@@ -452,7 +549,8 @@ def users_roles() -> None:
     _out().print(table)
     _out().print(
         "Besides the role, a promotion needs a second person: whoever registered a version "
-        "may not promote it."
+        "may not promote it. A privileged account (admin, researcher, regulator, node), role, "
+        "password or token one admin gives works only once a second admin approves it."
     )
 
 
@@ -460,6 +558,7 @@ def users_roles() -> None:
 
 
 def _metrics_text(metrics: dict[str, float | None]) -> str:
+    """Metrics as plain text (pass it through :func:`shown` before printing)."""
     return ", ".join(
         f"{name} {'n/a' if value is None else f'{value:.3f}'}" for name, value in metrics.items()
     )
@@ -481,22 +580,30 @@ def registry_list(
     table = Table("model", "version", "stage", "architecture", "run", "sites", "metrics", "by")
     for item in versions:
         colour = {"production": "green", "archived": "dim"}.get(item.stage.value, "yellow")
+        measured = item.evaluation.metrics if item.evaluation is not None else None
         table.add_row(
-            item.name,
+            shown(item.name),
             str(item.version),
             f"[{colour}]{item.stage.value}[/{colour}]",
-            item.architecture,
-            escape(item.run_id),
+            shown(item.architecture),
+            shown(item.run_id),
             str(len(item.institutions)),
-            _metrics_text(item.metrics.federated),
-            item.registered_by,
+            shown(
+                "reported: "
+                + _metrics_text(item.metrics.federated)
+                + ("" if measured is None else "; measured: " + _metrics_text(measured))
+            ),
+            shown(item.registered_by),
         )
     _out().print(table if versions else "No model versions.")
 
 
 def _show(version: ModelVersionPublic) -> None:
     out = _out()
-    out.print(f"[bold]{version.name} v{version.version}[/bold]  stage: {version.stage.value}")
+    out.print(
+        f"[bold]{shown(version.name)} v{version.version}[/bold]  stage: {version.stage.value}"
+    )
+    evaluation = version.evaluation
     facts = [
         ("architecture", version.architecture),
         ("run", f"{version.run_id} (scenario {version.scenario}, {version.rounds} rounds)"),
@@ -511,18 +618,25 @@ def _show(version: ModelVersionPublic) -> None:
             if version.encryption is None
             else ", ".join(f"{key}={value}" for key, value in version.encryption.items()),
         ),
-        ("federated metrics", _metrics_text(version.metrics.federated) or "-"),
+        ("reported metrics", _metrics_text(version.metrics.federated) or "-"),
+        (
+            "measured metrics",
+            "- (measured on held-out data at promotion)"
+            if evaluation is None
+            else f"{_metrics_text(evaluation.metrics)} on {evaluation.rows} held-out rows "
+            f"(sha256 {evaluation.data_sha256[:12]}...) by {evaluation.evaluated_by}",
+        ),
     ]
     for label, value in facts:
-        out.print(f"  {label:<18} {escape(str(value))}")
+        out.print(f"  {label:<18} {shown(value)}")
 
     sites = Table("institution", "epsilon", "delta", "metrics", title="Institutions")
     for item in version.institutions:
         sites.add_row(
-            item.institution,
+            shown(item.institution),
             "no DP" if item.epsilon is None else f"{item.epsilon:.3g}",
             "-" if item.delta is None else f"{item.delta:.2g}",
-            _metrics_text(version.metrics.per_institution.get(item.institution, {})) or "-",
+            shown(_metrics_text(version.metrics.per_institution.get(item.institution, {}))) or "-",
         )
     out.print(sites)
     history = Table("when", "from", "to", "by", "reason", title="Stage history")
@@ -531,8 +645,8 @@ def _show(version: ModelVersionPublic) -> None:
             _when(change.changed_at),
             "-" if change.from_stage is None else change.from_stage.value,
             change.to_stage.value,
-            change.changed_by,
-            escape(change.reason),
+            shown(change.changed_by),
+            shown(change.reason),
         )
     out.print(history)
 
@@ -542,7 +656,9 @@ def registry_show(
     name: Annotated[str, typer.Argument(help="model name, e.g. heart-disease-diagnosis")],
     version: Annotated[
         int | None,
-        typer.Option("--version", min=1, help="default: production, else the newest"),
+        typer.Option(
+            "--version", min=1, max=MAX_VERSION, help="default: production, else the newest"
+        ),
     ] = None,
     database_url: DatabaseUrlOption = None,
     token: TokenOption = None,
@@ -569,7 +685,7 @@ def registry_register(
             acting.engine, folder, principal=acting.principal, audit=acting.audit
         )
     _out().print(
-        f"Registered {version.name} v{version.version} as a candidate "
+        f"Registered {shown(version.name)} v{version.version} as a candidate "
         f"(artifact sha256 {version.artifact_sha256[:12]}...)."
     )
 
@@ -577,32 +693,58 @@ def registry_register(
 @registry_app.command("promote")
 def registry_promote(
     name: Annotated[str, typer.Argument(help="model name")],
-    version: Annotated[int, typer.Argument(min=1, help="version number")],
+    version: Annotated[int, typer.Argument(min=1, max=MAX_VERSION, help="version number")],
+    evaluation_data: Annotated[
+        Path,
+        typer.Option(
+            "--evaluation-data",
+            help="held-out CSV: one column per feature of the model's input transform and "
+            "'label' (0/1); the registry measures the thresholded metrics on it",
+            show_default=False,
+        ),
+    ],
     reason: Annotated[str, typer.Option("--reason", help="why, for the stage history")] = "",
     database_url: DatabaseUrlOption = None,
     token: TokenOption = None,
     user: UserOption = None,
 ) -> None:
-    """Promote a candidate to production (thresholds and a second person are required)."""
+    """Promote a candidate to production: the registry measures it on your held-out data.
+
+    Every threshold of the model must be met by the metrics measured on --evaluation-data
+    (not by the metrics the run reported), and whoever registered the version may not
+    promote it.
+    """
+    from countyfl.registry.evaluation import read_evaluation_csv
+
     with _acting(database_url, token, user) as acting:
+        data = read_evaluation_csv(evaluation_data)
         promoted = promote(
             acting.engine,
             name,
             version,
+            evaluation=data,
             principal=acting.principal,
             audit=acting.audit,
             reason=reason,
         )
+    measured = promoted.evaluation
     _out().print(
-        f"{promoted.name} v{promoted.version} is in production; the version it replaced, if "
-        "any, is archived."
+        f"{shown(promoted.name)} v{promoted.version} is in production; the version it "
+        "replaced, if any, is archived."
+        + (
+            ""
+            if measured is None
+            else f" Measured on {measured.rows} held-out rows: "
+            + shown(_metrics_text(measured.metrics))
+            + "."
+        )
     )
 
 
 @registry_app.command("archive")
 def registry_archive(
     name: Annotated[str, typer.Argument(help="model name")],
-    version: Annotated[int, typer.Argument(min=1, help="version number")],
+    version: Annotated[int, typer.Argument(min=1, max=MAX_VERSION, help="version number")],
     reason: Annotated[str, typer.Option("--reason", help="why, for the stage history")] = "",
     database_url: DatabaseUrlOption = None,
     token: TokenOption = None,
@@ -618,26 +760,26 @@ def registry_archive(
             audit=acting.audit,
             reason=reason,
         )
-    _out().print(f"{archived.name} v{archived.version} is archived.")
+    _out().print(f"{shown(archived.name)} v{archived.version} is archived.")
 
 
 @registry_app.command("threshold")
 def registry_threshold(
     name: Annotated[str, typer.Argument(help="model name")],
-    metric: Annotated[str, typer.Argument(help="federated metric, e.g. auc")],
-    minimum: Annotated[float, typer.Argument(help="the least value a promotion needs")],
+    metric: Annotated[str, typer.Argument(help="measured metric: auc or accuracy")],
+    minimum: Annotated[float, typer.Argument(help="the least value a promotion needs (0.5 to 1)")],
     database_url: DatabaseUrlOption = None,
     token: TokenOption = None,
     user: UserOption = None,
 ) -> None:
-    """Set the minimum of a federated metric that versions of NAME need to be promoted."""
+    """Set the minimum a measured metric of NAME's versions needs for promotion."""
     with _acting(database_url, token, user) as acting:
         threshold = set_threshold(
             acting.engine, name, metric, minimum, principal=acting.principal, audit=acting.audit
         )
     _out().print(
-        f"Promotions of {threshold.model_name} now need {threshold.metric} >= "
-        f"{threshold.minimum:g}."
+        f"Promotions of {shown(threshold.model_name)} now need a measured "
+        f"{shown(threshold.metric)} >= {threshold.minimum:g}."
     )
 
 
@@ -656,6 +798,10 @@ def registry_thresholds(
     table = Table("model", "metric", "minimum", "set by", "set at")
     for item in thresholds:
         table.add_row(
-            item.model_name, item.metric, f"{item.minimum:g}", item.set_by, _when(item.set_at)
+            shown(item.model_name),
+            shown(item.metric),
+            f"{item.minimum:g}",
+            shown(item.set_by),
+            _when(item.set_at),
         )
     _out().print(table if thresholds else "No thresholds set.")

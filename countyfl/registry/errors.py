@@ -34,6 +34,10 @@ class AuthenticationError(RegistryError):
     """
 
 
+class InactivePrincipalError(AuthenticationError):
+    """A principal that names no enabled, approved user with that role (e.g. made up in code)."""
+
+
 class PermissionDeniedError(RegistryError, PermissionError):
     """The caller's role does not include the permission an action needs."""
 
@@ -52,3 +56,12 @@ class ArtifactIntegrityError(RegistryError):
 
 class PublishedModelError(InvalidInputError):
     """A folder written by ``countyfl model publish`` is incomplete or malformed."""
+
+
+class UnsafeModelError(RegistryError):
+    """A model is not what a model must be (non-finite or absurd weights, a broken transform,
+    weights that do not fit its architecture), whatever its lineage claims."""
+
+
+class EvaluationDataError(InvalidInputError):
+    """Held-out evaluation data cannot be used as given (file, row, column, what to do)."""

@@ -24,7 +24,10 @@ archive, because taking a model out of service only ever makes the service safer
 ``model.read`` covers production versions; candidates and archived versions need
 ``model.read-any-stage`` as well, so clinicians only ever see what was approved for care.
 Besides the role check, the registry enforces a second-person rule: whoever registered a
-version may not promote it.
+version may not promote it; and a two-admin rule: a privileged account, role, password or
+token one admin gives works only once another admin approves it (``countyfl.registry.
+users``). :func:`authorize` checks the role; :func:`countyfl.registry.principals.
+authorize_live` also checks, in the database, that the principal is a live user.
 """
 
 from __future__ import annotations

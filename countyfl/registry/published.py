@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 from datetime import datetime
 from pathlib import Path, PurePosixPath
-from typing import Annotated, Any
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import Engine
@@ -39,6 +39,9 @@ from countyfl.registry.audit_sink import AuditSink
 from countyfl.registry.errors import PublishedModelError
 from countyfl.registry.roles import Principal
 from countyfl.registry.schemas import (
+    MAX_INSTITUTIONS,
+    MAX_ROUNDS,
+    Encryption,
     FeatureTransform,
     ModelMetrics,
     ModelVersionCreate,
@@ -46,11 +49,14 @@ from countyfl.registry.schemas import (
     Name,
     PrivacySpent,
     Sha256,
+    Text128,
 )
 from countyfl.registry.versions import describe_validation_error, register_version
 
 MANIFEST_FILE = "model.json"
 ARTIFACT_FILE = "model.npz"
+MAX_MANIFEST_BYTES = 1024 * 1024
+"""A model.json is a few kilobytes; anything near this is not one."""
 
 
 class PublishedArtifact(BaseModel):
@@ -58,7 +64,7 @@ class PublishedArtifact(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    path: Annotated[str, Field(min_length=1)]
+    path: Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9._/-]+$")]
     sha256: Sha256
 
 
@@ -69,13 +75,13 @@ class PublishedModel(BaseModel):
 
     name: Name
     model: Name
-    run_id: Annotated[str, Field(min_length=1, max_length=128)]
-    scenario: Annotated[str, Field(min_length=1, max_length=128)]
-    task_manifest_hash: Annotated[str, Field(min_length=1, max_length=128)] | None
-    rounds: Annotated[int, Field(ge=1)]
-    institutions: Annotated[list[Name], Field(min_length=1)]
-    privacy: dict[Name, PrivacySpent]
-    encryption: dict[str, Any] | None
+    run_id: Text128
+    scenario: Text128
+    task_manifest_hash: Text128 | None
+    rounds: Annotated[int, Field(ge=1, le=MAX_ROUNDS)]
+    institutions: Annotated[list[Name], Field(min_length=1, max_length=MAX_INSTITUTIONS)]
+    privacy: Annotated[dict[Name, PrivacySpent], Field(max_length=MAX_INSTITUTIONS)]
+    encryption: Encryption | None
     metrics: ModelMetrics
     artifact: PublishedArtifact
     created_at: datetime
@@ -93,8 +99,9 @@ def read_published(folder: Path) -> tuple[PublishedModel, Path]:
     Raises
     ------
     PublishedModelError
-        If the folder or a file is missing, the JSON is malformed, a field is invalid (the
-        message names the field and the file), or the artifact path leaves the folder.
+        If the folder or a file is missing, the JSON is malformed or too large, a field is
+        invalid (the message names the field and the file), or the artifact is not a file
+        inside the folder (a path that leaves it, or a symbolic link anywhere on the way).
     """
     folder = Path(folder).expanduser().resolve()
     manifest = folder / MANIFEST_FILE
@@ -103,14 +110,32 @@ def read_published(folder: Path) -> tuple[PublishedModel, Path]:
             f"{folder} is not a folder; give the folder written by `countyfl model publish`"
         )
     try:
-        raw = json.loads(manifest.read_text(encoding="utf-8"))
+        if manifest.is_symlink():
+            raise PublishedModelError(
+                f"{manifest} is a symbolic link; a published folder holds its own model.json"
+            )
+        with manifest.open("rb") as handle:
+            data = handle.read(MAX_MANIFEST_BYTES + 1)
+        if len(data) > MAX_MANIFEST_BYTES:
+            raise PublishedModelError(
+                f"{manifest} is larger than {MAX_MANIFEST_BYTES} bytes; it is not a model.json "
+                "written by `countyfl model publish`"
+            )
+        raw = json.loads(data.decode("utf-8"))
     except FileNotFoundError:
         raise PublishedModelError(
             f"{manifest} does not exist; {folder} is not a published model folder "
             "(run `countyfl model publish` to write one)"
         ) from None
+    except OSError as error:
+        raise PublishedModelError(f"{manifest} cannot be read ({error.strerror})") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise PublishedModelError(f"{manifest} is not valid JSON: {error}") from None
+    except RecursionError:
+        raise PublishedModelError(
+            f"{manifest} nests its JSON too deeply; it is not a model.json written by "
+            "`countyfl model publish`"
+        ) from None
     try:
         published = PublishedModel.model_validate(raw)
     except ValidationError as error:
@@ -124,7 +149,20 @@ def read_published(folder: Path) -> tuple[PublishedModel, Path]:
             f"{manifest}: field 'artifact.path' is {published.artifact.path!r}; it must be a "
             f"path inside the folder, e.g. {ARTIFACT_FILE!r}"
         )
-    return published, folder.joinpath(*relative.parts)
+    artifact = folder.joinpath(*relative.parts)
+    # Every step from the folder to the file must be a real folder or file, not a link:
+    # a link would let the registry read (and serve) a file outside the published folder.
+    step = folder
+    for part in relative.parts:
+        step = step / part
+        if step.is_symlink():
+            raise PublishedModelError(
+                f"{manifest}: the artifact path {published.artifact.path!r} goes through the "
+                f"symbolic link {step}; the artifact must be a file inside {folder}, not a link"
+            )
+    if artifact.resolve().parent != folder and folder not in artifact.resolve().parents:
+        raise PublishedModelError(f"{manifest}: the artifact {artifact} is not inside {folder}")
+    return published, artifact
 
 
 def register_published(

@@ -23,6 +23,13 @@ class Role(StrEnum):
     """A service identity (the county aggregator) that registers the models it trained."""
 
 
+PRIVILEGED_ROLES = frozenset({Role.ADMIN, Role.RESEARCHER, Role.REGULATOR, Role.NODE})
+"""Roles that can help put a model into production: registering (researcher, node),
+promoting (regulator), or granting such roles (admin). One admin alone can never make an
+account of such a role usable, nor learn its credentials: giving the role, setting its
+password or issuing it a token needs a second admin's approval."""
+
+
 @dataclass(frozen=True, slots=True)
 class Principal:
     """An authenticated caller: a user name and the role it acts with.

@@ -1,4 +1,11 @@
-"""What the registry hands out: frozen pydantic schemas, separate from the ORM tables."""
+"""What the registry hands out: frozen pydantic schemas, separate from the ORM tables.
+
+Every field that can reach the registry is bounded: names follow :data:`NAME_PATTERN`,
+free text has no control characters and a length limit, numbers have ranges, collections
+have a most number of items, and the lineage's free-form parts (encryption parameters)
+are at most two levels deep. A database that holds something else was not written through
+these schemas; reading it never fails because of it (``countyfl.registry.versions``).
+"""
 
 from __future__ import annotations
 
@@ -15,6 +22,8 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
+    StrictBool,
+    StrictInt,
     model_validator,
 )
 
@@ -23,6 +32,18 @@ from countyfl.registry.roles import Role
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,127}$"
 """Model, metric and institution names: lowercase kebab-case (dots and underscores allowed)."""
 USERNAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
+TEXT_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]*$"
+"""Free text (run ids, reasons): anything printable, no control characters."""
+MAX_VERSION = 2**31 - 1
+"""The largest version number (a 32-bit integer in every supported database)."""
+MAX_ROUNDS = 100_000
+MAX_INSTITUTIONS = 1_000
+MAX_METRICS = 32
+MAX_FEATURES = 1_024
+MAX_ENCRYPTION_ENTRIES = 32
+MAX_TRANSFORM_MAGNITUDE = 1e6
+MIN_TRANSFORM_SCALE = 1e-6
+"""A feature scale below this turns ordinary inputs into astronomically large ones."""
 
 
 class Stage(StrEnum):
@@ -48,6 +69,26 @@ def _lowercase_hex(value: str) -> str:
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
 MetricValue = Annotated[float | None, BeforeValidator(_finite_or_none)]
 Sha256 = Annotated[str, AfterValidator(_lowercase_hex), Field(pattern=r"(?i)^[0-9a-f]{64}$")]
+Text128 = Annotated[str, Field(min_length=1, max_length=128, pattern=TEXT_PATTERN)]
+Reason = Annotated[str, Field(max_length=500, pattern=TEXT_PATTERN)]
+VersionNumber = Annotated[int, Field(ge=1, le=MAX_VERSION)]
+
+_EncryptionNumber = (
+    Annotated[StrictInt, Field(ge=-(2**53), le=2**53)]
+    | Annotated[float, Field(allow_inf_nan=False)]
+)
+EncryptionValue = (
+    StrictBool
+    | _EncryptionNumber
+    | Annotated[str, Field(max_length=256, pattern=TEXT_PATTERN)]
+    | Annotated[list[_EncryptionNumber], Field(max_length=64)]
+    | None
+)
+Encryption = Annotated[
+    dict[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,63}$")], EncryptionValue],
+    Field(max_length=MAX_ENCRYPTION_ENTRIES),
+]
+"""Homomorphic encryption parameters: named numbers, short texts or short lists of numbers."""
 
 
 class _Frozen(BaseModel):
@@ -70,16 +111,24 @@ class InstitutionPrivacy(PrivacySpent):
 class ModelMetrics(_Frozen):
     """Evaluation metrics: the federated aggregate and each institution's own (null: undefined)."""
 
-    federated: dict[Name, MetricValue]
-    per_institution: dict[Name, dict[Name, MetricValue]] = Field(default_factory=dict)
+    federated: Annotated[dict[Name, MetricValue], Field(max_length=MAX_METRICS)]
+    per_institution: Annotated[
+        dict[Name, Annotated[dict[Name, MetricValue], Field(max_length=MAX_METRICS)]],
+        Field(max_length=MAX_INSTITUTIONS),
+    ] = Field(default_factory=dict)
 
 
 InputSchema = Literal["heart-disease", "framingham"]
 """The clinical record a model reads (``countyfl.data.schema``): ``HeartDiseaseRecord`` or
 ``FraminghamRecord``."""
 
-FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
-PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+TransformMean = Annotated[
+    float,
+    Field(ge=-MAX_TRANSFORM_MAGNITUDE, le=MAX_TRANSFORM_MAGNITUDE, allow_inf_nan=False),
+]
+TransformScale = Annotated[
+    float, Field(ge=MIN_TRANSFORM_SCALE, le=MAX_TRANSFORM_MAGNITUDE, allow_inf_nan=False)
+]
 
 
 class FeatureTransform(_Frozen):
@@ -102,9 +151,9 @@ class FeatureTransform(_Frozen):
     )
 
     input_schema: InputSchema = Field(alias="schema")
-    names: Annotated[list[Name], Field(min_length=1)]
-    mean: list[FiniteFloat]
-    scale: list[PositiveFloat]
+    names: Annotated[list[Name], Field(min_length=1, max_length=MAX_FEATURES)]
+    mean: Annotated[list[TransformMean], Field(max_length=MAX_FEATURES)]
+    scale: Annotated[list[TransformScale], Field(max_length=MAX_FEATURES)]
 
     @model_validator(mode="after")
     def _lengths_agree(self) -> FeatureTransform:
@@ -128,15 +177,17 @@ class ModelVersionCreate(_Frozen):
 
     name: Name
     architecture: Name
-    run_id: Annotated[str, Field(min_length=1, max_length=128)]
-    scenario: Annotated[str, Field(min_length=1, max_length=128)]
-    task_manifest_hash: Annotated[str, Field(min_length=1, max_length=128)] | None = None
-    rounds: Annotated[int, Field(ge=1)]
-    institutions: Annotated[list[Name], Field(min_length=1)]
-    privacy: dict[Name, PrivacySpent] = Field(default_factory=dict)
-    encryption: dict[str, Any] | None = None
+    run_id: Text128
+    scenario: Text128
+    task_manifest_hash: Text128 | None = None
+    rounds: Annotated[int, Field(ge=1, le=MAX_ROUNDS)]
+    institutions: Annotated[list[Name], Field(min_length=1, max_length=MAX_INSTITUTIONS)]
+    privacy: Annotated[dict[Name, PrivacySpent], Field(max_length=MAX_INSTITUTIONS)] = Field(
+        default_factory=dict
+    )
+    encryption: Encryption | None = None
     metrics: ModelMetrics
-    artifact_uri: Annotated[str, Field(min_length=1, max_length=1024)]
+    artifact_uri: Annotated[str, Field(min_length=1, max_length=1024, pattern=TEXT_PATTERN)]
     artifact_sha256: Sha256
     published_at: datetime | None = None
     features: FeatureTransform | None = None
@@ -168,8 +219,24 @@ class StageTransitionPublic(_Frozen):
     reason: str
 
 
+class EvaluationPublic(_Frozen):
+    """Metrics the registry measured itself on held-out data (what promotion is judged by)."""
+
+    data_sha256: str
+    """sha256 of the held-out data (of the CSV file's bytes)."""
+    rows: int
+    positives: int
+    metrics: dict[str, MetricValue]
+    evaluated_by: str
+    evaluated_at: datetime
+
+
 class ModelVersionPublic(_Frozen):
-    """A registered model version with its full lineage and stage history."""
+    """A registered model version with its full lineage and stage history.
+
+    ``metrics`` are what the run reported about itself; ``evaluation`` is what the registry
+    measured when the version was promoted (None for versions never promoted).
+    """
 
     id: int
     name: str
@@ -181,7 +248,7 @@ class ModelVersionPublic(_Frozen):
     task_manifest_hash: str | None
     rounds: int
     institutions: list[InstitutionPrivacy]
-    encryption: dict[str, Any] | None
+    encryption: Encryption | None
     metrics: ModelMetrics
     artifact_sha256: str
     artifact_uri: str
@@ -191,6 +258,7 @@ class ModelVersionPublic(_Frozen):
     history: list[StageTransitionPublic]
     features: FeatureTransform | None = None
     """The input transform the model was trained with (None: not recorded, cannot serve)."""
+    evaluation: EvaluationPublic | None = None
 
     @property
     def label(self) -> str:
@@ -201,14 +269,13 @@ class ModelVersionPublic(_Frozen):
 class ProductionPointer(_Frozen):
     """Which version of a model name serves now: cheap enough to look up on every request.
 
-    ``version`` and ``artifact_sha256`` are None when the name has no production version;
-    ``registered`` then says whether the name has any version at all.
+    ``version`` and ``artifact_sha256`` are None when the name has no production version
+    (whether or not it has other versions: to a service, an unreleased model does not exist).
     """
 
     name: str
     version: int | None
     artifact_sha256: str | None
-    registered: bool
 
 
 class ThresholdPublic(_Frozen):
@@ -230,6 +297,10 @@ class UserPublic(_Frozen):
     disabled: bool
     has_password: bool
     created_at: datetime
+    pending_approval: bool = False
+    """A privileged role or password one admin gave, waiting for a second admin's approval."""
+    changed_by: str | None = None
+    """The admin whose change waits for approval (a second admin must approve it)."""
 
 
 class ApiTokenPublic(_Frozen):
@@ -243,6 +314,9 @@ class ApiTokenPublic(_Frozen):
     created_at: datetime
     expires_at: datetime | None
     revoked: bool
+    pending_approval: bool = False
+    """Issued by an admin to act as another privileged user: waits for a second admin."""
+    issued_by: str | None = None
 
 
 class IssuedToken(_Frozen):

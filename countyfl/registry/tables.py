@@ -2,8 +2,10 @@
 
 These are storage only; what callers receive are the pydantic schemas of
 ``countyfl.registry.schemas``. Every table here is created by the Alembic revision
-``0002_registry``; ``0003_model_features`` adds ``registry_model_versions.features``. A change
-here needs a new revision.
+``0002_registry``; ``0003_model_features`` adds ``registry_model_versions.features``,
+``0004_approvals_token_versions`` the approval and token-version columns and
+``registry_settings``, ``0005_model_evaluations`` the measured evaluations. A change here
+needs a new revision.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
     text,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
@@ -52,6 +55,12 @@ class UserRow(Base):
     password_hash: Mapped[str | None] = mapped_column(String(255))
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # Carried by access tokens; incremented when the user is disabled or its role or
+    # password changes, so that every earlier access token stops working at once.
+    token_version: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    # A privileged role or password given by one admin: unusable until a second approves.
+    pending_approval: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    changed_by: Mapped[str | None] = mapped_column(String(64))
 
     tokens: Mapped[list[ApiTokenRow]] = relationship(back_populates="owner")
 
@@ -71,6 +80,9 @@ class ApiTokenRow(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Issued by an admin to act as another privileged user: unusable until a second approves.
+    pending_approval: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    issued_by: Mapped[str | None] = mapped_column(String(64))
 
     owner: Mapped[UserRow] = relationship(back_populates="tokens")
 
@@ -119,6 +131,9 @@ class ModelVersionRow(Base):
     )
     history: Mapped[list[StageTransitionRow]] = relationship(
         order_by="StageTransitionRow.id", cascade="all, delete-orphan"
+    )
+    evaluations: Mapped[list[EvaluationRow]] = relationship(
+        order_by="EvaluationRow.id", cascade="all, delete-orphan"
     )
 
 
@@ -182,3 +197,34 @@ class ThresholdRow(Base):
     minimum: Mapped[float] = mapped_column(Float)
     set_by: Mapped[str] = mapped_column(String(64))
     set_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class EvaluationRow(Base):
+    """Metrics the registry measured itself, running a version on held-out data."""
+
+    __tablename__ = "registry_evaluations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version_id: Mapped[int] = mapped_column(
+        ForeignKey(
+            "registry_model_versions.id",
+            ondelete="CASCADE",
+            name="fk_registry_evaluations_version_id",
+        ),
+        index=True,
+    )
+    data_sha256: Mapped[str] = mapped_column(String(64))
+    rows: Mapped[int] = mapped_column(Integer)
+    positives: Mapped[int] = mapped_column(Integer)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON)
+    evaluated_by: Mapped[str] = mapped_column(String(64))
+    evaluated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class SettingRow(Base):
+    """A registry-wide value created by a migration, e.g. the audit pseudonym key."""
+
+    __tablename__ = "registry_settings"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(256))

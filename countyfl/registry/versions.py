@@ -2,50 +2,69 @@
 
 Rules
 -----
-- A version is registered as a ``candidate`` and numbered 1, 2, ... per model name.
+- A version is registered as a ``candidate`` and numbered 1, 2, ... per model name, once its
+  artifact was loaded and judged sound (:func:`countyfl.registry.artifacts.inspect_state`).
 - ``candidate -> production`` needs a threshold for the model name (``registry_thresholds``),
-  every thresholded federated metric at or above its minimum, and a second person: whoever
-  registered the version may not promote it. The previous production version of the name is
+  an input transform, every thresholded metric *measured by the registry* on the
+  promoter's held-out data at or above its minimum (:mod:`countyfl.registry.evaluation`),
+  and a second person: whoever registered the version may not promote it. The metrics the
+  run reported are kept, and never decide. The previous production version of the name is
   archived in the same transaction; the database holds at most one production version per
   name.
 - ``candidate -> archived`` and ``production -> archived``; an archived version stays archived.
 - Every stage change is kept in ``registry_stage_transitions`` (who, when, from, to, why).
+- To a caller who may read production versions only, any other version does not exist.
 
-Every function checks the principal with :func:`countyfl.registry.permissions.authorize` and
-audits what it does, in the order described in :mod:`countyfl.registry.audit_sink`.
+Every function checks that the principal is a live user allowed to act
+(:func:`countyfl.registry.principals.authorize_live`) and audits what it does, in the order
+described in :mod:`countyfl.registry.audit_sink`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
+import logging
 import math
+import os
+import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlparse
 
-import numpy as np
 import numpy.typing as npt
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 from sqlalchemy import Engine, Select, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
+from countyfl.registry.artifacts import (
+    artifact_path,
+    inspect_state,
+    parse_state,
+    read_checked,
+)
 from countyfl.registry.audit_sink import AuditSink, Change, Outcome, audited_transaction, record
 from countyfl.registry.errors import (
     ArtifactIntegrityError,
+    EvaluationDataError,
     InvalidInputError,
     NotFoundError,
     RegistryError,
     StageChangeRefusedError,
+    UnsafeModelError,
 )
+from countyfl.registry.evaluation import GATED_METRICS, EvaluationData, measure
 from countyfl.registry.permissions import Action, authorize, is_allowed
+from countyfl.registry.principals import authorize_live, require_live
 from countyfl.registry.roles import Principal
 from countyfl.registry.schemas import (
+    MAX_VERSION,
+    TEXT_PATTERN,
+    Encryption,
+    EvaluationPublic,
     FeatureTransform,
     InstitutionPrivacy,
+    MetricValue,
     ModelMetrics,
     ModelVersionCreate,
     ModelVersionPublic,
@@ -56,15 +75,20 @@ from countyfl.registry.schemas import (
     check_name,
 )
 from countyfl.registry.tables import (
+    EvaluationRow,
     ModelVersionRow,
     StageTransitionRow,
     ThresholdRow,
     VersionInstitutionRow,
 )
 from countyfl.registry.timestamps import as_utc, utc_now
-from countyfl.storage.database import session_factory
+from countyfl.storage.database import fetch_row, session_factory
+
+logger = logging.getLogger(__name__)
 
 _REGISTER_ATTEMPTS = 5
+MIN_THRESHOLD = 0.5
+"""The least a threshold may ask for: accuracy and AUC of 0.5 are what chance achieves."""
 
 
 def version_target(name: str, version: int | None = None) -> str:
@@ -75,67 +99,19 @@ def version_target(name: str, version: int | None = None) -> str:
 # -- artifacts ---------------------------------------------------------------------------
 
 
-def artifact_path(location: str) -> Path:
-    """The local file an artifact location names (a path or a ``file://`` URI).
-
-    Raises
-    ------
-    InvalidInputError
-        If the location is a URI of another scheme (only local files are supported).
-    """
-    parsed = urlparse(location)
-    if parsed.scheme == "file":
-        return Path(unquote(parsed.path))
-    if parsed.scheme and len(parsed.scheme) > 1:  # one letter: a Windows drive, not a scheme
-        raise InvalidInputError(
-            f"artifact location {location!r} uses {parsed.scheme}://, which the registry cannot "
-            "read; give a local path or a file:// URI"
-        )
-    return Path(location)
-
-
-def _checked_bytes(location: str, expected: str, label: str | None) -> bytes:
-    """The file's bytes if their sha256 is ``expected``; ``label`` None: not registered yet."""
-    path = artifact_path(location)
-    subject = f"the artifact of {label}" if label else "the artifact to register"
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        remedy = "restore the file or archive the version" if label else "publish it again"
-        raise ArtifactIntegrityError(
-            f"{subject} is missing: {path} does not exist; {remedy} (its sha256 must be {expected})"
-        ) from None
-    except OSError as error:
-        raise ArtifactIntegrityError(
-            f"{subject} at {path} cannot be read ({error.strerror}); check the file and its "
-            "permissions"
-        ) from None
-    actual = hashlib.sha256(data).hexdigest()
-    if actual != expected:
-        if label:
-            problem = f"but {expected} was registered: the file was changed or replaced"
-            remedy = "restore the registered file or register the new one as a new version"
-        else:
-            problem = f"but its lineage says {expected}: the file is not the one published"
-            remedy = "publish the model again"
-        raise ArtifactIntegrityError(
-            f"{subject} at {path} has sha256 {actual}, {problem}. Do not use it; {remedy}"
-        )
-    return data
-
-
 def read_artifact(version: ModelVersionPublic) -> bytes:
     """The bytes of ``version``'s artifact, after checking their sha256 against the registry.
 
     The check runs on every read, over the very bytes returned, so a file swapped after
-    registration is never used.
+    registration is never used; a symbolic link put in its place is not followed.
 
     Raises
     ------
     ArtifactIntegrityError
-        If the file is missing, unreadable, or its sha256 differs from the registered one.
+        If the file is missing, a link, unreadable, or its sha256 differs from the registered
+        one.
     """
-    return _checked_bytes(version.artifact_uri, version.artifact_sha256, version.label)
+    return read_checked(version.artifact_uri, version.artifact_sha256, version.label)
 
 
 def load_artifact(version: ModelVersionPublic) -> dict[str, npt.NDArray[Any]]:
@@ -149,20 +125,61 @@ def load_artifact(version: ModelVersionPublic) -> dict[str, npt.NDArray[Any]]:
     """
     data = read_artifact(version)
     try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as archive:
-            return {key: archive[key] for key in archive.files}
-    except (ValueError, OSError) as error:
+        return parse_state(
+            data, f"the artifact of {version.label} at {version.artifact_uri} (sha256 matches)"
+        )
+    except ArtifactIntegrityError as error:
         raise ArtifactIntegrityError(
-            f"the artifact of {version.label} at {version.artifact_uri} matches its sha256 but "
-            f"is not a numpy .npz archive of plain arrays ({error}); it was registered broken, "
-            "archive this version"
+            f"{error}; it was registered broken, archive this version"
         ) from None
 
 
 # -- rows -> schemas -------------------------------------------------------------------
 
 
+def _stored(value: Any, adapter: TypeAdapter[Any], fallback: Any, what: str) -> Any:
+    """A stored JSON value checked against its schema; ``fallback`` if it does not fit.
+
+    Rows are written through the bounded schemas; one written some other way (an older
+    version, a hand edit) must not make every listing fail, so it is shown as missing.
+    """
+    if value is None:
+        return None
+    try:
+        return adapter.validate_python(value)
+    except (ValidationError, RecursionError):
+        logger.warning("%s does not fit its schema; shown as missing", what)
+        return fallback
+
+
+_ENCRYPTION: TypeAdapter[Any] = TypeAdapter(Encryption)
+_METRICS: TypeAdapter[Any] = TypeAdapter(ModelMetrics)
+_FEATURES: TypeAdapter[Any] = TypeAdapter(FeatureTransform)
+_EVALUATION_METRICS: TypeAdapter[Any] = TypeAdapter(dict[str, MetricValue])
+
+
+def _evaluation(row: ModelVersionRow) -> EvaluationPublic | None:
+    if not row.evaluations:
+        return None
+    latest = row.evaluations[-1]
+    return EvaluationPublic(
+        data_sha256=latest.data_sha256,
+        rows=latest.rows,
+        positives=latest.positives,
+        metrics=_stored(latest.metrics, _EVALUATION_METRICS, {}, "an evaluation's metrics"),
+        evaluated_by=latest.evaluated_by,
+        evaluated_at=as_utc(latest.evaluated_at),
+    )
+
+
 def _public(row: ModelVersionRow) -> ModelVersionPublic:
+    label = f"{row.name} v{row.version}"
+    metrics = _stored(
+        {"federated": row.federated_metrics, "per_institution": row.institution_metrics},
+        _METRICS,
+        ModelMetrics(federated={}),
+        f"the metrics of {label}",
+    )
     return ModelVersionPublic(
         id=row.id,
         name=row.name,
@@ -177,10 +194,10 @@ def _public(row: ModelVersionRow) -> ModelVersionPublic:
             InstitutionPrivacy(institution=item.institution, epsilon=item.epsilon, delta=item.delta)
             for item in row.institutions
         ],
-        encryption=row.encryption,
-        metrics=ModelMetrics(
-            federated=row.federated_metrics, per_institution=row.institution_metrics
+        encryption=_stored(
+            row.encryption, _ENCRYPTION, {"unreadable": True}, f"the encryption of {label}"
         ),
+        metrics=metrics,
         artifact_sha256=row.artifact_sha256,
         artifact_uri=row.artifact_uri,
         registered_by=row.registered_by,
@@ -196,7 +213,8 @@ def _public(row: ModelVersionRow) -> ModelVersionPublic:
             )
             for item in row.history
         ],
-        features=None if row.features is None else FeatureTransform.model_validate(row.features),
+        features=_stored(row.features, _FEATURES, None, f"the input transform of {label}"),
+        evaluation=_evaluation(row),
     )
 
 
@@ -212,19 +230,43 @@ def _threshold_public(row: ThresholdRow) -> ThresholdPublic:
 
 def _versions() -> Select[ModelVersionRow]:
     return select(ModelVersionRow).options(
-        selectinload(ModelVersionRow.institutions), selectinload(ModelVersionRow.history)
+        selectinload(ModelVersionRow.institutions),
+        selectinload(ModelVersionRow.history),
+        selectinload(ModelVersionRow.evaluations),
     )
+
+
+def _not_found(name: str, version: int) -> NotFoundError:
+    return NotFoundError(
+        f"no version {version} of model {name!r}; `countyfl registry list --name {name}` "
+        "shows the versions you may read"
+    )
+
+
+def check_version_number(version: int) -> int:
+    """``version`` if it is a possible version number (1 to 2**31 - 1).
+
+    Raises
+    ------
+    InvalidInputError
+        Otherwise (such a number could not even be looked up in the database).
+    """
+    if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= MAX_VERSION:
+        raise InvalidInputError(
+            f"version {version!r} is not a version number; versions are 1 to {MAX_VERSION}"
+        )
+    return version
 
 
 def _find(session: Session, name: str, version: int) -> ModelVersionRow:
     row = session.scalar(
-        _versions().where(ModelVersionRow.name == name, ModelVersionRow.version == version)
+        _versions().where(
+            ModelVersionRow.name == name,
+            ModelVersionRow.version == check_version_number(version),
+        )
     )
     if row is None:
-        raise NotFoundError(
-            f"no version {version} of model {name!r}; `countyfl registry list --name {name}` "
-            "shows its versions"
-        )
+        raise _not_found(name, version)
     return row
 
 
@@ -236,23 +278,36 @@ def register_version(
 ) -> ModelVersionPublic:
     """Register ``candidate`` as the next version of its model name, in stage ``candidate``.
 
-    The artifact must be a local file whose sha256 is ``candidate.artifact_sha256``; its
-    location is stored as an absolute path.
+    The artifact must be a local regular file (not a symbolic link) whose sha256 is
+    ``candidate.artifact_sha256``; its real location is stored as an absolute path. The
+    model is judged by what it is, not by its lineage: the artifact is loaded and refused if
+    a weight is not finite or absurdly large, or (with an input transform) if the weights do
+    not fit the architecture or answer a non-finite probability
+    (:func:`countyfl.registry.artifacts.inspect_state`).
 
     Raises
     ------
     PermissionDeniedError
         If ``principal`` may not register models.
+    InactivePrincipalError
+        If ``principal`` is not an enabled, approved user with that role.
     InvalidInputError
         If the artifact location is not a local file.
     ArtifactIntegrityError
-        If the artifact is missing or its sha256 differs (the refusal is audited).
+        If the artifact is missing, a link, not an ``.npz`` archive, or its sha256 differs
+        (the refusal is audited).
+    UnsafeModelError
+        If the model fails the checks above (audited).
     """
     target = version_target(candidate.name)
-    authorize(principal, Action.MODEL_REGISTER, audit=audit, target=target)
-    path = artifact_path(candidate.artifact_uri).expanduser().resolve()
+    authorize_live(engine, principal, Action.MODEL_REGISTER, audit=audit, target=target)
+    given = Path(os.path.abspath(artifact_path(candidate.artifact_uri).expanduser()))
+    path = Path(os.path.realpath(given))
+    label = f"the model to register ({candidate.name}, run {candidate.run_id})"
+    refusal: dict[str, object] = {"run-id": candidate.run_id, "artifact": str(given)}
     try:
-        _checked_bytes(str(path), candidate.artifact_sha256, None)
+        data = read_checked(str(given), candidate.artifact_sha256, None)
+        state = parse_state(data, f"the artifact to register at {given}")
     except ArtifactIntegrityError:
         record(
             audit,
@@ -260,7 +315,24 @@ def register_version(
             Action.MODEL_REGISTER,
             target,
             Outcome.REFUSED,
-            {"reason": "artifact-integrity", "run-id": candidate.run_id, "artifact": str(path)},
+            {"reason": "artifact-integrity", **refusal},
+        )
+        raise
+    try:
+        inspect_state(
+            state,
+            architecture=candidate.architecture,
+            features=candidate.features,
+            label=label,
+        )
+    except UnsafeModelError:
+        record(
+            audit,
+            principal,
+            Action.MODEL_REGISTER,
+            target,
+            Outcome.REFUSED,
+            {"reason": "unsafe-model", **refusal},
         )
         raise
 
@@ -483,8 +555,10 @@ def list_versions(
     A caller without ``model.read-any-stage`` (a clinician) sees production versions only;
     asking such a caller's listing for candidates or archived versions is refused.
     """
+    if name is not None:
+        check_model_name(name)
     target = version_target(name or "*")
-    authorize(principal, Action.MODEL_LIST, audit=audit, target=target)
+    authorize_live(engine, principal, Action.MODEL_LIST, audit=audit, target=target)
     if stage is not None and stage is not Stage.PRODUCTION:
         authorize(principal, Action.MODEL_READ_ANY_STAGE, audit=audit, target=target)
     elif not is_allowed(principal.role, Action.MODEL_READ_ANY_STAGE):
@@ -518,45 +592,73 @@ def get_version(
     """One version with its lineage and history; the read is audited.
 
     With ``version=None``: the production version of ``name`` if there is one, otherwise
-    (for callers who may read every stage) its newest version.
+    (for callers who may read every stage) its newest version. For a caller who may read
+    production versions only (a clinician), a version that is not in production does not
+    exist: it is answered exactly as a missing one, so that unreleased names stay unknown.
 
     Raises
     ------
     NotFoundError
-        If there is no such version (or, for ``version=None``, none the caller may read).
+        If there is no such version the caller may read (a refused read is audited).
+    InvalidInputError
+        If ``name`` is not a model name or ``version`` not a version number.
     PermissionDeniedError
-        If the caller may not read models, or the version is not in production and the
-        caller may read production versions only.
+        If the caller may not read models.
     """
-    authorize(principal, Action.MODEL_READ, audit=audit, target=version_target(name, version))
+    check_model_name(name)
+    if version is not None:
+        check_version_number(version)
+    requested = version_target(name, version)
+    authorize_live(engine, principal, Action.MODEL_READ, audit=audit, target=requested)
+    any_stage = is_allowed(principal.role, Action.MODEL_READ_ANY_STAGE)
     with session_factory(engine)() as session:
         row: ModelVersionRow | None
         if version is not None:
-            row = _find(session, name, version)
+            row = session.scalar(
+                _versions().where(ModelVersionRow.name == name, ModelVersionRow.version == version)
+            )
         else:
             row = session.scalar(
                 _versions().where(
                     ModelVersionRow.name == name, ModelVersionRow.stage == Stage.PRODUCTION.value
                 )
             )
-            if row is None and is_allowed(principal.role, Action.MODEL_READ_ANY_STAGE):
+            if row is None and any_stage:
                 row = session.scalar(
                     _versions()
                     .where(ModelVersionRow.name == name)
                     .order_by(ModelVersionRow.version.desc())
                     .limit(1)
                 )
-            if row is None:
-                raise NotFoundError(
-                    f"model {name!r} has no version you can read (no production version); "
-                    "`countyfl registry list` shows the models"
-                )
-        found = _public(row)
+        hidden = row is not None and row.stage != Stage.PRODUCTION.value and not any_stage
+        found = None if row is None or hidden else _public(row)
+    if found is None:
+        if hidden:
+            record(
+                audit,
+                principal,
+                Action.MODEL_READ,
+                requested,
+                Outcome.REFUSED,
+                {"reason": "not-released"},
+            )
+        if version is not None:
+            raise _not_found(name, version)
+        raise NotFoundError(
+            f"model {name!r} has no version you can read; `countyfl registry list` (or GET "
+            "/v1/models) shows the models you may read"
+        )
     target = version_target(found.name, found.version)
-    if found.stage is not Stage.PRODUCTION:
-        authorize(principal, Action.MODEL_READ_ANY_STAGE, audit=audit, target=target)
     record(audit, principal, Action.MODEL_READ, target, Outcome.OK, {"stage": found.stage.value})
     return found
+
+
+def check_model_name(name: str) -> str:
+    """``name`` if it is a model name (:data:`NAME_PATTERN`), else :class:`InvalidInputError`."""
+    try:
+        return check_name("model", name)
+    except (ValueError, TypeError) as error:
+        raise InvalidInputError(str(error)) from None
 
 
 def get_production(
@@ -569,7 +671,8 @@ def get_production(
     NotFoundError
         If ``name`` has no production version.
     """
-    authorize(principal, Action.MODEL_READ, audit=audit, target=version_target(name))
+    check_model_name(name)
+    authorize_live(engine, principal, Action.MODEL_READ, audit=audit, target=version_target(name))
     with session_factory(engine)() as session:
         row = session.scalar(
             _versions().where(
@@ -593,40 +696,46 @@ def get_production(
     return found
 
 
+_POINTER = (
+    "SELECT (SELECT count(*) FROM users WHERE username = ? AND role = ? AND NOT disabled "
+    "AND NOT pending_approval), "
+    "(SELECT version FROM registry_model_versions WHERE name = ? AND stage = ?), "
+    "(SELECT artifact_sha256 FROM registry_model_versions WHERE name = ? AND stage = ?)"
+)
+
+
 def production_pointer(
     engine: Engine, name: str, *, principal: Principal, audit: AuditSink
 ) -> ProductionPointer:
     """Which version of ``name`` is in production now, and its artifact's sha256.
 
-    Two indexed columns of one row: cheap enough for a service to call on every request and
-    reload its cached model when the answer changes. The permission is checked (``model.read``;
-    a refusal is audited) but an allowed lookup is not audited: the caller audits what it
-    does with the version (e.g. the prediction), or reads it with :func:`get_version`.
+    One statement reads two indexed columns of one row and checks that the principal is a
+    live user: cheap enough for a service to call on every request and reload its cached
+    model when the answer changes. The permission is checked (``model.read``; a refusal is
+    audited) but an allowed lookup is not audited: the caller audits what it does with the
+    version (e.g. the prediction), or reads it with :func:`get_version`.
 
     Raises
     ------
     PermissionDeniedError
         If the caller may not read models.
+    InactivePrincipalError
+        If the principal is not an enabled, approved user with that role (audited).
     """
-    authorize(principal, Action.MODEL_READ, audit=audit, target=version_target(name))
-    # A Core connection, not an ORM session: this runs on every request of the API, and a
-    # session costs several times the query itself.
-    with engine.connect() as connection:
-        found = connection.execute(
-            select(ModelVersionRow.version, ModelVersionRow.artifact_sha256).where(
-                ModelVersionRow.name == name, ModelVersionRow.stage == Stage.PRODUCTION.value
-            )
-        ).one_or_none()
-        if found is not None:
-            return ProductionPointer(
-                name=name, version=found[0], artifact_sha256=found[1], registered=True
-            )
-        registered = connection.execute(
-            select(ModelVersionRow.id).where(ModelVersionRow.name == name).limit(1)
-        ).scalar_one_or_none()
-    return ProductionPointer(
-        name=name, version=None, artifact_sha256=None, registered=registered is not None
+    check_model_name(name)
+    target = version_target(name)
+    authorize(principal, Action.MODEL_READ, audit=audit, target=target)
+    # One statement through the pool's raw connection: this runs on every request of the
+    # API, and an ORM session (or even a Core connection) costs several times the query.
+    found = fetch_row(
+        engine,
+        _POINTER,
+        (principal.username, principal.role.value, name, "production", name, "production"),
     )
+    assert found is not None  # a SELECT of scalar subqueries always returns one row
+    if not found[0]:
+        require_live(engine, principal, audit=audit, action=Action.MODEL_READ, target=target)
+    return ProductionPointer(name=name, version=found[1], artifact_sha256=found[2])
 
 
 # -- thresholds --------------------------------------------------------------------------
@@ -651,17 +760,25 @@ def set_threshold(
     PermissionDeniedError
         If ``principal`` may not set thresholds.
     InvalidInputError
-        If a name is malformed or ``minimum`` is not a finite number.
+        If the model name is malformed, the metric is not one the registry measures
+        (:data:`~countyfl.registry.evaluation.GATED_METRICS`), or ``minimum`` is not between
+        :data:`MIN_THRESHOLD` (chance) and 1.
     """
+    check_model_name(model_name)
+    if metric not in GATED_METRICS:
+        raise InvalidInputError(
+            f"a promotion threshold names a metric the registry measures itself on held-out "
+            f"data: {' or '.join(GATED_METRICS)}, not {metric!r}"
+        )
+    if not (isinstance(minimum, float | int) and math.isfinite(minimum)) or not (
+        MIN_THRESHOLD <= minimum <= 1
+    ):
+        raise InvalidInputError(
+            f"the minimum of {metric} must be a number from {MIN_THRESHOLD:g} (no better than "
+            f"chance) to 1, not {minimum}: a lower threshold would gate nothing"
+        )
     target = f"threshold:{model_name}:{metric}"
-    authorize(principal, Action.THRESHOLD_SET, audit=audit, target=target)
-    try:
-        check_name("model", model_name)
-        check_name("metric", metric)
-    except ValueError as error:
-        raise InvalidInputError(str(error)) from None
-    if not math.isfinite(minimum):
-        raise InvalidInputError(f"the minimum of {metric} must be a finite number, not {minimum}")
+    authorize_live(engine, principal, Action.THRESHOLD_SET, audit=audit, target=target)
     query = select(ThresholdRow).where(
         ThresholdRow.model_name == model_name, ThresholdRow.metric == metric
     )
@@ -691,8 +808,10 @@ def list_thresholds(
     engine: Engine, *, model_name: str | None = None, principal: Principal, audit: AuditSink
 ) -> list[ThresholdPublic]:
     """The promotion thresholds, of one model name or of all."""
+    if model_name is not None:
+        check_model_name(model_name)
     target = f"threshold:{model_name or '*'}"
-    authorize(principal, Action.MODEL_LIST, audit=audit, target=target)
+    authorize_live(engine, principal, Action.MODEL_LIST, audit=audit, target=target)
     query = select(ThresholdRow).order_by(ThresholdRow.model_name, ThresholdRow.metric)
     if model_name is not None:
         query = query.where(ThresholdRow.model_name == model_name)
@@ -719,10 +838,20 @@ def unmet_thresholds(
 # -- stage changes -----------------------------------------------------------------------
 
 
+def _thresholds(session: Session, name: str) -> dict[str, float]:
+    return {
+        item.metric: item.minimum
+        for item in session.scalars(select(ThresholdRow).where(ThresholdRow.model_name == name))
+    }
+
+
 def _promotion_refusal(
     session: Session, row: ModelVersionRow, principal: Principal
 ) -> tuple[str, str, dict[str, object]] | None:
-    """(reason, message, details) if ``principal`` may not promote ``row`` now."""
+    """(reason, message, details) if ``principal`` may not promote ``row`` now.
+
+    The thresholds themselves are checked later, against the metrics the registry measures.
+    """
     label = f"{row.name} v{row.version}"
     if row.stage != Stage.CANDIDATE.value:
         return (
@@ -737,11 +866,7 @@ def _promotion_refusal(
             "it: promotion needs a second person. Ask another regulator to review and promote it",
             {},
         )
-    thresholds = {
-        item.metric: item.minimum
-        for item in session.scalars(select(ThresholdRow).where(ThresholdRow.model_name == row.name))
-    }
-    if not thresholds:
+    if not _thresholds(session, row.name):
         return (
             "no-thresholds",
             f"no promotion thresholds are set for {row.name!r}, so {label} cannot be checked; "
@@ -749,14 +874,23 @@ def _promotion_refusal(
             "(e.g. auc 0.75)",
             {},
         )
-    unmet = unmet_thresholds(row.federated_metrics, thresholds)
-    if unmet:
+    if row.features is None:
         return (
-            "thresholds",
-            f"{label} does not meet the thresholds of {row.name!r}: {'; '.join(unmet.values())}",
-            {"unmet": sorted(unmet), "thresholds": thresholds},
+            "no-transform",
+            f"{label} has no input transform, so the registry cannot evaluate it (nor could it "
+            "serve); publish and register the model again",
+            {},
         )
     return None
+
+
+def check_reason(reason: str) -> str:
+    """``reason`` (for the stage history) if it is at most 500 printable characters."""
+    if not isinstance(reason, str) or len(reason) > 500 or not re.fullmatch(TEXT_PATTERN, reason):
+        raise InvalidInputError(
+            "a reason is at most 500 characters of text without control characters"
+        )
+    return reason
 
 
 def promote(
@@ -764,31 +898,50 @@ def promote(
     name: str,
     version: int,
     *,
+    evaluation: EvaluationData,
     principal: Principal,
     audit: AuditSink,
     reason: str = "",
 ) -> ModelVersionPublic:
     """Move a candidate to production, archiving the name's previous production version.
 
+    The version is judged by what it does, not by the metrics its run reported: the registry
+    runs its checked artifact on the held-out ``evaluation`` data the promoter supplies
+    (:mod:`countyfl.registry.evaluation`) and every threshold of the name must be met by the
+    metrics measured there. The measurement is stored with the version and audited (with the
+    data's sha256), whether the promotion goes ahead or not.
+
     Raises
     ------
     PermissionDeniedError
         If ``principal`` may not promote.
+    InactivePrincipalError
+        If ``principal`` is not an enabled, approved user with that role.
     NotFoundError
         If there is no such version.
     StageChangeRefusedError
         If the version is not a candidate, ``principal`` registered it, no thresholds are set
-        for the name, or a thresholded metric falls short (every refusal is audited).
+        for the name, it has no input transform, or a measured metric falls short of its
+        threshold (every refusal is audited).
+    EvaluationDataError
+        If the data's columns are not the model's features (audited).
+    ArtifactIntegrityError, UnsafeModelError
+        If the artifact fails its checks or answers non-finite probabilities (audited).
     """
+    check_model_name(name)
+    check_version_number(version)
+    check_reason(reason)
     target = version_target(name, version)
-    authorize(principal, Action.MODEL_PROMOTE, audit=audit, target=target)
+    authorize_live(engine, principal, Action.MODEL_PROMOTE, audit=audit, target=target)
     with session_factory(engine)() as session:
         row = _find(session, name, version)
         refusal = _promotion_refusal(session, row, principal)
         replaced = _production_number(session, name)
-        metrics = dict(row.federated_metrics)
-    if refusal is not None:
-        why, message, details = refusal
+        thresholds = _thresholds(session, name)
+        found = _public(row)
+        reported = dict(row.federated_metrics)
+
+    def refuse(why: str, details: Mapping[str, object]) -> None:
         record(
             audit,
             principal,
@@ -797,12 +950,47 @@ def promote(
             Outcome.REFUSED,
             {"reason": why, **details},
         )
+
+    if refusal is not None:
+        why, message, details = refusal
+        refuse(why, details)
         raise StageChangeRefusedError(message)
+    assert found.features is not None  # _promotion_refusal refused it otherwise
+    try:
+        measured = measure(
+            load_artifact(found),
+            architecture=found.architecture,
+            transform=found.features,
+            data=evaluation,
+            label=found.label,
+        )
+    except ArtifactIntegrityError:
+        refuse("artifact-integrity", {})
+        raise
+    except UnsafeModelError:
+        refuse("unsafe-model", {"data-sha256": evaluation.sha256})
+        raise
+    except EvaluationDataError:
+        refuse("evaluation-data", {"data-sha256": evaluation.sha256})
+        raise
+    facts: dict[str, object] = {
+        "data-sha256": evaluation.sha256,
+        "rows": evaluation.rows,
+        "positives": evaluation.positives,
+        "measured": {key: _json_number(value) for key, value in measured.items()},
+    }
+    unmet = unmet_thresholds(measured, thresholds)
+    if unmet:
+        refuse("thresholds", {**facts, "unmet": sorted(unmet), "thresholds": thresholds})
+        raise StageChangeRefusedError(
+            f"{found.label} does not meet the thresholds of {name!r} on the held-out data "
+            f"({evaluation.rows} rows): {'; '.join(unmet.values())}"
+        )
     changes = [
         Change(
             Action.MODEL_PROMOTE,
             target,
-            {"reason": reason, "replaces": replaced, "metrics": metrics},
+            {"reason": reason, "replaces": replaced, "reported": reported, **facts},
         )
     ]
     if replaced is not None:
@@ -814,7 +1002,13 @@ def promote(
             )
         )
     with audited_transaction(engine, audit, principal, *changes) as session:
-        return _apply_promotion(session, name, version, replaced, principal, reason)
+        return _apply_promotion(
+            session, name, version, replaced, principal, reason, evaluation, measured
+        )
+
+
+def _json_number(value: float) -> float | None:
+    return value if math.isfinite(value) else None
 
 
 def _production_number(session: Session, name: str) -> int | None:
@@ -832,6 +1026,8 @@ def _apply_promotion(
     replaced: int | None,
     principal: Principal,
     reason: str,
+    evaluation: EvaluationData,
+    measured: Mapping[str, float],
 ) -> ModelVersionPublic:
     changed = StageChangeRefusedError(
         f"{name!r} changed while v{version} was being promoted (another promotion or "
@@ -842,8 +1038,24 @@ def _apply_promotion(
     refusal = _promotion_refusal(session, row, principal)
     if refusal is not None:
         raise StageChangeRefusedError(refusal[1])
+    unmet = unmet_thresholds(measured, _thresholds(session, name))
+    if unmet:  # a threshold was raised meanwhile
+        raise StageChangeRefusedError(
+            f"{name} v{version} no longer meets the thresholds of {name!r}: "
+            f"{'; '.join(unmet.values())}"
+        )
     if _production_number(session, name) != replaced:
         raise changed
+    row.evaluations.append(
+        EvaluationRow(
+            data_sha256=evaluation.sha256,
+            rows=evaluation.rows,
+            positives=evaluation.positives,
+            metrics={key: _json_number(value) for key, value in measured.items()},
+            evaluated_by=principal.username,
+            evaluated_at=now,
+        )
+    )
     if replaced is not None:
         _move(
             _find(session, name, replaced),
@@ -883,8 +1095,11 @@ def archive(
     StageChangeRefusedError
         If the version is archived already (audited).
     """
+    check_model_name(name)
+    check_version_number(version)
+    check_reason(reason)
     target = version_target(name, version)
-    authorize(principal, Action.MODEL_ARCHIVE, audit=audit, target=target)
+    authorize_live(engine, principal, Action.MODEL_ARCHIVE, audit=audit, target=target)
     with session_factory(engine)() as session:
         previous = _find(session, name, version).stage
     if previous == Stage.ARCHIVED.value:

@@ -117,6 +117,13 @@ class BatchingAuditLog:
                 f"{WAIT_SECONDS:g} s; the action must not go ahead. Check the database"
             ) from None
 
+    def reopen(self) -> None:
+        """Accept entries again after :meth:`close` (an app started again, e.g. in tests)."""
+        with self._guard:
+            if self._closed:
+                self._closed = False
+                self._thread = None  # the old writer has returned after the close marker
+
     def close(self) -> None:
         """Write what is waiting, then stop the writer thread."""
         with self._guard:

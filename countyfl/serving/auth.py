@@ -1,10 +1,13 @@
 """Access tokens: short-lived HS256 JWTs issued for a password, checked strictly.
 
-A token carries ``sub`` (user), ``role``, ``iat``, ``exp``, ``iss``, ``aud`` and ``jti``;
-every one is required. Only HS256 is accepted, so ``alg: none``, another algorithm and a
-token signed with another key are all refused, as are expired tokens (no leeway). The role
-in a token is the user's role when it was issued: a token outlives a disabled account or a
-changed role by at most its lifetime (15 minutes by default). Systems use API tokens
+A token carries ``sub`` (user), ``role``, ``ver`` (the user's token version), ``iat``,
+``exp``, ``iss``, ``aud`` and ``jti``; every one is required. Only HS256 is accepted, so
+``alg: none``, another algorithm and a token signed with another key are all refused, as
+are expired tokens (no leeway). A signature only proves the token was issued; on every
+request the API also checks the user in the registry (:func:`countyfl.serving.dependencies.
+get_principal`): it must exist, be enabled and approved, still have the token's role, and
+still have the token's version. Disabling a user, changing its role or its password
+increments the version, so its tokens stop working at once. Systems use API tokens
 (``cfl_...``) instead, which the registry checks on every request.
 """
 
@@ -22,11 +25,19 @@ from countyfl.serving.errors import NotAuthenticatedError
 ALGORITHM = "HS256"
 ISSUER = "countyfl"
 AUDIENCE = "countyfl-api"
-REQUIRED_CLAIMS = ("exp", "iat", "sub", "role", "iss", "aud", "jti")
+REQUIRED_CLAIMS = ("exp", "iat", "sub", "role", "ver", "iss", "aud", "jti")
 REJECTED = (
     "the access token was not accepted (expired, malformed or not signed by this service); "
     "get a new one from POST /v1/token"
 )
+
+
+@dataclass(frozen=True)
+class AccessClaims:
+    """What a correctly signed, unexpired access token says: who, and its token version."""
+
+    principal: Principal
+    token_version: int
 
 
 @dataclass(frozen=True)
@@ -52,14 +63,20 @@ class TokenRejectedError(NotAuthenticatedError):
 
 
 def issue_access_token(
-    principal: Principal, key: bytes, lifetime: timedelta, *, now: datetime | None = None
+    principal: Principal,
+    key: bytes,
+    lifetime: timedelta,
+    *,
+    token_version: int,
+    now: datetime | None = None,
 ) -> AccessToken:
-    """Sign an access token for ``principal`` valid for ``lifetime`` from ``now``."""
+    """Sign an access token for ``principal`` (at ``token_version``) valid for ``lifetime``."""
     issued = (now or datetime.now(UTC)).replace(microsecond=0)
     expires = issued + lifetime
     claims = {
         "sub": principal.username,
         "role": principal.role.value,
+        "ver": token_version,
         "iat": issued,
         "exp": expires,
         "iss": ISSUER,
@@ -70,8 +87,8 @@ def issue_access_token(
     return AccessToken(token, expires, int(lifetime.total_seconds()))
 
 
-def read_access_token(token: str, key: bytes) -> Principal:
-    """The principal of a valid access token.
+def read_access_token(token: str, key: bytes) -> AccessClaims:
+    """The principal and token version of a correctly signed, unexpired access token.
 
     Raises
     ------
@@ -92,9 +109,10 @@ def read_access_token(token: str, key: bytes) -> Principal:
     except jwt.PyJWTError:
         raise TokenRejectedError("invalid-token") from None
     principal = _principal(claims)
-    if principal is None:
+    version = claims.get("ver")
+    if principal is None or not isinstance(version, int) or isinstance(version, bool):
         raise TokenRejectedError("invalid-claims")
-    return principal
+    return AccessClaims(principal, version)
 
 
 def _decode(token: str, key: bytes, *, verify_exp: bool) -> dict[str, object]:

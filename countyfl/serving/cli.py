@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 
 from countyfl.errors import CountyflError
+from countyfl.terminal import shown
 
 console = Console(stderr=True)
 
@@ -26,9 +27,12 @@ def serve_command(
 ) -> None:
     """Serve predictions and referral advice over HTTP (OpenAPI docs at /docs).
 
-    Settings come from the environment: COUNTYFL_JWT_SECRET_FILE (required: a random secret
-    of at least 32 bytes), COUNTYFL_DATABASE_URL or COUNTYFL_HOME, COUNTYFL_TOKEN_LIFETIME_MINUTES,
-    COUNTYFL_MAX_REQUEST_BYTES, COUNTYFL_MAX_BATCH_SIZE, COUNTYFL_REFERRAL_RULES_FILE and
+    Settings come from the environment: COUNTYFL_JWT_SECRET_FILE (required: an owner-only
+    file with a random secret of at least 32 bytes), COUNTYFL_DATABASE_URL or COUNTYFL_HOME,
+    COUNTYFL_AUDIT_SIGNING_KEY_FILE (signs audit checkpoints automatically; default
+    HOME/keys/audit-signing.key if it exists), COUNTYFL_TOKEN_LIFETIME_MINUTES,
+    COUNTYFL_MAX_REQUEST_BYTES, COUNTYFL_MAX_BATCH_SIZE, COUNTYFL_LOGIN_FREE_FAILURES,
+    COUNTYFL_ADDRESS_FREE_FAILURES, COUNTYFL_REFERRAL_RULES_FILE and
     COUNTYFL_DOCTOR_DIRECTORY_FILE. Put TLS in front (a reverse proxy) when HOST is not
     127.0.0.1: tokens and records travel in these requests.
     """
@@ -41,7 +45,7 @@ def serve_command(
         # Built here first so that a bad setting fails with a readable message, not in uvicorn.
         app = create_app(ServingSettings())
     except CountyflError as error:
-        console.print(f"[red]error:[/red] {error}")
+        console.print(f"[red]error:[/red] {shown(error)}")
         raise typer.Exit(code=2) from None
     if workers == 1:
         uvicorn.run(app, host=host, port=port, log_level=log_level, proxy_headers=False)

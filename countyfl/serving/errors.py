@@ -35,18 +35,43 @@ class NotAuthenticatedError(ServingError):
     code = "not-authenticated"
 
 
+class TooManyAttemptsError(ServingError):
+    """Too many failed authentications from this address or for this account: wait."""
+
+    status_code = 429
+    code = "too-many-attempts"
+
+    def __init__(self, retry_after: float) -> None:
+        self.retry_after = max(1, int(retry_after + 0.999))
+        super().__init__(
+            "too many failed authentications from this address or for this account; try "
+            f"again in {self.retry_after} s (each further failure doubles the wait)"
+        )
+
+
 class ModelNotFoundError(ServingError, LookupError):
-    """The registry has no model of that name."""
+    """No model of that name serves: it does not exist, or it has no production version.
+
+    Both are answered alike, so that the names of unreleased models stay unknown.
+    """
 
     status_code = 404
     code = "model-not-found"
 
 
 class ModelNotServingError(ServingError):
-    """The model exists but cannot serve now: no production version, or no input transform."""
+    """A production version exists but cannot serve (no input transform, weights that do not
+    fit, another input schema than the API's route for the model)."""
 
     status_code = 409
     code = "model-not-serving"
+
+
+class ModelOutputError(ServingError):
+    """The model answered a non-finite probability: nothing is returned."""
+
+    status_code = 503
+    code = "model-output-invalid"
 
 
 class ModelIntegrityError(ServingError):

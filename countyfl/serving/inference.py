@@ -118,6 +118,12 @@ def build_served_model(version: ModelVersionPublic, state: dict[str, Any]) -> Se
     module.eval()
     for parameter in module.parameters():
         parameter.requires_grad_(False)
+        if not bool(torch.isfinite(parameter).all()):
+            # Refused at registration since issue 13; a version registered before is caught here.
+            raise ModelNotServingError(
+                f"{label} cannot serve: its weights hold a value that is not a finite number; "
+                "an admin must archive the version"
+            )
     return ServedModel(
         name=version.name,
         version=version.version,

@@ -6,7 +6,9 @@ answer differs from the cached model (another version, or the same number with a
 sha256) the new version is read, its artifact's sha256 checked while loading, and it
 replaces the old one; when there is no production version any more, the cached model is
 dropped and nothing serves. A model in memory was checked when it was loaded: a file
-changed on disk afterwards is caught at the next load, never served.
+changed on disk afterwards is caught at the next load, never served. A name without a
+production version is answered exactly like a name that does not exist (404), so that
+clinicians cannot learn which unreleased models there are.
 """
 
 from __future__ import annotations
@@ -60,10 +62,11 @@ class ModelCache:
         Raises
         ------
         ModelNotFoundError
-            If the registry has no model ``name``.
+            If ``name`` has no production version: no such model, or none released (archived
+            or never promoted); the two are answered alike.
         ModelNotServingError
-            If ``name`` has no production version (archived, or never promoted), or the
-            version cannot serve (no input transform, weights that do not fit).
+            If the production version cannot serve (no input transform, weights that do not
+            fit).
         ModelIntegrityError
             If the artifact is missing or its sha256 differs from the registered one.
         """
@@ -71,14 +74,8 @@ class ModelCache:
         if pointer.version is None:
             if self._models.pop(name, None) is not None:
                 logger.info("model %s has no production version any more; unloaded", name)
-            if not pointer.registered:
-                raise ModelNotFoundError(
-                    f"there is no model {name!r}; GET /v1/models lists the models you may use"
-                )
-            raise ModelNotServingError(
-                f"model {name!r} has no production version (it was archived or never "
-                "promoted), so it does not serve; a regulator promotes a version with "
-                f"`countyfl registry promote {name} VERSION`"
+            raise ModelNotFoundError(
+                f"no model {name!r} is in production; GET /v1/models lists the models you may use"
             )
         current = self._models.get(name)
         if current is not None and (current.version, current.sha256) == (

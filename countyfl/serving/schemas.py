@@ -8,25 +8,47 @@ in ``countyfl.registry``.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from datetime import datetime
 from enum import StrEnum
+from functools import cache
+from types import MappingProxyType
 from typing import Annotated, Any, Literal
 
 import annotated_types
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    StrictBool,
+    create_model,
+    model_validator,
+)
 
 from countyfl.data.federated import CareLevel
 from countyfl.data.schema import ChestPain, FraminghamRecord, HeartDiseaseRecord, RestingEcg
 from countyfl.registry.schemas import (
     NAME_PATTERN,
+    Encryption,
+    EvaluationPublic,
     FeatureTransform,
+    InputSchema,
     InstitutionPrivacy,
     ModelMetrics,
     ModelVersionPublic,
     Stage,
     StageTransitionPublic,
 )
-from countyfl.serving.referral.config import CODE_PATTERN, RiskBand, Severity, Urgency
+from countyfl.serving.referral.config import (
+    CODE_PATTERN,
+    SEVERITY_RANK,
+    RiskBand,
+    Severity,
+    Urgency,
+)
 
 
 class Purpose(StrEnum):
@@ -98,8 +120,11 @@ class ModelCardPublic(_Schema):
     scenario: str
     rounds: int
     institutions: list[InstitutionPrivacy]
-    encryption: dict[str, Any] | None
+    encryption: Encryption | None
     metrics: ModelMetrics
+    """What the run reported about itself (its federated evaluation)."""
+    evaluation: EvaluationPublic | None
+    """What the registry measured on held-out data when the version was promoted."""
     artifact_sha256: str
     registered_by: str
     created_at: datetime
@@ -123,6 +148,7 @@ class ModelCardPublic(_Schema):
             institutions=version.institutions,
             encryption=version.encryption,
             metrics=version.metrics,
+            evaluation=version.evaluation,
             artifact_sha256=version.artifact_sha256,
             registered_by=version.registered_by,
             created_at=version.created_at,
@@ -155,7 +181,19 @@ def _clinical(source: type[BaseModel], name: str, unit: str, **extra: Any) -> An
     return Field(**bounds, **extra, description=description, json_schema_extra={"unit": unit})
 
 
-Flag = Annotated[int, Field(ge=0, le=1, strict=True, description="0 = no, 1 = yes")]
+def _integral(value: Any) -> Any:
+    # JSON Schema's "integer" is any number without a fraction, 3.0 included; a boolean
+    # is not a number (strict validation refuses it, and strings, afterwards).
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+WholeNumber = Annotated[int, BeforeValidator(_integral), Strict()]
+"""An integer field: 3 and 3.0 are accepted, true, "3" and 3.5 are not."""
+Flag = Annotated[
+    int, Field(ge=0, le=1, description="0 = no, 1 = yes"), BeforeValidator(_integral), Strict()
+]
 
 
 class _Patient(BaseModel):
@@ -165,7 +203,7 @@ class _Patient(BaseModel):
 class HeartDiseasePatient(_Patient):
     """One patient for ``heart-disease-diagnosis`` (UCI heart disease features, UCI units)."""
 
-    age: int = _clinical(HeartDiseaseRecord, "age", "years")
+    age: WholeNumber = _clinical(HeartDiseaseRecord, "age", "years")
     sex: Literal["Male", "Female"]
     chest_pain: ChestPain
     resting_bp: float = _clinical(HeartDiseaseRecord, "resting_bp", "mmHg", allow_inf_nan=False)
@@ -185,10 +223,26 @@ class FraminghamPatient(_Patient):
     Every feature is required except ``cigarettes_per_day`` for non-smokers (0 is used):
     training filled other missing values with the task's reference values, but a clinician
     asking for one patient's risk should give what was measured, so the API does not guess.
+    The schema says so too (``anyOf``): a current smoker has a number of cigarettes per day.
     """
 
+    model_config = ConfigDict(
+        frozen=True,
+        extra="forbid",
+        strict=True,
+        json_schema_extra={
+            "anyOf": [
+                {"properties": {"current_smoker": {"const": 0}}},
+                {
+                    "required": ["cigarettes_per_day"],
+                    "properties": {"cigarettes_per_day": {"type": "number"}},
+                },
+            ]
+        },
+    )
+
     male: Flag
-    age: int = _clinical(FraminghamRecord, "age", "years")
+    age: WholeNumber = _clinical(FraminghamRecord, "age", "years")
     current_smoker: Flag
     cigarettes_per_day: float | None = _clinical(
         FraminghamRecord, "cigarettes_per_day", "cigarettes/day", allow_inf_nan=False, default=None
@@ -215,21 +269,10 @@ class FraminghamPatient(_Patient):
         return self
 
 
-PatientInput = Annotated[
-    dict[str, Any],
-    WithJsonSchema(
-        {
-            "anyOf": [
-                HeartDiseasePatient.model_json_schema(),
-                FraminghamPatient.model_json_schema(),
-            ],
-            "description": "A patient record of the model's schema: HeartDiseasePatient for "
-            "heart-disease-diagnosis, FraminghamPatient for coronary-risk-10y (see the model "
-            "card's features.schema).",
-        }
-    ),
-]
-"""A patient record, checked against the served model's schema once the model is known."""
+PATIENT_TYPES: Mapping[InputSchema, type[BaseModel]] = MappingProxyType(
+    {"heart-disease": HeartDiseasePatient, "framingham": FraminghamPatient}
+)
+"""Input schema of a model (its transform's ``schema``) -> the patient record it reads."""
 
 ModelName = Annotated[str, Field(pattern=NAME_PATTERN, examples=["heart-disease-diagnosis"])]
 
@@ -238,22 +281,69 @@ ModelName = Annotated[str, Field(pattern=NAME_PATTERN, examples=["heart-disease-
 
 
 class PredictionCreate(_Schema):
-    """One patient (``patient``) or a batch (``patients``) for the production model."""
+    """One patient (``patient``) or a batch (``patients``) for a model's production version.
+
+    Each model has its own body (:func:`prediction_body`), whose records are the model's
+    own patient schema; this base only carries what they share.
+    """
+
+    model_config = ConfigDict(
+        frozen=True,
+        extra="forbid",
+        json_schema_extra={"oneOf": [{"required": ["patient"]}, {"required": ["patients"]}]},
+    )
 
     purpose: Purpose = Purpose.TREATMENT
-    patient: PatientInput | None = None
-    patients: Annotated[list[PatientInput], Field(min_length=1)] | None = None
 
     @model_validator(mode="after")
     def _one_or_batch(self) -> PredictionCreate:
-        if (self.patient is None) == (self.patients is None):
+        patient, patients = getattr(self, "patient", None), getattr(self, "patients", None)
+        if (patient is None) == (patients is None):
             raise ValueError("give either 'patient' (one record) or 'patients' (a list), not both")
         return self
 
     @property
-    def records(self) -> list[dict[str, Any]]:
-        """The patient records, one or many."""
-        return [self.patient] if self.patient is not None else list(self.patients or [])
+    def records(self) -> list[BaseModel]:
+        """The patient records, one or many (validated against the model's schema)."""
+        patient: BaseModel | None = getattr(self, "patient", None)
+        patients: list[BaseModel] | None = getattr(self, "patients", None)
+        return [patient] if patient is not None else list(patients or [])
+
+    @property
+    def locations(self) -> list[str]:
+        """Where each record is in the request, e.g. ``patient`` or ``patients[3]``."""
+        if getattr(self, "patient", None) is not None:
+            return ["patient"]
+        return [f"patients[{index}]" for index in range(len(self.records))]
+
+
+def _title(name: str) -> str:
+    return "".join(part.capitalize() for part in re.split(r"[^a-z0-9]+", name) if part)
+
+
+@cache
+def prediction_body(schema: InputSchema, max_batch: int) -> type[PredictionCreate]:
+    """The request body of a model reading ``schema`` records, at most ``max_batch`` of them.
+
+    Named ``HeartDiseasePredictionCreate`` / ``FraminghamPredictionCreate`` in OpenAPI.
+    """
+    patient_type: Any = PATIENT_TYPES[schema]
+    # Neither field may be null, and exactly one must be given: the schema says so too
+    # (oneOf), so that every request valid by the spec is one the API accepts.
+    fields: dict[str, Any] = {
+        "patient": (patient_type, None),
+        "patients": (
+            Annotated[list[patient_type], Field(min_length=1, max_length=max_batch)],
+            None,
+        ),
+    }
+    body: type[PredictionCreate] = create_model(
+        f"{_title(schema)}PredictionCreate",
+        __base__=PredictionCreate,
+        __doc__=f"One {patient_type.__name__} (``patient``) or up to {max_batch} (``patients``).",
+        **fields,
+    )
+    return body
 
 
 class ModelRefPublic(_Schema):
@@ -300,17 +390,38 @@ class PredictionPublic(_Schema):
 
 
 class SymptomCreate(_Schema):
-    """A symptom the patient has (a code of the referral rules) and its severity."""
+    """A symptom the patient has (a code of the referral rules) and its severity.
+
+    The API's own body (:func:`referral_body`) lists the codes the county's rules know.
+    """
 
     code: Annotated[str, Field(pattern=CODE_PATTERN, examples=["chest-pain"])]
     severity: Severity
 
 
 class ReferralPatientCreate(_Schema):
-    """What the referral rules need to know about the patient."""
+    """What the referral rules need to know about the patient.
+
+    A symptom code given more than once counts once, with its highest severity.
+    """
+
+    model_config = ConfigDict(
+        frozen=True,
+        extra="forbid",
+        json_schema_extra={
+            "anyOf": [
+                {"properties": {"pregnant": {"const": False}}},
+                {
+                    "required": ["pregnant", "sex", "age_years"],
+                    "properties": {"sex": {"const": "female"}, "age_years": {"minimum": 10}},
+                },
+            ]
+        },
+    )
 
     age_years: Annotated[
         float,
+        Strict(),
         Field(
             ge=0,
             le=120,
@@ -320,32 +431,94 @@ class ReferralPatientCreate(_Schema):
         ),
     ]
     sex: Literal["female", "male"]
-    pregnant: bool = False
+    pregnant: StrictBool = False
     symptoms: Annotated[list[SymptomCreate], Field(max_length=30)] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _plausible(self) -> ReferralPatientCreate:
         if self.pregnant and (self.sex != "female" or self.age_years < 10):
             raise ValueError("pregnant is only possible for a female patient aged 10 or over")
-        codes = [symptom.code for symptom in self.symptoms]
-        if len(set(codes)) != len(codes):
-            raise ValueError("each symptom code may appear once; give its highest severity")
         return self
 
-
-class ReferralRiskCreate(_Schema):
-    """Ask the production model named ``model`` for the patient's risk."""
-
-    model: ModelName
-    patient: PatientInput
+    @property
+    def distinct_symptoms(self) -> list[SymptomCreate]:
+        """Each code once, with the highest severity it was given, in first-seen order."""
+        found: dict[str, SymptomCreate] = {}
+        for symptom in self.symptoms:
+            seen = found.get(symptom.code)
+            if seen is None or SEVERITY_RANK[symptom.severity] > SEVERITY_RANK[seen.severity]:
+                found[symptom.code] = symptom
+        return list(found.values())
 
 
 class ReferralCreate(_Schema):
-    """A request for referral advice, optionally weighing a model's risk."""
+    """A request for referral advice, optionally weighing a model's risk.
+
+    ``risk`` names a served model and gives the patient in that model's own schema
+    (:func:`referral_body` builds one union member per model, told apart by ``model``).
+    """
 
     purpose: Purpose = Purpose.REFERRAL
     patient: ReferralPatientCreate
-    risk: ReferralRiskCreate | None = None
+    risk: Any = None
+
+    @property
+    def risk_model(self) -> str | None:
+        """The model asked for the risk, if any."""
+        return None if self.risk is None else str(self.risk.model)
+
+
+@cache
+def referral_body(
+    models: tuple[tuple[str, InputSchema], ...], symptom_codes: tuple[str, ...]
+) -> type[ReferralCreate]:
+    """The referral request body for the served ``(model name, input schema)`` pairs and
+    the symptom codes the referral rules know (listed in the schema as an enum)."""
+    code_field: dict[str, Any] = {
+        "code": (Literal[symptom_codes], Field(examples=[symptom_codes[0]])),
+    }
+    symptom = create_model("SymptomCreate", __base__=SymptomCreate, **code_field)
+    symptoms_field: dict[str, Any] = {
+        "symptoms": (
+            Annotated[list[symptom], Field(max_length=30)],  # type: ignore[valid-type]
+            Field(default_factory=list),
+        )
+    }
+    patient = create_model(
+        "ReferralPatientCreate",
+        __base__=ReferralPatientCreate,
+        __doc__=ReferralPatientCreate.__doc__,
+        **symptoms_field,
+    )
+    members = []
+    for name, schema in models:
+        member: dict[str, Any] = {
+            "model": (Literal[name], ...),
+            "patient": (PATIENT_TYPES[schema], ...),
+        }
+        members.append(
+            create_model(
+                f"{_title(name)}RiskCreate",
+                __base__=_Schema,
+                __doc__=f"Ask {name}'s production version for the patient's risk.",
+                **member,
+            )
+        )
+    fields: dict[str, Any] = {"patient": (patient, ...)}
+    if members:
+        union: Any = members[0]
+        for alternative in members[1:]:
+            union = union | alternative
+        risk_type: Any = (
+            Annotated[union, Field(discriminator="model")] if len(members) > 1 else union
+        )
+        fields["risk"] = (risk_type | None, None)
+    else:
+        fields["risk"] = (None, None)
+    body: type[ReferralCreate] = create_model(
+        "ReferralCreate", __base__=ReferralCreate, __doc__=ReferralCreate.__doc__, **fields
+    )
+    return body
 
 
 class DoctorPublic(_Schema):

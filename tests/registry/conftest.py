@@ -6,7 +6,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from registry_support import BACKENDS, RecordingSink, database_url, migrated_engine
+from registry_support import (
+    ADMIN,
+    BACKENDS,
+    PEOPLE,
+    SECOND_ADMIN,
+    RecordingSink,
+    database_url,
+    migrated_engine,
+    seed_users,
+)
 from sqlalchemy import Engine
 
 
@@ -25,11 +34,25 @@ def db_url(backend: str, tmp_path: Path) -> Iterator[str]:
 
 
 @pytest.fixture
-def engine(db_url: str) -> Iterator[Engine]:
-    """A database with the registry's tables (migrated to ``0003_model_features``)."""
+def empty_engine(db_url: str) -> Iterator[Engine]:
+    """A database with the registry's tables (migrated to the heads) and no user."""
     engine = migrated_engine(db_url)
     yield engine
     engine.dispose()
+
+
+@pytest.fixture
+def engine(empty_engine: Engine) -> Engine:
+    """A migrated database whose only users are the two admins, ada and adam."""
+    seed_users(empty_engine, ADMIN, SECOND_ADMIN)
+    return empty_engine
+
+
+@pytest.fixture
+def people(engine: Engine) -> Engine:
+    """:func:`engine` with a user of every role too (rita, chen, aude, reg, rex, county-node)."""
+    seed_users(engine, *PEOPLE)
+    return engine
 
 
 @pytest.fixture

@@ -19,13 +19,15 @@ import pytest
 from sqlalchemy import Engine, text
 from sqlalchemy.engine import make_url
 
-from countyfl.registry import Principal, Role
-from countyfl.storage import create_database_engine, upgrade
+from countyfl.registry import EvaluationData, Principal, Role, evaluation_data
+from countyfl.registry.tables import UserRow
+from countyfl.registry.timestamps import utc_now
+from countyfl.storage import create_database_engine, session_factory, upgrade
 
 POSTGRES_URL = os.environ.get(
     "COUNTYFL_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
 )
-REGISTRY_REVISION = "0003_model_features"
+REGISTRY_REVISION = "heads"
 BACKENDS = ["sqlite", "postgresql"]
 
 _ACTION = re.compile(r"[a-z][a-z0-9-]*(\.[a-z][a-z0-9-]*)*")
@@ -150,6 +152,7 @@ class RecordingSink:
 
 
 ADMIN = Principal("ada", Role.ADMIN)
+SECOND_ADMIN = Principal("adam", Role.ADMIN)
 RESEARCHER = Principal("rita", Role.RESEARCHER)
 CLINICIAN = Principal("chen", Role.CLINICIAN)
 AUDITOR = Principal("aude", Role.AUDITOR)
@@ -157,16 +160,73 @@ REGULATOR = Principal("reg", Role.REGULATOR)
 SECOND_REGULATOR = Principal("rex", Role.REGULATOR)
 NODE = Principal("county-node", Role.NODE)
 
+PEOPLE = (RESEARCHER, CLINICIAN, AUDITOR, REGULATOR, SECOND_REGULATOR, NODE)
+"""Everyone but the two admins, as seeded by :func:`seed_users`."""
+
 INSTITUTIONS = ["county-hospital", "township-1", "village-1"]
+FEATURES: dict[str, Any] = {
+    "schema": "heart-disease",
+    "names": ["age", "resting-bp", "cholesterol"],
+    "mean": [54.0, 132.0, 220.0],
+    "scale": [9.0, 18.0, 50.0],
+}
+"""A small input transform: three raw features, standardised as (raw - mean) / scale."""
 
 
-def write_artifact(path: Path, seed: int = 0) -> str:
-    """Write a small state dict as ``.npz`` at ``path``; return its sha256."""
+def seed_users(engine: Engine, *principals: Principal, password_hash: str | None = None) -> None:
+    """Put enabled, approved users into the registry directly (a fixture, not an admin).
+
+    The registry refuses to act for principals that are not live users; tests of what a
+    role may do need those users to exist, whatever the approval process they came by
+    (which ``test_users_and_tokens`` and ``test_two_people`` test on their own).
+    """
+    with session_factory(engine)() as session:
+        for principal in principals:
+            session.add(
+                UserRow(
+                    username=principal.username,
+                    role=principal.role.value,
+                    password_hash=password_hash,
+                    disabled=False,
+                    created_at=utc_now(),
+                    token_version=0,
+                    pending_approval=False,
+                )
+            )
+        session.commit()
+
+
+def model_weights(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The (weight, bias) of a small logistic regression over :data:`FEATURES`."""
     rng = np.random.default_rng(seed)
+    weight = rng.normal(size=(1, len(FEATURES["names"]))).astype(np.float32)
+    return weight + np.sign(weight) * 0.5, rng.normal(size=(1,)).astype(np.float32) * 0.1
+
+
+def write_artifact(path: Path, seed: int = 0, **replace: np.ndarray) -> str:
+    """Write the state dict of :func:`model_weights` as ``.npz`` at ``path``; its sha256."""
+    weight, bias = model_weights(seed)
+    arrays = {"linear.weight": weight, "linear.bias": bias, **replace}
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("wb") as stream:
-        np.savez(stream, weight=rng.normal(size=(1, 13)), bias=rng.normal(size=(1,)))
+        np.savez(stream, **arrays)
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def heldout(seed: int = 0, *, rows: int = 200, flip: float = 0.1) -> EvaluationData:
+    """Held-out rows in raw units that the model of ``seed`` separates well (AUC ~0.9).
+
+    Labels are the model's own decisions with a share ``flip`` of them turned over; with
+    ``flip=0.5`` they are coin tosses, and the model does no better than chance.
+    """
+    rng = np.random.default_rng(1000 + seed)
+    mean, scale = np.array(FEATURES["mean"]), np.array(FEATURES["scale"])
+    z = rng.normal(size=(rows, len(FEATURES["names"])))
+    weight, bias = model_weights(seed)
+    decided = (z @ weight[0].astype(np.float64) + float(bias[0])) > 0
+    turned = rng.random(rows) < flip
+    labels = np.where(turned, ~decided, decided).astype(np.float64)
+    return evaluation_data(FEATURES["names"], z * scale + mean, labels, source=f"heldout-{seed}")
 
 
 def lineage(
@@ -197,6 +257,7 @@ def lineage(
         "task_manifest_hash": "ab" * 32,
         "artifact_location": artifact,
         "artifact_sha256": sha,
+        "features": FEATURES,
     }
 
 
@@ -223,6 +284,7 @@ def publish_folder(folder: Path, **overrides: Any) -> Path:
         },
         "artifact": {"path": "model.npz", "sha256": sha},
         "created_at": "2026-11-28T10:00:00+00:00",
+        "features": FEATURES,
     }
     manifest.update(overrides)
     (folder / "model.json").write_text(json.dumps(manifest, indent=2))

@@ -10,14 +10,17 @@ from registry_support import (
     BACKENDS,
     RecordingSink,
     database_url,
+    heldout,
     lineage,
     migrated_engine,
+    seed_users,
 )
 from sqlalchemy import Engine
 
 from countyfl.registry import (
     PERMISSIONS,
     Action,
+    NotFoundError,
     PermissionDeniedError,
     Principal,
     Role,
@@ -127,6 +130,8 @@ def shared_engine(
     """One database per backend for the whole matrix; every case uses its own names."""
     with database_url(request.param, tmp_path_factory.mktemp("matrix")) as url:
         engine = migrated_engine(url)
+        actors = [Principal(f"{role.value}-actor", role) for role in Role]
+        seed_users(engine, SETUP_ADMIN, SETUP_RESEARCHER, SETUP_REGULATOR, *actors)
         yield engine
         engine.dispose()
 
@@ -160,7 +165,7 @@ def _prepare_and_run(
     if action is Action.MODEL_READ:
         set_threshold(engine, name, "auc", 0.5, principal=SETUP_ADMIN, audit=setup)
         version = register_one()
-        promote(engine, name, version, principal=SETUP_REGULATOR, audit=setup)
+        promote(engine, name, version, evaluation=heldout(), principal=SETUP_REGULATOR, audit=setup)
         return lambda: get_version(engine, name, version, principal=actor, audit=sink), lambda: True
     if action is Action.MODEL_READ_ANY_STAGE:
         version = register_one()
@@ -175,7 +180,9 @@ def _prepare_and_run(
         set_threshold(engine, name, "auc", 0.5, principal=SETUP_ADMIN, audit=setup)
         version = register_one()
         return (
-            lambda: promote(engine, name, version, principal=actor, audit=sink),
+            lambda: promote(
+                engine, name, version, evaluation=heldout(), principal=actor, audit=sink
+            ),
             lambda: stage_of(version) is Stage.PRODUCTION,
         )
     if action is Action.MODEL_ARCHIVE:
@@ -227,6 +234,12 @@ def test_every_role_against_every_registry_action(
         assert sink.entries[-1]["actor"] == f"{role.value}-actor"
         return
 
+    if action is Action.MODEL_READ_ANY_STAGE and missing == [action]:
+        # A reader of production versions only is told an unreleased one does not exist.
+        with pytest.raises(NotFoundError):
+            call()
+        assert [entry["details"] for entry in sink.entries] == [{"reason": "not-released"}]
+        return
     with pytest.raises(PermissionDeniedError) as denied:
         call()
     message = str(denied.value)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,6 +21,8 @@ from countyfl.registry import (
     load_artifact,
     register_published,
 )
+
+pytestmark = pytest.mark.usefixtures("people")
 
 
 def test_a_published_folder_becomes_a_candidate_with_its_lineage(
@@ -44,7 +47,7 @@ def test_a_published_folder_becomes_a_candidate_with_its_lineage(
     assert stored.published_at == datetime(2026, 11, 28, 10, tzinfo=UTC)
     assert Path(stored.artifact_uri) == (folder / "model.npz").resolve()
     assert stored.registered_by == NODE.username
-    assert set(load_artifact(stored)) == {"weight", "bias"}
+    assert set(load_artifact(stored)) == {"linear.weight", "linear.bias"}
     assert sink.of("model.register", "ok")[-1]["details"]["run-id"] == "run-42"
 
 
@@ -139,3 +142,76 @@ def test_a_folder_without_model_json_is_refused(
     (broken / "model.json").write_text("{not json")
     with pytest.raises(PublishedModelError, match="not valid JSON"):
         register_published(engine, broken, principal=NODE, audit=sink)
+
+
+def _outside(tmp_path: Path, folder: Path, target: Path) -> None:
+    """Replace the folder's model.npz by a symbolic link to ``target`` (outside it)."""
+    (folder / "model.npz").unlink()
+    (folder / "model.npz").symlink_to(target)
+    manifest = json.loads((folder / "model.json").read_text())
+    manifest["artifact"]["sha256"] = hashlib.sha256(target.read_bytes()).hexdigest()
+    (folder / "model.json").write_text(json.dumps(manifest))
+
+
+def test_an_artifact_linked_to_a_file_outside_the_folder_is_refused(
+    engine: Engine, sink: RecordingSink, tmp_path: Path
+) -> None:
+    """Finding 9: a link to /etc/passwd was registered with its sha256."""
+    folder = publish_folder(tmp_path / "published")
+    _outside(tmp_path, folder, Path("/etc/passwd"))
+    with pytest.raises(PublishedModelError, match="symbolic link"):
+        register_published(engine, folder, principal=NODE, audit=sink)
+    assert list_versions(engine, principal=REGULATOR, audit=sink) == []
+
+
+def test_a_linked_outside_model_is_refused_and_so_is_a_linked_folder(
+    engine: Engine, sink: RecordingSink, tmp_path: Path
+) -> None:
+    """Finding 9: an outside .npz behind a link registered, and then served."""
+    outside = publish_folder(tmp_path / "outside")
+    folder = publish_folder(tmp_path / "published")
+    _outside(tmp_path, folder, outside / "model.npz")
+    with pytest.raises(PublishedModelError, match="symbolic link"):
+        register_published(engine, folder, principal=NODE, audit=sink)
+    # A link anywhere on the way: artifact.path "sub/model.npz" with sub -> outside.
+    (folder / "sub").symlink_to(outside)
+    sha = json.loads((outside / "model.json").read_text())["artifact"]["sha256"]
+    publish_folder(folder, artifact={"path": "sub/model.npz", "sha256": sha})
+    with pytest.raises(PublishedModelError, match="symbolic link"):
+        register_published(engine, folder, principal=NODE, audit=sink)
+    assert list_versions(engine, principal=REGULATOR, audit=sink) == []
+
+
+def test_an_artifact_swapped_for_a_link_after_registration_is_not_read(
+    engine: Engine, sink: RecordingSink, tmp_path: Path
+) -> None:
+    folder = publish_folder(tmp_path / "published")
+    version = register_published(engine, folder, principal=NODE, audit=sink)
+    copy = tmp_path / "copy.npz"
+    copy.write_bytes((folder / "model.npz").read_bytes())
+    (folder / "model.npz").unlink()
+    (folder / "model.npz").symlink_to(copy)  # same bytes, same sha256: still refused
+    with pytest.raises(ArtifactIntegrityError, match="symbolic link"):
+        load_artifact(version)
+
+
+def test_lineage_nested_deeply_or_oversized_is_refused(
+    engine: Engine, sink: RecordingSink, tmp_path: Path
+) -> None:
+    """Finding 4: a lineage field nested 900 deep took the catalogue down."""
+    nested: Any = "x"
+    for _ in range(900):
+        nested = {"k": nested}
+    folder = publish_folder(tmp_path / "deep")
+    manifest = json.loads((folder / "model.json").read_text())
+    (folder / "model.json").write_text(json.dumps({**manifest, "encryption": {"scheme": nested}}))
+    with pytest.raises(PublishedModelError, match=r"'encryption\.scheme"):
+        register_published(engine, folder, principal=NODE, audit=sink)
+    deeper = publish_folder(tmp_path / "deeper")
+    (deeper / "model.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(PublishedModelError, match=r"nests its JSON too deeply"):
+        register_published(engine, deeper, principal=NODE, audit=sink)
+    big = publish_folder(tmp_path / "big", scenario="s" * 2_000_000)
+    with pytest.raises(PublishedModelError, match="larger than 1048576 bytes"):
+        register_published(engine, big, principal=NODE, audit=sink)
+    assert list_versions(engine, principal=REGULATOR, audit=sink) == []

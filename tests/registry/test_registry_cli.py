@@ -6,11 +6,12 @@ from pathlib import Path
 
 import pytest
 from click.testing import Result
-from registry_support import RecordingSink, publish_folder
+from registry_support import RecordingSink, heldout, publish_folder
 from typer.testing import CliRunner
 
-from countyfl.registry import PERMISSIONS, Action, Role, cli
+from countyfl.registry import PERMISSIONS, PRIVILEGED_ROLES, Action, Role, cli
 from countyfl.registry.cli import ExitCode, registry_app, users_app
+from countyfl.registry.evaluation import to_csv
 
 PASSWORD = "correct horse battery staple"
 MODEL = "heart-disease-diagnosis"
@@ -39,14 +40,27 @@ class Cli:
             env=env,
         )
 
+    second_admin_token = ""
+
     def token_for(self, admin_token: str, name: str, role: str) -> str:
+        """A user of ``role`` added by ada, approved by adam where the role needs it."""
         added = self.run("users", "add", name, "--role", role, "--no-password", token=admin_token)
         assert added.exit_code == 0, added.output
+        privileged = Role(role) in PRIVILEGED_ROLES
+        assert ("pending" in added.stdout) is privileged
+        if privileged:
+            approved = self.run("users", "approve", name, token=self.second_admin_token)
+            assert approved.exit_code == 0, approved.output
         issued = self.run("users", "token", name, "--name", f"{name}-cli", token=admin_token)
         assert issued.exit_code == 0, issued.output
+        if privileged:
+            number = issued.stderr.split("Token ", 1)[1].split(" ", 1)[0]
+            approved = self.run("users", "approve-token", number, token=self.second_admin_token)
+            assert approved.exit_code == 0, approved.output
         return issued.stdout.strip()
 
     def bootstrap(self) -> str:
+        """ada (the first admin) and adam (the second, added by ada); ada's token."""
         created = self.run(
             "users", "add", "ada", "--role", "admin", "--password-stdin", input=f"{PASSWORD}\n"
         )
@@ -55,7 +69,24 @@ class Cli:
             "users", "token", "ada", "--name", "ada-cli", "--user", "ada", input=f"{PASSWORD}\n"
         )
         assert issued.exit_code == 0, issued.output
-        return issued.stdout.strip()
+        token = issued.stdout.strip()
+        second = self.run(
+            "users",
+            "add",
+            "adam",
+            "--role",
+            "admin",
+            "--password-stdin",
+            token=token,
+            input=f"{PASSWORD}\n",
+        )
+        assert second.exit_code == 0 and "pending" not in second.stdout, second.output
+        own = self.run(
+            "users", "token", "adam", "--name", "adam-cli", "--user", "adam", input=f"{PASSWORD}\n"
+        )
+        assert own.exit_code == 0, own.output
+        self.second_admin_token = own.stdout.strip()
+        return token
 
 
 @pytest.fixture
@@ -95,7 +126,13 @@ def test_bootstrap_admin_then_token_auth_through_the_environment(cli_runner: Cli
     assert added.exit_code == 0, added.output
     listed = cli_runner.run("users", "list", token=admin_token)
     assert listed.exit_code == 0, listed.output
-    assert "rita" in listed.stdout and "researcher" in listed.stdout
+    assert "rita" in listed.stdout and "pending approval (by ada)" in listed.stdout
+    pending = cli_runner.run("users", "whoami", "--user", "rita", input=f"{PASSWORD}\n")
+    assert pending.exit_code == ExitCode.NOT_ALLOWED
+    own = cli_runner.run("users", "approve", "rita", token=admin_token)
+    assert own.exit_code == ExitCode.NOT_ALLOWED and "second admin" in own.stderr
+    approved = cli_runner.run("users", "approve", "rita", token=cli_runner.second_admin_token)
+    assert approved.exit_code == 0, approved.output
     whoami = cli_runner.run("users", "whoami", "--user", "rita", input=f"{PASSWORD}\n")
     assert whoami.stdout.strip().endswith("rita (researcher)")
 
@@ -132,7 +169,11 @@ def test_register_threshold_promote_show_and_list(cli_runner: Cli, tmp_path: Pat
     assert registered.exit_code == 0, registered.output
     assert f"Registered {MODEL} v1 as a candidate" in registered.stdout
 
-    no_gate = cli_runner.run("registry", "promote", MODEL, "1", token=regulator)
+    data = tmp_path / "heldout.csv"
+    held = heldout()
+    data.write_text(to_csv(held.names, held.features, held.labels))
+    evaluation = ("--evaluation-data", str(data))
+    no_gate = cli_runner.run("registry", "promote", MODEL, "1", *evaluation, token=regulator)
     assert no_gate.exit_code == ExitCode.REFUSED
     assert f"countyfl registry threshold {MODEL}" in no_gate.stderr
 
@@ -141,11 +182,14 @@ def test_register_threshold_promote_show_and_list(cli_runner: Cli, tmp_path: Pat
     threshold = cli_runner.run("registry", "threshold", MODEL, "auc", "0.8", token=admin_token)
     assert threshold.exit_code == 0, threshold.output
 
+    no_data = cli_runner.run("registry", "promote", MODEL, "1", token=regulator)
+    assert no_data.exit_code == ExitCode.USAGE and "--evaluation-data" in no_data.output
     promoted = cli_runner.run(
-        "registry", "promote", MODEL, "1", "--reason", "reviewed", token=regulator
+        "registry", "promote", MODEL, "1", *evaluation, "--reason", "reviewed", token=regulator
     )
     assert promoted.exit_code == 0, promoted.output
-    again = cli_runner.run("registry", "promote", MODEL, "1", token=regulator)
+    assert "Measured on 200 held-out rows: accuracy" in promoted.stdout
+    again = cli_runner.run("registry", "promote", MODEL, "1", *evaluation, token=regulator)
     assert again.exit_code == ExitCode.REFUSED
 
     listed = cli_runner.run("registry", "list", token=clinician)
@@ -156,6 +200,7 @@ def test_register_threshold_promote_show_and_list(cli_runner: Cli, tmp_path: Pat
     assert shown.exit_code == 0, shown.output
     for expected in ("cleveland", "0.95", "hungary", "1.1", "run-42", "reviewed", "auc 0.840"):
         assert expected in shown.stdout, expected
+    assert "measured metrics" in shown.stdout and "200 held-out rows" in shown.stdout
 
     missing = cli_runner.run("registry", "show", "no-such-model", token=clinician)
     assert missing.exit_code == ExitCode.NOT_FOUND
@@ -207,3 +252,36 @@ def test_users_roles_prints_the_matrix_without_a_database() -> None:
         for action in Action
     }
     assert "second person" in result.stdout
+
+
+def test_stored_text_with_escapes_and_markup_prints_inert(cli_runner: Cli, tmp_path: Path) -> None:
+    """Finding 9: ANSI escapes and rich markup in run ids and token labels reached the terminal.
+
+    Registration refuses control characters now; rows an older version stored are still
+    printed inert.
+    """
+    from sqlalchemy import text
+
+    from countyfl.storage import create_database_engine
+
+    admin_token = cli_runner.bootstrap()
+    researcher = cli_runner.token_for(admin_token, "rita", "researcher")
+    folder = publish_folder(tmp_path / "published", run_id="run\x1b[2J-42")
+    refused = cli_runner.run("registry", "register", str(folder), token=researcher)
+    assert refused.exit_code == ExitCode.USAGE and "'run_id'" in refused.stderr
+    folder = publish_folder(tmp_path / "ok")
+    assert cli_runner.run("registry", "register", str(folder), token=researcher).exit_code == 0
+    evil = "\x1b]0;pwned\x07\x1b[2J[link=https://evil.example]run[/link][red]ok[/red]"
+    engine = create_database_engine(cli_runner.url)
+    with engine.begin() as connection:
+        connection.execute(text("UPDATE registry_model_versions SET run_id = :v"), {"v": evil})
+        connection.execute(text("UPDATE api_tokens SET name = :v"), {"v": evil})
+    engine.dispose()
+    outputs = [
+        cli_runner.run("registry", "list", token=researcher).stdout,
+        cli_runner.run("registry", "show", MODEL, token=researcher).stdout,
+        cli_runner.run("users", "tokens", token=admin_token).stdout,
+    ]
+    for output in outputs:
+        assert "\x1b" not in output and "\x07" not in output, output
+        assert "\\x1b" in output and "[red]" in output

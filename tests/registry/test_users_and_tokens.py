@@ -7,7 +7,7 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from registry_support import ADMIN, RecordingSink
+from registry_support import ADMIN, SECOND_ADMIN, RecordingSink
 from sqlalchemy import Engine, select, text, update
 
 from countyfl.registry import (
@@ -15,11 +15,14 @@ from countyfl.registry import (
     AuthenticationError,
     BootstrapError,
     InvalidInputError,
+    IssuedToken,
     NotFoundError,
     Principal,
     Role,
     UserStateError,
     add_user,
+    approve_api_token,
+    approve_user,
     authenticate_password,
     authenticate_token,
     bootstrap_admin,
@@ -38,6 +41,21 @@ from countyfl.storage import session_factory
 PASSWORD = "correct horse battery staple"
 
 
+def add(engine: Engine, sink: RecordingSink, name: str, role: Role, password: str | None) -> None:
+    """Add a user as ada and, if it waits for a second admin, approve it as adam."""
+    created = add_user(engine, name, role, password=password, principal=ADMIN, audit=sink)
+    if created.pending_approval:
+        approve_user(engine, name, principal=SECOND_ADMIN, audit=sink)
+
+
+def token(engine: Engine, sink: RecordingSink, owner: str, **options: object) -> IssuedToken:
+    """Issue a token as ada and, if it waits for a second admin, approve it as adam."""
+    issued = create_api_token(engine, owner, principal=ADMIN, audit=sink, **options)  # type: ignore[arg-type]
+    if issued.token.pending_approval:
+        approve_api_token(engine, issued.token.id, principal=SECOND_ADMIN, audit=sink)
+    return issued
+
+
 def _all_values(engine: Engine, table: str) -> str:
     with engine.connect() as connection:
         rows = connection.execute(text(f"SELECT * FROM {table}")).all()
@@ -45,7 +63,7 @@ def _all_values(engine: Engine, table: str) -> str:
 
 
 def test_password_is_stored_as_an_argon2_hash(engine: Engine, sink: RecordingSink) -> None:
-    add_user(engine, "rita", Role.RESEARCHER, password=PASSWORD, principal=ADMIN, audit=sink)
+    add(engine, sink, "rita", Role.RESEARCHER, PASSWORD)
     with engine.connect() as connection:
         stored = connection.execute(
             text("SELECT password_hash FROM users WHERE username = 'rita'")
@@ -69,9 +87,10 @@ def test_password_is_stored_as_an_argon2_hash(engine: Engine, sink: RecordingSin
 def test_refused_logins_share_one_message_and_are_audited_with_their_cause(
     engine: Engine, sink: RecordingSink
 ) -> None:
-    add_user(engine, "rita", Role.RESEARCHER, password=PASSWORD, principal=ADMIN, audit=sink)
-    add_user(engine, "otto", Role.CLINICIAN, password=PASSWORD, principal=ADMIN, audit=sink)
-    add_user(engine, "county-node", Role.NODE, password=None, principal=ADMIN, audit=sink)
+    add(engine, sink, "rita", Role.RESEARCHER, PASSWORD)
+    add(engine, sink, "otto", Role.CLINICIAN, PASSWORD)
+    add(engine, sink, "county-node", Role.NODE, None)
+    add_user(engine, "rex", Role.REGULATOR, password=PASSWORD, principal=ADMIN, audit=sink)
     disable_user(engine, "otto", principal=ADMIN, audit=sink)
 
     attempts = [
@@ -79,6 +98,7 @@ def test_refused_logins_share_one_message_and_are_audited_with_their_cause(
         ("nobody", PASSWORD, "unknown-user"),
         ("otto", PASSWORD, "disabled"),
         ("county-node", PASSWORD, "no-password"),
+        ("rex", PASSWORD, "pending-approval"),
         ("Robert'); DROP TABLE users;--", PASSWORD, "malformed-username"),
     ]
     messages = set()
@@ -91,6 +111,7 @@ def test_refused_logins_share_one_message_and_are_audited_with_their_cause(
         assert sink.last["details"] == {"method": "password", "reason": reason}
     assert len(messages) == 1, "every cause must read the same to the caller"
     assert "DROP TABLE" not in json.dumps(sink.entries), "malformed names stay out of the log"
+    assert "nobody" not in json.dumps(sink.entries), "unknown names stay out of the log"
     assert PASSWORD not in json.dumps(sink.entries)
 
     enable_user(engine, "otto", principal=ADMIN, audit=sink)
@@ -98,8 +119,9 @@ def test_refused_logins_share_one_message_and_are_audited_with_their_cause(
 
 
 def test_set_password_replaces_the_old_one(engine: Engine, sink: RecordingSink) -> None:
-    add_user(engine, "rita", Role.RESEARCHER, password=PASSWORD, principal=ADMIN, audit=sink)
+    add(engine, sink, "rita", Role.RESEARCHER, PASSWORD)
     set_password(engine, "rita", "a brand new passphrase", principal=ADMIN, audit=sink)
+    approve_user(engine, "rita", principal=SECOND_ADMIN, audit=sink)
     with pytest.raises(AuthenticationError):
         authenticate_password(engine, "rita", PASSWORD, audit=sink)
     assert authenticate_password(engine, "rita", "a brand new passphrase", audit=sink)
@@ -110,15 +132,20 @@ def test_set_password_replaces_the_old_one(engine: Engine, sink: RecordingSink) 
 
 
 def test_user_names_are_unique_and_checked(engine: Engine, sink: RecordingSink) -> None:
-    add_user(engine, "rita", Role.RESEARCHER, password=None, principal=ADMIN, audit=sink)
+    add(engine, sink, "rita", Role.RESEARCHER, None)
     with pytest.raises(AlreadyExistsError, match="'rita' exists already"):
         add_user(engine, "rita", Role.AUDITOR, password=None, principal=ADMIN, audit=sink)
     with pytest.raises(InvalidInputError, match="user name 'Rita Smith' is not allowed"):
         add_user(engine, "Rita Smith", Role.AUDITOR, password=None, principal=ADMIN, audit=sink)
-    assert [user.username for user in list_users(engine, principal=ADMIN, audit=sink)] == ["rita"]
+    assert [user.username for user in list_users(engine, principal=ADMIN, audit=sink)] == [
+        "ada",
+        "adam",
+        "rita",
+    ]
 
 
-def test_bootstrap_creates_the_first_admin_only(engine: Engine, sink: RecordingSink) -> None:
+def test_bootstrap_creates_the_first_admin_only(empty_engine: Engine, sink: RecordingSink) -> None:
+    engine = empty_engine
     assert count_users(engine) == 0
     admin = bootstrap_admin(engine, "ada", password=PASSWORD, audit=sink)
     assert admin.role is Role.ADMIN
@@ -126,11 +153,15 @@ def test_bootstrap_creates_the_first_admin_only(engine: Engine, sink: RecordingS
     with pytest.raises(BootstrapError, match="closed"):
         bootstrap_admin(engine, "mallory", password=PASSWORD, audit=sink)
     assert sink.last["outcome"] == "refused"
-    assert sink.last["actor"] == "mallory"
+    assert sink.last["actor"].startswith("unknown-user-"), "a name that is no user, hashed"
+    assert "mallory" not in str(sink.entries)
     assert count_users(engine) == 1
 
 
-def test_the_last_enabled_admin_cannot_be_disabled(engine: Engine, sink: RecordingSink) -> None:
+def test_the_last_enabled_admin_cannot_be_disabled(
+    empty_engine: Engine, sink: RecordingSink
+) -> None:
+    engine = empty_engine
     bootstrap_admin(engine, "ada", password=None, audit=sink)
     with pytest.raises(UserStateError, match="last enabled admin"):
         disable_user(engine, "ada", principal=ADMIN, audit=sink)
@@ -140,8 +171,8 @@ def test_the_last_enabled_admin_cannot_be_disabled(engine: Engine, sink: Recordi
 
 
 def test_tokens_are_stored_only_as_sha256(engine: Engine, sink: RecordingSink) -> None:
-    add_user(engine, "county-node", Role.NODE, password=None, principal=ADMIN, audit=sink)
-    issued = create_api_token(engine, "county-node", name="aggregator", principal=ADMIN, audit=sink)
+    add(engine, sink, "county-node", Role.NODE, None)
+    issued = token(engine, sink, "county-node", name="aggregator")
     secret = issued.secret.get_secret_value()
     assert secret.startswith("cfl_")
     assert len(secret) >= 4 + 43  # 32 random bytes in url-safe base64
@@ -154,7 +185,7 @@ def test_tokens_are_stored_only_as_sha256(engine: Engine, sink: RecordingSink) -
     with session_factory(engine)() as session:
         assert session.scalars(select(ApiTokenRow.token_sha256)).all() == [digest]
     assert secret not in json.dumps(sink.entries)
-    assert sink.last["details"]["token-fingerprint"] == digest[:12]
+    assert sink.of("user.manage")[-2]["details"]["token-fingerprint"] == digest[:12]
 
     principal = authenticate_token(engine, secret, audit=sink)
     assert principal == Principal("county-node", Role.NODE)
@@ -168,17 +199,16 @@ def test_tokens_are_stored_only_as_sha256(engine: Engine, sink: RecordingSink) -
 def test_revoked_expired_and_disabled_tokens_are_refused(
     engine: Engine, sink: RecordingSink
 ) -> None:
-    add_user(engine, "county-node", Role.NODE, password=None, principal=ADMIN, audit=sink)
-    revoked = create_api_token(engine, "county-node", name="old", principal=ADMIN, audit=sink)
-    expiring = create_api_token(
+    add(engine, sink, "county-node", Role.NODE, None)
+    revoked = token(engine, sink, "county-node", name="old")
+    expiring = token(
         engine,
+        sink,
         "county-node",
         name="short-lived",
         expires_at=datetime.now(UTC) + timedelta(hours=1),
-        principal=ADMIN,
-        audit=sink,
     )
-    kept = create_api_token(engine, "county-node", name="current", principal=ADMIN, audit=sink)
+    kept = token(engine, sink, "county-node", name="current")
 
     revoke_api_token(engine, revoked.token.id, principal=ADMIN, audit=sink)
     with session_factory(engine)() as session:
@@ -213,7 +243,7 @@ def test_revoked_expired_and_disabled_tokens_are_refused(
 
 
 def test_token_expiry_must_lie_ahead(engine: Engine, sink: RecordingSink) -> None:
-    add_user(engine, "county-node", Role.NODE, password=None, principal=ADMIN, audit=sink)
+    add(engine, sink, "county-node", Role.NODE, None)
     with pytest.raises(InvalidInputError, match="not in the future"):
         create_api_token(
             engine,

@@ -6,7 +6,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from registry_support import CLINICIAN, REGULATOR, lineage, migrated_engine
+from registry_support import (
+    ADMIN,
+    CLINICIAN,
+    REGULATOR,
+    RESEARCHER,
+    SECOND_ADMIN,
+    heldout,
+    lineage,
+    migrated_engine,
+    seed_users,
+)
 from sqlalchemy import Engine
 from typer.testing import CliRunner
 
@@ -16,6 +26,8 @@ from countyfl.registry import (
     Role,
     Stage,
     add_user,
+    approve_api_token,
+    approve_user,
     authenticate_token,
     bootstrap_admin,
     create_api_token,
@@ -50,29 +62,44 @@ def test_registry_actions_land_in_a_verifiable_chain(full_engine: Engine, tmp_pa
 
     bootstrap_admin(full_engine, "ada", password=None, audit=log)
     admin = Principal("ada", Role.ADMIN)
+    add_user(full_engine, "adam", Role.ADMIN, password=None, principal=admin, audit=log)
     add_user(full_engine, "rita", Role.RESEARCHER, password=None, principal=admin, audit=log)
+    approve_user(full_engine, "rita", principal=SECOND_ADMIN, audit=log)
     issued = create_api_token(full_engine, "rita", name="notebook", principal=admin, audit=log)
+    approve_api_token(full_engine, issued.token.id, principal=SECOND_ADMIN, audit=log)
     researcher = authenticate_token(full_engine, issued.secret.get_secret_value(), audit=log)
     version = register_candidate(
         full_engine, **lineage(tmp_path), principal=researcher, audit=log
     ).version
     set_threshold(full_engine, NAME, "auc", 0.8, principal=admin, audit=log)
+    seed_users(full_engine, CLINICIAN, REGULATOR)
     with pytest.raises(PermissionDeniedError):
-        promote(full_engine, NAME, version, principal=CLINICIAN, audit=log)
-    promote(full_engine, NAME, version, principal=REGULATOR, audit=log, reason="reviewed")
+        promote(full_engine, NAME, version, evaluation=heldout(), principal=CLINICIAN, audit=log)
+    promote(
+        full_engine,
+        NAME,
+        version,
+        evaluation=heldout(),
+        principal=REGULATOR,
+        audit=log,
+        reason="reviewed",
+    )
 
     entries = log.entries()
     assert [(e.actor, e.action, e.outcome.value) for e in entries] == [
         ("ada", "user.manage", "ok"),
         ("ada", "user.manage", "ok"),
         ("ada", "user.manage", "ok"),
+        ("adam", "user.manage", "ok"),
+        ("ada", "user.manage", "ok"),
+        ("adam", "user.manage", "ok"),
         ("rita", "login", "ok"),
         ("rita", "model.register", "ok"),
         ("ada", "threshold.set", "ok"),
         ("chen", "model.promote", "refused"),
         ("reg", "model.promote", "ok"),
     ]
-    assert entries[4].target == f"model:{NAME}:v1"
+    assert entries[7].target == f"model:{NAME}:v1"
     assert issued.secret.get_secret_value() not in "".join(e.details_json for e in entries)
     assert log.verify().ok
 
@@ -81,10 +108,10 @@ def test_a_change_that_fails_before_commit_leaves_no_ok_entry(
     full_engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     log = audit.AuditLog(full_engine)
-    researcher = Principal("rita", Role.RESEARCHER)
-    set_threshold(full_engine, NAME, "auc", 0.8, principal=Principal("ada", Role.ADMIN), audit=log)
+    seed_users(full_engine, ADMIN, RESEARCHER, REGULATOR)
+    set_threshold(full_engine, NAME, "auc", 0.8, principal=ADMIN, audit=log)
     version = register_candidate(
-        full_engine, **lineage(tmp_path), principal=researcher, audit=log
+        full_engine, **lineage(tmp_path), principal=RESEARCHER, audit=log
     ).version
 
     apply_promotion = versions._apply_promotion
@@ -95,7 +122,7 @@ def test_a_change_that_fails_before_commit_leaves_no_ok_entry(
 
     monkeypatch.setattr(versions, "_apply_promotion", crash_after_writing)
     with pytest.raises(RuntimeError, match="before commit"):
-        promote(full_engine, NAME, version, principal=REGULATOR, audit=log)
+        promote(full_engine, NAME, version, evaluation=heldout(), principal=REGULATOR, audit=log)
 
     assert get_version(full_engine, NAME, version, principal=REGULATOR, audit=log).stage is (
         Stage.CANDIDATE

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import secrets
 import socket
 import threading
 import time
@@ -23,18 +24,24 @@ from sqlalchemy import Engine, text
 
 from countyfl import models, scenarios
 from countyfl.audit import AuditLog
+from countyfl.data import fed_heart_disease, framingham
 from countyfl.publishing import input_transform
 from countyfl.registry import (
+    EvaluationData,
     ModelVersionPublic,
     Principal,
     Role,
     add_user,
+    approve_api_token,
+    approve_user,
     bootstrap_admin,
     create_api_token,
+    evaluation_data,
     promote,
     register_published,
     set_threshold,
 )
+from countyfl.registry.principals import token_version_of
 from countyfl.serving.auth import issue_access_token
 from countyfl.settings import ServingSettings
 from countyfl.storage import create_database_engine, upgrade
@@ -42,11 +49,13 @@ from countyfl.training.local import train
 from countyfl.training.plan import TrainingPlan
 
 PASSWORD = "correct horse battery staple"
-SECRET = "x" * 48
+SECRET = secrets.token_urlsafe(48)
+"""A random JWT secret, as a real deployment has (weak ones are refused)."""
 HEART = "heart-disease-diagnosis"
 RISK = "coronary-risk-10y"
 
 ADMIN = Principal("ada", Role.ADMIN)
+SECOND_ADMIN = Principal("adam", Role.ADMIN)
 RESEARCHER = Principal("rita", Role.RESEARCHER)
 CLINICIAN = Principal("chen", Role.CLINICIAN)
 AUDITOR = Principal("aude", Role.AUDITOR)
@@ -137,6 +146,33 @@ def publish_model(
     return folder
 
 
+@cache
+def heldout(scenario: str) -> EvaluationData:
+    """Held-out rows of ``scenario`` in raw units (every institution's test split).
+
+    What a regulator supplies to ``promote``: the registry measures the model on them.
+    """
+    if scenario == "fed-heart-disease":
+        _, _, _, by_hospital = fed_heart_disease.hospital_records()
+        features, labels = [], []
+        for rows in by_hospital.values():
+            _, x_test, _, y_test = fed_heart_disease.split_hospital(rows)
+            features.append(x_test)
+            labels.append(y_test)
+        return evaluation_data(
+            fed_heart_disease.FEATURE_NAMES,
+            np.vstack(features),
+            np.concatenate(labels),
+            source="heart test splits",
+        )
+    _, _, x_test, y_test = scenarios.load(scenario).pooled()
+    mean = np.array([framingham.REFERENCE_SCALE[name][0] for name in framingham.FEATURES])
+    scale = np.array([framingham.REFERENCE_SCALE[name][1] for name in framingham.FEATURES])
+    return evaluation_data(
+        framingham.FEATURE_NAMES, x_test * scale + mean, y_test, source="framingham test splits"
+    )
+
+
 @dataclass
 class Deployment:
     """A migrated registry with one user per role, and helpers to publish and promote."""
@@ -148,7 +184,7 @@ class Deployment:
 
     @property
     def url(self) -> str:
-        return str(self.engine.url)
+        return self.engine.url.render_as_string(hide_password=False)
 
     def settings(self, **overrides: Any) -> ServingSettings:
         values: dict[str, Any] = {
@@ -169,18 +205,35 @@ class Deployment:
         )
         return register_published(self.engine, folder, principal=RESEARCHER, audit=self.audit)
 
-    def release(self, name: str = HEART, *, seed: int = 0, **publish: Any) -> int:
-        """Publish, register (researcher) and promote (regulator) a version; its number."""
-        version = self.register(name, seed=seed, **publish)
+    def release(
+        self,
+        name: str = HEART,
+        *,
+        seed: int = 0,
+        scenario: str = "fed-heart-disease",
+        **publish: Any,
+    ) -> int:
+        """Publish, register (researcher) and promote (regulator, measured on held-out data)."""
+        version = self.register(name, seed=seed, scenario=scenario, **publish)
         set_threshold(self.engine, name, "auc", 0.5, principal=ADMIN, audit=self.audit)
-        promote(self.engine, name, version.version, principal=REGULATOR, audit=self.audit)
+        promote(
+            self.engine,
+            name,
+            version.version,
+            evaluation=heldout(scenario),
+            principal=REGULATOR,
+            audit=self.audit,
+        )
         return version.version
 
     def bearer(self, principal: Principal, *, key: str = SECRET) -> dict[str, str]:
         """An Authorization header with a fresh access token of ``principal``."""
         from datetime import timedelta
 
-        token = issue_access_token(principal, key.encode(), timedelta(minutes=15)).token
+        version = token_version_of(self.engine, principal.username) or 0
+        token = issue_access_token(
+            principal, key.encode(), timedelta(minutes=15), token_version=version
+        ).token
         return {"Authorization": f"Bearer {token}"}
 
     def entries(self, **where: str) -> list[dict[str, Any]]:
@@ -209,15 +262,22 @@ class Deployment:
         return "\n".join("\t".join(str(value) for value in row) for row in rows)
 
 
-def make_deployment(root: Path) -> Deployment:
-    """A fresh SQLite registry under ``root`` with users of every role (password PASSWORD)."""
+def make_deployment(root: Path, url: str | None = None) -> Deployment:
+    """A fresh SQLite registry under ``root`` with users of every role (password PASSWORD).
+
+    Two admins: ada adds every user, adam approves the privileged ones (and their tokens),
+    as the registry's two-person rule requires.
+    """
     root.mkdir(parents=True, exist_ok=True)
-    engine = create_database_engine(f"sqlite:///{root / 'countyfl.db'}")
+    engine = create_database_engine(url or f"sqlite:///{root / 'countyfl.db'}")
     upgrade(engine)
     audit = AuditLog(engine)
     bootstrap_admin(engine, ADMIN.username, password=PASSWORD, audit=audit)
+    add_user(
+        engine, SECOND_ADMIN.username, Role.ADMIN, password=PASSWORD, principal=ADMIN, audit=audit
+    )
     for principal in (RESEARCHER, CLINICIAN, AUDITOR, REGULATOR, SECOND_REGULATOR, NODE):
-        add_user(
+        created = add_user(
             engine,
             principal.username,
             principal.role,
@@ -225,11 +285,15 @@ def make_deployment(root: Path) -> Deployment:
             principal=ADMIN,
             audit=audit,
         )
+        if created.pending_approval:
+            approve_user(engine, principal.username, principal=SECOND_ADMIN, audit=audit)
     deployment = Deployment(root, engine, audit)
     for principal in (CLINICIAN, NODE):
         issued = create_api_token(
             engine, principal.username, name="tests", principal=ADMIN, audit=audit
         )
+        if issued.token.pending_approval:
+            approve_api_token(engine, issued.token.id, principal=SECOND_ADMIN, audit=audit)
         deployment.api_tokens[principal.username] = issued.secret.get_secret_value()
     return deployment
 

@@ -14,6 +14,7 @@ import httpx
 import numpy as np
 import pytest
 import torch
+from fastapi import FastAPI
 from serving_support import (
     ADMIN,
     CLINICIAN,
@@ -26,6 +27,7 @@ from serving_support import (
     SECRET,
     Deployment,
     LiveServer,
+    heldout,
     live_server,
 )
 from sqlalchemy import text
@@ -40,9 +42,20 @@ from countyfl.training.local import predict_proba
 
 
 @pytest.fixture(scope="module")
-def server(shared: Deployment) -> Iterator[LiveServer]:
-    with live_server(create_app(shared.settings())) as running:
+def served_app(shared: Deployment) -> FastAPI:
+    return create_app(shared.settings(failed_login_summary_seconds=3600))
+
+
+@pytest.fixture(scope="module")
+def server(served_app: FastAPI) -> Iterator[LiveServer]:
+    with live_server(served_app) as running:
         yield running
+
+
+def failure_summary(app: FastAPI, shared: Deployment) -> dict[str, object]:
+    """Write the pending failed-authentication summary now and return its details."""
+    assert app.state.serving.failed_logins.flush(force=True)
+    return shared.entries(action="login.refused-summary")[-1]["details"]
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +73,9 @@ def login(http: httpx.Client, username: str = CLINICIAN.username) -> dict[str, s
 
 def clinician() -> dict[str, str]:
     """Headers with a clinician's access token signed by the server's key (no password hash)."""
-    token = issue_access_token(CLINICIAN, SECRET.encode(), timedelta(minutes=15)).token
+    token = issue_access_token(
+        CLINICIAN, SECRET.encode(), timedelta(minutes=15), token_version=0
+    ).token
     return {"Authorization": f"Bearer {token}"}
 
 
@@ -86,15 +101,18 @@ def test_password_flow_issues_a_short_lived_token(http: httpx.Client, shared: De
     assert shared.entries(action="login", actor="chen", outcome="ok")
 
 
-def test_wrong_password_is_401_and_audited(http: httpx.Client, shared: Deployment) -> None:
-    before = len(shared.entries(action="login", actor="chen", outcome="refused"))
+def test_wrong_password_is_401_and_counted_in_the_audit_summary(
+    http: httpx.Client, shared: Deployment, served_app: FastAPI
+) -> None:
     response = http.post("/v1/token", data={"username": "chen", "password": "not the password"})
     assert response.status_code == 401
     assert response.headers["www-authenticate"] == "Bearer"
     assert response.json()["error"] == "not-authenticated"
-    refused = shared.entries(action="login", actor="chen", outcome="refused")
-    assert len(refused) == before + 1
-    assert refused[-1]["details"]["reason"] == "wrong-password"
+    assert not shared.entries(action="login", actor="chen", outcome="refused")
+    summary = failure_summary(served_app, shared)
+    assert summary["reasons"] == {"wrong-password": 1}
+    assert summary["accounts"] == {"chen": 1}
+    assert summary["methods"] == {"password": 1}
     assert "not the password" not in shared.raw_audit_text()
 
 
@@ -107,25 +125,28 @@ def test_token_request_without_a_form_is_422(http: httpx.Client) -> None:
     assert [f["field"] for f in missing.json()["fields"]] == ["password"]
 
 
-def test_expired_token_is_401_and_audited_for_its_owner(
-    http: httpx.Client, shared: Deployment
+def test_expired_token_is_401_and_counted_for_its_owner(
+    http: httpx.Client, shared: Deployment, served_app: FastAPI
 ) -> None:
     stale = issue_access_token(
         CLINICIAN,
         SECRET.encode(),
         timedelta(minutes=15),
+        token_version=0,
         now=datetime.now(UTC) - timedelta(hours=2),
     )
+    served_app.state.serving.failed_logins.flush(force=True)
     response = http.get("/v1/models", headers={"Authorization": f"Bearer {stale.token}"})
     assert response.status_code == 401
-    refused = shared.entries(action="login", actor="chen", outcome="refused")
-    assert refused[-1]["details"] == {"method": "access-token", "reason": "expired-token"}
+    summary = failure_summary(served_app, shared)
+    assert summary["reasons"] == {"expired-token": 1}
+    assert summary["accounts"] == {"chen": 1}
 
 
 def test_forged_token_is_401_and_not_taken_for_the_named_user(
     http: httpx.Client, shared: Deployment
 ) -> None:
-    forged = issue_access_token(ADMIN, b"f" * 48, timedelta(minutes=15)).token
+    forged = issue_access_token(ADMIN, b"f" * 48, timedelta(minutes=15), token_version=0).token
     before = len(shared.entries(actor="ada"))
     response = http.get("/v1/models", headers={"Authorization": f"Bearer {forged}"})
     assert response.status_code == 401
@@ -144,20 +165,23 @@ def test_alg_none_token_is_401(http: httpx.Client) -> None:
         "exp": now + 600,
         "iss": "countyfl",
         "aud": "countyfl-api",
+        "ver": 0,
         "jti": "x",
     }
     token = f"{part({'alg': 'none', 'typ': 'JWT'})}.{part(claims)}."
     assert http.get("/v1/models", headers={"Authorization": f"Bearer {token}"}).status_code == 401
 
 
-def test_missing_or_bad_api_token_is_401(http: httpx.Client, shared: Deployment) -> None:
+def test_missing_or_bad_api_token_is_401(
+    http: httpx.Client, shared: Deployment, served_app: FastAPI
+) -> None:
+    served_app.state.serving.failed_logins.flush(force=True)
     assert http.get("/v1/models").status_code == 401
     bad = http.get("/v1/models", headers={"Authorization": "Bearer cfl_not-a-real-token"})
     assert bad.status_code == 401
-    assert (
-        shared.entries(action="login", actor="anonymous")[-1]["details"]["reason"]
-        == "unknown-token"
-    )
+    summary = failure_summary(served_app, shared)
+    assert summary["reasons"] == {"unknown-token": 1}
+    assert summary["methods"] == {"token": 1}
     good = http.get("/v1/models", headers={"Authorization": f"Bearer {shared.api_tokens['chen']}"})
     assert good.status_code == 200
 
@@ -190,6 +214,9 @@ def test_model_card_shows_lineage_and_privacy(http: httpx.Client, shared: Deploy
     ]
     assert card["institutions"][0]["epsilon"] == 1.0
     assert card["metrics"]["federated"]["auc"] == 0.8
+    measured = card["evaluation"]
+    assert measured["rows"] == 254 and 0.5 < measured["metrics"]["auc"] < 1
+    assert measured["evaluated_by"] == REGULATOR.username
     assert card["features"]["schema"] == "heart-disease"
     assert "artifact_uri" not in card
     read = shared.entries(action="model.read", actor="chen")[-1]
@@ -295,7 +322,8 @@ def test_framingham_model_serves_its_own_schema(http: httpx.Client) -> None:
         f"/v1/models/{RISK}/predict", headers=headers, json={"patient": HEART_PATIENT}
     )
     assert wrong.status_code == 422
-    assert "FraminghamPatient" in wrong.json()["fields"][0]["problem"] or wrong.json()["fields"]
+    fields = {problem["field"] for problem in wrong.json()["fields"]}
+    assert {"patient.male", "patient.chest_pain"} <= fields
 
 
 def test_out_of_range_value_is_422_naming_field_range_and_unit(http: httpx.Client) -> None:
@@ -341,7 +369,7 @@ def test_unknown_model_is_404(http: httpx.Client) -> None:
         "/v1/models/no-such-model/predict", headers=clinician(), json={"patient": HEART_PATIENT}
     )
     assert response.status_code == 404
-    assert response.json()["error"] == "model-not-found"
+    assert response.json()["error"] == "not-found"
 
 
 def test_body_over_the_limit_is_413_before_parsing(http: httpx.Client, shared: Deployment) -> None:
@@ -365,7 +393,8 @@ def test_too_many_patients_is_422(http: httpx.Client) -> None:
         f"/v1/models/{HEART}/predict", headers=clinician(), json={"patients": [HEART_PATIENT] * 101}
     )
     assert response.status_code == 422
-    assert response.json()["fields"][0]["expected"] == "1 to 100"
+    assert response.json()["fields"][0]["field"] == "patients"
+    assert response.json()["fields"][0]["expected"] == "at most 100"
 
 
 # -- referrals ---------------------------------------------------------------------------
@@ -463,7 +492,12 @@ def test_archived_model_stops_and_a_promoted_one_is_hot_swapped(deployment: Depl
 
         second = deployment.register(seed=1)
         promote(
-            deployment.engine, HEART, second.version, principal=REGULATOR, audit=deployment.audit
+            deployment.engine,
+            HEART,
+            second.version,
+            evaluation=heldout("fed-heart-disease"),
+            principal=REGULATOR,
+            audit=deployment.audit,
         )
         swapped = http.post(url, headers=headers, json={"patient": HEART_PATIENT}).json()
         assert swapped["model"] == {"name": HEART, "version": 2, "sha256": second.artifact_sha256}
@@ -472,13 +506,12 @@ def test_archived_model_stops_and_a_promoted_one_is_hot_swapped(deployment: Depl
 
         archive(deployment.engine, HEART, 2, principal=REGULATOR, audit=deployment.audit)
         stopped = http.post(url, headers=headers, json={"patient": HEART_PATIENT})
-        assert stopped.status_code == 409
-        assert stopped.json()["error"] == "model-not-serving"
-        assert "no production version" in stopped.json()["message"]
+        assert stopped.status_code == 404
+        assert stopped.json()["error"] == "model-not-found"
         assert app.state.serving.models.cached(HEART) is None
         assert (
             deployment.entries(action="model.predict", outcome="refused")[-1]["details"]["reason"]
-            == "model-not-serving"
+            == "model-not-found"
         )
         card = http.get(f"/v1/models/{HEART}", headers=headers)
         assert card.status_code == 404
@@ -516,17 +549,26 @@ def test_tampering_after_promotion_never_reaches_a_running_service(deployment: D
     with live_server(app) as running, httpx.Client(base_url=running.base_url) as http:
         assert http.post(url, headers=headers, json={"patient": HEART_PATIENT}).status_code == 200
         second = deployment.register(seed=1)
-        Path(second.artifact_uri).write_bytes(Path(second.artifact_uri).read_bytes() + b"\0")
         promote(
-            deployment.engine, HEART, second.version, principal=REGULATOR, audit=deployment.audit
+            deployment.engine,
+            HEART,
+            second.version,
+            evaluation=heldout("fed-heart-disease"),
+            principal=REGULATOR,
+            audit=deployment.audit,
         )
+        Path(second.artifact_uri).write_bytes(Path(second.artifact_uri).read_bytes() + b"\0")
         response = http.post(url, headers=headers, json={"patient": HEART_PATIENT})
         assert response.status_code == 503
         assert app.state.serving.models.cached(HEART) is None  # v1 is not served instead
 
 
 def test_model_without_transform_does_not_serve(deployment: Deployment) -> None:
-    deployment.release(seed=0, features=False)
+    # Since issue 13 such a version cannot be promoted (it cannot be evaluated); one
+    # promoted before (or whose transform was lost) still must not serve.
+    deployment.release(seed=0)
+    with deployment.engine.begin() as connection:
+        connection.execute(text("UPDATE registry_model_versions SET features = NULL"))
     app = create_app(deployment.settings())
     with live_server(app) as running, httpx.Client(base_url=running.base_url) as http:
         response = http.post(

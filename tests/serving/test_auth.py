@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import secrets
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from countyfl.registry import Principal, Role
 from countyfl.serving.auth import (
     AUDIENCE,
     ISSUER,
+    AccessClaims,
     TokenRejectedError,
     issue_access_token,
     read_access_token,
@@ -34,6 +36,7 @@ def claims(**overrides: object) -> dict[str, object]:
         "exp": now + timedelta(minutes=5),
         "iss": ISSUER,
         "aud": AUDIENCE,
+        "ver": 0,
         "jti": "abc",
     }
     values.update(overrides)
@@ -46,17 +49,17 @@ def _b64(data: dict[str, object]) -> str:
 
 
 def test_issued_token_round_trips() -> None:
-    token = issue_access_token(CLINICIAN, KEY, timedelta(minutes=15))
-    assert read_access_token(token.token, KEY) == CLINICIAN
+    token = issue_access_token(CLINICIAN, KEY, timedelta(minutes=15), token_version=0)
+    assert read_access_token(token.token, KEY) == AccessClaims(CLINICIAN, 0)
     assert token.lifetime_seconds == 900
     payload = jwt.decode(token.token, options={"verify_signature": False})
     assert payload["exp"] - payload["iat"] == 900
-    assert set(payload) == {"sub", "role", "iat", "exp", "iss", "aud", "jti"}
+    assert set(payload) == {"sub", "role", "ver", "iat", "exp", "iss", "aud", "jti"}
 
 
 def test_expired_token_is_refused_and_names_its_owner() -> None:
     long_ago = datetime.now(UTC) - timedelta(hours=1)
-    token = issue_access_token(CLINICIAN, KEY, timedelta(minutes=15), now=long_ago)
+    token = issue_access_token(CLINICIAN, KEY, timedelta(minutes=15), token_version=0, now=long_ago)
     with pytest.raises(TokenRejectedError) as caught:
         read_access_token(token.token, KEY)
     assert caught.value.reason == "expired-token"
@@ -64,7 +67,7 @@ def test_expired_token_is_refused_and_names_its_owner() -> None:
 
 
 def test_token_of_another_key_is_refused_without_an_owner() -> None:
-    token = issue_access_token(CLINICIAN, b"o" * 32, timedelta(minutes=15))
+    token = issue_access_token(CLINICIAN, b"o" * 32, timedelta(minutes=15), token_version=0)
     with pytest.raises(TokenRejectedError) as caught:
         read_access_token(token.token, KEY)
     assert caught.value.principal is None
@@ -72,7 +75,9 @@ def test_token_of_another_key_is_refused_without_an_owner() -> None:
 
 def test_expired_forgery_is_not_taken_for_its_claimed_owner() -> None:
     long_ago = datetime.now(UTC) - timedelta(hours=1)
-    forged = issue_access_token(CLINICIAN, b"o" * 32, timedelta(minutes=1), now=long_ago)
+    forged = issue_access_token(
+        CLINICIAN, b"o" * 32, timedelta(minutes=1), token_version=0, now=long_ago
+    )
     with pytest.raises(TokenRejectedError) as caught:
         read_access_token(forged.token, KEY)
     assert caught.value.principal is None
@@ -92,13 +97,15 @@ def test_alg_none_is_refused() -> None:
 
 
 def test_payload_changed_after_signing_is_refused() -> None:
-    header, _, signature = issue_access_token(CLINICIAN, KEY, timedelta(minutes=5)).token.split(".")
+    header, _, signature = issue_access_token(
+        CLINICIAN, KEY, timedelta(minutes=5), token_version=0
+    ).token.split(".")
     promoted = _b64(claims(role="admin", sub="chen"))
     with pytest.raises(TokenRejectedError):
         read_access_token(f"{header}.{promoted}.{signature}", KEY)
 
 
-@pytest.mark.parametrize("missing", ["exp", "iat", "sub", "role", "iss", "aud", "jti"])
+@pytest.mark.parametrize("missing", ["exp", "iat", "sub", "role", "ver", "iss", "aud", "jti"])
 def test_every_claim_is_required(missing: str) -> None:
     token = jwt.encode(claims(**{missing: None}), KEY, algorithm="HS256")
     with pytest.raises(TokenRejectedError):
@@ -139,11 +146,52 @@ def test_placeholder_or_short_secret_refuses_to_start(secret: str) -> None:
         ServingSettings(jwt_secret=secret).jwt_signing_key()
 
 
+@pytest.mark.parametrize(
+    ("secret", "why"),
+    [
+        ("a" * 32, "repeats a pattern of 1 character"),
+        ("changemechangemechangemechangeme", "placeholder 'changeme'"),
+        ("0123456789abcdefghijklmnopqrstuvwxyz", "sequence"),
+        ("ab" * 24, "repeats a pattern of 2 characters"),
+        ("aabbaabbaabbbaaabaaaababbbbbbabaaababbbb", "bits by its characters"),
+        ("my-Production-SECRET-2026-county-hospital", "placeholder 'secret'"),
+    ],
+)
+def test_weak_secret_refuses_to_start(secret: str, why: str) -> None:
+    """Finding 7: 32 times "a" and "changemechangeme..." started the server."""
+    with pytest.raises(ConfigError, match=why):
+        ServingSettings(jwt_secret=secret).jwt_signing_key()
+
+
+def test_random_secrets_start() -> None:
+    for secret in (
+        secrets.token_urlsafe(32),
+        secrets.token_hex(32),
+        base64.b64encode(secrets.token_bytes(48)).decode(),
+    ):
+        assert ServingSettings(jwt_secret=secret).jwt_signing_key() == secret.encode()
+
+
+def private_file(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    path.chmod(0o600)
+    return path
+
+
 def test_secret_file_wins_and_is_stripped(tmp_path: Path) -> None:
-    path = tmp_path / "jwt.key"
-    path.write_text("s" * 40 + "\n", encoding="utf-8")
-    settings = ServingSettings(jwt_secret_file=path, jwt_secret="e" * 40)
-    assert settings.jwt_signing_key() == b"s" * 40
+    secret = secrets.token_urlsafe(40)
+    path = private_file(tmp_path / "jwt.key", secret + "\n")
+    settings = ServingSettings(jwt_secret_file=path, jwt_secret=secrets.token_urlsafe(40))
+    assert settings.jwt_signing_key() == secret.encode()
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660])
+def test_secret_file_other_users_may_read_is_refused(tmp_path: Path, mode: int) -> None:
+    """Finding 7: a key file with mode 0644 was accepted."""
+    path = private_file(tmp_path / "jwt.key", secrets.token_urlsafe(40))
+    path.chmod(mode)
+    with pytest.raises(ConfigError, match=f"accessible to other users \\(mode {mode:04o}\\)"):
+        ServingSettings(jwt_secret_file=path).jwt_signing_key()
 
 
 def test_unreadable_secret_file_is_refused(tmp_path: Path) -> None:
@@ -152,18 +200,24 @@ def test_unreadable_secret_file_is_refused(tmp_path: Path) -> None:
 
 
 def test_secret_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("COUNTYFL_JWT_SECRET", "v" * 33)
+    secret = secrets.token_urlsafe(33)
+    monkeypatch.setenv("COUNTYFL_JWT_SECRET", secret)
     monkeypatch.setenv("COUNTYFL_TOKEN_LIFETIME_MINUTES", "5")
     settings = ServingSettings()
-    assert settings.jwt_signing_key() == b"v" * 33
+    assert settings.jwt_signing_key() == secret.encode()
     assert settings.token_lifetime_minutes == 5
 
 
-def test_test_flag_allows_a_placeholder_or_a_random_secret() -> None:
-    assert (
-        ServingSettings(jwt_secret="changeme", allow_test_secret=True).jwt_signing_key()
-        == b"changeme"
-    )
-    first = ServingSettings(allow_test_secret=True).jwt_signing_key()
-    second = ServingSettings(allow_test_secret=True).jwt_signing_key()
-    assert len(first) == 32 and first != second
+@pytest.mark.parametrize("secret", ["x", None])
+def test_the_old_test_switch_is_refused_loudly(
+    monkeypatch: pytest.MonkeyPatch, secret: str | None
+) -> None:
+    """Finding 7: COUNTYFL_ALLOW_TEST_SECRET=1 with a one-byte secret started silently."""
+    monkeypatch.setenv("COUNTYFL_ALLOW_TEST_SECRET", "1")
+    if secret is not None:
+        monkeypatch.setenv("COUNTYFL_JWT_SECRET", secret)
+    with pytest.raises(
+        ConfigError, match="COUNTYFL_ALLOW_TEST_SECRET is set, but countyfl has no test mode"
+    ):
+        ServingSettings().jwt_signing_key()
+    assert "allow_test_secret" not in ServingSettings.model_fields

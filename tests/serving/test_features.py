@@ -26,7 +26,13 @@ from countyfl import models, scenarios
 from countyfl.data import fed_heart_disease, framingham
 from countyfl.data.schema import HeartDiseaseRecord
 from countyfl.publishing import input_transform
-from countyfl.registry import FeatureTransform, PublishedModelError, get_version, register_published
+from countyfl.registry import (
+    FeatureTransform,
+    PublishedModelError,
+    Role,
+    get_version,
+    register_published,
+)
 from countyfl.serving import create_app
 from countyfl.serving.errors import InvalidRecordError
 from countyfl.serving.features import SPECS, standardize, validate_records
@@ -199,11 +205,11 @@ def test_malformed_transform_names_the_field(tmp_path: Path) -> None:
 
 def test_migration_0003_keeps_old_versions_readable(tmp_path: Path) -> None:
     """A version registered at revision 0002 reads back with no transform after 0003."""
-    from serving_support import ADMIN, PASSWORD
+    from serving_support import ADMIN, PASSWORD, SECOND_ADMIN
     from serving_support import publish_model as publish
 
     from countyfl.audit import AuditLog
-    from countyfl.registry import bootstrap_admin, register_candidate
+    from countyfl.registry import add_user, approve_user, bootstrap_admin, register_candidate
 
     engine = create_database_engine(f"sqlite:///{tmp_path / 'old.db'}")
     upgrade(engine, "0002_registry")
@@ -228,6 +234,18 @@ def test_migration_0003_keeps_old_versions_readable(tmp_path: Path) -> None:
     upgrade(engine)
     audit = AuditLog(engine)
     bootstrap_admin(engine, ADMIN.username, password=PASSWORD, audit=audit)
+    add_user(
+        engine, SECOND_ADMIN.username, Role.ADMIN, password=PASSWORD, principal=ADMIN, audit=audit
+    )
+    add_user(
+        engine,
+        RESEARCHER.username,
+        Role.RESEARCHER,
+        password=PASSWORD,
+        principal=ADMIN,
+        audit=audit,
+    )
+    approve_user(engine, RESEARCHER.username, principal=SECOND_ADMIN, audit=audit)
     old = get_version(engine, "heart-disease-diagnosis", 1, principal=ADMIN, audit=audit)
     assert old.features is None
     new = register_candidate(

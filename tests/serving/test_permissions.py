@@ -1,5 +1,8 @@
 """Every role against every endpoint: allowed (2xx) or refused (403, audited).
 
+A clinician asking for a version that is not in production gets 404, exactly as for a
+version that does not exist (its refusal is audited as ``not-released``).
+
 The expected table is written out here, not derived from the registry's permission table,
 so that a change to either shows up as a failure.
 """
@@ -56,6 +59,16 @@ def test_role_by_endpoint(
     if role in ALLOWED[endpoint]:
         assert response.status_code == 200, response.text
         assert new and all(entry["outcome"] == "ok" for entry in new)
+    elif role is Role.CLINICIAN and endpoint == "read candidate card":
+        missing = client.request(
+            method, url.replace("version=2", "version=99"), headers=shared.bearer(principal)
+        )
+        assert response.status_code == missing.status_code == 404, response.text
+        assert response.json()["error"] == missing.json()["error"] == "not-found"
+        assert response.json()["message"].replace("2", "N") == missing.json()["message"].replace(
+            "99", "N"
+        )
+        assert [entry["details"]["reason"] for entry in new] == ["not-released"]
     else:
         assert response.status_code == 403, response.text
         assert response.json()["error"] == "forbidden"
@@ -93,5 +106,17 @@ def test_docs_and_openapi_are_served(client: TestClient) -> None:
     assert client.get("/docs").status_code == 200
     spec = client.get("/openapi.json").json()
     assert set(spec["components"]["securitySchemes"]) == {"password", "api-token"}
-    predict = spec["paths"]["/v1/models/{name}/predict"]["post"]
-    assert {"401", "403", "404", "409", "413", "422", "503"} <= set(predict["responses"])
+    predict = spec["paths"][f"/v1/models/{HEART}/predict"]["post"]
+    assert set(predict["responses"]) == {
+        "200",
+        "401",
+        "403",
+        "404",
+        "409",
+        "413",
+        "422",
+        "500",
+        "503",
+    }
+    token = spec["paths"]["/v1/token"]["post"]
+    assert set(token["responses"]) == {"200", "401", "413", "422", "429", "500", "503"}

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 import typer
-from serving_support import CLINICIAN, HEART, HEART_PATIENT, Deployment
+from serving_support import CLINICIAN, HEART, HEART_PATIENT, SECRET, Deployment
 from typer.testing import CliRunner
 
 from countyfl.serving.cli import serve_command
@@ -37,7 +37,8 @@ def test_serve_refuses_to_start_without_a_secret(tmp_path: Path) -> None:
 def test_serve_runs_the_api(deployment: Deployment, tmp_path: Path) -> None:
     deployment.release()
     secret = tmp_path / "jwt.key"
-    secret.write_text("s" * 48)
+    secret.write_text(SECRET)
+    secret.chmod(0o600)
     port = free_port()
     env = {
         **os.environ,
@@ -62,7 +63,7 @@ def test_serve_runs_the_api(deployment: Deployment, tmp_path: Path) -> None:
                 pass
             assert time.monotonic() < deadline, "countyfl serve did not answer"
             time.sleep(0.2)
-        headers = deployment.bearer(CLINICIAN, key="s" * 48)
+        headers = deployment.bearer(CLINICIAN)
         response = httpx.post(
             f"{base}/v1/models/{HEART}/predict", headers=headers, json={"patient": HEART_PATIENT}
         )

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from typing import Any
 import tenseal as ts
 
 from countyfl.errors import CountyflError
+from countyfl.files import write_file
 
 SECRET_CONTEXT_FILE = "institutions-secret.ckks"
 PUBLIC_CONTEXT_FILE = "aggregator-public.ckks"
@@ -94,14 +94,6 @@ def fingerprint(context: Any) -> str:
     return digest
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    """Write a file readable and writable by its owner only (mode 0600) from the start."""
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "wb") as handle:
-        handle.write(data)
-    os.chmod(path, 0o600)
-
-
 def init_keys(
     directory: Path, parameters: HEParameters = HEParameters(), force: bool = False
 ) -> dict[str, Any]:
@@ -115,8 +107,8 @@ def init_keys(
         )
     secret = create_secret_context(parameters)
     public = public_copy(secret)
-    _write_private(secret_path, secret.serialize(save_secret_key=True))
-    _write_private(directory / PUBLIC_CONTEXT_FILE, public.serialize())
+    write_file(secret_path, secret.serialize(save_secret_key=True), replace=True)
+    write_file(directory / PUBLIC_CONTEXT_FILE, public.serialize(), replace=True)
     manifest = {
         "scheme": "CKKS",
         "parameters": asdict(parameters),

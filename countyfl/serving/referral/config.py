@@ -7,6 +7,7 @@ so that whoever edits the file can find it. Nothing here imports FastAPI.
 
 from __future__ import annotations
 
+import re
 import tomllib
 from collections.abc import Mapping, Sequence
 from enum import StrEnum
@@ -18,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from countyfl.data.federated import CareLevel
 from countyfl.naming import kebab_case
+from countyfl.registry.schemas import NAME_PATTERN, InputSchema
 from countyfl.serving.errors import ReferralConfigError
 
 CODE_PATTERN = r"^[a-z0-9][a-z0-9-]{0,63}$"
@@ -152,10 +154,16 @@ class RiskBands(_Config):
 
 
 class ModelRiskRule(_Config):
-    """A model's risk bands and the specialty its risk calls for."""
+    """A model's risk bands, the specialty its risk calls for, and the records it reads.
+
+    ``schema`` (the input schema of ``countyfl.registry.schemas.InputSchema``) makes the API
+    serve the model: it gets its own ``POST /v1/models/NAME/predict`` route whose body is
+    that schema's patient records. The ``default`` entry has no schema.
+    """
 
     bands: RiskBands
     specialty: Code | None = None
+    input_schema: InputSchema | None = Field(default=None, alias="schema")
 
 
 class RiskLevelRule(_Config):
@@ -216,6 +224,17 @@ class ReferralRules(_Config):
             raise ValueError(f"[risk-levels] has no entry for {', '.join(missing_bands)}")
         if DEFAULT_MODEL_KEY not in self.models:
             raise ValueError(f"[models] needs a [models.{DEFAULT_MODEL_KEY}] entry")
+        if self.models[DEFAULT_MODEL_KEY].input_schema is not None:
+            raise ValueError(
+                f"[models.{DEFAULT_MODEL_KEY}] gives only bands and a specialty, no schema: "
+                "a model is served only under its own name"
+            )
+        for name in self.models:
+            if name != DEFAULT_MODEL_KEY and not re.fullmatch(NAME_PATTERN, name):
+                raise ValueError(
+                    f"[models.{name}]: {name!r} is not a registry model name (lowercase "
+                    "letters, digits, '.', '_', '-')"
+                )
         seen: set[str] = set()
         for number, symptom in enumerate(self.symptoms, start=1):
             if symptom.code in seen:
@@ -247,6 +266,15 @@ class ReferralRules(_Config):
     def model_rule(self, model_name: str) -> ModelRiskRule:
         """The risk rule of ``model_name`` (the ``default`` entry for unlisted models)."""
         return self.models.get(model_name, self.models[DEFAULT_MODEL_KEY])
+
+    @property
+    def served_models(self) -> dict[str, InputSchema]:
+        """The models the API serves (those with a ``schema``), by name, in file order."""
+        return {
+            name: rule.input_schema
+            for name, rule in self.models.items()
+            if rule.input_schema is not None
+        }
 
 
 # -- doctor directory --------------------------------------------------------------------

@@ -7,26 +7,30 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query
 
 from countyfl.registry import Stage, get_version, list_versions
-from countyfl.registry.schemas import NAME_PATTERN
+from countyfl.registry.schemas import MAX_VERSION, NAME_PATTERN
 from countyfl.serving.auditing import PurposeSink
 from countyfl.serving.dependencies import CurrentPrincipal, ReadPurpose, State
-from countyfl.serving.schemas import ErrorPublic, ModelCardPublic
+from countyfl.serving.responses import AUTHENTICATED, error_responses
+from countyfl.serving.schemas import ModelCardPublic
 
 router = APIRouter(prefix="/v1", tags=["models"])
 
 ModelName = Annotated[
-    str, Path(pattern=NAME_PATTERN, description="Registry model name, e.g. heart-disease-diagnosis")
+    str,
+    Path(
+        pattern=NAME_PATTERN,
+        max_length=128,
+        description="Registry model name, e.g. heart-disease-diagnosis",
+        examples=["heart-disease-diagnosis"],
+    ),
 ]
-_ERRORS: dict[int | str, dict[str, object]] = {
-    code: {"model": ErrorPublic} for code in (401, 403, 404, 422, 503)
-}
 
 
 @router.get(
     "/models",
     response_model=list[ModelCardPublic],
     summary="List the model versions your role may see",
-    responses=_ERRORS,
+    responses=error_responses(*AUTHENTICATED),
 )
 def list_models(
     state: State,
@@ -49,7 +53,7 @@ def list_models(
     "/models/{name}",
     response_model=ModelCardPublic,
     summary="Read a model card: lineage, privacy per institution, metrics, stage",
-    responses=_ERRORS,
+    responses=error_responses(*AUTHENTICATED, 404),
 )
 def read_model(
     name: ModelName,
@@ -58,13 +62,18 @@ def read_model(
     purpose: ReadPurpose,
     version: Annotated[
         int | None,
-        Query(ge=1, description="A version number; default: the production version."),
+        Query(
+            ge=1,
+            le=MAX_VERSION,
+            description="A version number; default: the production version.",
+        ),
     ] = None,
 ) -> ModelCardPublic:
     """The card of ``name``'s production version (or of ``version``).
 
     Candidates and archived versions need the ``model.read-any-stage`` permission, which
-    clinicians do not have. The read is audited (``model.read``) with its purpose.
+    clinicians do not have: to them such a version does not exist (404, as for a missing
+    one). The read is audited (``model.read``) with its purpose.
     """
     sink = PurposeSink(state.audit, {"purpose": purpose.value, "via": "api"})
     found = get_version(state.engine, name, version, principal=principal, audit=sink)

@@ -1,13 +1,23 @@
-"""``POST /v1/models/{name}/predict``: probabilities from the production model, audited."""
+"""``POST /v1/models/{name}/predict``: probabilities from the production model, audited.
+
+One route per served model (the models named with a ``schema`` in the referral rules),
+each with its own request body: the patient records of that model's input schema. A model
+is never offered another model's records, and the OpenAPI spec says exactly what each one
+reads.
+"""
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable, Mapping
 from typing import Any
 
+import numpy as np
 from fastapi import APIRouter
 from pydantic import BaseModel
 
-from countyfl.registry import Action, authorize
+from countyfl.registry import Action, Principal, authorize
+from countyfl.registry.schemas import InputSchema
 from countyfl.registry.versions import version_target
 from countyfl.serving.auditing import (
     PurposeSink,
@@ -16,61 +26,89 @@ from countyfl.serving.auditing import (
     input_sha256,
 )
 from countyfl.serving.dependencies import CurrentPrincipal, State
-from countyfl.serving.errors import FieldProblem, InvalidRecordError
-from countyfl.serving.features import describe_field, standardize, validate_records
+from countyfl.serving.errors import ModelNotServingError, ModelOutputError
+from countyfl.serving.features import describe_field, standardize
 from countyfl.serving.inference import ServedModel
 from countyfl.serving.referral import risk_band
-from countyfl.serving.routes.catalogue import ModelName
+from countyfl.serving.responses import AUTHENTICATED, error_responses
 from countyfl.serving.schemas import (
-    ErrorPublic,
     FeatureContributionPublic,
     ModelRefPublic,
     PatientPredictionPublic,
     PredictionCreate,
     PredictionPublic,
+    prediction_body,
 )
+from countyfl.serving.state import ServingState
 
-router = APIRouter(prefix="/v1", tags=["predictions"])
+
+def prediction_router(served: Mapping[str, InputSchema], max_batch: int) -> APIRouter:
+    """A router with ``POST /v1/models/NAME/predict`` for every served model."""
+    router = APIRouter(prefix="/v1", tags=["predictions"])
+    for name, schema in served.items():
+        body_type = prediction_body(schema, max_batch)
+        router.add_api_route(
+            f"/models/{name}/predict",
+            _handler(name, schema, body_type),
+            methods=["POST"],
+            response_model=PredictionPublic,
+            summary=f"Predict with {name} for one patient or a batch",
+            description=_DESCRIPTION,
+            responses=error_responses(*AUTHENTICATED, 404, 409, 413),
+            operation_id=f"predict-{name}",
+        )
+    return router
 
 
-@router.post(
-    "/models/{name}/predict",
-    response_model=PredictionPublic,
-    summary="Predict for one patient or a batch with the production model",
-    responses={code: {"model": ErrorPublic} for code in (401, 403, 404, 409, 413, 422, 503)},
-)
-def predict(
-    name: ModelName, body: PredictionCreate, state: State, principal: CurrentPrincipal
+_DESCRIPTION = """Probability, risk band and the three features that pushed it most, per patient.
+
+Only the production version serves; the answer names it (name, version, sha256). The request
+is audited (``model.predict``: who, role, version, purpose, the sha256 of the input, never the
+record) before the answer is returned; if the entry cannot be written the answer is withheld
+(503). A model without a production version answers 404, like a model that does not exist.
+"""
+
+
+def _handler(
+    name: str, schema: InputSchema, body_type: type[PredictionCreate]
+) -> Callable[..., PredictionPublic]:
+    def predict(body: Any, state: Any, principal: Any) -> PredictionPublic:
+        return answer(name, schema, body, state, principal)
+
+    # FastAPI reads the parameters' types from the signature: this route's own body type.
+    predict.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [
+            inspect.Parameter("body", inspect.Parameter.KEYWORD_ONLY, annotation=body_type),
+            inspect.Parameter("state", inspect.Parameter.KEYWORD_ONLY, annotation=State),
+            inspect.Parameter(
+                "principal", inspect.Parameter.KEYWORD_ONLY, annotation=CurrentPrincipal
+            ),
+        ],
+        return_annotation=PredictionPublic,
+    )
+    predict.__name__ = f"predict_{name.replace('-', '_').replace('.', '_')}"
+    return predict
+
+
+def answer(
+    name: str,
+    schema: InputSchema,
+    body: PredictionCreate,
+    state: ServingState,
+    principal: Principal,
 ) -> PredictionPublic:
-    """Probability, risk band and the three features that pushed it most, per patient.
-
-    Only the production version serves; the answer names it (name, version, sha256). The
-    request is audited (``model.predict``: who, role, version, purpose, the sha256 of the
-    input, never the record) before the answer is returned; if the entry cannot be written
-    the answer is withheld (503).
-    """
+    """Predict for the validated records of ``body`` with ``name``'s production version."""
     audit = PurposeSink(state.audit, {"purpose": body.purpose.value, "via": "api"})
     target = version_target(name)
     authorize(principal, Action.MODEL_PREDICT, audit=audit, target=target)
     records = body.records
-    location = "patient" if body.patient is not None else "patients"
     with audited_refusals(audit, principal, Action.MODEL_PREDICT, target):
-        limit = state.settings.max_batch_size
-        if len(records) > limit:
-            raise InvalidRecordError(
-                f"{len(records)} patients in one request; send at most {limit} per request",
-                [FieldProblem("patients", "too many patients", expected=f"1 to {limit}")],
-            )
-        served = state.models.production(name, principal=principal, audit=audit)
-        locations = (
-            [location]
-            if body.patient is not None
-            else [f"patients[{index}]" for index in range(len(records))]
-        )
-        valid = validate_records(served.spec, records, locations)
-        inputs = standardize(served.spec, valid, served.transform)
-        probabilities = served.probabilities(inputs)
+        served = serving_model(state, name, schema, principal=principal, audit=audit)
+        inputs = standardize(served.spec, records, served.transform)
+        probabilities = finite_probabilities(served, served.probabilities(inputs))
         contributions = served.contributions(inputs)
+        if not np.isfinite(contributions).all():
+            raise _broken(served)
     bands = state.rules.model_rule(name).bands
     predictions = [
         PatientPredictionPublic(
@@ -78,9 +116,9 @@ def predict(
             risk_band=risk_band(float(probability), bands),
             top_features=explain(served, record, row),
         )
-        for probability, record, row in zip(probabilities, valid, contributions, strict=True)
+        for probability, record, row in zip(probabilities, records, contributions, strict=True)
     ]
-    digest = input_sha256(valid)
+    digest = input_sha256(records)
     entry = audit.append(
         actor=principal.username,
         role=principal.role.value,
@@ -89,7 +127,7 @@ def predict(
         outcome="ok",
         details={
             "input-sha256": digest,
-            "patients": len(valid),
+            "patients": len(records),
             "model-sha256": served.sha256,
         },
     )
@@ -100,6 +138,48 @@ def predict(
         audit_entry=entry_number(entry),
         explanation=served.explanation,
         predictions=predictions,
+    )
+
+
+def serving_model(
+    state: ServingState, name: str, schema: InputSchema, *, principal: Principal, audit: Any
+) -> ServedModel:
+    """``name``'s production model, if it reads the records the API's route for it takes.
+
+    Raises
+    ------
+    ModelNotServingError
+        If the production version reads another input schema than the one the referral
+        rules give the model (the route's body would not be what the model reads).
+    """
+    served = state.models.production(name, principal=principal, audit=audit)
+    if served.spec.name != schema:
+        raise ModelNotServingError(
+            f"{served.label} reads {served.spec.name} records, but the API serves {name!r} "
+            f"with {schema} records (the referral rules' [models.{name}] schema); an admin "
+            "must fix the rules or archive the version"
+        )
+    return served
+
+
+def finite_probabilities(served: ServedModel, probabilities: Any) -> Any:
+    """``probabilities`` if every one is a finite number in [0, 1].
+
+    Raises
+    ------
+    ModelOutputError
+        Otherwise: the model is broken, and no answer is better than a wrong one.
+    """
+    values = np.asarray(probabilities, dtype=np.float64)
+    if not (np.isfinite(values).all() and ((values >= 0) & (values <= 1)).all()):
+        raise _broken(served)
+    return values
+
+
+def _broken(served: ServedModel) -> ModelOutputError:
+    return ModelOutputError(
+        f"{served.label} answered a probability that is not a number between 0 and 1; no "
+        "prediction is given. An admin must archive the version"
     )
 
 

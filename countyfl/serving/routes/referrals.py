@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import inspect
+from collections.abc import Mapping
+from typing import Any
 
-from countyfl.registry import Action, authorize
+from fastapi import APIRouter
+from pydantic import BaseModel
+
+from countyfl.registry import Action, Principal, authorize
+from countyfl.registry.schemas import InputSchema
 from countyfl.registry.versions import version_target
 from countyfl.serving.auditing import (
     PurposeSink,
@@ -14,7 +20,7 @@ from countyfl.serving.auditing import (
 )
 from countyfl.serving.dependencies import CurrentPrincipal, State
 from countyfl.serving.errors import FieldProblem, InvalidRecordError
-from countyfl.serving.features import standardize, validate_records
+from countyfl.serving.features import standardize
 from countyfl.serving.referral import (
     PatientFacts,
     RiskFinding,
@@ -23,36 +29,69 @@ from countyfl.serving.referral import (
     recommend,
     risk_band,
 )
+from countyfl.serving.responses import AUTHENTICATED, error_responses
+from countyfl.serving.routes.predictions import finite_probabilities, serving_model
 from countyfl.serving.schemas import (
     DoctorPublic,
-    ErrorPublic,
     ModelRefPublic,
     ReferralCreate,
     ReferralPublic,
     RiskPublic,
+    referral_body,
 )
-
-router = APIRouter(prefix="/v1", tags=["referrals"])
+from countyfl.serving.state import ServingState
 
 REFERRAL_TARGET = "referral"
 
 
-@router.post(
-    "/referrals",
-    response_model=ReferralPublic,
-    summary="Referral advice: level of care, urgency and a specialist, with reasons",
-    responses={code: {"model": ErrorPublic} for code in (401, 403, 404, 409, 413, 422, 503)},
-)
-def create_referral(
-    body: ReferralCreate, state: State, principal: CurrentPrincipal
-) -> ReferralPublic:
-    """Weigh symptoms and severity, special populations and (optionally) a model's risk.
+def referral_router(served: Mapping[str, InputSchema], symptom_codes: list[str]) -> APIRouter:
+    """A router with ``POST /v1/referrals``: ``risk`` names one of the ``served`` models and
+    symptoms are codes of the referral rules (both listed in the schema)."""
+    router = APIRouter(prefix="/v1", tags=["referrals"])
+    body_type = referral_body(tuple(served.items()), tuple(symptom_codes))
 
-    With ``risk`` the production model named there is asked for the patient's probability
-    (the caller needs the prediction permission too) and its risk band counts in the advice.
-    The request is audited (``referral.create``, with the sha256 of the input and the advice,
-    never the record) before the advice is returned; if that fails, 503 and no advice.
-    """
+    def create(body: Any, state: Any, principal: Any) -> ReferralPublic:
+        return create_referral(body, state, principal, served)
+
+    create.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [
+            inspect.Parameter("body", inspect.Parameter.KEYWORD_ONLY, annotation=body_type),
+            inspect.Parameter("state", inspect.Parameter.KEYWORD_ONLY, annotation=State),
+            inspect.Parameter(
+                "principal", inspect.Parameter.KEYWORD_ONLY, annotation=CurrentPrincipal
+            ),
+        ],
+        return_annotation=ReferralPublic,
+    )
+    router.add_api_route(
+        "/referrals",
+        create,
+        methods=["POST"],
+        response_model=ReferralPublic,
+        summary="Referral advice: level of care, urgency and a specialist, with reasons",
+        description=_DESCRIPTION,
+        responses=error_responses(*AUTHENTICATED, 404, 409, 413),
+        operation_id="create-referral",
+    )
+    return router
+
+
+_DESCRIPTION = """Weigh symptoms and severity, special populations and (optionally) a model's risk.
+
+With ``risk`` the production model named there is asked for the patient's probability (the
+caller needs the prediction permission too) and its risk band counts in the advice. The
+request is audited (``referral.create``, with the sha256 of the input and the advice, never
+the record) before the advice is returned; if that fails, 503 and no advice.
+"""
+
+
+def create_referral(
+    body: ReferralCreate,
+    state: ServingState,
+    principal: Principal,
+    served: Mapping[str, InputSchema],
+) -> ReferralPublic:
+    """The advice for a validated referral request (see the route's description)."""
     audit = PurposeSink(state.audit, {"purpose": body.purpose.value, "via": "api"})
     authorize(principal, Action.REFERRAL_CREATE, audit=audit, target=REFERRAL_TARGET)
     known = state.rules.symptom_codes
@@ -77,17 +116,16 @@ def create_referral(
                 unknown,
             )
         if body.risk is not None:
-            name = body.risk.model
+            name = str(body.risk.model)
+            record: BaseModel = body.risk.patient
             authorize(principal, Action.MODEL_PREDICT, audit=audit, target=version_target(name))
-            served = state.models.production(name, principal=principal, audit=audit)
-            (record,) = validate_records(served.spec, [body.risk.patient], ["risk.patient"])
-            probability = float(
-                served.probabilities(standardize(served.spec, [record], served.transform))[0]
-            )
+            model = serving_model(state, name, served[name], principal=principal, audit=audit)
+            inputs = standardize(model.spec, [record], model.transform)
+            probability = float(finite_probabilities(model, model.probabilities(inputs))[0])
             band = risk_band(probability, state.rules.model_rule(name).bands)
-            risk = RiskFinding(served.name, served.version, probability, band)
-            model = ModelRefPublic(name=served.name, version=served.version, sha256=served.sha256)
-            risk_public = RiskPublic(model=model, probability=probability, risk_band=band)
+            risk = RiskFinding(model.name, model.version, probability, band)
+            reference = ModelRefPublic(name=model.name, version=model.version, sha256=model.sha256)
+            risk_public = RiskPublic(model=reference, probability=probability, risk_band=band)
             hashed["risk"] = {"model": name, "patient": record.model_dump(mode="json")}
     facts = PatientFacts(
         age_years=body.patient.age_years,
@@ -95,7 +133,7 @@ def create_referral(
         pregnant=body.patient.pregnant,
         symptoms=tuple(
             SymptomReport(symptom.code, Severity(symptom.severity))
-            for symptom in body.patient.symptoms
+            for symptom in body.patient.distinct_symptoms
         ),
     )
     advice = recommend(
