@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import countyfl  # noqa: F401  (telemetry off)
-from countyfl.cli import _parse_seeds
+from countyfl.cli.common import parse_seeds
 from countyfl.simulations import plots
 from countyfl.simulations.report import summarize, write_report
 from countyfl.simulations.runner import SimulationRequest, run_simulation_request
@@ -80,7 +80,7 @@ def main() -> int:
     args = parser.parse_args()
     for name in ("flwr", "ray"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    seeds = _parse_seeds(args.seeds)
+    seeds = parse_seeds(args.seeds)
     results: dict[str, Any] = {}
     common = {"encryption": args.encryption}
     for epsilon in (float(e) for e in args.epsilons.split(",")):

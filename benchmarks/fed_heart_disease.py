@@ -22,7 +22,7 @@ from pathlib import Path
 
 import countyfl  # noqa: F401  (telemetry off)
 from countyfl import scenarios
-from countyfl.cli import _parse_seeds
+from countyfl.cli.common import parse_seeds
 from countyfl.simulations.report import summarize, write_report
 from countyfl.simulations.runner import SimulationRequest, run_simulation_request
 
@@ -47,7 +47,7 @@ def main() -> int:
     args = parser.parse_args()
     for name in ("flwr", "ray"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    seeds = _parse_seeds(args.seeds)
+    seeds = parse_seeds(args.seeds)
     rows: list[tuple[str, float, float, float]] = []
     for label, (overrides, baselines) in RUNS.items():
         started = time.perf_counter()

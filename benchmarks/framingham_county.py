@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 import countyfl  # noqa: F401  (telemetry off)
-from countyfl.cli import _parse_seeds
+from countyfl.cli.common import parse_seeds
 from countyfl.simulations.report import summarize, write_report
 from countyfl.simulations.runner import SimulationRequest, run_simulation_request
 
@@ -36,7 +36,7 @@ def main() -> int:
         logging.getLogger(name).setLevel(logging.ERROR)
     started = time.perf_counter()
     result = run_simulation_request(
-        SimulationRequest("framingham-county", args.output, _parse_seeds(args.seeds))
+        SimulationRequest("framingham-county", args.output, parse_seeds(args.seeds))
     )
     write_report(result)
     summary = summarize(result)

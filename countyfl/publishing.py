@@ -29,9 +29,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
 
 from countyfl import models, protocol, scenarios
-from countyfl.errors import CountyflError
+from countyfl.errors import CountyflError, describe_validation_error
+
+# The published folder's file names are defined once, by the registry that reads it.
+from countyfl.registry.published import ARTIFACT_FILE, METADATA_FILE, PublishedModel
 from countyfl.runs import (
     FINAL_AGGREGATE_FILE,
     FINAL_MODEL_FILE,
@@ -42,10 +46,9 @@ from countyfl.runs import (
     RunRecord,
 )
 
-MODEL_FILE = "model.npz"
 PUBLISHED_DIR = "published"
-METADATA_FILE = "model.json"
 # Metrics averaged over institutions (weighted by test examples) into the federated figure
+
 FEDERATED_METRICS = (protocol.ACCURACY, protocol.AUC, protocol.BRIER, protocol.ECE, protocol.LOSS)
 
 
@@ -234,7 +237,7 @@ def publish(
     buffer = io.BytesIO()
     arrays: dict[str, Any] = dict(state)
     np.savez(buffer, **arrays)
-    (out / MODEL_FILE).write_bytes(buffer.getvalue())
+    (out / ARTIFACT_FILE).write_bytes(buffer.getvalue())
     encryption = None
     if config.get("encryption") == "ckks":
         from countyfl.privacy.he.keys import DEFAULT_PARAMETERS, fingerprint, load_secret_context
@@ -254,9 +257,16 @@ def publish(
         "rounds": len(history.rounds),
         **summarise_history(history),
         "encryption": encryption,
-        "artifact": {"path": MODEL_FILE, "sha256": sha256_of(out / MODEL_FILE)},
+        "artifact": {"path": ARTIFACT_FILE, "sha256": sha256_of(out / ARTIFACT_FILE)},
         "created_at": datetime.now(UTC).isoformat(),
         "features": input_transform(config["scenario"]),
     }
-    (out / METADATA_FILE).write_text(json.dumps(metadata, indent=1), encoding="utf-8")
+    # One definition of model.json: the registry's reader checks what this writes.
+    try:
+        published = PublishedModel.model_validate(metadata)
+    except ValidationError as error:
+        problems = describe_validation_error(error, whole="model.json")
+        raise PublishError(f"{run_dir} cannot be published as it is: {problems}") from None
+    text = json.dumps(published.model_dump(mode="json"), indent=1)
+    (out / METADATA_FILE).write_text(text, encoding="utf-8")
     return metadata

@@ -9,9 +9,7 @@ from hypothesis import HealthCheck, settings
 
 # Hypothesis's "too slow" health check and per-example deadline are timings: on a shared
 # 2-core machine they fail at random, and timings are never asserted in this suite.
-settings.register_profile(
-    "countyfl", deadline=None, suppress_health_check=[HealthCheck.too_slow]
-)
+settings.register_profile("countyfl", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("countyfl")
 
 

@@ -19,7 +19,7 @@ from countyfl.audit.signing_keys import load_private_key, load_public_key
 from countyfl.audit.verification import VerificationResult
 from countyfl.files import make_private_directory, write_file
 from countyfl.settings import Settings
-from countyfl.storage import create_database_engine, upgrade
+from countyfl.storage import open_database
 
 
 @contextmanager
@@ -34,9 +34,8 @@ def open_audit_log(database_url: str | None = None) -> Iterator[AuditLog]:
         If the URL is not usable.
     """
     url = database_url or Settings().resolved_database_url()
-    engine = create_database_engine(url)
+    engine = open_database(url)
     try:
-        upgrade(engine)
         yield AuditLog(engine)
     finally:
         engine.dispose()

@@ -48,7 +48,7 @@ CA_CERT_FILE = "ca.pem"
 SERVER_KEY_FILE = "server.key"
 SERVER_CERT_FILE = "server.pem"
 NODES_DIR = "nodes"
-CERTS_MANIFEST_FILE = "certs.json"
+CERTS_RECORD_FILE = "certs.json"
 DEFAULT_HOSTS: tuple[str, ...] = ("127.0.0.1", "localhost")
 DEFAULT_SERVER_DAYS = 365
 DEFAULT_CA_DAYS = 3650
@@ -164,7 +164,7 @@ def _refuse_existing(paths: Sequence[Path], what_to_do: str) -> None:
 
 def read_manifest(directory: Path) -> dict[str, Any]:
     """The ``certs.json`` manifest of ``directory`` (empty if there is none yet)."""
-    path = directory / CERTS_MANIFEST_FILE
+    path = directory / CERTS_RECORD_FILE
     if not path.is_file():
         return {}
     try:
@@ -183,7 +183,7 @@ def read_manifest(directory: Path) -> dict[str, Any]:
 def _updating_manifest(directory: Path) -> Iterator[dict[str, Any]]:
     manifest = read_manifest(directory)
     yield manifest
-    path = directory / CERTS_MANIFEST_FILE
+    path = directory / CERTS_RECORD_FILE
     temporary = path.with_suffix(".json.tmp")
     temporary.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     temporary.replace(path)
@@ -232,7 +232,7 @@ def init_certificates(
     _refuse_existing(list(paths.values()), "Use another --out folder.")
     if "ca" in read_manifest(out_dir):
         raise CertificateExistsError(
-            f"{out_dir / CERTS_MANIFEST_FILE} already records a CA; certificates are never "
+            f"{out_dir / CERTS_RECORD_FILE} already records a CA; certificates are never "
             "overwritten. Use another --out folder."
         )
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -394,7 +394,7 @@ def add_node(out_dir: Path, name: str, *, now: datetime | None = None) -> NodeKe
     )
     if name in read_manifest(out_dir).get("nodes", {}):
         raise CertificateExistsError(
-            f"{out_dir / CERTS_MANIFEST_FILE} already lists node {name!r}; choose another "
+            f"{out_dir / CERTS_RECORD_FILE} already lists node {name!r}; choose another "
             "name, or remove its entry and files if you really mean to replace its keys"
         )
     nodes.mkdir(parents=True, exist_ok=True)

@@ -1,85 +1,183 @@
-"""Model registry: versions with lineage and promotion gates, users, roles and permissions."""
+"""Model registry: versions with lineage and promotion gates, users, roles and permissions.
 
-from countyfl.registry.audit_sink import LOGIN, AuditSink, Outcome, TransactionalAuditSink
-from countyfl.registry.errors import (
-    AlreadyExistsError,
-    ArtifactIntegrityError,
-    AuthenticationError,
-    BootstrapError,
-    EvaluationDataError,
-    InactivePrincipalError,
-    InvalidInputError,
-    NotFoundError,
-    PermissionDeniedError,
-    PublishedModelError,
-    RegistryError,
-    StageChangeRefusedError,
-    UnsafeModelError,
-    UserStateError,
-)
-from countyfl.registry.evaluation import (
-    EvaluationData,
-    evaluation_data,
-    read_evaluation_csv,
-)
-from countyfl.registry.permissions import (
-    PERMISSIONS,
-    Action,
-    authorize,
-    is_allowed,
-    permission_matrix_text,
-    roles_allowed,
-)
-from countyfl.registry.principals import pseudonym
-from countyfl.registry.published import read_published, register_published
-from countyfl.registry.roles import PRIVILEGED_ROLES, Principal, Role
-from countyfl.registry.schemas import (
-    MAX_VERSION,
-    ApiTokenPublic,
-    EvaluationPublic,
-    FeatureTransform,
-    InstitutionPrivacy,
-    IssuedToken,
-    ModelMetrics,
-    ModelVersionCreate,
-    ModelVersionPublic,
-    ProductionPointer,
-    Stage,
-    StageTransitionPublic,
-    ThresholdPublic,
-    UserPublic,
-)
-from countyfl.registry.users import (
-    add_user,
-    approve_api_token,
-    approve_user,
-    authenticate_password,
-    authenticate_token,
-    bootstrap_admin,
-    count_users,
-    create_api_token,
-    disable_user,
-    enable_user,
-    list_api_tokens,
-    list_users,
-    revoke_api_token,
-    set_password,
-    set_role,
-)
-from countyfl.registry.versions import (
-    archive,
-    get_production,
-    get_version,
-    list_thresholds,
-    list_versions,
-    load_artifact,
-    production_pointer,
-    promote,
-    read_artifact,
-    register_candidate,
-    register_version,
-    set_threshold,
-)
+Names are imported from their modules on first use (PEP 562), so that a command which
+needs only users and roles does not pay for what model versions need (numpy, torch).
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from countyfl.registry.audit_sink import LOGIN, AuditSink, Outcome, TransactionalAuditSink
+    from countyfl.registry.errors import (
+        AlreadyExistsError,
+        ArtifactIntegrityError,
+        AuthenticationError,
+        BootstrapError,
+        EvaluationDataError,
+        InactivePrincipalError,
+        InvalidInputError,
+        NotFoundError,
+        PermissionDeniedError,
+        PublishedModelError,
+        RegistryError,
+        StageChangeRefusedError,
+        UnsafeModelError,
+        UserStateError,
+    )
+    from countyfl.registry.evaluation import (
+        EvaluationData,
+        evaluation_data,
+        read_evaluation_csv,
+    )
+    from countyfl.registry.permissions import (
+        PERMISSIONS,
+        Action,
+        authorize,
+        is_allowed,
+        permission_matrix_text,
+        roles_allowed,
+    )
+    from countyfl.registry.principals import pseudonym
+    from countyfl.registry.published import read_published, register_published
+    from countyfl.registry.roles import PRIVILEGED_ROLES, Principal, Role
+    from countyfl.registry.schemas import (
+        MAX_VERSION,
+        ApiTokenPublic,
+        EvaluationPublic,
+        FeatureTransform,
+        InstitutionPrivacy,
+        IssuedToken,
+        ModelMetrics,
+        ModelVersionCreate,
+        ModelVersionPublic,
+        ProductionPointer,
+        Stage,
+        StageTransitionPublic,
+        ThresholdPublic,
+        UserPublic,
+    )
+    from countyfl.registry.users import (
+        add_user,
+        approve_api_token,
+        approve_user,
+        authenticate_password,
+        authenticate_token,
+        bootstrap_admin,
+        count_users,
+        create_api_token,
+        disable_user,
+        enable_user,
+        list_api_tokens,
+        list_users,
+        revoke_api_token,
+        set_password,
+        set_role,
+    )
+    from countyfl.registry.versions import (
+        archive,
+        get_production,
+        get_version,
+        list_thresholds,
+        list_versions,
+        load_artifact,
+        production_pointer,
+        promote,
+        read_artifact,
+        register_candidate,
+        register_version,
+        set_threshold,
+    )
+
+_EXPORTS: dict[str, str] = {
+    "Action": "countyfl.registry.permissions",
+    "AlreadyExistsError": "countyfl.registry.errors",
+    "ApiTokenPublic": "countyfl.registry.schemas",
+    "ArtifactIntegrityError": "countyfl.registry.errors",
+    "AuditSink": "countyfl.registry.audit_sink",
+    "AuthenticationError": "countyfl.registry.errors",
+    "BootstrapError": "countyfl.registry.errors",
+    "EvaluationData": "countyfl.registry.evaluation",
+    "EvaluationDataError": "countyfl.registry.errors",
+    "EvaluationPublic": "countyfl.registry.schemas",
+    "FeatureTransform": "countyfl.registry.schemas",
+    "InactivePrincipalError": "countyfl.registry.errors",
+    "InstitutionPrivacy": "countyfl.registry.schemas",
+    "InvalidInputError": "countyfl.registry.errors",
+    "IssuedToken": "countyfl.registry.schemas",
+    "LOGIN": "countyfl.registry.audit_sink",
+    "MAX_VERSION": "countyfl.registry.schemas",
+    "ModelMetrics": "countyfl.registry.schemas",
+    "ModelVersionCreate": "countyfl.registry.schemas",
+    "ModelVersionPublic": "countyfl.registry.schemas",
+    "NotFoundError": "countyfl.registry.errors",
+    "Outcome": "countyfl.registry.audit_sink",
+    "PERMISSIONS": "countyfl.registry.permissions",
+    "PRIVILEGED_ROLES": "countyfl.registry.roles",
+    "PermissionDeniedError": "countyfl.registry.errors",
+    "Principal": "countyfl.registry.roles",
+    "ProductionPointer": "countyfl.registry.schemas",
+    "PublishedModelError": "countyfl.registry.errors",
+    "RegistryError": "countyfl.registry.errors",
+    "Role": "countyfl.registry.roles",
+    "Stage": "countyfl.registry.schemas",
+    "StageChangeRefusedError": "countyfl.registry.errors",
+    "StageTransitionPublic": "countyfl.registry.schemas",
+    "ThresholdPublic": "countyfl.registry.schemas",
+    "TransactionalAuditSink": "countyfl.registry.audit_sink",
+    "UnsafeModelError": "countyfl.registry.errors",
+    "UserPublic": "countyfl.registry.schemas",
+    "UserStateError": "countyfl.registry.errors",
+    "add_user": "countyfl.registry.users",
+    "approve_api_token": "countyfl.registry.users",
+    "approve_user": "countyfl.registry.users",
+    "archive": "countyfl.registry.versions",
+    "authenticate_password": "countyfl.registry.users",
+    "authenticate_token": "countyfl.registry.users",
+    "authorize": "countyfl.registry.permissions",
+    "bootstrap_admin": "countyfl.registry.users",
+    "count_users": "countyfl.registry.users",
+    "create_api_token": "countyfl.registry.users",
+    "disable_user": "countyfl.registry.users",
+    "enable_user": "countyfl.registry.users",
+    "evaluation_data": "countyfl.registry.evaluation",
+    "get_production": "countyfl.registry.versions",
+    "get_version": "countyfl.registry.versions",
+    "is_allowed": "countyfl.registry.permissions",
+    "list_api_tokens": "countyfl.registry.users",
+    "list_thresholds": "countyfl.registry.versions",
+    "list_users": "countyfl.registry.users",
+    "list_versions": "countyfl.registry.versions",
+    "load_artifact": "countyfl.registry.versions",
+    "permission_matrix_text": "countyfl.registry.permissions",
+    "production_pointer": "countyfl.registry.versions",
+    "promote": "countyfl.registry.versions",
+    "pseudonym": "countyfl.registry.principals",
+    "read_artifact": "countyfl.registry.versions",
+    "read_evaluation_csv": "countyfl.registry.evaluation",
+    "read_published": "countyfl.registry.published",
+    "register_candidate": "countyfl.registry.versions",
+    "register_published": "countyfl.registry.published",
+    "register_version": "countyfl.registry.versions",
+    "revoke_api_token": "countyfl.registry.users",
+    "roles_allowed": "countyfl.registry.permissions",
+    "set_password": "countyfl.registry.users",
+    "set_role": "countyfl.registry.users",
+    "set_threshold": "countyfl.registry.versions",
+}
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module = _EXPORTS[name]
+    except KeyError:
+        raise AttributeError(f"module 'countyfl.registry' has no attribute {name!r}") from None
+    value = getattr(import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "LOGIN",

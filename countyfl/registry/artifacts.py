@@ -28,13 +28,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
-import numpy as np
-import numpy.typing as npt
-
 from countyfl.registry.errors import ArtifactIntegrityError, InvalidInputError, UnsafeModelError
 from countyfl.registry.schemas import FeatureTransform
 
 if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
     from torch import nn
 
 MAX_ARTIFACT_BYTES = 256 * 1024 * 1024
@@ -44,7 +43,7 @@ MAX_ABS_VALUE = 1e6
 PROBE_Z = (0.0, 3.0, -3.0)
 """Standardised inputs every feature is probed at: the mean, and three scales either side."""
 
-State = dict[str, npt.NDArray[Any]]
+State = dict[str, "npt.NDArray[Any]"]
 
 
 def artifact_path(location: str) -> Path:
@@ -139,6 +138,8 @@ def parse_state(data: bytes, where: str) -> State:
     ArtifactIntegrityError
         If the bytes are not a numpy ``.npz`` archive of plain arrays.
     """
+    import numpy as np
+
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as archive:
             return {key: archive[key] for key in archive.files}
@@ -167,6 +168,8 @@ def inspect_state(
     UnsafeModelError
         Naming the array or the check that failed.
     """
+    import numpy as np
+
     if not state:
         raise UnsafeModelError(f"{label}: the artifact holds no arrays")
     for key, array in state.items():
@@ -209,6 +212,7 @@ def build_module(
     UnsafeModelError
         If the architecture is unknown or the weights do not fit it.
     """
+    import numpy as np
     import torch
 
     from countyfl import models

@@ -24,10 +24,7 @@ import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import numpy as np
-import numpy.typing as npt
+from typing import TYPE_CHECKING, Any
 
 from countyfl.registry.errors import EvaluationDataError, UnsafeModelError
 from countyfl.registry.schemas import FeatureTransform
@@ -40,6 +37,10 @@ MAX_FILE_BYTES = 64 * 1024 * 1024
 GATED_METRICS = ("accuracy", "auc")
 """Metrics a promotion threshold may name: measured here, higher is better."""
 MEASURED_METRICS = ("accuracy", "auc", "brier", "ece")
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,8 @@ def _checked(
     labels: npt.NDArray[np.float64],
     source: str,
 ) -> None:
+    import numpy as np
+
     if len(set(names)) != len(names):
         raise EvaluationDataError(f"{source}: a column is named twice")
     rows = labels.size
@@ -124,6 +127,8 @@ def evaluation_data(
         If the shapes disagree, a label is not 0 or 1, a value is not finite, or there are
         too few rows or too few of a class.
     """
+    import numpy as np
+
     x = np.asarray(features, dtype=np.float64)
     y = np.asarray(labels, dtype=np.float64)
     columns = tuple(str(name) for name in names)
@@ -160,6 +165,8 @@ def read_evaluation_csv(path: Path) -> EvaluationData:
         If the file cannot be read, is too large, or a row, column or value is not usable
         (the message names the file, row and column).
     """
+    import numpy as np
+
     source = str(path)
     try:
         size = path.stat().st_size
@@ -235,6 +242,8 @@ def measure(
         If the weights do not fit the architecture, or the model answers a non-finite
         probability for a held-out row.
     """
+    import numpy as np
+
     from countyfl.registry.artifacts import build_module, probabilities
     from countyfl.training.metrics import classification_metrics
 

@@ -53,9 +53,9 @@ from countyfl.registry.schemas import (
 )
 from countyfl.registry.versions import describe_validation_error, register_version
 
-MANIFEST_FILE = "model.json"
+METADATA_FILE = "model.json"
 ARTIFACT_FILE = "model.npz"
-MAX_MANIFEST_BYTES = 1024 * 1024
+MAX_METADATA_BYTES = 1024 * 1024
 """A model.json is a few kilobytes; anything near this is not one."""
 
 
@@ -94,7 +94,7 @@ def read_published(folder: Path) -> tuple[PublishedModel, Path]:
     Returns
     -------
     tuple
-        The validated manifest and the absolute path of the artifact inside ``folder``.
+        The validated metadata and the absolute path of the artifact inside ``folder``.
 
     Raises
     ------
@@ -104,49 +104,49 @@ def read_published(folder: Path) -> tuple[PublishedModel, Path]:
         inside the folder (a path that leaves it, or a symbolic link anywhere on the way).
     """
     folder = Path(folder).expanduser().resolve()
-    manifest = folder / MANIFEST_FILE
+    metadata_path = folder / METADATA_FILE
     if not folder.is_dir():
         raise PublishedModelError(
             f"{folder} is not a folder; give the folder written by `countyfl model publish`"
         )
     try:
-        if manifest.is_symlink():
+        if metadata_path.is_symlink():
             raise PublishedModelError(
-                f"{manifest} is a symbolic link; a published folder holds its own model.json"
+                f"{metadata_path} is a symbolic link; a published folder holds its own model.json"
             )
-        with manifest.open("rb") as handle:
-            data = handle.read(MAX_MANIFEST_BYTES + 1)
-        if len(data) > MAX_MANIFEST_BYTES:
+        with metadata_path.open("rb") as handle:
+            data = handle.read(MAX_METADATA_BYTES + 1)
+        if len(data) > MAX_METADATA_BYTES:
             raise PublishedModelError(
-                f"{manifest} is larger than {MAX_MANIFEST_BYTES} bytes; it is not a model.json "
-                "written by `countyfl model publish`"
+                f"{metadata_path} is larger than {MAX_METADATA_BYTES} bytes; it is not a "
+                "model.json written by `countyfl model publish`"
             )
         raw = json.loads(data.decode("utf-8"))
     except FileNotFoundError:
         raise PublishedModelError(
-            f"{manifest} does not exist; {folder} is not a published model folder "
+            f"{metadata_path} does not exist; {folder} is not a published model folder "
             "(run `countyfl model publish` to write one)"
         ) from None
     except OSError as error:
-        raise PublishedModelError(f"{manifest} cannot be read ({error.strerror})") from None
+        raise PublishedModelError(f"{metadata_path} cannot be read ({error.strerror})") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise PublishedModelError(f"{manifest} is not valid JSON: {error}") from None
+        raise PublishedModelError(f"{metadata_path} is not valid JSON: {error}") from None
     except RecursionError:
         raise PublishedModelError(
-            f"{manifest} nests its JSON too deeply; it is not a model.json written by "
+            f"{metadata_path} nests its JSON too deeply; it is not a model.json written by "
             "`countyfl model publish`"
         ) from None
     try:
         published = PublishedModel.model_validate(raw)
     except ValidationError as error:
         raise PublishedModelError(
-            f"{manifest}: {describe_validation_error(error)}; fix the file or publish the "
+            f"{metadata_path}: {describe_validation_error(error)}; fix the file or publish the "
             "model again"
         ) from None
     relative = PurePosixPath(published.artifact.path)
     if relative.is_absolute() or ".." in relative.parts:
         raise PublishedModelError(
-            f"{manifest}: field 'artifact.path' is {published.artifact.path!r}; it must be a "
+            f"{metadata_path}: field 'artifact.path' is {published.artifact.path!r}; it must be a "
             f"path inside the folder, e.g. {ARTIFACT_FILE!r}"
         )
     artifact = folder.joinpath(*relative.parts)
@@ -157,11 +157,13 @@ def read_published(folder: Path) -> tuple[PublishedModel, Path]:
         step = step / part
         if step.is_symlink():
             raise PublishedModelError(
-                f"{manifest}: the artifact path {published.artifact.path!r} goes through the "
+                f"{metadata_path}: the artifact path {published.artifact.path!r} goes through the "
                 f"symbolic link {step}; the artifact must be a file inside {folder}, not a link"
             )
     if artifact.resolve().parent != folder and folder not in artifact.resolve().parents:
-        raise PublishedModelError(f"{manifest}: the artifact {artifact} is not inside {folder}")
+        raise PublishedModelError(
+            f"{metadata_path}: the artifact {artifact} is not inside {folder}"
+        )
     return published, artifact
 
 
@@ -213,7 +215,7 @@ def register_published(
         )
     except ValidationError as error:
         raise PublishedModelError(
-            f"{Path(folder) / MANIFEST_FILE}: {describe_validation_error(error)}; fix the file "
+            f"{Path(folder) / METADATA_FILE}: {describe_validation_error(error)}; fix the file "
             "or publish the model again"
         ) from None
     return register_version(engine, candidate, principal=principal, audit=audit)

@@ -29,9 +29,8 @@ import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy.typing as npt
 from pydantic import TypeAdapter, ValidationError
 from sqlalchemy import Engine, Select, func, select
 from sqlalchemy.exc import IntegrityError
@@ -89,6 +88,9 @@ logger = logging.getLogger(__name__)
 _REGISTER_ATTEMPTS = 5
 MIN_THRESHOLD = 0.5
 """The least a threshold may ask for: accuracy and AUC of 0.5 are what chance achieves."""
+
+if TYPE_CHECKING:
+    import numpy.typing as npt
 
 
 def version_target(name: str, version: int | None = None) -> str:

@@ -16,7 +16,7 @@ from countyfl.serving.model_cache import ModelCache
 from countyfl.serving.referral import DoctorDirectory, ReferralRules, load_directory, load_rules
 from countyfl.serving.throttle import LoginThrottle
 from countyfl.settings import ServingSettings
-from countyfl.storage import create_database_engine, upgrade
+from countyfl.storage import open_database
 
 logger = logging.getLogger(__name__)
 
@@ -119,9 +119,8 @@ class ServingState:
         if key_path is None and default_signing_key_path(settings).exists():
             key_path = default_signing_key_path(settings)
         checkpoint_key = None if key_path is None else load_private_key(key_path)
-        engine = create_database_engine(settings.resolved_database_url(), hide_parameters=True)
+        engine = open_database(settings.resolved_database_url())
         try:
-            upgrade(engine)
             log = AuditLog(engine)
             checkpointer = None
             if checkpoint_key is None:

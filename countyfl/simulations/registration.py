@@ -30,13 +30,10 @@ def register_published_runs(
     from countyfl.audit import AuditLog
     from countyfl.registry import authenticate_token
     from countyfl.settings import Settings
-    from countyfl.storage import create_database_engine, upgrade
+    from countyfl.storage import open_database
 
-    engine = create_database_engine(
-        database_url or Settings().resolved_database_url(), hide_parameters=True
-    )
+    engine = open_database(database_url or Settings().resolved_database_url())
     try:
-        upgrade(engine)
         audit = AuditLog(engine)
         principal = authenticate_token(engine, token, audit=audit)
         return [

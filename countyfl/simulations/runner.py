@@ -18,7 +18,8 @@ from countyfl.data import FederatedDataset
 from countyfl.data.quarantine import write_quarantine
 from countyfl.errors import ConfigError, SimulationError
 from countyfl.privacy.membership_inference import membership_inference_auc
-from countyfl.publishing import MODEL_FILE, PUBLISHED_DIR, publish
+from countyfl.publishing import PUBLISHED_DIR, publish
+from countyfl.registry.published import ARTIFACT_FILE
 from countyfl.run_config import EncryptionName, RunConfig, parse_run_config
 from countyfl.runs import HISTORY_FILE, FederationHistory
 from countyfl.scenarios import Scenario
@@ -137,7 +138,7 @@ def load_final_model(config: RunConfig, num_features: int) -> torch.nn.Module:
     secret = Path(config.he_secret_context) if config.encryption is EncryptionName.CKKS else None
     publish(folder, folder / PUBLISHED_DIR, secret_context_path=secret)
     model = models.build(config.model, num_features)
-    with np.load(folder / PUBLISHED_DIR / MODEL_FILE) as arrays:
+    with np.load(folder / PUBLISHED_DIR / ARTIFACT_FILE) as arrays:
         model.load_state_dict({k: torch.from_numpy(arrays[k]) for k in arrays.files})
     return model
 

@@ -4,8 +4,16 @@ from countyfl.storage.database import (
     Base,
     api_role_statements,
     create_database_engine,
+    open_database,
     session_factory,
     upgrade,
 )
 
-__all__ = ["Base", "api_role_statements", "create_database_engine", "session_factory", "upgrade"]
+__all__ = [
+    "Base",
+    "api_role_statements",
+    "create_database_engine",
+    "open_database",
+    "session_factory",
+    "upgrade",
+]

@@ -20,7 +20,7 @@ from audit_testing import (
 from typer.testing import CliRunner
 
 from countyfl.audit import AuditLog
-from countyfl.audit.cli import app
+from countyfl.cli.audit import audit_app as app
 
 runner = CliRunner()
 
@@ -31,7 +31,7 @@ def logged_in_auditor(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     apart, against real users, in test_audit_cli_permissions.py."""
     checked: list[str] = []
     monkeypatch.setattr(
-        "countyfl.audit.cli._require",
+        "countyfl.cli.audit._require",
         lambda database_url, token, user, action: checked.append(action),
     )
     return checked

@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from countyfl.audit import AuditLog
-from countyfl.audit.cli import app
+from countyfl.cli.audit import audit_app as app
 from countyfl.registry import Principal, Role, add_user, bootstrap_admin, create_api_token
 from countyfl.storage import create_database_engine, upgrade
 

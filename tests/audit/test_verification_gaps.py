@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from typer.testing import CliRunner
 
 from countyfl.audit import AuditLog, AutoCheckpointer, ProblemKind
-from countyfl.audit.cli import app
+from countyfl.cli.audit import audit_app as app
 
 runner = CliRunner()
 
@@ -26,7 +26,7 @@ runner = CliRunner()
 def logged_in_auditor(monkeypatch: pytest.MonkeyPatch) -> None:
     # Who may verify is tested in test_audit_cli_permissions.py; logins would add entries.
     monkeypatch.setattr(
-        "countyfl.audit.cli._require", lambda database_url, token, user, action: None
+        "countyfl.cli.audit._require", lambda database_url, token, user, action: None
     )
 
 

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
 from countyfl.deployment.certs import (
-    CERTS_MANIFEST_FILE,
+    CERTS_RECORD_FILE,
     CertificateError,
     CertificateExistsError,
     CertificateSet,
@@ -76,7 +76,7 @@ def test_init_writes_pem_files_private_keys_0600_and_a_manifest(certs: Certifica
     key = serialization.load_pem_private_key(certs.server_private_key.read_bytes(), None)
     assert key.public_key() == server.public_key()
 
-    text = (certs.directory / CERTS_MANIFEST_FILE).read_text(encoding="utf-8")
+    text = (certs.directory / CERTS_RECORD_FILE).read_text(encoding="utf-8")
     assert "PRIVATE KEY" not in text and "BEGIN" not in text
     manifest = json.loads(text)
     assert manifest["ca"]["sha256"] == certs.ca_fingerprint
@@ -172,7 +172,7 @@ def test_init_never_overwrites(tmp_path: Path) -> None:
     with pytest.raises(CertificateExistsError, match="never overwritten"):
         init_certificates(tmp_path)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
-    assert first.ca_fingerprint in before[CERTS_MANIFEST_FILE].decode()
+    assert first.ca_fingerprint in before[CERTS_RECORD_FILE].decode()
 
 
 def test_hosts_become_ip_and_dns_subject_alt_names(tmp_path: Path) -> None:
@@ -220,7 +220,7 @@ def test_node_keys_load_with_flowers_own_loaders(tmp_path: Path) -> None:
     assert verify_signature(registered, message, sign_message(private_key, message))
     assert load_node_private_key(node.private_key).public_key() == public_key
 
-    manifest = json.loads((tmp_path / CERTS_MANIFEST_FILE).read_text(encoding="utf-8"))
+    manifest = json.loads((tmp_path / CERTS_RECORD_FILE).read_text(encoding="utf-8"))
     assert manifest["nodes"]["township-3"]["fingerprint"] == node.fingerprint
     assert "PRIVATE" not in json.dumps(manifest)
 
@@ -277,7 +277,7 @@ def test_add_node_never_overwrites_and_checks_the_name(tmp_path: Path) -> None:
     assert node.private_key.read_bytes() == before
     # Node keys may come before the CA; the CA then joins the same manifest.
     init_certificates(tmp_path)
-    manifest = json.loads((tmp_path / CERTS_MANIFEST_FILE).read_text(encoding="utf-8"))
+    manifest = json.loads((tmp_path / CERTS_RECORD_FILE).read_text(encoding="utf-8"))
     assert set(manifest) >= {"ca", "server", "nodes"} and "hungary" in manifest["nodes"]
     for bad in ("Hungary", "-x", "a/b", "", "x" * 65):
         with pytest.raises(ConfigError, match="not a slug"):

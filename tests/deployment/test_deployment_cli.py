@@ -11,7 +11,7 @@ import typer
 from click.testing import Result
 from typer.testing import CliRunner
 
-from countyfl.deployment.cli import certs_app, node_app, task_app
+from countyfl.cli.deployment import certs_app, node_app, task_app
 from countyfl.deployment.site import load_site
 from countyfl.deployment.tasks import manifest_for, manifest_hash, read_task_file
 from countyfl.privacy.ledger import PrivacyLedger
@@ -148,11 +148,11 @@ def test_node_approve_then_check_the_task(make_site: MakeSite, tmp_path: Path) -
     digest = manifest_hash(read_task_file(task))
 
     result = _run("node", "check", "--site", str(site_path), "--task", str(task))
-    assert result.exit_code == 3
+    assert result.exit_code == 1
     assert "not approved" in result.output
 
     declined = _run("node", "approve", "--site", str(site_path), "--task", str(task), input="n\n")
-    assert declined.exit_code == 3
+    assert declined.exit_code == 1
     assert load_site(site_path).approved_tasks == ()
 
     result = _run(
@@ -165,7 +165,7 @@ def test_node_approve_then_check_the_task(make_site: MakeSite, tmp_path: Path) -
     assert site.approved_tasks[0].approved_by == "Dr Li"
 
     again = _run("node", "approve", "--site", str(site_path), "--task", str(task), "--yes")
-    assert again.exit_code == 3
+    assert again.exit_code == 1
     assert "already approves" in again.output
 
     result = _run("node", "check", "--site", str(site_path), "--task", str(task))

@@ -9,8 +9,10 @@ from click.testing import Result
 from registry_support import RecordingSink, heldout, publish_folder
 from typer.testing import CliRunner
 
-from countyfl.registry import PERMISSIONS, PRIVILEGED_ROLES, Action, Role, cli
-from countyfl.registry.cli import ExitCode, registry_app, users_app
+from countyfl.cli import common
+from countyfl.cli.common import ExitCode
+from countyfl.cli.registry import registry_app, users_app
+from countyfl.registry import PERMISSIONS, PRIVILEGED_ROLES, Action, Role
 from countyfl.registry.evaluation import to_csv
 
 PASSWORD = "correct horse battery staple"
@@ -91,7 +93,7 @@ class Cli:
 
 @pytest.fixture
 def cli_runner(db_url: str, sink: RecordingSink, monkeypatch: pytest.MonkeyPatch) -> Cli:
-    monkeypatch.setattr(cli, "open_audit_sink", lambda engine: sink)
+    monkeypatch.setattr(common, "open_audit_sink", lambda engine: sink)
     return Cli(db_url, sink)
 
 

