@@ -14,12 +14,12 @@ import logging
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Protocol, runtime_checkable
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
+from countyfl.audit.chain import Outcome as Outcome  # re-exported: how an audited action ended
 from countyfl.errors import CountyflError
 from countyfl.registry.roles import Principal
 from countyfl.storage.database import session_factory
@@ -30,19 +30,11 @@ LOGIN = "login"
 """Audit action of every authentication attempt (password or API token)."""
 
 
-class Outcome(StrEnum):
-    """How an audited registry action ended (the values of ``countyfl.audit``'s outcomes)."""
-
-    OK = "ok"
-    REFUSED = "refused"
-    FAILED = "failed"
-
-
 class AuditSink(Protocol):
     """Where the registry records who did what.
 
     ``countyfl.audit.AuditLog`` is the production sink. The registry depends only on this
-    protocol so that it never imports the audit package and tests can pass a recorder.
+    protocol so that it never depends on the audit log's storage and tests can pass a recorder.
     ``append`` raises (``AuditWriteError`` for the real log) when it cannot write; the
     registry lets that error through and does not make the change.
     """
