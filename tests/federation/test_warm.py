@@ -1,0 +1,78 @@
+"""The template process: every task a fresh fork, a task that raises or dies leaves it serving.
+
+Real processes, with a light template (no torch) so that the tests take a second.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from countyfl.federation.warm import Template, WarmProcessError
+
+HERE = "tests.federation.warm_tasks"
+
+
+@pytest.fixture
+def template() -> Iterator[Template]:
+    started = Template(None, imports=(HERE,))
+    try:
+        started.wait_ready(timeout=60)
+        yield started
+    finally:
+        started.close()
+
+
+def _wait_for(path: Path, timeout: float = 30) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.is_file() and path.read_text().endswith("\n"):
+            return path.read_text().strip()
+        time.sleep(0.05)
+    raise AssertionError(f"{path} was not written")
+
+
+def test_a_task_that_raises_leaves_nothing_to_the_next(template: Template, tmp_path: Path) -> None:
+    # The first task changes module state, then raises.
+    first = template.fork(f"{HERE}:pollute_then_raise", {"out": str(tmp_path / "first")})
+    assert _wait_for(tmp_path / "first") == "polluted"
+    second = template.fork(f"{HERE}:report_state", {"out": str(tmp_path / "second")})
+    state = _wait_for(tmp_path / "second")
+    assert second != first
+    pid, ppid, polluted = state.split()
+    assert int(pid) == second and int(ppid) == template.process.pid
+    assert polluted == "clean"  # the first task's change died with its process
+    assert template.alive()
+
+
+def test_a_task_killed_by_a_signal_does_not_take_the_template_down(
+    template: Template, tmp_path: Path
+) -> None:
+    template.fork(f"{HERE}:die", {"number": int(signal.SIGKILL)})
+    time.sleep(0.5)
+    assert template.alive()
+    later = template.fork(f"{HERE}:report_state", {"out": str(tmp_path / "later")})
+    assert _wait_for(tmp_path / "later").split()[0] == str(later)
+
+
+def test_the_pipes_to_the_template_are_not_a_task_s(template: Template, tmp_path: Path) -> None:
+    pid = template.fork(f"{HERE}:open_descriptors", {"out": str(tmp_path / "fds")})
+    descriptors = {int(d) for d in _wait_for(tmp_path / "fds").split()}
+    assert pid > 0
+    # stdin, stdout, stderr, and the one the listing itself used: no request or reply pipe.
+    assert descriptors <= {0, 1, 2, 3}, descriptors
+
+
+def test_a_dead_template_is_reported(tmp_path: Path) -> None:
+    started = Template(None, imports=(HERE,))
+    started.wait_ready(timeout=60)
+    os.kill(started.process.pid, signal.SIGKILL)
+    started.process.wait()
+    with pytest.raises(WarmProcessError, match="template process"):
+        started.fork(f"{HERE}:report_state", {"out": str(tmp_path / "never")})
+    started.close()
