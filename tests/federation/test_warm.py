@@ -6,6 +6,7 @@ Real processes, with a light template (no torch) so that the tests take a second
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import time
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from countyfl.deployment.processes import supervise
 from countyfl.federation.warm import Template, WarmProcessError
 
 HERE = "tests.federation.warm_tasks"
@@ -76,3 +78,29 @@ def test_a_dead_template_is_reported(tmp_path: Path) -> None:
     with pytest.raises(WarmProcessError, match="template process"):
         started.fork(f"{HERE}:report_state", {"out": str(tmp_path / "never")})
     started.close()
+
+
+def test_a_fab_whose_countyfl_differs_is_imported_from_the_fab(
+    template: Template, tmp_path: Path
+) -> None:
+    import countyfl
+
+    installed = Path(countyfl.__file__).parent
+    same = tmp_path / "same"
+    shutil.copytree(installed, same / "countyfl", ignore=shutil.ignore_patterns("__pycache__"))
+    template.fork(f"{HERE}:fab_sources", {"app_dir": str(same), "out": str(tmp_path / "a")})
+    assert _wait_for(tmp_path / "a") == "False True"  # the warm modules serve the task
+    changed = tmp_path / "changed"
+    shutil.copytree(same, changed)
+    (changed / "countyfl" / "naming.py").write_text("# another version\n", encoding="utf-8")
+    template.fork(f"{HERE}:fab_sources", {"app_dir": str(changed), "out": str(tmp_path / "b")})
+    assert _wait_for(tmp_path / "b") == "True False"  # the FAB's countyfl will be imported
+
+
+def test_the_node_stops_both_daemons_when_one_ends(tmp_path: Path) -> None:
+    mark = tmp_path / "stopped"
+    # The second daemon would run for good; it writes the mark when it is terminated.
+    sleeper = f'sleep 100000 & child=$!; trap "kill $child; echo terminated > {mark}" TERM; wait'
+    code = supervise([["sh", "-c", "sleep 1; exit 7"], ["sh", "-c", sleeper]], dict(os.environ))
+    assert code == 7  # the first daemon's exit code is the node's
+    assert mark.read_text().strip() == "terminated"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 from pathlib import Path
 
 STATE = {"polluted": False}
@@ -30,3 +31,11 @@ def die(number: int) -> None:
 
 def open_descriptors(out: str) -> None:
     _write(out, " ".join(sorted(os.listdir("/proc/self/fd"), key=int)))
+
+
+def fab_sources(app_dir: str, out: str) -> None:
+    from countyfl.federation import warm
+
+    warm.remember_installed_sources()
+    dropped = warm.use_app_sources(Path(app_dir))
+    _write(out, f"{dropped} {'countyfl.federation.warm' in sys.modules}")
