@@ -231,12 +231,12 @@ class Template:
         deadline = time.monotonic() + timeout
         while b"\n" not in self._buffer:
             left = deadline - time.monotonic()
-            if left <= 0:
+            ready, _, _ = select.select([self._replies], [], [], max(0.0, min(left, 0.5)))
+            if not ready and left <= 0:
                 raise WarmProcessError(
                     f"the template process {self.process.pid} did not answer in {timeout:.0f} s "
                     f"(exit code {self.process.poll()}); see the node's log"
                 )
-            ready, _, _ = select.select([self._replies], [], [], min(left, 0.5))
             if ready:
                 chunk = os.read(self._replies, 65536)
                 if not chunk:
@@ -255,9 +255,19 @@ class Template:
             self.ready_seconds = float(self._line(timeout)["ready"])
         return self.ready_seconds
 
-    def fork(self, target: str, kwargs: Mapping[str, Any], timeout: float = 30.0) -> int:
-        """Start ``target(**kwargs)`` in a fresh fork of the template; its pid."""
-        self.wait_ready()
+    def fork(
+        self,
+        target: str,
+        kwargs: Mapping[str, Any],
+        timeout: float = 30.0,
+        ready_timeout: float = TEMPLATE_START_TIMEOUT,
+    ) -> int:
+        """Start ``target(**kwargs)`` in a fresh fork of the template; its pid.
+
+        WarmProcessError if the template is not ready within ``ready_timeout`` seconds,
+        is gone, or does not answer within ``timeout``.
+        """
+        self.wait_ready(ready_timeout)
         self._counter += 1
         label = str(self._counter)
         request = {"id": label, "target": target, "kwargs": dict(kwargs)}
@@ -407,6 +417,7 @@ class WarmExecutor:
                     "root_certificates_path": spec.root_certificates_path,
                     "parent_pid": spec.parent_pid,
                 },
+                ready_timeout=0.0,  # a template still importing: this task starts cold
             )
         except WarmProcessError as error:
             print(f"countyfl: {error}; starting this task cold", file=sys.stderr, flush=True)

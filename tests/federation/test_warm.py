@@ -11,11 +11,12 @@ import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from countyfl.deployment.processes import supervise
-from countyfl.federation.warm import Template, WarmProcessError
+from countyfl.federation.warm import Template, WarmExecutor, WarmProcessError
 
 HERE = "tests.federation.warm_tasks"
 
@@ -104,3 +105,44 @@ def test_the_node_stops_both_daemons_when_one_ends(tmp_path: Path) -> None:
     code = supervise([["sh", "-c", "sleep 1; exit 7"], ["sh", "-c", sleeper]], dict(os.environ))
     assert code == 7  # the first daemon's exit code is the node's
     assert mark.read_text().strip() == "terminated"
+
+
+class _Cold:
+    """Stands in for Flower's SubprocessExecutor: records what it was asked to start."""
+
+    def __init__(self) -> None:
+        self.launched: list[Any] = []
+
+    def launch(self, spec: Any) -> Any:
+        from flwr.supercore.superexec.executor import LaunchResult
+
+        self.launched.append(spec)
+        return LaunchResult.accepted()
+
+
+def test_tasks_start_cold_while_the_template_is_still_importing() -> None:
+    from flwr.supercore.constant import TaskType
+    from flwr.supercore.superexec.executor import ExecutionSpec, LaunchResultStatus
+
+    executor = WarmExecutor(None, imports=("tests.federation.warm_slow_import",))
+    cold = _Cold()
+    executor._cold = cold  # type: ignore[assignment]
+    spec = ExecutionSpec(
+        task_type=TaskType.CLIENT_APP,
+        runtime_api_address="127.0.0.1:9",
+        token="token",
+        insecure=True,
+        root_certificates_path=None,
+        runtime_dependency_install=False,
+        parent_pid=None,
+        suppress_output=True,
+        task_id=1,
+    )
+    try:
+        result = executor.launch(spec)
+        assert result.status is LaunchResultStatus.ACCEPTED
+        assert cold.launched == [spec]  # not left waiting for the template
+        assert (executor.warm_launches, executor.cold_launches) == (0, 1)
+    finally:
+        executor.template.process.kill()
+        executor.close()
