@@ -16,6 +16,7 @@ LAYERS = (
     "naming",
     "terminal",
     "files",
+    "lifetime",
     "protocol",
     "settings",
     "data",

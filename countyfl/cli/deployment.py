@@ -345,12 +345,30 @@ def node_start(
     site: Annotated[Path, typer.Option("--site", help="the institution's site.toml")],
     superlink: Annotated[str, typer.Option(help="HOST:PORT of the county's SuperLink")],
     port: Annotated[int, typer.Option(help="this node's local runtime API port")] = 9094,
+    warm: Annotated[
+        bool,
+        typer.Option(
+            "--warm/--cold",
+            help="answer messages from this node's warm processes (default), or start a "
+            "fresh Flower process per message (slower; for comparison)",
+        ),
+    ] = True,
 ) -> None:
-    """Run this institution's SuperNode in the foreground (TLS, its auth key, its site.toml)."""
+    """Run this institution's node in the foreground (TLS, its auth key, its site.toml).
+
+    The SuperNode, and countyfl's SuperExec that answers its messages from a pre-imported
+    template process, run until either ends or the command is stopped.
+    """
     import os
 
-    from countyfl.deployment.processes import flower_environment, supernode_command
+    from countyfl.deployment.processes import (
+        flower_environment,
+        superexec_command,
+        supernode_command,
+        supervise,
+    )
     from countyfl.deployment.site import load_site
+    from countyfl.privacy.he.cache import clear
 
     try:
         config = load_site(site)
@@ -367,9 +385,22 @@ def node_start(
         private_key=Path(config.keys.node_private_key),
         superlink=superlink,
         port=port,
+        warm=warm,
     )
     stderr().print(f"{config.name} ({config.institution_id}) joins {superlink}")
-    os.execvpe(command[0], command, flower_environment())
+    if not warm:
+        os.execvpe(command[0], command, flower_environment())
+    # Decrypted aggregates of runs this node saw before are of no use now: start clean,
+    # and leave nothing when the node stops.
+    clear(Path(config.state_dir))
+    try:
+        code = supervise(
+            [command, superexec_command(site, port=port, parent_pid=os.getpid())],
+            flower_environment(),
+        )
+    finally:
+        clear(Path(config.state_dir))
+    raise typer.Exit(code=code)
 
 
 run_app = typer.Typer(add_completion=False)

@@ -69,6 +69,7 @@ class LocalCounty:
     """Paths and processes of a county running on this machine."""
 
     root: Path
+    warm: bool = True  # nodes answer from warm processes (False: a process per message)
     address: str = ""
     sites: dict[str, Path] = field(default_factory=dict)
     nodes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
@@ -184,6 +185,7 @@ class LocalCounty:
                 self.address,
                 "--port",
                 str(free_port()),
+                "--warm" if self.warm else "--cold",
             ),
             self.root / f"node-{label}.log",
         )

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from countyfl.errors import CountyflError
+from countyfl.lifetime import die_with_parent
 
 CONNECTION = "county"
 DEFAULT_PORT = 8000
@@ -115,8 +117,15 @@ def supernode_command(
     private_key: Path,
     superlink: str,
     port: int = DEFAULT_NODE_PORT,
+    warm: bool = True,
 ) -> list[str]:
-    """``flower-supernode`` for one site: TLS, its auth key and its site.toml as node config."""
+    """``flower-supernode`` for one site: TLS, its auth key and its site.toml as node config.
+
+    ``warm``: ``--isolation process``, so that our SuperExec (:func:`superexec_command`)
+    starts its ClientApp tasks; otherwise Flower's own SuperExec starts a fresh
+    ``flwr-clientapp`` process per message.
+    """
+    isolation = ["--isolation", "process"] if warm else []
     return [
         "flower-supernode",
         "--superlink",
@@ -129,7 +138,67 @@ def supernode_command(
         f'site-config="{site_file.resolve()}"',
         "--port",
         str(port),
+        *isolation,
     ]
+
+
+def superexec_command(site_file: Path, *, port: int, parent_pid: int) -> list[str]:
+    """countyfl's SuperExec for a node (``countyfl.federation.warm``): warm ClientApp tasks."""
+    return [
+        sys.executable,
+        "-m",
+        "countyfl.federation.warm",
+        "superexec",
+        "--runtime-api-address",
+        f"127.0.0.1:{port}",
+        "--site",
+        str(site_file.resolve()),
+        "--parent-pid",
+        str(parent_pid),
+    ]
+
+
+def supervise(commands: Sequence[Sequence[str]], env: Mapping[str, str]) -> int:
+    """Run the node's daemons until one ends or we are told to stop; its exit code.
+
+    ``countyfl node start`` runs the SuperNode and countyfl's SuperExec this way, so that
+    a site still runs one command: when either daemon ends (a refused node key, a crash)
+    the other is stopped and the command exits with the first one's code; SIGTERM or
+    SIGINT stops both. Each daemon dies with this process, even if it is SIGKILLed.
+    """
+    stop: list[int] = []
+
+    def _stop(number: int, _frame: Any) -> None:
+        stop.append(number)
+
+    previous = {n: signal.signal(n, _stop) for n in (signal.SIGTERM, signal.SIGINT)}
+    children = [
+        subprocess.Popen(list(command), env=dict(env), preexec_fn=die_with_parent)
+        for command in commands
+    ]
+    code = 0
+    try:
+        while not stop:
+            ended = [c for c in children if c.poll() is not None]
+            if ended:
+                code = ended[0].returncode
+                break
+            time.sleep(0.5)
+        else:
+            code = 128 + stop[0]
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.terminate()
+        for child in children:
+            try:
+                child.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+    return code
 
 
 def _flwr(state_dir: Path, *args: str, timeout: float = 120) -> Any:

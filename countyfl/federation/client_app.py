@@ -22,7 +22,8 @@ from countyfl.errors import ConfigError, CountyflError
 from countyfl.federation.records import arrays_of, load_arrays, model_to_arrays, server_round_of
 from countyfl.federation.release_guard import release_guard_mod
 from countyfl.privacy.budget import BudgetExceededError, train_within_budget
-from countyfl.privacy.he.codec import decrypt_average, encrypt_update
+from countyfl.privacy.he.cache import DecryptionCache
+from countyfl.privacy.he.codec import AverageStore, decrypt_average, encrypt_update
 from countyfl.privacy.he.keys import load_secret_context
 from countyfl.privacy.he.wire import arrays_to_update, is_encrypted, update_to_arrays
 from countyfl.privacy.ledger import LEDGER_FILE, Budget, PrivacyLedger
@@ -47,6 +48,11 @@ class Site:
     budget: Budget
     secret_context: str
     config_file: Path | None = None
+    state_dir: Path | None = None
+
+    def decryption_cache(self, run_id: int) -> DecryptionCache | None:
+        """A deployed site's aggregates decrypted by any process of its node."""
+        return DecryptionCache(self.state_dir, run_id) if self.state_dir is not None else None
 
 
 def deployed_partition_id(institution_id: str) -> int:
@@ -54,10 +60,39 @@ def deployed_partition_id(institution_id: str) -> int:
     return zlib.crc32(institution_id.encode()) & 0x7FFFFFFF
 
 
-@lru_cache(maxsize=2)
+# site.toml path -> (its file state, the site, its data's key, the data). A node's
+# template process loads them once for all its tasks (countyfl.federation.warm); a file
+# that changed since (an approval appended to site.toml, a new export) is read again.
+_SITES: dict[str, tuple[tuple[int, ...], SiteConfig, tuple[Any, ...], InstitutionData]] = {}
+
+
+def _file_state(path: Path) -> tuple[int, ...]:
+    try:
+        info = path.stat()
+    except OSError:
+        return ()
+    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+
+
 def _deployed_site(path: str) -> tuple[SiteConfig, InstitutionData]:
-    site = load_site(Path(path))
-    return site, load_site_data(site).institution
+    site_file = Path(path)
+    state = _file_state(site_file)
+    cached = _SITES.get(path)
+    site = cached[1] if cached is not None and state and cached[0] == state else None
+    if site is None:
+        site = load_site(site_file)
+    data_key = (str(site.data.path), _file_state(site.data.path), site.data.model_dump_json())
+    if cached is not None and data_key[1] and cached[2] == data_key:
+        institution = cached[3]
+    else:
+        institution = load_site_data(site).institution
+    _SITES[path] = (state, site, data_key, institution)
+    return site, institution
+
+
+def warm_site(path: str) -> None:
+    """Load a deployed site's configuration and data now (a node's template process)."""
+    _deployed_site(str(Path(path).resolve()))
 
 
 def resolve_site(config: RunConfig, context: Context) -> Site:
@@ -73,6 +108,7 @@ def resolve_site(config: RunConfig, context: Context) -> Site:
             budget=Budget(site.privacy.budget_epsilon, site.privacy.delta),
             secret_context=str(secret) if secret else "",
             config_file=Path(str(site_file)),
+            state_dir=Path(site.state_dir),
         )
     partition_id = int(str(context.node_config[protocol.PARTITION_ID]))
     dataset = scenarios.load(config.scenario, config.data_path, config.partition_seed)
@@ -147,11 +183,16 @@ def _secret_context(path: str) -> Any:
 
 
 def receive_model(
-    model: torch.nn.Module, content: RecordDict, config: RunConfig, secret_context: str = ""
+    model: torch.nn.Module,
+    content: RecordDict,
+    config: RunConfig,
+    secret_context: str = "",
+    store: AverageStore | None = None,
 ) -> None:
     """Load the global model a task carries: plaintext, or Enc(sum n w) decrypted here.
 
-    ``secret_context`` is the site's key file (default: the run config's, in simulation).
+    ``secret_context`` is the site's key file (default: the run config's, in simulation);
+    ``store`` the site's decryption cache (deployment: one decryption per round and site).
     """
     arrays = arrays_of(content)
     if not is_encrypted(arrays):
@@ -162,7 +203,7 @@ def receive_model(
     shapes = [tuple(t.shape) for t in model.state_dict().values()]
     update = arrays_to_update(arrays)
     secret = _secret_context(_secret_path(config, secret_context))
-    set_weights(model, decrypt_average(update, secret, shapes))
+    set_weights(model, decrypt_average(update, secret, shapes, store))
 
 
 def _secret_path(config: RunConfig, secret_context: str) -> str:
@@ -216,7 +257,8 @@ def make_client_app(config: RunConfig | None = None) -> ClientApp:
         partition_id, institution = site.partition_id, site.institution
         server_round = server_round_of(msg.content)
         model = _empty_model(cfg, institution.x_train.shape[1])
-        receive_model(model, msg.content, cfg, site.secret_context)
+        cache = site.decryption_cache(context.run_id)
+        receive_model(model, msg.content, cfg, site.secret_context, cache)
         values: dict[str, Any] = {protocol.PARTITION_ID: partition_id}
         if cfg.dp:
             try:
@@ -284,8 +326,11 @@ def make_client_app(config: RunConfig | None = None) -> ClientApp:
         site = resolve_site(cfg, context)
         partition_id, institution = site.partition_id, site.institution
         model = _empty_model(cfg, institution.x_test.shape[1])
-        receive_model(model, msg.content, cfg, site.secret_context)
+        cache = site.decryption_cache(context.run_id)
+        receive_model(model, msg.content, cfg, site.secret_context, cache)
         result = evaluate(model, institution.x_test, institution.y_test)
+        if cache is not None and server_round_of(msg.content) >= cfg.num_server_rounds:
+            cache.clear_run()  # the run's last message: its decrypted models go
         metrics = MetricRecord(
             {
                 protocol.NUM_EXAMPLES: institution.num_test,

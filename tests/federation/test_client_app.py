@@ -377,3 +377,35 @@ def test_countyfl_run_refuses_seeded_randomness(tmp_path: Path) -> None:
     )
     assert result.exit_code == 2
     assert "reproducible simulations" in result.output
+
+
+def test_a_warm_process_sees_a_site_toml_changed_since_it_loaded_it(tmp_path: Path) -> None:
+    # A node's template loads site.toml and the export once; an approval appended later
+    # (and a new export) must count for the next task all the same.
+    from countyfl.deployment import approve_task
+    from countyfl.deployment.site import render_site_toml
+    from countyfl.deployment.site_data import export_hospital_csv
+    from countyfl.deployment.tasks import manifest_for
+    from countyfl.federation.client_app import _deployed_site, warm_site
+
+    export_hospital_csv("Switzerland", tmp_path / "export.csv")
+    site = tmp_path / "site.toml"
+    site.write_text(
+        render_site_toml(
+            institution_id="switzerland",
+            name="Switzerland",
+            level="county",
+            data_path="export.csv",
+            budget_epsilon=8.0,
+            delta=1e-3,
+        ),
+        encoding="utf-8",
+    )
+    warm_site(str(site))
+    loaded, data = _deployed_site(str(site.resolve()))
+    assert loaded.approved_tasks == ()
+    assert _deployed_site(str(site.resolve()))[1] is data  # unchanged files: not read again
+    approve_task(site, manifest_for(_config(tmp_path)), approved_by="site-lead")
+    assert len(_deployed_site(str(site.resolve()))[0].approved_tasks) == 1
+    export_hospital_csv("Cleveland", tmp_path / "export.csv")
+    assert _deployed_site(str(site.resolve()))[1].num_train > data.num_train

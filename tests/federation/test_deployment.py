@@ -4,7 +4,8 @@ TLS and SuperNode authentication, running Fed-Heart-Disease under DP and CKKS.
 The first run has every site approve and afford the task. The second shows the faults on
 the same county: a site that did not approve the task refuses it, a site whose budget the
 first run used up refuses it, a site whose node is killed mid-round is left out, and the
-run finishes with the remaining site. A node with an unregistered key is refused.
+run finishes with the remaining site. A node with an unregistered key is refused. A task
+that raises inside a node's warm process leaves the node serving the next one cleanly.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from countyfl.deployment import (
 from countyfl.deployment.local_county import LocalCounty, task_manifest, wait_for
 from countyfl.deployment.processes import online_nodes
 from countyfl.federation.client_app import deployed_partition_id
+from countyfl.privacy.he.cache import CACHE_DIR
 from countyfl.privacy.he.keys import SECRET_CONTEXT_FILE
 from countyfl.privacy.ledger import LEDGER_FILE, PrivacyLedger
 from countyfl.privacy.modes import AccountantName, Mechanism
@@ -184,3 +186,55 @@ def test_a_node_with_an_unregistered_key_is_refused(county: LocalCounty, tmp_pat
         raise AssertionError("a node with an unregistered key was not refused") from None
     assert code != 0
     assert len(online_nodes(county.state)) <= 4
+
+
+# A task both sites approve, run twice: once with Cleveland's key file gone, once after.
+THIRD_RUN = {**SECOND_RUN, "local-steps": 3}
+
+
+def _template_starts(county: LocalCounty, institution: str) -> int:
+    log = (county.root / f"node-{institution}.log").read_text(errors="replace")
+    return log.count("] ready after ")
+
+
+def test_a_task_that_raises_in_a_warm_process_leaves_the_node_serving(
+    county: LocalCounty,
+) -> None:
+    third = task_manifest(THIRD_RUN, county.keys)
+    for institution in ("cleveland", "switzerland"):
+        approve_task(county.sites[institution], third, approved_by="site-lead")
+    site_file = county.sites["cleveland"]
+    good = site_file.read_text()
+    key = str(load_site(site_file).keys.he_secret_context)
+    assert key in good
+    node = county.nodes["cleveland"]
+    starts = _template_starts(county, "cleveland")
+    assert starts == 1  # the node's template started once, when the node did
+    # The node's template loaded site.toml when it started; each task sees the file as it
+    # is now: without its key file, Cleveland's task raises inside the ClientApp.
+    site_file.write_text(good.replace(key, str(site_file.parent / "missing-key.ckks")))
+    try:
+        done = county.run(THIRD_RUN, county.root / "run-3")
+    finally:
+        site_file.write_text(good)
+    assert done.returncode == 0, done.stdout + done.stderr
+    record = _history(county.root / "run-3")["1"]
+    trained = {_names({"1": record})[p] for p in record["train"]}
+    assert trained == {"switzerland"}, (trained, record["failures"])
+    failures = " | ".join(record["failures"])
+    assert "missing-key.ckks does not exist" in failures, failures
+    # The node, and its template, survived the failed task; the next task runs cleanly.
+    assert node.poll() is None
+    done = county.run(THIRD_RUN, county.root / "run-4")
+    assert done.returncode == 0, done.stdout + done.stderr
+    history = _history(county.root / "run-4")
+    record = history["1"]
+    trained = {_names(history)[p] for p in record["train"]}
+    assert trained == {"cleveland", "switzerland"}, (trained, record["failures"])
+    assert not any("missing-key" in failure for failure in record["failures"])
+    assert node.poll() is None
+    assert _template_starts(county, "cleveland") == starts
+    # Every decrypted aggregate went when its run ended.
+    for institution in ("cleveland", "switzerland"):
+        cache = Path(load_site(county.sites[institution]).state_dir) / CACHE_DIR
+        assert not list(cache.glob("*.npy")), list(cache.iterdir())

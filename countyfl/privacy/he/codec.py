@@ -34,7 +34,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import tenseal as ts
@@ -400,10 +400,26 @@ def _digest(update: EncryptedUpdate) -> bytes:
     return digest.digest()
 
 
+class AverageStore(Protocol):
+    """Decrypted averages kept beyond this process (``he.cache.DecryptionCache``)."""
+
+    def get(self, digest: bytes, num_values: int) -> np.ndarray | None: ...
+
+    def put(self, digest: bytes, average: np.ndarray) -> None: ...
+
+
 def decrypt_average(
-    update: EncryptedUpdate, secret_context: Any, shapes: Sequence[tuple[int, ...]]
+    update: EncryptedUpdate,
+    secret_context: Any,
+    shapes: Sequence[tuple[int, ...]],
+    store: AverageStore | None = None,
 ) -> list[np.ndarray]:
-    """Decrypt Enc(sum n_i w_i) and divide by sum n_i: the FedAvg model, as arrays."""
+    """Decrypt Enc(sum n_i w_i) and divide by sum n_i: the FedAvg model, as arrays.
+
+    An aggregate already decrypted in this process, or found in ``store`` (the site's
+    cache shared by its node's processes), is not decrypted again; a fresh decryption is
+    put into ``store``.
+    """
     if update.key_fingerprint != fingerprint(secret_context):
         raise CodecError("this aggregate was encrypted under another key (fingerprint differs)")
     if update.num_examples <= 0:
@@ -423,7 +439,11 @@ def decrypt_average(
         if average is not None:
             _DECRYPTED.move_to_end(key)
     if average is None:
-        average = _decrypt(update, secret_context) / update.num_examples
+        average = store.get(key, update.num_values) if store is not None else None
+        if average is None:
+            average = _decrypt(update, secret_context) / update.num_examples
+            if store is not None:
+                store.put(key, average)
         average.setflags(write=False)
         with _DECRYPTED_LOCK:
             _DECRYPTED[key] = average
