@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import random
 from datetime import UTC, datetime
 from functools import partial
@@ -56,13 +57,15 @@ def build_strategy(
     than ``min-contributors`` institutions is discarded and recorded.
     """
     history = FederationHistory()
-    minimum = min(config.min_contributors, num_institutions)
+    # Flower asks max(fraction x connected, min_*_nodes) nodes, counting the connected ones
+    # when a round starts, which can be none yet under the simulation engine: the minimums
+    # come from the expected number of institutions.
+    to_train = max(config.min_contributors, math.ceil(config.fraction_train * num_institutions))
     common: dict[str, Any] = {
         "fraction_train": config.fraction_train,
         "fraction_evaluate": config.fraction_evaluate,
-        # Flower asks max(fraction x connected, min_*_nodes) nodes.
-        "min_train_nodes": minimum,
-        "min_evaluate_nodes": 1,
+        "min_train_nodes": min(to_train, num_institutions),
+        "min_evaluate_nodes": max(1, math.ceil(config.fraction_evaluate * num_institutions)),
         # Under the simulation engine get_node_ids() can be empty at start: wait for all.
         "min_available_nodes": num_institutions,
     }

@@ -325,3 +325,22 @@ def test_a_village_that_drops_out_mid_run_is_recorded_and_the_run_completes(
         else:
             assert village not in record.evaluate and lost
     assert history.institution_names()[village].startswith("village-")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "train", "evaluate"),
+    [
+        ({}, 16, 16),
+        ({"fraction-train": 0.5, "fraction-evaluate": 0.25}, 8, 4),
+        ({"fraction-train": 0.05, "min-contributors": 3}, 3, 16),
+    ],
+)
+def test_the_minimum_asked_follows_the_fractions_of_the_expected_institutions(
+    tmp_path: Path, overrides: dict[str, Any], train: int, evaluate: int
+) -> None:
+    # Under the simulation engine no node may be connected when a round starts; Flower
+    # then asks only min_*_nodes, so they must hold the expected share.
+    strategy = build_strategy(_config(tmp_path, **overrides), 16, 14).strategy
+    assert isinstance(strategy, FedAvg)
+    assert (strategy.min_train_nodes, strategy.min_evaluate_nodes) == (train, evaluate)
+    assert strategy.min_available_nodes == 16
