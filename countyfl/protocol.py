@@ -10,6 +10,8 @@ METRICS = "metrics"
 # A ConfigRecord in every reply naming the institution (a name is not a metric)
 SITE = "site"
 INSTITUTION_ID = "institution-id"
+# ... and the township it belongs to, where the scenario knows it (the county's levels)
+TOWNSHIP = "township"
 
 # Node config of a deployed SuperNode: the path of its site.toml
 SITE_CONFIG = "site-config"

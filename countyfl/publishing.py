@@ -32,7 +32,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from countyfl import models, protocol, scenarios
-from countyfl.errors import CountyflError, describe_validation_error
+from countyfl.errors import CountyflError, UnknownNameError, describe_validation_error
 
 # The published folder's file names are defined once, by the registry that reads it.
 from countyfl.registry.published import ARTIFACT_FILE, METADATA_FILE, PublishedModel
@@ -207,10 +207,15 @@ def input_transform(scenario: str) -> dict[str, Any]:
                 fed_heart_disease.REFERENCE_SCALE[f][1] for f in fed_heart_disease.FEATURE_NAMES
             ],
         }
-    raise PublishError(
-        f"no input transform is known for scenario {scenario!r}; a model of it cannot be "
-        "published for serving (known: fed-heart-disease, framingham-county)"
-    )
+    # Any other registered scenario declares its transform itself (the county scenarios:
+    # Framingham's schema and reference constants).
+    try:
+        return scenarios.get(scenario).input_transform()
+    except UnknownNameError:
+        raise PublishError(
+            f"no input transform is known for scenario {scenario!r}; a model of it cannot be "
+            f"published for serving (known: {', '.join(scenarios.names())})"
+        ) from None
 
 
 def publish(

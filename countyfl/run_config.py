@@ -87,6 +87,14 @@ class RunConfig(BaseModel):
     # Nodes that must be connected before a round starts; 0: all of the scenario's
     # institutions. In a deployment, lower it so that a lost node does not stall the run.
     min_nodes: int = Field(default=0, ge=0, le=10_000)
+    # The fewest institutions an aggregate may hold to be decrypted or used: one of fewer
+    # is discarded and recorded (an aggregate of one IS that institution's update, and
+    # every key holder could read it). Part of the task manifest sites approve.
+    min_contributors: int = Field(default=2, ge=1, le=10_000)
+    # Partial participation: the share of connected institutions asked to train (and to
+    # evaluate) each round, sampled by the server (at least min-contributors of them).
+    fraction_train: float = Field(default=1.0, gt=0, le=1)
+    fraction_evaluate: float = Field(default=1.0, gt=0, le=1)
 
     @field_validator("scenario")
     @classmethod

@@ -59,3 +59,12 @@ def test_a_plaintext_run_publishes_with_its_sha256(tmp_path: Path) -> None:
 
     written = (folder / "published" / "model.npz").read_bytes()
     assert metadata["artifact"]["sha256"] == hashlib.sha256(written).hexdigest()
+
+
+def test_a_county_models_transform_is_framinghams_and_an_unknown_scenario_is_named() -> None:
+    from countyfl.publishing import PublishError, input_transform
+
+    assert input_transform("county") == input_transform("framingham-county")
+    assert input_transform("county-16")["schema"] == "framingham"
+    with pytest.raises(PublishError, match="known: fed-heart-disease, framingham-county, county"):
+        input_transform("no-such-county")

@@ -96,6 +96,21 @@ def simulate(
         Path | None,
         typer.Option("--keys", help="folder from `countyfl keys init` (default: new keys)"),
     ] = None,
+    min_contributors: Annotated[
+        int | None,
+        typer.Option(
+            help="fewest institutions an aggregate may hold to be decrypted or used (default 2)",
+            min=1,
+        ),
+    ] = None,
+    fraction_train: Annotated[
+        float | None,
+        typer.Option(help="share of the institutions asked to train each round", min=0, max=1),
+    ] = None,
+    fraction_evaluate: Annotated[
+        float | None,
+        typer.Option(help="share of the institutions asked to evaluate each round", min=0, max=1),
+    ] = None,
     baselines: Annotated[bool, typer.Option(help="also train local-only and pooled")] = True,
     register: Annotated[
         bool,
@@ -152,6 +167,9 @@ def simulate(
             "count-noise": count_noise,
             "dp-randomness": dp_randomness,
             "encryption": encryption,
+            "min-contributors": min_contributors,
+            "fraction-train": fraction_train,
+            "fraction-evaluate": fraction_evaluate,
         }.items()
         if value is not None
     }

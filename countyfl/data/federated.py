@@ -32,6 +32,8 @@ class InstitutionData:
     y_train: FloatArray
     x_test: FloatArray
     y_test: FloatArray
+    township: str = ""
+    """The township the institution belongs to (synthetic counties; empty where unknown)."""
 
     @property
     def num_train(self) -> int:

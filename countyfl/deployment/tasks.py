@@ -52,7 +52,8 @@ from countyfl.run_config import (
 )
 from countyfl.training.plan import OptimizerName
 
-MANIFEST_VERSION: Final = 1
+# 2: min-contributors (issue 16); a version-1 manifest must be written and approved anew.
+MANIFEST_VERSION: Final = 2
 # Run-config fields a manifest leaves out, and why. Every other field is in the manifest
 # (tests/deployment check that this list and the manifest cover RunConfig exactly).
 EXCLUDED_RUN_CONFIG_FIELDS: Mapping[str, str] = {
@@ -66,6 +67,9 @@ EXCLUDED_RUN_CONFIG_FIELDS: Mapping[str, str] = {
     "he_secret_context": "a site uses the CKKS context its own site.toml names",
     "he_public_context": "the aggregator's key file; the key fingerprint is checked per reply",
     "min_nodes": "how many institutions the server waits for; not what a site computes or sends",
+    "fraction_train": "which institutions the server asks each round; a site calibrates its "
+    "noise for every round, so taking part in fewer rounds spends less, never more",
+    "fraction_evaluate": "which institutions the server asks to evaluate; not what a site sends",
 }
 
 
@@ -108,7 +112,7 @@ class TaskManifest(BaseModel):
         frozen=True, extra="forbid", alias_generator=kebab_case, populate_by_name=True
     )
 
-    manifest_version: Literal[1] = MANIFEST_VERSION
+    manifest_version: Literal[2] = MANIFEST_VERSION
     model: str
     scenario: str = Field(min_length=1, max_length=64)
     data_schema: str = Field(alias="schema", min_length=1, max_length=64)
@@ -122,6 +126,9 @@ class TaskManifest(BaseModel):
     momentum: float = Field(ge=0)
     weight_decay: float = Field(ge=0)
     proximal_mu: float = Field(ge=0)
+    min_contributors: int = Field(
+        ge=1, description="the fewest institutions an aggregate may hold to be decrypted or used"
+    )
     differential_privacy: DifferentialPrivacyTerms | None
     encryption: EncryptionName
     leaves_site: tuple[str, ...]
@@ -185,6 +192,7 @@ def manifest_for(config: RunConfig) -> TaskManifest:
         weight_decay=config.weight_decay,
         # FedAvg ignores proximal-mu (RunConfig.training_plan): it does not change the task.
         proximal_mu=config.proximal_mu if config.strategy is StrategyName.FEDPROX else 0.0,
+        min_contributors=config.min_contributors,
         differential_privacy=privacy,
         encryption=config.encryption,
         leaves_site=leaves_site(config.encryption, privacy),

@@ -202,6 +202,13 @@ def receive_model(
         raise ConfigError("the task carries an encrypted model but this run has no CKKS keys")
     shapes = [tuple(t.shape) for t in model.state_dict().values()]
     update = arrays_to_update(arrays)
+    if update.contributors < config.min_contributors:
+        # The county node never sends one (it discards such aggregates); a site that
+        # approved the minimum does not decrypt one either.
+        raise ConfigError(
+            f"refusing to decrypt an aggregate of {update.contributors} institution(s): the "
+            f"task's minimum is {config.min_contributors} contributors"
+        )
     secret = _secret_context(_secret_path(config, secret_context))
     set_weights(model, decrypt_average(update, secret, shapes, store))
 
@@ -238,7 +245,10 @@ def _empty_model(config: RunConfig, num_features: int) -> torch.nn.Module:
 
 
 def _site_record(institution: InstitutionData) -> ConfigRecord:
-    return ConfigRecord({protocol.INSTITUTION_ID: institution.institution_id})
+    record = ConfigRecord({protocol.INSTITUTION_ID: institution.institution_id})
+    if institution.township:
+        record[protocol.TOWNSHIP] = institution.township
+    return record
 
 
 def make_client_app(config: RunConfig | None = None) -> ClientApp:

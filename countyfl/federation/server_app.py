@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import math
+import random
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -21,6 +23,7 @@ from countyfl.federation.strategies.encrypted import EncryptedFedAvg, EncryptedF
 from countyfl.federation.strategies.recording import (
     RecordingStrategy,
     RoundCallback,
+    record_discard,
     record_rejection,
 )
 from countyfl.privacy.he.wire import is_encrypted
@@ -48,14 +51,21 @@ def build_strategy(
     """The strategy the config names, wrapped to record every reply.
 
     Plaintext: Flower's own FedAvg or FedProx; CKKS: their encrypted versions, which hold
-    the public context only. Every institution takes part in every round.
+    the public context only and add along the county's levels. Each round the server asks
+    ``fraction-train`` of the institutions to train (every one by default, at least
+    ``min-contributors``) and ``fraction-evaluate`` to evaluate; an aggregate of fewer
+    than ``min-contributors`` institutions is discarded and recorded.
     """
     history = FederationHistory()
+    # Flower asks max(fraction x connected, min_*_nodes) nodes, counting the connected ones
+    # when a round starts, which can be none yet under the simulation engine: the minimums
+    # come from the expected number of institutions.
+    to_train = max(config.min_contributors, math.ceil(config.fraction_train * num_institutions))
     common: dict[str, Any] = {
-        "fraction_train": 1.0,
-        "fraction_evaluate": 1.0,
-        "min_train_nodes": num_institutions,
-        "min_evaluate_nodes": num_institutions,
+        "fraction_train": config.fraction_train,
+        "fraction_evaluate": config.fraction_evaluate,
+        "min_train_nodes": min(to_train, num_institutions),
+        "min_evaluate_nodes": max(1, math.ceil(config.fraction_evaluate * num_institutions)),
         # Under the simulation engine get_node_ids() can be empty at start: wait for all.
         "min_available_nodes": num_institutions,
     }
@@ -65,6 +75,8 @@ def build_strategy(
             "public_context_path": Path(config.he_public_context),
             "num_values": num_values,
             "on_reject": partial(record_rejection, history),
+            "min_contributors": config.min_contributors,
+            "on_discard": partial(record_discard, history),
             **common,
         }
         if config.strategy is StrategyName.FEDPROX:
@@ -75,7 +87,7 @@ def build_strategy(
         inner = FedProx(proximal_mu=config.proximal_mu, **common)
     else:
         inner = FedAvg(**common)
-    return RecordingStrategy(inner, history, on_round_end)
+    return RecordingStrategy(inner, history, on_round_end, config.min_contributors)
 
 
 def run_federation(
@@ -90,6 +102,7 @@ def run_federation(
     num_features, num_institutions = scenario.num_features, scenario.num_institutions
     num_institutions = config.min_nodes or num_institutions
     torch.manual_seed(config.seed)
+    random.seed(config.seed)  # Flower samples the institutions of a round with `random`
     initial = models.build(config.model, num_features)
     num_values = sum(int(t.numel()) for t in initial.state_dict().values())
     strategy = build_strategy(config, num_institutions, num_values, on_round_end)

@@ -172,6 +172,14 @@ def inventory(*, encrypted: bool, dp: bool) -> tuple[ReleasedField, ...]:
             ReleasedField(
                 phase, protocol.SITE, protocol.INSTITUTION_ID, Protection.PUBLIC, identity
             ),
+            ReleasedField(
+                phase,
+                protocol.SITE,
+                protocol.TOWNSHIP,
+                Protection.PUBLIC,
+                "the township the institution belongs to, part of the county's public "
+                "layout (the level its encrypted update is added at); no patient data",
+            ),
         ]
     held_out = (
         "computed on the site's held-out test rows, which DP-SGD never reads; released by "

@@ -78,6 +78,10 @@ _REGISTRY: dict[str, Scenario] = {}
 _BUILT_IN = {
     "fed-heart-disease": "countyfl.scenarios.fed_heart_disease",
     "framingham-county": "countyfl.scenarios.framingham_county",
+    "county": "countyfl.scenarios.county",
+    "county-16": "countyfl.scenarios.county",
+    "county-64": "countyfl.scenarios.county",
+    "county-1024": "countyfl.scenarios.county",
 }
 
 

@@ -90,6 +90,7 @@ def summarize(result: SimulationResult) -> dict[str, Any]:
         for s in result.seeds
     }
     privacy = _privacy_summary(result, ids)
+    by_level = _by_level(result, methods, privacy)
     scenario = result.scenario
     config = result.config.to_run_config()
     config.pop("seed")
@@ -122,12 +123,69 @@ def summarize(result: SimulationResult) -> dict[str, Any]:
                 ],
             },
             "methods": methods,
+            "by-level": by_level,
             "privacy": privacy,
             "rounds": rounds,
             "wall-seconds-per-seed": {str(s.seed): s.wall_seconds for s in result.seeds},
             "reference": {"source": scenario.reference_source, "values": scenario.reference},
         }
     )
+    return summary
+
+
+def _by_level(
+    result: SimulationResult, methods: dict[str, Any], privacy: dict[str, Any]
+) -> dict[str, Any]:
+    """Per level (county, township, village): institutions, rows, the headline metric of the
+    federated and pooled models and of each institution's own local-only model on its own
+    test rows (mean over the level's institutions, then mean ± std over seeds), the mean
+    noise multiplier, and the share of the FedAvg weight (training rows) the level holds.
+    """
+    metric = result.scenario.headline_metric
+    levels: dict[str, list[Any]] = {}
+    for institution in result.dataset.institutions:
+        levels.setdefault(institution.level.value, []).append(institution)
+    total_train = sum(i.num_train for i in result.dataset.institutions) or 1
+    summary: dict[str, Any] = {}
+    for level, members in levels.items():
+        ids = [i.institution_id for i in members]
+
+        def level_mean(method: str, ids: list[str] = ids) -> dict[str, float]:
+            per_seed = methods.get(method, {}).get("per-seed", {})
+            return _stats(
+                [
+                    float(np.nanmean([s["per-institution"][i][metric] for i in ids]))
+                    for s in per_seed.values()
+                ]
+            )
+
+        own = [
+            float(
+                np.nanmean(
+                    [
+                        methods[f"local-{i}"]["per-seed"][seed]["per-institution"][i][metric]
+                        for i in ids
+                        if f"local-{i}" in methods
+                    ]
+                )
+            )
+            for seed in methods.get("federated", {}).get("per-seed", {})
+            if any(f"local-{i}" in methods for i in ids)
+        ]
+        noises = [
+            privacy["per-institution"][i]["noise-multiplier"]
+            for i in ids
+            if privacy["per-institution"][i]["noise-multiplier"] is not None
+        ]
+        summary[level] = {
+            "institutions": len(members),
+            "train-rows": sum(i.num_train for i in members),
+            "fedavg-weight-share": sum(i.num_train for i in members) / total_train,
+            "federated": level_mean("federated"),
+            "pooled": level_mean("pooled"),
+            "local-only-own": _stats(own),
+            "noise-multiplier": _stats(noises),
+        }
     return summary
 
 
@@ -289,6 +347,25 @@ def render_markdown(summary: dict[str, Any]) -> str:
             stats = _stats([v if v is not None else float("nan") for v in column])
             cells.append(_fmt(stats["mean"], stats["std"]))
         lines.append(f"| {institution['name']} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        f"## By level: {metric} on each institution's own test rows (mean of the level's "
+        "institutions; mean ± std over seeds)",
+        "",
+        "| level | institutions | train rows | FedAvg weight share | federated | pooled | "
+        "local-only (own model) | noise multiplier (mean ± std over institutions) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for level, entry in summary["by-level"].items():
+        lines.append(
+            f"| {level} | {entry['institutions']} | {entry['train-rows']} | "
+            f"{entry['fedavg-weight-share']:.2f} | "
+            + " | ".join(
+                _fmt(entry[k]["mean"], entry[k]["std"])
+                for k in ("federated", "pooled", "local-only-own", "noise-multiplier")
+            )
+            + " |"
+        )
     privacy = summary["privacy"]
     lines += ["", "## Privacy", ""]
     if privacy["enabled"]:

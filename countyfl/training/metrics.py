@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import numpy.typing as npt
-from sklearn.metrics import brier_score_loss, roc_auc_score
 
 from countyfl import protocol
 
@@ -33,6 +32,32 @@ def expected_calibration_error(
     return float(total)
 
 
+def area_under_roc(probabilities: ArrayLike, labels: ArrayLike) -> float:
+    """ROC AUC as the Mann-Whitney statistic with average ranks for ties (Hanley and
+    McNeil, Radiology 1982): the probability that a random positive scores above a random
+    negative, ties counting one half; scikit-learn's ``roc_auc_score`` to rounding (a
+    test compares them), without its input checks, which cost 10-15 ms per call, i.e.
+    per institution and round.
+    """
+    positive = labels >= 0.5
+    count_positive = int(positive.sum())
+    count_negative = labels.size - count_positive
+    order = np.argsort(probabilities, kind="mergesort")
+    ranks = np.empty(probabilities.size, dtype=np.float64)
+    ranks[order] = np.arange(1, probabilities.size + 1)
+    # Average ranks over ties.
+    sorted_values = probabilities[order]
+    starts = np.flatnonzero(np.r_[True, sorted_values[1:] != sorted_values[:-1]])
+    ends = np.r_[starts[1:], probabilities.size]
+    for start, end in zip(starts, ends, strict=True):
+        if end - start > 1:
+            ranks[order[start:end]] = (start + 1 + end) / 2
+    rank_sum = ranks[positive].sum()
+    return float(
+        (rank_sum - count_positive * (count_positive + 1) / 2) / (count_positive * count_negative)
+    )
+
+
 def classification_metrics(probabilities: ArrayLike, labels: ArrayLike) -> dict[str, float]:
     """Accuracy at 0.5, AUC (NaN when one class is absent), Brier score and ECE."""
     probabilities = np.asarray(probabilities, dtype=np.float64)
@@ -42,8 +67,8 @@ def classification_metrics(probabilities: ArrayLike, labels: ArrayLike) -> dict[
         protocol.ACCURACY: float(((probabilities >= 0.5) == (labels >= 0.5)).mean())
         if labels.size
         else float("nan"),
-        protocol.AUC: float(roc_auc_score(labels, probabilities)) if both_classes else float("nan"),
-        protocol.BRIER: float(brier_score_loss(labels, probabilities, pos_label=1))
+        protocol.AUC: area_under_roc(probabilities, labels) if both_classes else float("nan"),
+        protocol.BRIER: float(np.mean((probabilities - labels) ** 2))
         if labels.size
         else float("nan"),
         protocol.ECE: expected_calibration_error(probabilities, labels),

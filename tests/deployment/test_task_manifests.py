@@ -41,6 +41,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 # Every run-config field the manifest carries (the rest are EXCLUDED_RUN_CONFIG_FIELDS).
 IN_MANIFEST = {
     "scenario",
+    "min_contributors",
     "model",
     "strategy",
     "num_server_rounds",
@@ -82,6 +83,7 @@ CHANGES: dict[str, dict[str, Any]] = {
     "count_noise": {"count-noise": 12.0},
     "dp_randomness": {"dp-randomness": "seeded"},
     "encryption": CKKS,
+    "min_contributors": {"min-contributors": 3},
 }
 
 
@@ -132,6 +134,8 @@ def test_changing_any_manifest_field_changes_the_hash(field: str) -> None:
         {"budget-epsilon": 50.0},
         {"grad-sample-mode": "functorch"},
         {"min-nodes": 2},
+        {"fraction-train": 0.5},
+        {"fraction-evaluate": 0.25},
         {"proximal-mu": 0.5},  # FedAvg ignores it
     ],
 )

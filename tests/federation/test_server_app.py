@@ -208,3 +208,139 @@ def test_a_failing_site_is_recorded_and_the_round_goes_on(
     assert sorted(record.train) == [0, 1, 3]
     assert len(record.evaluate) == 4
     assert record.failures == ["train: node 1002: reply without metrics"]
+
+
+def _refuse_training_except(keep: set[int], grid: InProcessGrid) -> None:
+    """Every institution but ``keep`` refuses to train (an error reply)."""
+    from flwr.app import Error
+
+    real = grid.app
+
+    def app(message: Message, context: Context) -> Message:
+        partition = int(str(context.node_config["partition-id"]))
+        if message.metadata.message_type == "train" and partition not in keep:
+            return Message(error=Error(code=4030, reason="refused for the test"), reply_to=message)
+        return real(message, context)
+
+    grid.app = app  # type: ignore[assignment]
+
+
+def _spy_on_decryption(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The contributor count of every aggregate a ClientApp decrypts."""
+    from countyfl.federation import client_app
+
+    decrypted: list[int] = []
+    real = client_app.decrypt_average
+
+    def spy(update: Any, *args: Any) -> Any:
+        decrypted.append(update.contributors)
+        return real(update, *args)
+
+    monkeypatch.setattr(client_app, "decrypt_average", spy)
+    return decrypted
+
+
+@pytest.mark.parametrize("training", [{0}, {0, 1}], ids=["one-contributor", "two-contributors"])
+def test_a_round_with_fewer_contributors_than_the_minimum_decrypts_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, training: set[int]
+) -> None:
+    config = _config(tmp_path, **_ckks(tmp_path), **{"min-contributors": 2, "dp": False})
+    grid = InProcessGrid(config, 4)
+    _refuse_training_except(training, grid)
+    decrypted = _spy_on_decryption(monkeypatch)
+    run_federation(grid, config, run_id="3")
+
+    history = FederationHistory.read(Path(config.output_dir) / "history.json")
+    output = Path(config.output_dir)
+    discarded = [
+        failure
+        for record in history.rounds.values()
+        for failure in record.failures
+        if "discarded, never decrypted" in failure
+    ]
+    if len(training) < 2:
+        assert decrypted == []
+        assert len(discarded) == 2 and "aggregate of 1 institution(s)" in discarded[0]
+        assert "minimum is 2 contributors" in discarded[0]
+        # No aggregate was ever used: the run ends on its initial, plaintext model.
+        assert not (output / FINAL_AGGREGATE_FILE).is_file()
+    else:  # the control: at the minimum, aggregates are used and decrypted
+        assert decrypted and set(decrypted) == {2}
+        assert discarded == []
+        assert (output / FINAL_AGGREGATE_FILE).is_file()
+
+
+def test_a_site_refuses_to_decrypt_an_aggregate_below_the_minimum(tmp_path: Path) -> None:
+    from countyfl import models
+    from countyfl.errors import ConfigError
+    from countyfl.federation.client_app import receive_model
+    from countyfl.privacy.he.codec import encrypt_update
+    from countyfl.privacy.he.keys import load_secret_context
+    from countyfl.privacy.he.wire import update_to_arrays
+
+    config = _config(tmp_path, **_ckks(tmp_path), **{"min-contributors": 3})
+    model = models.build(config.model, 13)
+    weights = [t.detach().numpy() for t in model.state_dict().values()]
+    single = encrypt_update(weights, 40, load_secret_context(Path(config.he_secret_context)))
+    content = RecordDict({"arrays": update_to_arrays(single)})
+    with pytest.raises(ConfigError, match="refusing to decrypt an aggregate of 1 institution"):
+        receive_model(model, content, config)
+
+
+def test_a_village_that_drops_out_mid_run_is_recorded_and_the_run_completes(
+    tmp_path: Path,
+) -> None:
+    county = scenarios.load("county-16")
+    village = next(i for i, inst in enumerate(county.institutions) if inst.level == "village")
+    config = _config(
+        tmp_path,
+        **_ckks(tmp_path),
+        scenario="county-16",
+        model="risk-logreg",
+        dp=False,
+        **{"num-server-rounds": 3, "local-steps": 1, "fraction-train": 0.5},
+    )
+    grid = InProcessGrid(config, 16)
+    real_send = grid.send_and_receive
+    dropped = 1000 + village
+
+    def send_and_receive(messages: Iterable[Message], *, timeout: float | None = None) -> Any:
+        messages = list(messages)
+        if grid.delivered.count("evaluate") >= 16:  # after round 1 the village is gone
+            messages = [m for m in messages if m.metadata.dst_node_id != dropped]
+        return real_send(messages, timeout=timeout)
+
+    grid.send_and_receive = send_and_receive  # type: ignore[method-assign]
+    run_federation(grid, config, run_id="3")
+
+    history = FederationHistory.read(Path(config.output_dir) / "history.json")
+    assert sorted(history.rounds) == [1, 2, 3]
+    assert (Path(config.output_dir) / FINAL_AGGREGATE_FILE).is_file()
+    for number, record in history.rounds.items():
+        assert len(record.train) >= 2  # partial participation: half the county trains
+        lost = [f for f in record.failures if f"node {dropped}: no reply" in f]
+        if number == 1:
+            assert village in record.evaluate and lost == []
+            assert len(record.train) == 8  # half of the 16 institutions asked
+        else:
+            assert village not in record.evaluate and lost
+    assert history.institution_names()[village].startswith("village-")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "train", "evaluate"),
+    [
+        ({}, 16, 16),
+        ({"fraction-train": 0.5, "fraction-evaluate": 0.25}, 8, 4),
+        ({"fraction-train": 0.05, "min-contributors": 3}, 3, 16),
+    ],
+)
+def test_the_minimum_asked_follows_the_fractions_of_the_expected_institutions(
+    tmp_path: Path, overrides: dict[str, Any], train: int, evaluate: int
+) -> None:
+    # Under the simulation engine no node may be connected when a round starts; Flower
+    # then asks only min_*_nodes, so they must hold the expected share.
+    strategy = build_strategy(_config(tmp_path, **overrides), 16, 14).strategy
+    assert isinstance(strategy, FedAvg)
+    assert (strategy.min_train_nodes, strategy.min_evaluate_nodes) == (train, evaluate)
+    assert strategy.min_available_nodes == 16

@@ -337,3 +337,26 @@ def test_calibration_composes_the_count_and_the_steps_to_the_target() -> None:
 def test_a_count_that_alone_spends_the_target_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="count noise"):
         noise_multiplier_for(0.1, 1e-3, 0.5, 10, AccountantName.RDP, [gaussian_entry(2.0)])
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    history=st.lists(
+        st.tuples(
+            st.floats(0.5, 30.0),
+            st.floats(1e-3, 1.0),
+            st.integers(1, 400),
+        ),
+        min_size=1,
+        max_size=4,
+    ),
+    delta=st.sampled_from([1e-3, 1e-5]),
+)
+def test_the_remembered_rdp_epsilon_is_opacus_own_bit_for_bit(
+    history: list[tuple[float, float, int]], delta: float
+) -> None:
+    accountant = RDPAccountant()
+    accountant.history = list(history)
+    assert epsilon_of(history, delta, AccountantName.RDP) == accountant.get_epsilon(delta=delta)
+    # Asked again (remembered), the same number.
+    assert epsilon_of(history, delta, AccountantName.RDP) == accountant.get_epsilon(delta=delta)

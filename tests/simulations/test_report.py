@@ -104,3 +104,26 @@ def test_failures_are_listed_and_the_files_written(tmp_path: Path) -> None:
     for name in ("metrics.json", "institution-metric-per-round.png", "federated-vs-baselines.png"):
         assert (folder / name).stat().st_size > 0, name
     assert json.loads((folder / "metrics.json").read_text())["scenario"] == SCENARIO
+
+
+def test_the_report_summarises_each_level_against_local_only_and_pooled(tmp_path: Path) -> None:
+    result = _result(tmp_path)
+    ids = [i.institution_id for i in result.dataset.institutions]
+    for seed_result, accuracy in zip(result.seeds, (0.8, 0.7), strict=True):
+        for own in ids:  # each local-only model: 0.1 below federated everywhere
+            seed_result.methods[f"local-{own}"] = {
+                **{i: _metrics(accuracy - 0.1) for i in ids},
+                POOLED_TEST: _metrics(0.6),
+            }
+    summary = summarize(result)
+    levels = summary["by-level"]
+    assert sum(entry["institutions"] for entry in levels.values()) == len(ids)
+    assert sum(entry["fedavg-weight-share"] for entry in levels.values()) == pytest.approx(1)
+    for entry in levels.values():
+        # The headline (accuracy): seeds 0.8 and 0.7 federated, pooled 0.02 and local 0.1 below
+        assert summary["headline-metric"] == protocol.ACCURACY
+        assert entry["federated"]["mean"] == pytest.approx(0.75)
+        assert entry["pooled"]["mean"] == pytest.approx(0.73)
+        assert entry["local-only-own"]["mean"] == pytest.approx(0.65)
+        assert entry["noise-multiplier"]["mean"] > 0
+    assert "## By level" in render_markdown(summary)

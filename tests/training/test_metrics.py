@@ -106,3 +106,23 @@ def test_auc_is_nan_when_one_class_is_absent(label: int) -> None:
 def test_empty_input_gives_nan_everywhere() -> None:
     metrics = classification_metrics(np.array([]), np.array([]))
     assert all(math.isnan(value) for value in metrics.values())
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    size=st.integers(2, 300),
+    levels=st.sampled_from([3, 10, 1000]),  # few levels: many ties
+)
+def test_auc_and_brier_equal_scikit_learns(seed: int, size: int, levels: int) -> None:
+    from sklearn.metrics import brier_score_loss, roc_auc_score
+
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, size=size).astype(np.float64)
+    labels[:2] = (0.0, 1.0)  # both classes
+    probabilities = np.round(rng.random(size) * levels) / levels
+    metrics = classification_metrics(probabilities, labels)
+    assert metrics[protocol.AUC] == pytest.approx(roc_auc_score(labels, probabilities), abs=1e-12)
+    assert metrics[protocol.BRIER] == pytest.approx(
+        brier_score_loss(labels, probabilities), abs=1e-12
+    )

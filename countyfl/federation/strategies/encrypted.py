@@ -7,6 +7,12 @@ adds the rest with the PUBLIC context and sends Enc(sum n_i w_i) with sum n_i to
 round. It never holds the secret key: it loads its context with ``load_public_context``,
 which refuses a context that has one. FedAvg: McMahan et al., AISTATS 2017; CKKS: Cheon
 et al., 2017.
+
+The sum follows the county's levels: the updates of each township (its health centre and
+village clinics, as each reply names its township) are added into the township's partial
+sum, and the partial sums into the county's total (:func:`add_by_level`). A total of
+fewer than ``min_contributors`` valid updates is discarded, never sent and so never
+decrypted (``on_discard`` hears of it); the round keeps the previous global model.
 """
 
 from __future__ import annotations
@@ -20,11 +26,12 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from countyfl import protocol
+from countyfl.federation.strategies.recording import too_few_contributors
 from countyfl.privacy.he.codec import (
     PACKING_COMPLEX,
     CodecError,
     EncryptedUpdate,
-    add_deserialized,
+    add_by_level,
     check_packed,
     deserialize,
     expected_chunks,
@@ -35,6 +42,15 @@ from countyfl.privacy.he.wire import arrays_to_update, update_to_arrays
 
 RejectCallback = Callable[[int, Message, str], None]
 """(server round, the rejected reply, why) -> None."""
+DiscardCallback = Callable[[int, str], None]
+"""(server round, why the round's aggregate was discarded) -> None."""
+
+
+def township_of(message: Message) -> str:
+    """The township a reply names (empty if none): the level its update is added at."""
+    site = message.content.get(protocol.SITE)
+    township = site.get(protocol.TOWNSHIP) if isinstance(site, ConfigRecord) else None
+    return township if isinstance(township, str) else ""
 
 
 class EncryptedFedAvg(FedAvg):
@@ -51,10 +67,14 @@ class EncryptedFedAvg(FedAvg):
         public_context_path: Path,
         num_values: int,
         on_reject: RejectCallback | None = None,
+        min_contributors: int = 1,
+        on_discard: DiscardCallback | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.on_reject = on_reject
+        self.on_discard = on_discard
+        self.min_contributors = min_contributors
         self.context = load_public_context(public_context_path)
         self.fingerprint = fingerprint(self.context)
         self.slots = slot_count(self.context)
@@ -77,7 +97,7 @@ class EncryptedFedAvg(FedAvg):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        vectors, counts, contents = [], [], []
+        vectors, counts, contents, townships = [], [], [], []
         for message in replies:
             if message.has_error():
                 continue
@@ -101,10 +121,19 @@ class EncryptedFedAvg(FedAvg):
                 continue
             counts.append(update.num_examples)
             contents.append(message.content)
+            townships.append(township_of(message))
         if not vectors:
             return None, None
-        total = add_deserialized(
-            vectors, self.num_values, sum(counts), self.fingerprint, PACKING_COMPLEX
+        refusal = too_few_contributors(len(vectors), self.min_contributors)
+        if refusal:
+            if self.on_discard is not None:
+                self.on_discard(server_round, refusal)
+            return None, None
+        groups: dict[str, list[list[Any]]] = {}
+        for township, vector in zip(townships, vectors, strict=True):
+            groups.setdefault(township, []).append(vector)
+        total = add_by_level(
+            list(groups.values()), self.num_values, sum(counts), self.fingerprint, PACKING_COMPLEX
         )
         return update_to_arrays(total), self.train_metrics_aggr_fn(contents, self.weighted_by_key)
 

@@ -29,6 +29,22 @@ def _reply_metrics(message: Message) -> tuple[int, dict[str, float]] | None:
     return int(values.pop(protocol.PARTITION_ID)), values
 
 
+def too_few_contributors(count: int, minimum: int) -> str:
+    """Why an aggregate of ``count`` institutions is not used (empty if it may be)."""
+    if count >= minimum:
+        return ""
+    return (
+        f"train: the round's aggregate of {count} institution(s) was discarded, never "
+        f"decrypted or used: the task's minimum is {minimum} contributors; the global model "
+        "stays as it was"
+    )
+
+
+def record_discard(history: FederationHistory, server_round: int, reason: str) -> None:
+    """Record that a round's aggregate was discarded (too few contributors)."""
+    history.round(server_round).failures.append(reason)
+
+
 def record_rejection(
     history: FederationHistory, server_round: int, message: Message, reason: str
 ) -> None:
@@ -48,8 +64,10 @@ class RecordingStrategy(Strategy):
         strategy: Strategy,
         history: FederationHistory | None = None,
         on_round_end: RoundCallback | None = None,
+        min_contributors: int = 1,
     ) -> None:
         self.strategy = strategy
+        self.min_contributors = min_contributors
         self.history = history if history is not None else FederationHistory()
         self.on_round_end = on_round_end
         # (server round, phase) -> node ids a task was sent to
@@ -124,6 +142,13 @@ class RecordingStrategy(Strategy):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         accepted = self._record(server_round, list(replies), "train")
+        # An aggregate of too few institutions is not made at all (the encrypted strategy
+        # checks again after its own rejections).
+        good = sum(not m.has_error() for m in accepted)
+        refusal = too_few_contributors(good, self.min_contributors)
+        if good and refusal:
+            record_discard(self.history, server_round, refusal)
+            return None, None
         return self.strategy.aggregate_train(server_round, accepted)
 
     def aggregate_evaluate(

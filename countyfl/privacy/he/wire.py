@@ -32,6 +32,7 @@ def update_to_arrays(update: EncryptedUpdate) -> ArrayRecord:
         "num-examples": update.num_examples,
         "chunks": len(update.chunks),
         "packing": update.packing,
+        "contributors": update.contributors,
     }
     record = {META_KEY: _uint8_array(json.dumps(meta).encode())}
     for index, chunk in enumerate(update.chunks):
@@ -68,9 +69,13 @@ def arrays_to_update(arrays: ArrayRecord) -> EncryptedUpdate:
             key_fingerprint=str(meta["fingerprint"]),
             # Written before values were packed two to a slot: one per slot.
             packing=str(meta.get("packing", PACKING_REAL)),
+            # Written before aggregates counted their contributors: unknown, so the least.
+            contributors=int(meta.get("contributors", 1)),
         )
     except (KeyError, ValueError, TypeError, OverflowError) as error:
         raise CodecError(f"malformed encrypted update: {error}") from None
+    if update.contributors < 1:
+        raise CodecError(f"an update of {update.contributors} contributors")
     if len(arrays) != declared + 1:
         raise CodecError(f"{len(arrays) - 1} chunks sent, {declared} declared")
     return update
