@@ -126,6 +126,9 @@ class ServingSettings(Settings):
     token_lifetime_minutes: int = Field(
         default=15, ge=1, le=24 * 60, description="Lifetime of an access token."
     )
+    console_idle_minutes: int = Field(
+        default=15, ge=1, le=24 * 60, description="Web console: sign out after this idle time."
+    )
     max_request_bytes: int = Field(
         default=64 * 1024,
         ge=1024,
