@@ -49,6 +49,8 @@ def parse_form(content_type: str, body: bytes) -> dict[str, str]:
         If the body is not a UTF-8 urlencoded form, repeats a field, or holds too many or
         too long fields.
     """
+    if not body:
+        return {}
     if content_type.split(";")[0].strip().lower() != FORM_CONTENT_TYPE:
         raise FormError("the form was not sent as a web form; reload the page and try again")
     try:
@@ -203,16 +205,15 @@ def read_patient(
             values[field.name] = _convert(field, text)
         except ValueError:
             problems[field.name] = "This is not a valid answer" + _expecting(field)
-    if problems:
-        return None, problems
     try:
-        return record_type.model_validate(values), {}
+        record = record_type.model_validate(values)
     except ValidationError as error:
         for problem in field_problems(error, record_type, ""):
             name = problem.field.split(".")[0]
             key = name if name in record_type.model_fields else "form"
             problems.setdefault(key, _sentence(problem))
         return None, problems
+    return (None, problems) if problems else (record, {})
 
 
 def _expecting(field: PatientField) -> str:
