@@ -176,7 +176,7 @@ def patient_fields(record_type: type[BaseModel]) -> list[PatientField]:
 
 def _help(description: str, expected: str | None, unit: str | None, kind: FieldKind) -> str:
     parts = []
-    if description:
+    if description and description != unit:
         parts.append(description)
     if kind in ("integer", "number") and expected:
         parts.append(f"{expected}{' ' + unit if unit else ''}")
