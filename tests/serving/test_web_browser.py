@@ -32,7 +32,7 @@ from serving_support import (
     live_server,
     make_deployment,
 )
-from web_support import ROLE_PAGES
+from web_support import ROLE_PAGES, write_run
 
 from countyfl.registry import Role
 from countyfl.registry.evaluation import to_csv
@@ -47,7 +47,13 @@ pytestmark = pytest.mark.skipif(
 )
 PHONE = (412, 915)
 """A common phone's CSS viewport: the console must work at a village clinic's screen size."""
-TITLES = {"home": "Home", "clinic": "Patient", "models": "Models", "audit": "Audit log"}
+TITLES = {
+    "home": "Home",
+    "clinic": "Patient",
+    "models": "Models",
+    "runs": "Runs",
+    "audit": "Audit log",
+}
 
 if CHROMIUM is not None and DRIVER is not None:
     from selenium import webdriver
@@ -162,8 +168,10 @@ class Browser:
 
 
 @pytest.fixture(scope="module")
-def served(shared: Deployment) -> Iterator[LiveServer]:
-    app = create_app(shared.settings())
+def served(shared: Deployment, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    runs = tmp_path_factory.mktemp("runs")
+    write_run(runs / "run-2026-11-30")
+    app = create_app(shared.settings(console_runs_dir=runs))
     with live_server(app) as server:
         yield server
 
@@ -306,3 +314,15 @@ def test_regulator_promotes_as_second_person(own_browser: Browser) -> None:
     assert browser.text("#stage") == "production"
     assert "now in production" in browser.text("#notice")
     assert "by reg" in browser.text("#history")
+
+
+def test_run_page_draws_the_privacy_chart(browser: Browser) -> None:
+    browser.sign_in(REGULATOR.username)
+    browser.open("/console/runs")
+    browser.driver.find_element(By.LINK_TEXT, "run-2026-11-30").click()
+    browser.wait_for("svg.chart")
+    chart = browser.driver.find_element(By.CSS_SELECTOR, "svg.chart")
+    assert chart.size["width"] <= PHONE[0]  # fits a phone's width
+    assert len(chart.find_elements(By.TAG_NAME, "polyline")) == 2
+    assert "reply rejected" in browser.text("#failures")
+    browser.screenshot("run-privacy")

@@ -25,11 +25,12 @@ from serving_support import (
     heldout,
     make_deployment,
 )
-from web_support import PAGES, ROLE_PAGES, csrf_of, form_values, sign_in
+from web_support import PAGES, ROLE_PAGES, csrf_of, form_values, sign_in, write_run
 
 from countyfl.registry import Role, disable_user
 from countyfl.registry.evaluation import to_csv
 from countyfl.serving import create_app
+from countyfl.serving.web.runs import InstitutionRounds, epsilon_chart
 from countyfl.serving.web.sessions import SESSION_COOKIE
 
 HEART_FORM = "/console/clinic/" + HEART
@@ -438,3 +439,46 @@ def test_other_deployment_is_independent(tmp_path: Path) -> None:
         assert two.get("/console/", follow_redirects=False).status_code == 303
     first.engine.dispose()
     second.engine.dispose()
+
+
+# -- federation runs ------------------------------------------------------------------------
+
+
+def test_run_page_shows_participation_refusals_and_privacy(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    runs = tmp_path / "runs"
+    write_run(runs / "run-2026-11-30")
+    write_run(runs / "run-live", finished=False)
+    with TestClient(create_app(deployment.settings(console_runs_dir=runs))) as client:
+        sign_in(client, REGULATOR.username)
+        listing = client.get("/console/runs").text
+        assert "run-2026-11-30" in listing and ">running<" in listing and ">finished<" in listing
+        page = client.get("/console/runs/run-2026-11-30").text
+    assert "Round 2: village-clinic-3: reply rejected (wrong key fingerprint)" in page
+    participation = re.search(r'id="participation">(.*?)</table>', page, re.S)
+    assert participation is not None
+    village = re.search(r"village-clinic-3</th>(.*?)</tr>", participation.group(1))
+    assert village is not None and village.group(1).count("✓") == 2
+    assert page.count("<polyline") == 2 and "budget 2" in page
+    assert re.search(r"<td>county-hospital</td><td>3 of 3</td>\s*<td>1.3</td>\s*<td>0.7</td>", page)
+
+
+@pytest.mark.parametrize("name", ["..%2F..%2Fetc", "...%2Frun-1", "run-absent", "a" * 300, "%00"])
+def test_run_name_is_never_a_path(deployment: Deployment, tmp_path: Path, name: str) -> None:
+    write_run(tmp_path / "runs" / "run-1")
+    settings = deployment.settings(console_runs_dir=tmp_path / "runs")
+    with TestClient(create_app(settings)) as client:
+        sign_in(client, REGULATOR.username)
+        response = client.get(f"/console/runs/{name}")
+    assert response.status_code == 404
+
+
+def test_chart_escapes_what_a_run_folder_says() -> None:
+    chart = epsilon_chart([InstitutionRounds("<script>x</script>", {1}, {1: 0.5})], budget=None)
+    assert "<script>" not in chart and "&lt;script&gt;" in chart
+
+
+def test_runs_page_without_a_folder_says_so(client: TestClient) -> None:
+    sign_in(client, REGULATOR.username)
+    assert "No run folder is configured" in client.get("/console/runs").text

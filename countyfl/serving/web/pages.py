@@ -61,6 +61,13 @@ from countyfl.serving.web.console import (
     PageError,
 )
 from countyfl.serving.web.forms import patient_fields, patient_type, read_patient
+from countyfl.serving.web.runs import (
+    chart_legend,
+    epsilon_chart,
+    find_run,
+    run_folders,
+    summarize,
+)
 from countyfl.serving.web.sessions import (
     LOGIN_CSRF_COOKIE,
     SESSION_COOKIE,
@@ -211,6 +218,7 @@ def console_router(state: ServingState) -> ConsoleRouter:
                 may_predict=is_allowed(role, Action.MODEL_PREDICT),
                 may_list=is_allowed(role, Action.MODEL_LIST),
                 may_verify=is_allowed(role, Action.AUDIT_VERIFY),
+                may_runs=is_allowed(role, Action.MODEL_READ_ANY_STAGE),
                 may_search=is_allowed(role, Action.AUDIT_EXPORT),
                 may_promote=is_allowed(role, Action.MODEL_PROMOTE),
             )
@@ -384,6 +392,49 @@ def console_router(state: ServingState) -> ConsoleRouter:
             return console.redirect(f"{PREFIX}/models")
 
         return await run_in_threadpool(console.guarded, session, work)
+
+    # -- federation runs ---------------------------------------------------------------
+
+    @router.get("/runs")
+    def runs_page(request: Request) -> Response:
+        found = console.session_of(request)
+        if isinstance(found, RedirectResponse):
+            return found
+        session = found
+
+        def page() -> Response:
+            console.viewed(session, "runs", Action.MODEL_READ_ANY_STAGE)
+            root = state.settings.console_runs_dir
+            runs = [summarize(folder) for folder in run_folders(root)]
+            return console.render(
+                "runs.html", session=session, page="runs", runs=runs, configured=root is not None
+            )
+
+        return console.guarded(session, page)
+
+    @router.get("/runs/{name}")
+    def run_page(request: Request, name: str) -> Response:
+        found = console.session_of(request)
+        if isinstance(found, RedirectResponse):
+            return found
+        session = found
+
+        def page() -> Response:
+            console.viewed(session, "runs", Action.MODEL_READ_ANY_STAGE)
+            folder = find_run(state.settings.console_runs_dir, name)
+            if folder is None:
+                raise PageError(404, "There is no such run; choose one from the list of runs.")
+            run = summarize(folder)
+            return console.render(
+                "run.html",
+                session=session,
+                page="runs",
+                run=run,
+                chart=epsilon_chart(run.institutions, run.budget),
+                legend=chart_legend(run.institutions),
+            )
+
+        return console.guarded(session, page)
 
     # -- audit -------------------------------------------------------------------------
 
