@@ -171,7 +171,9 @@ class Browser:
 def served(shared: Deployment, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     runs = tmp_path_factory.mktemp("runs")
     write_run(runs / "run-2026-11-30")
+    write_run(runs / "run-live", finished=False, rounds=1)
     app = create_app(shared.settings(console_runs_dir=runs))
+    app.state.runs_dir = runs
     with live_server(app) as server:
         yield server
 
@@ -326,3 +328,23 @@ def test_run_page_draws_the_privacy_chart(browser: Browser) -> None:
     assert len(chart.find_elements(By.TAG_NAME, "polyline")) == 2
     assert "reply rejected" in browser.text("#failures")
     browser.screenshot("run-privacy")
+
+
+def test_live_run_progress_updates(browser: Browser, served: LiveServer) -> None:
+    """A run still going: its page reloads itself and shows each new round."""
+    runs = served.server.config.app.state.runs_dir
+    browser.sign_in(REGULATOR.username)
+    browser.open("/console/runs/run-live")
+    assert browser.text("#run-status").startswith("running")
+    assert browser.text("#run-rounds") == "1"
+    write_run(runs / "run-live", finished=False, rounds=2)  # the next round comes in
+
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    reloading = (NoSuchElementException, StaleElementReferenceException)
+    WebDriverWait(browser.driver, 60, ignored_exceptions=reloading).until(
+        lambda driver: driver.find_element(By.ID, "run-rounds").text == "2"
+    )
+    assert "reply rejected" in browser.text("#failures")
+    browser.record()

@@ -35,12 +35,13 @@ ROLE_PAGES: dict[Role, set[str]] = {
 }
 
 
-def write_run(folder: Path, *, finished: bool = True) -> Path:
+def write_run(folder: Path, *, finished: bool = True, rounds: int = 3) -> Path:
     """A run folder as the county's ServerApp writes it: 3 rounds, 2 institutions, one
     rejected reply in round 2, a budget of 2.0 epsilon."""
     folder.mkdir(parents=True, exist_ok=True)
     history = FederationHistory()
-    for number, (first, second) in enumerate([(0.5, 0.4), (0.9, None), (1.3, 1.1)], start=1):
+    spent = [(0.5, 0.4), (0.9, None), (1.3, 1.1)][:rounds]
+    for number, (first, second) in enumerate(spent, start=1):
         record = history.round(number)
         record.institutions = {0: "county-hospital", 1: "village-clinic-3"}
         record.train[0] = {"epsilon": first, "delta": 1e-3, "num-examples": 100.0}

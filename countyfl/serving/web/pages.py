@@ -81,6 +81,8 @@ SEARCH_WINDOW = 5000
 MAX_SHOWN = 200
 """The audit search shows at most this many matches."""
 MAX_QUERY_CHARS = 100
+REFRESH_SECONDS = 5
+"""A page of a run still going reloads itself this often (no script: a meta refresh)."""
 
 
 class ConsoleRouter(APIRouter):
@@ -407,7 +409,12 @@ def console_router(state: ServingState) -> ConsoleRouter:
             root = state.settings.console_runs_dir
             runs = [summarize(folder) for folder in run_folders(root)]
             return console.render(
-                "runs.html", session=session, page="runs", runs=runs, configured=root is not None
+                "runs.html",
+                session=session,
+                page="runs",
+                runs=runs,
+                configured=root is not None,
+                refresh_seconds=REFRESH_SECONDS,
             )
 
         return console.guarded(session, page)
@@ -432,6 +439,7 @@ def console_router(state: ServingState) -> ConsoleRouter:
                 run=run,
                 chart=epsilon_chart(run.institutions, run.budget),
                 legend=chart_legend(run.institutions),
+                refresh_seconds=REFRESH_SECONDS,
             )
 
         return console.guarded(session, page)
