@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from fastapi import Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 from sqlalchemy.exc import SQLAlchemyError
@@ -248,7 +249,7 @@ class Console:
         """
         origin = request.headers.get("origin")
         if origin is not None and origin != _own_origin(request):
-            self.refuse_forgery(request, session)
+            await run_in_threadpool(self.refuse_forgery, request, session)
             raise PageError(
                 403, "This form was sent from another site and was refused. Use the console."
             )
@@ -257,10 +258,10 @@ class Console:
             form = parse_form(request.headers.get("content-type", ""), body)
         except FormError as error:
             if expected_csrf is not None:
-                self.refuse_forgery(request, session)
+                await run_in_threadpool(self.refuse_forgery, request, session)
             raise PageError(400, str(error)) from None
         if expected_csrf is None or not same_token(form.get("csrf"), expected_csrf):
-            self.refuse_forgery(request, session)
+            await run_in_threadpool(self.refuse_forgery, request, session)
             raise PageError(
                 403,
                 "This form has expired or did not come from this console, so it was refused. "

@@ -248,7 +248,9 @@ def _convert(field: PatientField, text: str) -> Any:
 
 
 def _sentence(problem: FieldProblem) -> str:
-    text = problem.problem[:1].upper() + problem.problem[1:]
+    text = problem.problem
+    if "_" not in text.split(" ")[0]:  # a field name stays as the form shows it
+        text = text[:1].upper() + text[1:]
     if problem.expected:
         text += f" (expected {problem.expected}{' ' + problem.unit if problem.unit else ''})"
     return text + ("" if text.endswith(".") else ".")

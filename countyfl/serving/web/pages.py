@@ -180,7 +180,7 @@ def console_router(state: ServingState) -> ConsoleRouter:
 
     @router.post("/logout")
     async def logout(request: Request) -> Response:
-        found = console.session_of(request)
+        found = await run_in_threadpool(console.session_of, request)
         if isinstance(found, RedirectResponse):
             return found
         try:
@@ -264,7 +264,7 @@ def console_router(state: ServingState) -> ConsoleRouter:
 
     @router.post("/clinic/{model}")
     async def patient_post(request: Request, model: str) -> Response:
-        found = console.session_of(request)
+        found = await run_in_threadpool(console.session_of, request)
         if isinstance(found, RedirectResponse):
             return found
         session = found
@@ -321,7 +321,7 @@ def console_router(state: ServingState) -> ConsoleRouter:
 
     @router.post("/models/{name}/{version}/promote")
     async def promote_post(request: Request, name: str, version: str) -> Response:
-        found = console.session_of(request)
+        found = await run_in_threadpool(console.session_of, request)
         if isinstance(found, RedirectResponse):
             return found
         session = found
@@ -365,7 +365,7 @@ def console_router(state: ServingState) -> ConsoleRouter:
 
     @router.post("/models/{name}/thresholds")
     async def threshold_post(request: Request, name: str) -> Response:
-        found = console.session_of(request)
+        found = await run_in_threadpool(console.session_of, request)
         if isinstance(found, RedirectResponse):
             return found
         session = found
@@ -492,6 +492,12 @@ def console_router(state: ServingState) -> ConsoleRouter:
             )
 
         return console.guarded(session, work)
+
+    @router.get("/{rest:path}")
+    def unknown_page(request: Request, rest: str) -> Response:
+        found = console.session_of(request)
+        session = None if isinstance(found, RedirectResponse) else found
+        return console.error_page(session, 404, "There is no such page in the console.")
 
     return router
 
