@@ -52,6 +52,7 @@ TITLES = {
     "clinic": "Patient",
     "models": "Models",
     "runs": "Runs",
+    "institutions": "Institutions",
     "audit": "Audit log",
 }
 
@@ -328,6 +329,9 @@ def test_run_page_draws_the_privacy_chart(browser: Browser) -> None:
     assert len(chart.find_elements(By.TAG_NAME, "polyline")) == 2
     assert "reply rejected" in browser.text("#failures")
     browser.screenshot("run-privacy")
+    browser.open("/console/institutions")
+    assert browser.driver.find_elements(By.CSS_SELECTOR, "#institutions-table svg.sparkline")
+    browser.screenshot("institutions")
 
 
 def test_live_run_progress_updates(browser: Browser, served: LiveServer) -> None:

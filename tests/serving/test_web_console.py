@@ -479,6 +479,19 @@ def test_chart_escapes_what_a_run_folder_says() -> None:
     assert "<script>" not in chart and "&lt;script&gt;" in chart
 
 
+def test_institutions_page_over_runs(deployment: Deployment, tmp_path: Path) -> None:
+    write_run(tmp_path / "runs" / "run-1")
+    settings = deployment.settings(console_runs_dir=tmp_path / "runs")
+    with TestClient(create_app(settings)) as client:
+        sign_in(client, REGULATOR.username)
+        page = client.get("/console/institutions").text
+    rows = dict(re.findall(r"<tr><td>([^<]+).*?</td>(.*?)</tr>", page, re.S))
+    hospital = rows["County Hospital "]  # from the directory, seen in the run
+    assert ">county<" in hospital and "run-1, round 3" in hospital and "sparkline" in hospital
+    assert "never" in rows["Village Clinic 1 "]  # in the directory, in no run
+    assert "run-1, round 3" in rows["village-clinic-3"]  # in a run, not in the directory
+
+
 def test_runs_page_without_a_folder_says_so(client: TestClient) -> None:
     sign_in(client, REGULATOR.username)
     assert "No run folder is configured" in client.get("/console/runs").text

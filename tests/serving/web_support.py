@@ -21,16 +21,17 @@ PAGES = {
     "clinic": "/console/clinic",
     "models": "/console/models",
     "runs": "/console/runs",
+    "institutions": "/console/institutions",
     "audit": "/console/audit",
 }
 ROLE_PAGES: dict[Role, set[str]] = {
     # Written out by hand (not derived from the permission table), so that a change of the
     # table shows up here as a change of who sees which page.
-    Role.ADMIN: {"home", "models", "runs", "audit"},
-    Role.RESEARCHER: {"home", "models", "runs"},
+    Role.ADMIN: {"home", "models", "runs", "institutions", "audit"},
+    Role.RESEARCHER: {"home", "models", "runs", "institutions"},
     Role.CLINICIAN: {"home", "clinic", "models"},
-    Role.AUDITOR: {"home", "models", "runs", "audit"},
-    Role.REGULATOR: {"home", "models", "runs", "audit"},
+    Role.AUDITOR: {"home", "models", "runs", "institutions", "audit"},
+    Role.REGULATOR: {"home", "models", "runs", "institutions", "audit"},
     Role.NODE: {"home"},
 }
 

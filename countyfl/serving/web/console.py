@@ -90,6 +90,7 @@ NAVIGATION = (
     NavItem("models", "Models", f"{PREFIX}/models", Action.MODEL_LIST),
     # Runs are the lineage of candidate versions: who may read every stage may read them.
     NavItem("runs", "Runs", f"{PREFIX}/runs", Action.MODEL_READ_ANY_STAGE),
+    NavItem("institutions", "Institutions", f"{PREFIX}/institutions", Action.MODEL_READ_ANY_STAGE),
     NavItem("audit", "Audit log", f"{PREFIX}/audit", Action.AUDIT_VERIFY),
 )
 PAGE_ACTIONS: Mapping[str, Action | None] = {item.page: item.action for item in NAVIGATION}

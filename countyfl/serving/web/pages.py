@@ -65,7 +65,9 @@ from countyfl.serving.web.runs import (
     chart_legend,
     epsilon_chart,
     find_run,
+    institution_overview,
     run_folders,
+    sparkline,
     summarize,
 )
 from countyfl.serving.web.sessions import (
@@ -415,6 +417,37 @@ def console_router(state: ServingState) -> ConsoleRouter:
                 runs=runs,
                 configured=root is not None,
                 refresh_seconds=REFRESH_SECONDS,
+            )
+
+        return console.guarded(session, page)
+
+    @router.get("/institutions")
+    def institutions_page(request: Request) -> Response:
+        found = console.session_of(request)
+        if isinstance(found, RedirectResponse):
+            return found
+        session = found
+
+        def page() -> Response:
+            console.viewed(session, "institutions", Action.MODEL_READ_ANY_STAGE)
+            runs = [summarize(folder) for folder in run_folders(state.settings.console_runs_dir)]
+            directory = [
+                (item.id, item.name, str(item.level)) for item in state.directory.institutions
+            ]
+            rows = institution_overview(directory, runs)
+            return console.render(
+                "institutions.html",
+                session=session,
+                page="institutions",
+                rows=rows,
+                charts={
+                    row.institution: sparkline(
+                        row.epsilon_over_time,
+                        row.budget,
+                        label=f"epsilon reported by {row.institution}, round after round",
+                    )
+                    for row in rows
+                },
             )
 
         return console.guarded(session, page)

@@ -230,3 +230,74 @@ def chart_legend(institutions: list[InstitutionRounds]) -> Markup:
         for i, item in enumerate(series)
     ]
     return Markup(f'<ul class="legend">{"".join(items)}</ul>')
+
+
+@dataclass
+class InstitutionOverview:
+    """One institution across every run: where it stands and what it reported."""
+
+    institution: str
+    name: str
+    level: str
+    runs: int = 0
+    last_seen: str = ""
+    last_epsilon: float | None = None
+    budget: float | None = None
+    epsilon_over_time: list[float] = field(default_factory=list)
+
+    @property
+    def budget_left(self) -> float | None:
+        """The budget of its latest run minus the epsilon it reported there."""
+        if self.budget is None or self.last_epsilon is None:
+            return None
+        return self.budget - self.last_epsilon
+
+
+def institution_overview(
+    directory: list[tuple[str, str, str]], runs: list[RunSummary]
+) -> list[InstitutionOverview]:
+    """Every institution of the directory (id, name, level) and of the runs, oldest run
+    first in ``epsilon_over_time`` (each round's reported epsilon, run after run)."""
+    found = {code: InstitutionOverview(code, name, level) for code, name, level in directory}
+    ordered = sorted(runs, key=lambda run: (run.started_at is None, run.started_at or 0, run.name))
+    for run in ordered:
+        for item in run.institutions:
+            entry = found.setdefault(
+                item.institution, InstitutionOverview(item.institution, "", "")
+            )
+            entry.runs += 1
+            if item.replied:
+                when = run.finished_at or run.started_at
+                moment = when.strftime("%Y-%m-%d %H:%M UTC") if when else "time unknown"
+                entry.last_seen = f"{run.run_id}, round {max(item.replied)} ({moment})"
+            if item.epsilon:
+                entry.last_epsilon = item.last_epsilon
+                entry.budget = run.budget
+                entry.epsilon_over_time.extend(v for _, v in sorted(item.epsilon.items()))
+    return sorted(found.values(), key=lambda entry: entry.institution)
+
+
+def sparkline(values: list[float], budget: float | None, *, label: str) -> Markup:
+    """A small inline SVG of ``values`` over time (and the budget, dashed), for a table."""
+    if not values:
+        return Markup("–")
+    width, height, pad = 160, 36, 3
+    top = max([*values, budget or 0.0]) * 1.1 or 1.0
+    step = (width - 2 * pad) / max(len(values) - 1, 1)
+
+    def y(value: float) -> float:
+        return pad + (height - 2 * pad) * (1 - value / top)
+
+    points = " ".join(f"{pad + i * step:.1f},{y(v):.1f}" for i, v in enumerate(values))
+    budget_line = (
+        f'<line x1="0" x2="{width}" y1="{y(budget):.1f}" y2="{y(budget):.1f}" '
+        'stroke="#a50e0e" stroke-dasharray="3 3"/>'
+        if budget is not None
+        else ""
+    )
+    return Markup(
+        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="{width}" '
+        f'height="{height}" role="img" class="sparkline"><title>{escape(label)}</title>'
+        f'{budget_line}<polyline fill="none" stroke="#0b57d0" stroke-width="2" '
+        f'points="{points}"/></svg>'
+    )
