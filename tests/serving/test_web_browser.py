@@ -205,6 +205,9 @@ def nothing_leaves_the_origin(request: pytest.FixtureRequest) -> Iterator[None]:
 
 @pytest.mark.parametrize("role", list(Role))
 def test_each_role_sees_only_its_pages(browser: Browser, role: Role) -> None:
+    if role is Role.ADMIN:
+        browser.open("/console/login")
+        browser.screenshot("login")
     browser.sign_in(PRINCIPALS[role].username)
     links = [a.text for a in browser.driver.find_elements(By.CSS_SELECTOR, "header nav a")]
     assert links == [TITLES[page] for page in TITLES if page in ROLE_PAGES[role]]
