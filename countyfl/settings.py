@@ -126,6 +126,13 @@ class ServingSettings(Settings):
     token_lifetime_minutes: int = Field(
         default=15, ge=1, le=24 * 60, description="Lifetime of an access token."
     )
+    console_idle_minutes: int = Field(
+        default=15, ge=1, le=24 * 60, description="Web console: sign out after this idle time."
+    )
+    console_runs_dir: Path | None = Field(
+        default=None,
+        description="Web console: the folder of the county node's run folders (one per run).",
+    )
     max_request_bytes: int = Field(
         default=64 * 1024,
         ge=1024,

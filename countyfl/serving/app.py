@@ -49,6 +49,7 @@ from countyfl.serving.routes.predictions import prediction_router
 from countyfl.serving.routes.referrals import REFERRAL_TARGET, referral_router
 from countyfl.serving.schemas import HealthPublic
 from countyfl.serving.state import ServingState
+from countyfl.serving.web import console_router
 from countyfl.settings import ServingSettings
 
 logger = logging.getLogger(__name__)
@@ -114,6 +115,9 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
     app.include_router(catalogue.router)
     app.include_router(prediction_router(served, state.settings.max_batch_size))
     app.include_router(referral_router(served, state.rules.symptom_codes))
+    console = console_router(state)  # the web console (countyfl.serving.web)
+    app.include_router(console)
+    app.state.console = console.console
     # What a request refused by the schema is audited as (after authentication).
     app.state.audited_routes = {
         **{

@@ -96,9 +96,14 @@ def answer(
     body: PredictionCreate,
     state: ServingState,
     principal: Principal,
+    *,
+    via: str = "api",
 ) -> PredictionPublic:
-    """Predict for the validated records of ``body`` with ``name``'s production version."""
-    audit = PurposeSink(state.audit, {"purpose": body.purpose.value, "via": "api"})
+    """Predict for the validated records of ``body`` with ``name``'s production version.
+
+    ``via`` (``api`` or ``console``) says in the audit entries which door the request used.
+    """
+    audit = PurposeSink(state.audit, {"purpose": body.purpose.value, "via": via})
     target = version_target(name)
     authorize(principal, Action.MODEL_PREDICT, audit=audit, target=target)
     records = body.records

@@ -90,9 +90,14 @@ def create_referral(
     state: ServingState,
     principal: Principal,
     served: Mapping[str, InputSchema],
+    *,
+    via: str = "api",
 ) -> ReferralPublic:
-    """The advice for a validated referral request (see the route's description)."""
-    audit = PurposeSink(state.audit, {"purpose": body.purpose.value, "via": "api"})
+    """The advice for a validated referral request (see the route's description).
+
+    ``via`` (``api`` or ``console``) says in the audit entries which door the request used.
+    """
+    audit = PurposeSink(state.audit, {"purpose": body.purpose.value, "via": via})
     authorize(principal, Action.REFERRAL_CREATE, audit=audit, target=REFERRAL_TARGET)
     known = state.rules.symptom_codes
     unknown = [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import timedelta
 from functools import partial
 from urllib.parse import parse_qs
@@ -9,8 +10,15 @@ from urllib.parse import parse_qs
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 
-from countyfl.registry import AuthenticationError, Principal, authenticate_password, pseudonym
+from countyfl.registry import (
+    AuditSink,
+    AuthenticationError,
+    Principal,
+    authenticate_password,
+    pseudonym,
+)
 from countyfl.registry.principals import UNKNOWN_ROLE, token_version_of
+from countyfl.serving.auditing import PurposeSink
 from countyfl.serving.auth import issue_access_token
 from countyfl.serving.dependencies import TOKEN_URL, State, client_address
 from countyfl.serving.errors import (
@@ -106,8 +114,40 @@ async def issue_token(request: Request, state: State) -> TokenPublic:
             "other fields",
             problems,
         )
-    username, password = values["username"], values["password"]
     address = client_address(request)
+    principal, version = await password_login(
+        state, address, values["username"], values["password"]
+    )
+    lifetime = timedelta(minutes=state.settings.token_lifetime_minutes)
+    issued = issue_access_token(principal, state.signing_key, lifetime, token_version=version)
+    return TokenPublic(
+        access_token=issued.token,
+        expires_in=issued.lifetime_seconds,
+        expires_at=issued.expires_at,
+    )
+
+
+async def password_login(
+    state: ServingState,
+    address: str,
+    username: str,
+    password: str,
+    *,
+    context: Mapping[str, object] | None = None,
+) -> tuple[Principal, int]:
+    """Check a user name and password under the lockout rules; the user and token version.
+
+    The one password check of the API's token route and the web console's sign-in: the
+    same throttle, the same failure counts and the same audit entries (``context`` is added
+    to a successful login's entry, e.g. ``{"via": "console"}``).
+
+    Raises
+    ------
+    TooManyAttemptsError
+        If the account or the address is locked out (the password is not even checked).
+    NotAuthenticatedError
+        If the user name or password is wrong, or the user may not log in.
+    """
     wait = state.throttle.retry_after(address=address, account=username)
     if wait > 0:
         state.failed_logins.count(
@@ -117,7 +157,8 @@ async def issue_token(request: Request, state: State) -> TokenPublic:
             reason="locked-out",
         )
         raise TooManyAttemptsError(wait)
-    counting = CountingSink(state.audit, state.failed_logins, address)
+    sink: AuditSink = state.audit if context is None else PurposeSink(state.audit, context)
+    counting = CountingSink(sink, state.failed_logins, address)
 
     def login() -> tuple[Principal, int]:
         version = token_version_of(state.engine, username)
@@ -137,13 +178,7 @@ async def issue_token(request: Request, state: State) -> TokenPublic:
                 )
         raise NotAuthenticatedError(str(error)) from None
     state.throttle.succeeded(account=username)
-    lifetime = timedelta(minutes=state.settings.token_lifetime_minutes)
-    issued = issue_access_token(principal, state.signing_key, lifetime, token_version=version)
-    return TokenPublic(
-        access_token=issued.token,
-        expires_in=issued.lifetime_seconds,
-        expires_at=issued.expires_at,
-    )
+    return principal, version
 
 
 def _account_name(state: ServingState, username: str) -> str:

@@ -1,0 +1,112 @@
+"""The console's parts on their own: sessions, bounded forms, forms from a model's schema."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from fastapi.testclient import TestClient
+from serving_support import CLINICIAN, FRAMINGHAM_PATIENT, RISK, Deployment
+from web_support import csrf_of, form_values, sign_in
+
+from countyfl.serving.web.forms import (
+    FormError,
+    parse_form,
+    patient_fields,
+    patient_type,
+    read_patient,
+)
+from countyfl.serving.web.sessions import MAX_SECONDS, SessionStore, same_token
+
+FORM = "application/x-www-form-urlencoded"
+
+
+# -- sessions -------------------------------------------------------------------------------
+
+
+def test_session_ends_when_idle_and_after_its_lifetime() -> None:
+    now = [0.0]
+    store = SessionStore(idle_seconds=60, clock=lambda: now[0])
+    cookie, session = store.create(CLINICIAN, 3)
+    assert store.find(cookie) == (session, None)
+    for _ in range(int(MAX_SECONDS / 50) + 2):  # busy all day: never idle
+        now[0] += 50
+        if store.find(cookie)[0] is None:
+            break
+    assert store.find(cookie) == (None, None)  # ended once, then unknown
+    assert now[0] > MAX_SECONDS - 100
+    cookie, _ = store.create(CLINICIAN, 3)
+    now[0] += 61
+    assert store.find(cookie) == (None, "idle-timeout")
+
+
+def test_sessions_are_found_by_their_own_cookie_only() -> None:
+    store = SessionStore(idle_seconds=60)
+    first, session = store.create(CLINICIAN, 0)
+    second, other = store.create(CLINICIAN, 0)
+    assert first != second and session.csrf != other.csrf
+    assert store.find(first[:-1] + "x")[0] is None
+    assert store.find("x" * 500) == (None, None)
+    assert store.end(first) is session and store.find(first)[0] is None
+    assert store.find(second)[0] is other
+
+
+def test_csrf_comparison() -> None:
+    assert same_token("abc", "abc")
+    assert not same_token("abd", "abc")
+    assert not same_token(None, "abc") and not same_token("", "abc")
+
+
+# -- forms ----------------------------------------------------------------------------------
+
+
+def test_form_is_bounded() -> None:
+    assert parse_form(FORM, b"a=1&b=two+words") == {"a": "1", "b": "two words"}
+    assert parse_form("", b"") == {}
+    for content_type, body in [
+        ("text/plain", b"a=1"),
+        (FORM, b"a=1&a=2"),
+        (FORM, b"a=" + b"x" * 201),
+        (FORM, b"\xff=1"),
+        (FORM, b"&".join(b"f%d=1" % i for i in range(201))),
+    ]:
+        with pytest.raises(FormError):
+            parse_form(content_type, body)
+    assert len(parse_form(FORM, b"evaluation_csv=" + b"1" * 60_000)["evaluation_csv"]) == 60_000
+
+
+def test_framingham_form_fields_come_from_its_schema() -> None:
+    fields = {field.name: field for field in patient_fields(patient_type("framingham"))}
+    assert list(fields) == list(FRAMINGHAM_PATIENT)
+    assert fields["current_smoker"].kind == "flag"
+    assert fields["age"].kind == "integer" and fields["age"].unit == "years"
+    assert fields["cigarettes_per_day"].required is False
+    assert fields["bmi"].kind == "number" and fields["bmi"].unit == "kg/m2"
+
+
+def test_a_smoker_without_cigarettes_is_told_what_is_missing() -> None:
+    record_type = patient_type("framingham")
+    values = {**form_values(FRAMINGHAM_PATIENT), "cigarettes_per_day": ""}
+    record, problems = read_patient(patient_fields(record_type), values, record_type)
+    assert record is None
+    assert "cigarettes_per_day is required for a current smoker" in problems["form"]
+
+
+def test_framingham_prediction_through_the_form(client: TestClient, shared: Deployment) -> None:
+    sign_in(client, CLINICIAN.username)
+    url = f"/console/clinic/{RISK}"
+    token = csrf_of(client.get(url).text)
+    response = client.post(
+        url, data={"csrf": token, "do": "predict", **form_values(FRAMINGHAM_PATIENT)}
+    )
+    assert response.status_code == 200
+    assert re.search(r'id="probability">\d+%', response.text)
+    assert shared.entries(action="model.predict")[-1]["target"].startswith(f"model:{RISK}:v")
+
+
+def test_unknown_console_page_is_a_page(client: TestClient) -> None:
+    sign_in(client, CLINICIAN.username)
+    response = client.get("/console/no/such/page")
+    assert response.status_code == 404
+    assert response.headers["content-type"].startswith("text/html")
+    assert "no such page" in response.text
