@@ -11,6 +11,7 @@ simulation runner and the tests read them.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -130,8 +131,11 @@ class FederationHistory:
         return names
 
     def write(self, path: Path) -> None:
+        """Write ``path`` atomically: a reader sees the old history or the new, never half."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=1, allow_nan=True), encoding="utf-8")
+        partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        partial.write_text(json.dumps(self.to_dict(), indent=1, allow_nan=True), encoding="utf-8")
+        os.replace(partial, path)
 
     @classmethod
     def read(cls, path: Path) -> FederationHistory:

@@ -105,7 +105,15 @@ def run_federation(
     random.seed(config.seed)  # Flower samples the institutions of a round with `random`
     initial = models.build(config.model, num_features)
     num_values = sum(int(t.numel()) for t in initial.state_dict().values())
-    strategy = build_strategy(config, num_institutions, num_values, on_round_end)
+    strategy = build_strategy(config, num_institutions, num_values)
+    if config.output_dir:
+        # The history so far is on disk after every round, so that the console (and anyone
+        # watching the folder) follows a live run; each write replaces the file atomically.
+        strategy.on_round_end = partial(
+            _write_history, strategy.history, Path(config.output_dir), on_round_end
+        )
+    else:
+        strategy.on_round_end = on_round_end
     result = strategy.start(
         grid=grid,
         initial_arrays=model_to_arrays(initial),
@@ -132,6 +140,17 @@ def run_federation(
             arrays: dict[str, Any] = {k: v.numpy() for k, v in state.items()}
             np.savez(output / FINAL_MODEL_FILE, **arrays)
         logger.info("wrote %s and %s to %s", HISTORY_FILE, FINAL_MODEL_FILE, output)
+
+
+def _write_history(
+    history: FederationHistory,
+    output: Path,
+    on_round_end: RoundCallback | None,
+    server_round: int,
+) -> None:
+    history.write(output / HISTORY_FILE)
+    if on_round_end is not None:
+        on_round_end(server_round)
 
 
 def make_server_app(

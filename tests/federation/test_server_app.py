@@ -189,6 +189,22 @@ def test_a_run_writes_its_history_record_and_final_model(tmp_path: Path, encrypt
         assert all(np.isfinite(model[name]).all() for name in model.files)
 
 
+def test_the_history_is_on_disk_after_every_round(tmp_path: Path) -> None:
+    # The console follows a live run through history.json: after round r it holds rounds
+    # 1..r, already complete, and no temporary file is left beside it.
+    config = _config(tmp_path)
+    output = Path(config.output_dir)
+    seen: list[tuple[int, list[int], int]] = []
+
+    def read_back(server_round: int) -> None:
+        history = FederationHistory.read(output / "history.json")
+        seen.append((server_round, sorted(history.rounds), len(history.rounds[server_round].train)))
+
+    run_federation(InProcessGrid(config, 4), config, read_back)
+    assert seen == [(1, [1], 4), (2, [1, 2], 4)]
+    assert sorted(p.name for p in output.iterdir() if p.name.startswith(".")) == []
+
+
 def test_a_failing_site_is_recorded_and_the_round_goes_on(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
