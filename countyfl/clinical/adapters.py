@@ -130,11 +130,15 @@ def read_export(source: ExportSource, *, drop: tuple[str, ...] = ()) -> pd.DataF
 def _read_sql(source: ExportSource) -> pd.DataFrame:
     import pandas as pd
     from sqlalchemy import create_engine, text
-    from sqlalchemy.exc import SQLAlchemyError
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
     try:
-        engine = create_engine(source.url or "")
-    except (SQLAlchemyError, ValueError, ImportError) as error:
+        url = make_url(source.url or "")
+        if url.drivername == "postgresql":  # the driver countyfl installs (psycopg 3)
+            url = url.set(drivername="postgresql+psycopg")
+        engine = create_engine(url)
+    except (ArgumentError, ValueError, ImportError) as error:
         raise DataError(f"data.url: not a usable database URL ({error})") from None
     try:
         with engine.connect() as connection:

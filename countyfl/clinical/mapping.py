@@ -153,7 +153,7 @@ def unit_factor(source: str, target: str, *, molar_mass: float | None = None) ->
     except Exception as error:  # pint's parser raises several kinds for bad syntax
         raise ValueError(f"not a unit ({error})") from None
     try:
-        return float(start.to(end).magnitude)
+        return float(start.to(end.units).magnitude / end.magnitude)
     except pint.errors.DimensionalityError:
         pass
     if molar_mass is not None:
@@ -161,7 +161,7 @@ def unit_factor(source: str, target: str, *, molar_mass: float | None = None) ->
         mass = registry.Quantity(molar_mass, "g/mol")
         for candidate in (start * mass, start / mass):
             try:
-                return float(candidate.to(end).magnitude)
+                return float(candidate.to(end.units).magnitude / end.magnitude)
             except pint.errors.DimensionalityError:
                 continue
     hint = "" if molar_mass is not None else "; for mass <-> substance, the task needs molar_mass"
@@ -249,6 +249,13 @@ def check_mapping(
             problems.append(
                 f"data.columns.{name} = {column!r}: the export has no such column; its columns "
                 f"are {', '.join(map(str, columns))[:1000]}. Name the export's column for {name}"
+            )
+    mapped = {mapping.column_of(name) for name in known}
+    for column in (*mapping.identifiers, *mapping.drop):
+        if column in mapped:
+            problems.append(
+                f"data.columns: {column!r} is an identifier (data.identifiers / data.drop) "
+                "and may not be a feature or the label"
             )
     for column in (*extra_columns, *mapping.identifiers):
         if column not in present:

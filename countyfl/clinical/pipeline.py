@@ -7,10 +7,18 @@ from pathlib import Path
 
 from countyfl.clinical.adapters import ExportSource, read_export
 from countyfl.clinical.dataset import federated_dataset
-from countyfl.clinical.mapping import DataMapping, check_mapping, map_rows, parse_mapping
+from countyfl.clinical.mapping import (
+    DataMapping,
+    MappedRows,
+    check_mapping,
+    map_rows,
+    parse_mapping,
+)
 from countyfl.clinical.task import TaskDefinition
 from countyfl.data.federated import FederatedDataset
 from countyfl.errors import DataError
+
+QUARANTINE_FILE = "quarantine.csv"
 
 
 def simulation_dataset(
@@ -58,3 +66,47 @@ def packaged_dataset(
         partition_seed=partition_seed,
         where=str(csv_path),
     )
+
+
+def ingest(
+    task: TaskDefinition,
+    source: ExportSource,
+    mapping: DataMapping,
+    *,
+    state_dir: Path,
+    institution_id: str,
+    where: str,
+    split_column: str | None = None,
+) -> MappedRows:
+    """A site's export read, pseudonymised and mapped onto the task, at the site.
+
+    Direct identifiers (``drop``) are removed as the export is read; identifier columns
+    (``identifiers``) become a keyed HMAC with the site's secret from ``state_dir``; the
+    quarantine (with pseudonyms, never identifiers) is written to
+    ``state_dir/quarantine.csv`` (owner-only folder).
+    """
+    from countyfl.clinical.pseudonyms import load_or_create_secret, pseudonymiser
+    from countyfl.data.quarantine import write_quarantine
+
+    frame = read_export(source, drop=mapping.drop)
+    checked = check_mapping(
+        task,
+        mapping,
+        list(map(str, frame.columns)),
+        where=where,
+        extra_columns=(split_column,) if split_column else (),
+    )
+    pseudonymise = pseudonymiser(load_or_create_secret(state_dir)) if mapping.identifiers else None
+    rows = map_rows(
+        frame,
+        checked,
+        source=source.name(),
+        institution=institution_id,
+        split_column=split_column,
+        pseudonymise=pseudonymise,
+    )
+    from countyfl.files import ensure_private_directory
+
+    ensure_private_directory(state_dir)
+    write_quarantine(state_dir / QUARANTINE_FILE, rows.quarantined)
+    return rows
