@@ -207,6 +207,18 @@ def input_transform(scenario: str) -> dict[str, Any]:
                 fed_heart_disease.REFERENCE_SCALE[f][1] for f in fed_heart_disease.FEATURE_NAMES
             ],
         }
+    try:
+        known = scenarios.get(scenario)
+    except CountyflError:
+        known = None
+    if known is not None and known.task is not None:
+        # A county's own task: the transform carries the task, whose features the API's
+        # input schema is built from (units, ranges, categories).
+        return {
+            **known.input_transform(),
+            "schema": "task",
+            "task": known.task.model_dump(mode="json"),
+        }
     raise PublishError(
         f"no input transform is known for scenario {scenario!r}; a model of it cannot be "
         "published for serving (known: fed-heart-disease, framingham-county)"
@@ -252,7 +264,7 @@ def publish(
         "name": name or scenarios.get(config["scenario"]).registry_name,
         "model": config["model"],
         "run_id": run.run_id or run_dir.name,
-        "scenario": config["scenario"],
+        "scenario": scenarios.get(config["scenario"]).name,
         "task_manifest_hash": task_manifest_hash or run.task_manifest_hash,
         "rounds": len(history.rounds),
         **summarise_history(history),

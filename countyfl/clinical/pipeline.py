@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+from pydantic import ConfigDict
+
 from countyfl.clinical.adapters import ExportSource, read_export
 from countyfl.clinical.dataset import federated_dataset
 from countyfl.clinical.mapping import (
@@ -66,6 +68,63 @@ def packaged_dataset(
         partition_seed=partition_seed,
         where=str(csv_path),
     )
+
+
+class ExportFile(ExportSource, DataMapping):
+    """A simulation's export file (TOML): where the export is and how it maps onto the task.
+
+    The keys of a site.toml's ``[data]`` table without ``task``, at the top level;
+    relative paths resolve against the file's folder.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def read_export_file(path: Path) -> tuple[ExportSource, DataMapping]:
+    """An export file's source and mapping; MappingError names the file and key."""
+    import tomllib
+
+    from pydantic import ValidationError
+
+    from countyfl.clinical.mapping import MappingError
+    from countyfl.clinical.task import location
+
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
+        raise MappingError(f"{path}: cannot be read as TOML ({error})") from None
+    try:
+        parsed = ExportFile.model_validate(raw)
+    except ValidationError as error:
+        problems = "\n".join(
+            f"{path}: {location(tuple(issue['loc']))}: "
+            f"{str(issue['msg']).removeprefix('Value error, ')}"
+            for issue in error.errors()
+        )
+        raise MappingError(f"{problems}\nFix {path.name} (see docs/site-data.md).") from None
+    source = ExportSource.model_validate(
+        {name: getattr(parsed, name) for name in ExportSource.model_fields}
+    )
+    if source.path is not None and not source.path.is_absolute():
+        source = source.model_copy(update={"path": path.parent / source.path})
+    mapping = DataMapping.model_validate(
+        {name: getattr(parsed, name) for name in DataMapping.model_fields}
+    )
+    return source, mapping
+
+
+def export_dataset(task: TaskDefinition, path: Path, partition_seed: int) -> FederatedDataset:
+    """A user's task simulated on one export: an export file (TOML) or a CSV/Excel file.
+
+    A CSV or Excel file given directly must use the task's own names, units and codes.
+    """
+    if path.suffix == ".toml":
+        source, mapping = read_export_file(path)
+    else:
+        excel = path.suffix.lower() in (".xlsx", ".xlsm")
+        source = ExportSource(format="excel" if excel else "csv", path=path)
+        mapping = DataMapping()
+    return simulation_dataset(task, source, mapping, partition_seed=partition_seed, where=str(path))
 
 
 def ingest(

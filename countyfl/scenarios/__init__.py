@@ -20,7 +20,7 @@ Adding a built-in scenario is one task file in ``tasks/`` and one line in
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -67,6 +67,12 @@ class Scenario:
     task: TaskDefinition | None = None
     """The task file's definition this scenario was built from."""
     task_path: Path | None = None
+    key: str = ""
+    """What a run config names it by: the name of a built-in, the path of a task file."""
+
+    @property
+    def run_key(self) -> str:
+        return self.key or self.name
 
     @property
     def num_features(self) -> int:
@@ -88,9 +94,13 @@ def from_task(task: TaskDefinition, *, path: Path | None = None) -> Scenario:
     The loader reads the data set the task ships (built-in tasks), or the export given
     as the data path, mapped by the task's own ``packaged_data.mapping``.
     """
-    from countyfl.clinical.pipeline import packaged_dataset
+    from countyfl.clinical.pipeline import export_dataset, packaged_dataset
 
     def _load(data_path: Path | None, partition_seed: int) -> FederatedDataset:
+        if data_path is not None and data_path.suffix == TASK_FILE_SUFFIX:
+            return export_dataset(task, data_path, partition_seed)
+        if task.packaged_data is None and data_path is not None:
+            return export_dataset(task, data_path, partition_seed)
         return packaged_dataset(task, data_path, partition_seed)
 
     simulation = task.simulation
@@ -162,7 +172,13 @@ def get(name: str) -> Scenario:
     if name not in _REGISTRY and name in _BUILT_IN:
         register(from_task_file(TASKS_DIR / _BUILT_IN[name]))
     if name not in _REGISTRY and name.endswith(TASK_FILE_SUFFIX):
-        _REGISTRY[name] = from_task_file(Path(name))
+        scenario = from_task_file(Path(name))
+        if scenario.name in _BUILT_IN:
+            raise UnknownNameError(
+                f"{name}: task {scenario.name!r} has the name of a built-in scenario; "
+                "give it a name of its own"
+            )
+        _REGISTRY[name] = replace(scenario, key=name)
     try:
         return _REGISTRY[name]
     except KeyError:

@@ -73,7 +73,7 @@ def build_config(
     scenario: Scenario, seed: int, overrides: Mapping[str, Any], output: Path
 ) -> RunConfig:
     """The run config of one seed: scenario defaults, then the researcher's overrides."""
-    values = {**scenario.defaults, **overrides, "scenario": scenario.name, "seed": seed}
+    values = {**scenario.defaults, **overrides, "scenario": scenario.run_key, "seed": seed}
     values["output-dir"] = str(output)
     # Without --sites-dir every seed simulates its own, fresh institutions (independent
     # repetitions); with it, every seed and every later run composes in the same ledgers.

@@ -59,7 +59,7 @@ delta = 0.001
 """
 
 
-def _site(tmp_path: Path, text: str = SITE, rows: int = 1) -> Path:
+def _site(tmp_path: Path, text: str = SITE) -> Path:
     (tmp_path / "heart-failure.toml").write_text(TEMPLATE)
     write_csv(tmp_path / "export.csv")
     path = tmp_path / "site.toml"
@@ -111,3 +111,16 @@ def test_a_bad_task_file_stops_the_site_toml(tmp_path: Path) -> None:
 def test_an_unknown_mapping_key_is_named(tmp_path: Path) -> None:
     with pytest.raises(SiteConfigError, match=r"site.toml: data\.unit: unknown field"):
         load_site(_site(tmp_path, SITE.replace("[data.units]", "[data.unit]")))
+
+
+def test_the_documented_site_toml_is_valid(tmp_path: Path) -> None:
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "site-data.md").read_text()
+    section = docs[docs.index("## A site's `[data]` mapping") :]
+    example = section.split("```toml\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "heart-failure.toml").write_text(TEMPLATE)
+    path = tmp_path / "site.toml"
+    path.write_text(example)
+    site = load_site(path, require_data=False)
+    assert isinstance(site.data, TaskData)
+    assert site.data.codes["sex-male"]["男"] == "yes"
+    assert site.data.dates["age"].format == "%d.%m.%Y"
