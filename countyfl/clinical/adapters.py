@@ -1,8 +1,9 @@
-"""Adapters: a site's export (CSV, Excel, SQL) read as text, identifiers dropped first.
+"""Adapters: a site's export (CSV, Excel, SQL) read as it is written, identifiers dropped first.
 
-Every adapter returns a frame of the export's values as text (missing ones as NaN), so
-the mapping (:mod:`countyfl.clinical.mapping`) sees what the export says, decimal commas
-and codes included, and quarantines the original value. Direct identifiers named in
+A CSV is read as text (missing cells as NaN), so the mapping
+(:mod:`countyfl.clinical.mapping`) sees what the export says, decimal commas and codes
+included, and quarantines the original value; Excel cells and SQL columns keep their own
+types (a number stays a number, a date a date). Direct identifiers named in
 ``drop`` are removed here, before anything else reads a row.
 """
 
@@ -65,25 +66,29 @@ class ExportSource(BaseModel):
         return self.path.name if self.path is not None else "sql-query"
 
 
-def _text_frame(frame: pd.DataFrame) -> pd.DataFrame:
+def _native_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """Missing cells as None, numpy scalars as Python ones; typed cells keep their type.
+
+    A number an Excel cell or a SQL column holds as a number is never re-read through the
+    export's decimal and thousands separators (which are for numbers written as text).
+    """
     import pandas as pd
 
-    text = frame.astype(object).where(frame.notna(), None)
-    text = text.map(lambda v: v if v is None or isinstance(v, str) else _as_text(v))
-    text.columns = [str(c) for c in text.columns]
-    return pd.DataFrame(text)
+    def native(value: object) -> object:
+        if value is None or (isinstance(value, float) and value != value):
+            return None
+        if value is pd.NaT:
+            return None
+        item = getattr(value, "item", None)
+        return item() if callable(item) and not isinstance(value, str) else value
 
-
-def _as_text(value: object) -> str:
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    if hasattr(value, "isoformat"):
-        return str(value.isoformat())[:10] if "00:00:00" in str(value) else str(value)
-    return str(value)
+    result = frame.astype(object).map(native)
+    result.columns = [str(c) for c in result.columns]
+    return pd.DataFrame(result)
 
 
 def read_export(source: ExportSource, *, drop: tuple[str, ...] = ()) -> pd.DataFrame:
-    """The export's rows, values as text, without the columns in ``drop``.
+    """The export's rows (CSV as text, Excel and SQL typed), without the columns in ``drop``.
 
     Raises DataError (naming the file or database) when it cannot be read.
     """
@@ -114,10 +119,10 @@ def read_export(source: ExportSource, *, drop: tuple[str, ...] = ()) -> pd.DataF
                 engine="openpyxl",
                 nrows=MAX_ROWS,
             )
-            frame = _text_frame(frame.drop(columns=[c for c in drop if c in frame.columns]))
+            frame = _native_frame(frame.drop(columns=[c for c in drop if c in frame.columns]))
         else:
             frame = _read_sql(source)
-            frame = _text_frame(frame.drop(columns=[c for c in drop if c in frame.columns]))
+            frame = _native_frame(frame.drop(columns=[c for c in drop if c in frame.columns]))
     except DataError:
         raise
     except (ValueError, OSError, UnicodeDecodeError, pd.errors.ParserError) as error:

@@ -39,7 +39,9 @@ column, the original value (with its unit) and the reason.
 
 from __future__ import annotations
 
+import decimal
 import math
+import numbers
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -175,7 +177,7 @@ def code_text(value: object) -> str:
     """A code as text: ``1``, ``1.0`` and ``True`` become ``1``, ``1`` and ``true``."""
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, int | float):
+    if isinstance(value, numbers.Real | decimal.Decimal):
         number = float(value)
         return str(int(number)) if number.is_integer() else repr(number)
     text = str(value).strip()
@@ -184,6 +186,11 @@ def code_text(value: object) -> str:
     except ValueError:
         return text
     return str(int(number)) if math.isfinite(number) and number.is_integer() else text
+
+
+def shown_number(value: object) -> str:
+    """A number for a quarantine entry: as written (text), or ``2000`` for a typed 2000.0."""
+    return value if isinstance(value, str) else code_text(value)
 
 
 def is_missing(value: object) -> bool:
@@ -331,7 +338,9 @@ def parse_number(value: object, mapping: DataMapping) -> float:
     """A number as written in the export (decimal comma, thousands separators); ValueError."""
     if isinstance(value, bool):
         raise ValueError("a yes/no value, not a number")
-    if isinstance(value, int | float):
+    if isinstance(
+        value, numbers.Real | decimal.Decimal
+    ):  # a typed cell (Excel, SQL): never re-parsed
         return float(value)
     text = str(value).strip()
     if mapping.thousands:
@@ -464,13 +473,13 @@ def map_rows(
                     )
                     problem(
                         column,
-                        f"{raw} {unit}",
+                        f"{shown_number(raw)} {unit}",
                         f"{number:g} {unit}{after} is outside the plausible range "
                         f"[{low:g}, {high:g}] {feature.unit}",
                     )
                     continue
                 if feature.integer and not float(converted).is_integer():
-                    problem(column, f"{raw} {unit}", "must be a whole number")
+                    problem(column, f"{shown_number(raw)} {unit}", "must be a whole number")
                     continue
                 record[name] = converted
             elif feature.type is FeatureType.YES_NO:

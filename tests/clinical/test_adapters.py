@@ -136,3 +136,37 @@ def test_a_failing_query_is_a_clear_error_without_the_password(tmp_path: Path) -
 def test_a_missing_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"export\.csv: the export does not exist"):
         read_export(ExportSource(format="csv", path=tmp_path / "export.csv"))
+
+
+def test_typed_excel_cells_are_not_reparsed_with_the_exports_separators(
+    csv_rows: MappedRows, tmp_path: Path
+) -> None:
+    # A workbook whose numbers and dates are typed cells, not text: 1060.8 must stay
+    # 1060.8 although the mapping says '.' separates thousands in text.
+    import datetime as dt
+
+    typed = frame()
+    typed["kreatinin"] = [88.4, 1060.8, None, 2000, 70, 95]
+    for column in ("geburtsdatum", "aufnahme"):
+        typed[column] = [dt.datetime.strptime(v, "%d.%m.%Y") for v in typed[column]]
+    path = tmp_path / "typed.xlsx"
+    typed.to_excel(path, index=False, engine="openpyxl")
+    rows = _ingest(ExportSource(format="excel", path=path), tmp_path / "state")
+    assert rows.row_numbers == csv_rows.row_numbers
+    assert [r["age"] for r in rows.values] == [r["age"] for r in csv_rows.values]
+    assert [r["creatinine"] for r in rows.values] == pytest.approx(
+        [r["creatinine"] for r in csv_rows.values]
+    )
+    (too_high,) = [q for q in rows.quarantined if q.row_number == 4]
+    assert too_high.value == "2000 umol/L"
+
+
+def test_sql_numeric_values_are_numbers_not_text() -> None:
+    # PostgreSQL's NUMERIC arrives as Decimal: a number, not text with separators.
+    from decimal import Decimal
+
+    from countyfl.clinical.mapping import code_text, parse_number
+
+    assert parse_number(Decimal("1060.8"), mapping()) == 1060.8
+    assert parse_number("1.060,8", mapping()) == 1060.8
+    assert code_text(Decimal("1")) == "1"
