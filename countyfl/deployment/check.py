@@ -86,6 +86,8 @@ def _check_data(check: SiteCheck) -> None:
     )
     for reason, count in data.quarantine_counts().items():
         check.add("data", f"  quarantined: {reason}", count, Status.WARNING)
+    for feature, conversion in data.conversions.items():
+        check.add("data", f"unit conversion: {feature}", conversion)
     check.add(
         "data", "train / test rows", f"{data.institution.num_train} / {data.institution.num_test}"
     )

@@ -10,6 +10,7 @@ export loaded here gives the same arrays as the simulation's loader.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -49,6 +50,8 @@ class SiteData:
     rows_read: int
     quarantined: tuple[QuarantinedRow, ...]
     quarantine_path: Path
+    conversions: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    """Feature -> the unit conversion applied to the export's column (task-file sites)."""
 
     @property
     def rows_kept(self) -> int:
@@ -191,6 +194,7 @@ def _load_task_data(site: SiteConfig, data: TaskData) -> SiteData:
         rows_read=rows.rows_read,
         quarantined=tuple(rows.quarantined),
         quarantine_path=site.quarantine_path,
+        conversions=dict(rows.conversions),
     )
 
 

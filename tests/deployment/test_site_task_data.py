@@ -124,3 +124,15 @@ def test_the_documented_site_toml_is_valid(tmp_path: Path) -> None:
     assert isinstance(site.data, TaskData)
     assert site.data.codes["sex-male"]["男"] == "yes"
     assert site.data.dates["age"].format == "%d.%m.%Y"
+
+
+def test_node_check_shows_the_quarantine_and_the_conversions(tmp_path: Path) -> None:
+    from countyfl.deployment.check import Status, check_site
+
+    check = check_site(_site(tmp_path))
+    found = {f.item: f for f in check.findings if f.section == "data"}
+    assert found["rows read"].value == str(len(ROWS))
+    assert found["rows kept"].value == "3"
+    assert found["unit conversion: creatinine"].value.startswith("umol/L -> mg/dL")
+    assert found["rows quarantined"].status is Status.WARNING
+    assert not [f for f in check.findings if f.section == "data" and f.status is Status.PROBLEM]
