@@ -127,3 +127,11 @@ def test_built_in_task_files_validate() -> None:
 
     for path in sorted(TASKS_DIR.glob("*.toml")):
         assert runner.invoke(app, ["task", "validate", str(path)]).exit_code == 0
+
+
+def test_task_manifest_is_still_reached_through_the_task_group() -> None:
+    import re
+
+    result = runner.invoke(app, ["task", "manifest", "--run-config", "num-server-rounds=2"])
+    assert result.exit_code == 0, result.output
+    assert re.search(r"^[0-9a-f]{64}$", result.output, re.MULTILINE)
