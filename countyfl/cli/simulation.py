@@ -248,10 +248,11 @@ def _task_scenario(task: Path, data: Path | None) -> str:
     assert definition is not None
     if data is None and definition.packaged_data is None:
         fail(f"--task {task}: give the task's export with --data (CSV, Excel or an export file)")
-    if definition.simulation is None:
+    if definition.simulation is None and (data is None or data.suffix != ".toml"):
         fail(
             f"{task}: simulation: the task has no [simulation] table; add split_column (the "
-            "export's column naming each row's institution) to simulate it"
+            "export's column naming each row's institution) to it, or to an export file "
+            "given with --data"
         )
     return str(path)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from pydantic import ConfigDict
+from pydantic import ConfigDict, Field
 
 from countyfl.clinical.adapters import ExportSource, read_export
 from countyfl.clinical.dataset import federated_dataset
@@ -16,7 +16,7 @@ from countyfl.clinical.mapping import (
     map_rows,
     parse_mapping,
 )
-from countyfl.clinical.task import TaskDefinition
+from countyfl.clinical.task import Simulation, TaskDefinition
 from countyfl.data.federated import FederatedDataset
 from countyfl.errors import DataError
 
@@ -79,8 +79,11 @@ class ExportFile(ExportSource, DataMapping):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    split_column: str | None = Field(default=None, min_length=1, max_length=200)
+    """The column naming each row's institution (instead of the task's split_column)."""
 
-def read_export_file(path: Path) -> tuple[ExportSource, DataMapping]:
+
+def read_export_file(path: Path) -> tuple[ExportSource, DataMapping, str | None]:
     """An export file's source and mapping; MappingError names the file and key."""
     import tomllib
 
@@ -110,7 +113,7 @@ def read_export_file(path: Path) -> tuple[ExportSource, DataMapping]:
     mapping = DataMapping.model_validate(
         {name: getattr(parsed, name) for name in DataMapping.model_fields}
     )
-    return source, mapping
+    return source, mapping, parsed.split_column
 
 
 def export_dataset(task: TaskDefinition, path: Path, partition_seed: int) -> FederatedDataset:
@@ -119,7 +122,16 @@ def export_dataset(task: TaskDefinition, path: Path, partition_seed: int) -> Fed
     A CSV or Excel file given directly must use the task's own names, units and codes.
     """
     if path.suffix == ".toml":
-        source, mapping = read_export_file(path)
+        source, mapping, split_column = read_export_file(path)
+        if split_column is not None:
+            simulation = task.simulation
+            task = task.model_copy(
+                update={
+                    "simulation": Simulation(split_column=split_column)
+                    if simulation is None or simulation.county is not None
+                    else simulation.model_copy(update={"split_column": split_column})
+                }
+            )
     else:
         excel = path.suffix.lower() in (".xlsx", ".xlsm")
         source = ExportSource(format="excel" if excel else "csv", path=path)

@@ -156,6 +156,14 @@ def run_simulation_request(
     dataset = scenarios.load(
         base_config.scenario, base_config.data_path, base_config.partition_seed
     )
+    if len(dataset.institutions) != scenario.num_institutions and "min-nodes" not in (
+        request.overrides
+    ):
+        # A task whose institutions come from the export's split column: the ServerApp
+        # must wait for every one of them, not for the count the task file implies.
+        request = dataclasses.replace(
+            request, overrides={**request.overrides, "min-nodes": len(dataset.institutions)}
+        )
     request.output_dir.mkdir(parents=True, exist_ok=True)
     write_quarantine(request.output_dir / QUARANTINE_FILE, dataset.quarantined)
     results = []

@@ -56,3 +56,35 @@ def test_a_task_models_transform_carries_the_task_and_serves_its_schema(
     with pytest.raises(InvalidRecordError) as error:
         validate_records(spec, [{**patient, "total_cholesterol": 7.2}], ["patient"])
     assert "80.0 to 700.0 mg/dL" in str(error.value)
+
+
+def test_an_export_file_may_name_the_split_column_itself(tmp_path: Path) -> None:
+    import pandas as pd
+
+    task_path, export_path = write_user_task(tmp_path, rows=120)
+    text = task_path.read_text()
+    task_path.write_text(text[: text.index("[simulation]")])  # no [simulation] at all
+    export = pd.read_csv(tmp_path / "export.csv", dtype=str)
+    export.loc[2, "klinik"] = "KH"
+    export.to_csv(tmp_path / "export.csv", index=False)
+    export_path.write_text('split_column = "klinik"\n' + export_path.read_text())
+    dataset = scenarios.load(str(task_path), str(export_path), 2026)
+    assert [(i.institution_id, i.name) for i in dataset.institutions] == [
+        ("kh", "KH"),
+        ("ts1", "TS1"),
+        ("vc1", "VC1"),
+    ]
+
+
+def test_the_documented_export_file_is_valid(tmp_path: Path) -> None:
+    from countyfl.clinical.pipeline import read_export_file
+
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "site-data.md").read_text()
+    section = docs[docs.index("## An export file") :]
+    example = section.split("```toml\n", 1)[1].split("```", 1)[0]
+    path = tmp_path / "export.toml"
+    path.write_text(example)
+    source, mapping, split_column = read_export_file(path)
+    assert source.path == tmp_path / "export.csv"
+    assert mapping.units == {"total-cholesterol": "mmol/L"}
+    assert split_column == "klinik"
