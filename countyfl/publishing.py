@@ -32,7 +32,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from countyfl import models, protocol, scenarios
-from countyfl.errors import CountyflError, UnknownNameError, describe_validation_error
+from countyfl.errors import CountyflError, describe_validation_error
 
 # The published folder's file names are defined once, by the registry that reads it.
 from countyfl.registry.published import ARTIFACT_FILE, METADATA_FILE, PublishedModel
@@ -207,15 +207,24 @@ def input_transform(scenario: str) -> dict[str, Any]:
                 fed_heart_disease.REFERENCE_SCALE[f][1] for f in fed_heart_disease.FEATURE_NAMES
             ],
         }
+    try:
+        known = scenarios.get(scenario)
+    except CountyflError as error:  # an unknown name, or a task file that is gone or broken
+        raise PublishError(
+            f"no input transform is known for scenario {scenario!r}, so a model of it cannot "
+            f"be published for serving: {error}"
+        ) from None
+    if known.task is not None:
+        # A county's own task: the transform carries the task, whose features the API's
+        # input schema is built from (units, ranges, categories).
+        return {
+            **known.input_transform(),
+            "schema": "task",
+            "task": known.task.model_dump(mode="json"),
+        }
     # Any other registered scenario declares its transform itself (the county scenarios:
     # Framingham's schema and reference constants).
-    try:
-        return scenarios.get(scenario).input_transform()
-    except UnknownNameError:
-        raise PublishError(
-            f"no input transform is known for scenario {scenario!r}; a model of it cannot be "
-            f"published for serving (known: {', '.join(scenarios.names())})"
-        ) from None
+    return known.input_transform()
 
 
 def publish(
@@ -257,7 +266,7 @@ def publish(
         "name": name or scenarios.get(config["scenario"]).registry_name,
         "model": config["model"],
         "run_id": run.run_id or run_dir.name,
-        "scenario": config["scenario"],
+        "scenario": scenarios.get(config["scenario"]).name,
         "task_manifest_hash": task_manifest_hash or run.task_manifest_hash,
         "rounds": len(history.rounds),
         **summarise_history(history),

@@ -47,7 +47,8 @@ class RunConfig(BaseModel):
         frozen=True, extra="forbid", alias_generator=kebab_case, populate_by_name=True
     )
 
-    scenario: str = Field(default="fed-heart-disease", min_length=1, max_length=64)
+    # A built-in scenario's name, or the path of a county's task file (countyfl.scenarios).
+    scenario: str = Field(default="fed-heart-disease", min_length=1, max_length=1024)
     model: str = "diagnosis-logreg"
     strategy: StrategyName = StrategyName.FEDAVG
     num_server_rounds: int = Field(default=15, ge=1, le=10_000)

@@ -20,6 +20,7 @@ LAYERS = (
     "protocol",
     "settings",
     "data",
+    "clinical",
     "models",
     "training",
     "privacy",

@@ -66,5 +66,7 @@ def test_a_county_models_transform_is_framinghams_and_an_unknown_scenario_is_nam
 
     assert input_transform("county") == input_transform("framingham-county")
     assert input_transform("county-16")["schema"] == "framingham"
-    with pytest.raises(PublishError, match="known: fed-heart-disease, framingham-county, county"):
+    with pytest.raises(
+        PublishError, match="choose one of fed-heart-disease, framingham-county, county"
+    ):
         input_transform("no-such-county")

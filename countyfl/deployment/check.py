@@ -65,7 +65,7 @@ class SiteCheck:
 
 def _check_data(check: SiteCheck) -> None:
     site = check.site
-    if not site.data.path.is_file():
+    if site.data.path is not None and not site.data.path.is_file():
         check.add("data", "export (data.path)", f"{site.data.path} does not exist", Status.PROBLEM)
         return
     try:
@@ -86,6 +86,8 @@ def _check_data(check: SiteCheck) -> None:
     )
     for reason, count in data.quarantine_counts().items():
         check.add("data", f"  quarantined: {reason}", count, Status.WARNING)
+    for feature, conversion in data.conversions.items():
+        check.add("data", f"unit conversion: {feature}", conversion)
     check.add(
         "data", "train / test rows", f"{data.institution.num_train} / {data.institution.num_test}"
     )

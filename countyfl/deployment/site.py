@@ -45,13 +45,18 @@ from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
     PrivateAttr,
+    Tag,
     ValidationError,
     ValidationInfo,
     model_validator,
 )
 
+from countyfl.clinical.adapters import ExportSource
+from countyfl.clinical.mapping import DataMapping
+from countyfl.clinical.task import TaskDefinition, load_task
 from countyfl.data.federated import CareLevel
 from countyfl.data.schema import HeartDiseaseRecord
 from countyfl.errors import ConfigError
@@ -138,11 +143,81 @@ class HeartDiseaseData(BaseModel):
     data_schema: Literal["heart-disease"] = Field(alias="schema")
     columns: HeartDiseaseColumns = HeartDiseaseColumns()
 
+    @property
+    def source_description(self) -> str:
+        return str(self.path)
 
-# Adding a schema: a FraminghamData model with data_schema Literal[FRAMINGHAM] and its own
-# columns, then DataSource = Annotated[HeartDiseaseData | FraminghamData,
-# Field(discriminator="data_schema")], and a loader in countyfl.deployment.site_data.
-DataSource = HeartDiseaseData
+
+class TaskData(DataMapping):
+    """``[data]`` of a site whose export is mapped onto a county's task file.
+
+    ``task`` names the task file; the export is a CSV or Excel file (``path``) or a SQL
+    query (``url``, ``query``); every other key is the mapping of
+    :class:`countyfl.clinical.mapping.DataMapping` (docs/site-data.md). The task file is
+    read and the mapping's units checked when the site.toml is loaded, so a bad unit
+    stops ``node check`` before anything trains.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    task: SitePath
+    format: Literal["csv", "excel", "sql"] = "csv"
+    path: SitePath | None = None
+    sheet: str | None = Field(default=None, min_length=1, max_length=100)
+    delimiter: Literal[",", ";", "\t", "|"] = ","
+    encoding: Literal["utf-8", "utf-8-sig", "gb18030", "latin-1"] = "utf-8"
+    url: str | None = Field(default=None, min_length=1, max_length=2000)
+    query: str | None = Field(default=None, min_length=1, max_length=20_000)
+
+    _definition: TaskDefinition | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _load_task(self) -> TaskData:
+        self.export_source()  # format and its keys fit together
+        self._definition = load_task(self.task)
+        return self
+
+    @property
+    def definition(self) -> TaskDefinition:
+        if self._definition is None:  # pragma: no cover - set by validation
+            self._definition = load_task(self.task)
+        return self._definition
+
+    @property
+    def data_schema(self) -> str:
+        return self.definition.schema_name
+
+    def export_source(self) -> ExportSource:
+        return ExportSource(
+            format=self.format,
+            path=self.path,
+            sheet=self.sheet,
+            delimiter=self.delimiter,
+            encoding=self.encoding,
+            url=self.url,
+            query=self.query,
+        )
+
+    def mapping(self) -> DataMapping:
+        return DataMapping.model_validate(
+            {name: getattr(self, name) for name in DataMapping.model_fields}
+        )
+
+    @property
+    def source_description(self) -> str:
+        return self.export_source().describe()
+
+
+def _data_kind(value: Any) -> str:
+    return "task" if isinstance(value, Mapping) and "task" in value else "heart-disease"
+
+
+# A [data] table with a `task` key maps the export onto a county's task file; otherwise it
+# is the built-in heart-disease schema.
+DataSource = Annotated[
+    Annotated[HeartDiseaseData, Tag("heart-disease")] | Annotated[TaskData, Tag("task")],
+    Discriminator(_data_kind),
+]
 
 
 class PrivacySettings(BaseModel):
@@ -228,6 +303,8 @@ class SiteConfig(BaseModel):
 
 
 def _location(loc: tuple[int | str, ...]) -> str:
+    if len(loc) >= 2 and loc[0] == "data" and loc[1] in ("task", "heart-disease"):
+        loc = (loc[0], *loc[2:]) if len(loc) > 2 or loc[1] != "task" else loc
     text = ""
     for part in loc:
         text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
@@ -244,7 +321,7 @@ def _message(issue: Mapping[str, Any]) -> str:
             "must be a slug: lowercase letters, digits and inner hyphens, up to 64 characters "
             "(e.g. 'township-3')"
         )
-    return str(issue["msg"])
+    return str(issue["msg"]).removeprefix("Value error, ")
 
 
 def parse_site(raw: Mapping[str, Any], *, source: Path) -> SiteConfig:
@@ -305,7 +382,7 @@ def load_site(path: Path, *, require_data: bool = True) -> SiteConfig:
     except (OSError, UnicodeDecodeError) as error:
         raise SiteConfigError(f"{path}: cannot be read ({error})") from None
     site = parse_site(raw, source=path)
-    if require_data and not site.data.path.is_file():
+    if require_data and site.data.path is not None and not site.data.path.is_file():
         raise SiteConfigError(
             f"{path}: data.path: {site.data.path} does not exist; point data.path at the "
             "institution's CSV export (relative paths are relative to the site.toml)"

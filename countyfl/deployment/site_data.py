@@ -10,6 +10,7 @@ export loaded here gives the same arrays as the simulation's loader.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -22,7 +23,7 @@ from countyfl.data.federated import InstitutionData
 from countyfl.data.quarantine import QuarantinedRow, validate_rows, write_quarantine
 from countyfl.data.schema import HeartDiseaseRecord
 from countyfl.data.sources import HEART_DISEASE_FILE, packaged_path, read_csv
-from countyfl.deployment.site import HeartDiseaseData, SiteConfig
+from countyfl.deployment.site import HeartDiseaseData, SiteConfig, TaskData
 from countyfl.errors import ConfigError, DataError, SchemaError
 
 
@@ -49,6 +50,8 @@ class SiteData:
     rows_read: int
     quarantined: tuple[QuarantinedRow, ...]
     quarantine_path: Path
+    conversions: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    """Feature -> the unit conversion applied to the export's column (task-file sites)."""
 
     @property
     def rows_kept(self) -> int:
@@ -98,6 +101,8 @@ def load_site_data(site: SiteConfig) -> SiteData:
     DataError
         The export cannot be read, or too few valid rows remain for a train/test split.
     """
+    if isinstance(site.data, TaskData):
+        return _load_task_data(site, site.data)
     data = site.data
     frame = read_csv(data.path)
     to_schema = _schema_columns(data)
@@ -148,6 +153,48 @@ def load_site_data(site: SiteConfig) -> SiteData:
         rows_read=len(frame),
         quarantined=quarantined,
         quarantine_path=site.quarantine_path,
+    )
+
+
+def _load_task_data(site: SiteConfig, data: TaskData) -> SiteData:
+    """A site's export mapped onto its task file: pseudonymised, validated, split, scaled."""
+    from countyfl.clinical.dataset import institution_data
+    from countyfl.clinical.pipeline import ingest
+
+    task = data.definition
+    where = str(site.source or "site.toml")
+    rows = ingest(
+        task,
+        data.export_source(),
+        data.mapping(),
+        state_dir=site.state_dir,
+        institution_id=site.institution_id,
+        where=where,
+    )
+    if len(rows.values) < task.split.min_rows:
+        raise DataError(
+            f"{data.source_description}: {len(rows.values)} of {rows.rows_read} rows are valid, "
+            f"fewer than the {task.split.min_rows} a train/test split needs; see "
+            f"{site.quarantine_path} for why rows were quarantined."
+        )
+    random_state = task.split.random_state if isinstance(task.split.random_state, int) else 0
+    institution = institution_data(
+        task,
+        rows.values,
+        rows.labels,
+        institution_id=site.institution_id,
+        name=site.name,
+        level=site.level,
+        random_state=random_state,
+    )
+    return SiteData(
+        institution=institution,
+        feature_names=task.feature_names,
+        source=Path(data.source_description),
+        rows_read=rows.rows_read,
+        quarantined=tuple(rows.quarantined),
+        quarantine_path=site.quarantine_path,
+        conversions=dict(rows.conversions),
     )
 
 

@@ -114,7 +114,8 @@ class TaskManifest(BaseModel):
 
     manifest_version: Literal[2] = MANIFEST_VERSION
     model: str
-    scenario: str = Field(min_length=1, max_length=64)
+    # A built-in scenario, or the path of a county's task file (countyfl.scenarios.get).
+    scenario: str = Field(min_length=1, max_length=1024)
     data_schema: str = Field(alias="schema", min_length=1, max_length=64)
     features: tuple[str, ...]
     strategy: StrategyName

@@ -81,8 +81,11 @@ def _deployed_site(path: str) -> tuple[SiteConfig, InstitutionData]:
     site = cached[1] if cached is not None and state and cached[0] == state else None
     if site is None:
         site = load_site(site_file)
-    data_key = (str(site.data.path), _file_state(site.data.path), site.data.model_dump_json())
-    if cached is not None and data_key[1] and cached[2] == data_key:
+    # A SQL export has no file to watch: its rows are read again for every task.
+    files = [p for p in (site.data.path, getattr(site.data, "task", None)) if p is not None]
+    states = tuple(_file_state(p) for p in files)
+    data_key = (str(site.data.path), states, site.data.model_dump_json())
+    if cached is not None and site.data.path is not None and all(states) and cached[2] == data_key:
         institution = cached[3]
     else:
         institution = load_site_data(site).institution

@@ -22,11 +22,14 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
+    SerializerFunctionWrapHandler,
     StrictBool,
     StrictInt,
+    model_serializer,
     model_validator,
 )
 
+from countyfl.clinical.task import TaskDefinition
 from countyfl.registry.roles import Role
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,127}$"
@@ -118,9 +121,10 @@ class ModelMetrics(_Frozen):
     ] = Field(default_factory=dict)
 
 
-InputSchema = Literal["heart-disease", "framingham"]
+InputSchema = Literal["heart-disease", "framingham", "task"]
 """The clinical record a model reads (``countyfl.data.schema``): ``HeartDiseaseRecord`` or
-``FraminghamRecord``."""
+``FraminghamRecord``, or ``task``: the features of the county's task file stored with the
+transform (``FeatureTransform.task``)."""
 
 TransformMean = Annotated[
     float,
@@ -154,9 +158,23 @@ class FeatureTransform(_Frozen):
     names: Annotated[list[Name], Field(min_length=1, max_length=MAX_FEATURES)]
     mean: Annotated[list[TransformMean], Field(max_length=MAX_FEATURES)]
     scale: Annotated[list[TransformScale], Field(max_length=MAX_FEATURES)]
+    task: TaskDefinition | None = None
+    """With schema ``task``: the task file's definition the model was trained on."""
+
+    @model_serializer(mode="wrap")
+    def _without_empty_task(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # A built-in schema's transform keeps the shape it had before tasks existed.
+        data: dict[str, Any] = handler(self)
+        if data.get("task", 0) is None:
+            del data["task"]
+        return data
 
     @model_validator(mode="after")
     def _lengths_agree(self) -> FeatureTransform:
+        if (self.input_schema == "task") != (self.task is not None):
+            raise ValueError('schema "task" and a task definition go together')
+        if self.task is not None and tuple(self.names) != self.task.feature_names:
+            raise ValueError("names must be the task's model inputs, in order")
         if len(set(self.names)) != len(self.names):
             raise ValueError(f"feature names {self.names} name a feature twice")
         if not len(self.names) == len(self.mean) == len(self.scale):

@@ -9,24 +9,31 @@ the ServerApp sizes the model from :attr:`Scenario.num_features`, the task manif
 takes the schema and features, publishing the input transform and registry name, and
 the simulation runner the defaults and reference numbers.
 
-Adding a scenario is one module in this package (plus its data loader in
-``countyfl/data/``) that builds a :class:`Scenario` and calls :func:`register`, and one
-line in :data:`_BUILT_IN`; docs/architecture.md lists what a scenario must provide.
+A scenario is built from a task file (:mod:`countyfl.clinical.task`) by
+:func:`from_task`: the two built-in ones are ``tasks/*.toml`` in this package, and
+:func:`get` also accepts the path of a county's own task file (``….toml``), so every
+process of a simulation (Ray's actors included) resolves the same name to the same task.
+Adding a built-in scenario is one task file in ``tasks/`` and one line in
+:data:`_BUILT_IN`; docs/architecture.md lists what a scenario must provide.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
-from importlib import import_module
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from countyfl.errors import UnknownNameError
 
 if TYPE_CHECKING:
+    from countyfl.clinical.task import TaskDefinition
     from countyfl.data.federated import FederatedDataset
+
+TASKS_DIR = Path(__file__).resolve().parent / "tasks"
+TASK_FILE_SUFFIX = ".toml"
 
 InputTransform = dict[str, Any]
 """``{"schema", "names", "mean", "scale"}``: a record of ``schema`` encoded into ``names``
@@ -58,6 +65,15 @@ class Scenario:
     reference_source: str = ""
     reference: Mapping[str, float] = field(default_factory=dict)
     """Method -> the published mean of per-institution test metric."""
+    task: TaskDefinition | None = None
+    """The task file's definition this scenario was built from."""
+    task_path: Path | None = None
+    key: str = ""
+    """What a run config names it by: the name of a built-in, the path of a task file."""
+
+    @property
+    def run_key(self) -> str:
+        return self.key or self.name
 
     @property
     def num_features(self) -> int:
@@ -73,11 +89,67 @@ class Scenario:
         }
 
 
+def from_task(task: TaskDefinition, *, path: Path | None = None) -> Scenario:
+    """The scenario of a task file: its features, constants, defaults and data loader.
+
+    The loader reads the data set the task ships (built-in tasks), or the export given
+    as the data path, mapped by the task's own ``packaged_data.mapping``.
+    """
+    from countyfl.clinical.pipeline import export_dataset, packaged_dataset
+
+    def _load(data_path: Path | None, partition_seed: int) -> FederatedDataset:
+        if data_path is not None and data_path.suffix == TASK_FILE_SUFFIX:
+            return export_dataset(task, data_path, partition_seed)
+        if task.packaged_data is None and data_path is not None:
+            return export_dataset(task, data_path, partition_seed)
+        return packaged_dataset(task, data_path, partition_seed)
+
+    simulation = task.simulation
+    if simulation is None:
+        institutions = 1
+    elif simulation.county is not None:
+        county = simulation.county
+        institutions = 1 + county.townships + county.villages
+    else:
+        institutions = max(len(simulation.institutions), 1)
+    return Scenario(
+        name=task.name,
+        description=task.description,
+        data_schema=task.schema_name,
+        feature_names=task.feature_names,
+        num_institutions=institutions,
+        loader=_load,
+        reference_scale=task.reference_scale(),
+        defaults={
+            key: value
+            for key, value in task.run_defaults().items()
+            # The run's own switches keep the run config's defaults unless a task sets them.
+            if key not in ("dp", "target-epsilon", "delta", "max-grad-norm", "encryption")
+        },
+        default_seeds=simulation.default_seeds if simulation else (42, 43, 44),
+        registry_name=task.registry_name,
+        headline_metric=task.headline_metric,
+        reference_source=task.reference_source,
+        reference=dict(task.reference),
+        task=task,
+        task_path=path,
+    )
+
+
+def from_task_file(path: Path) -> Scenario:
+    """:func:`from_task` of a task file (TaskFileError names the file and key)."""
+    from countyfl.clinical.task import load_task
+
+    return from_task(load_task(path), path=path)
+
+
 _REGISTRY: dict[str, Scenario] = {}
-# Built-in scenarios: name -> the module that registers it (imported on first use).
+# Built-in scenarios: name -> its task file in TASKS_DIR, or the module that registers it
+# (loaded on first use).
 _BUILT_IN = {
-    "fed-heart-disease": "countyfl.scenarios.fed_heart_disease",
-    "framingham-county": "countyfl.scenarios.framingham_county",
+    "fed-heart-disease": "fed-heart-disease.toml",
+    "framingham-county": "framingham-county.toml",
+    # Scenarios whose data a module generates register themselves when it is imported.
     "county": "countyfl.scenarios.county",
     "county-16": "countyfl.scenarios.county",
     "county-64": "countyfl.scenarios.county",
@@ -100,9 +172,24 @@ def names() -> list[str]:
 
 
 def get(name: str) -> Scenario:
-    """The scenario called ``name``; UnknownNameError names the valid ones."""
+    """The scenario called ``name``, or of the task file at path ``name``.
+
+    UnknownNameError names the valid ones.
+    """
     if name not in _REGISTRY and name in _BUILT_IN:
-        import_module(_BUILT_IN[name])
+        source = _BUILT_IN[name]
+        if source.endswith(TASK_FILE_SUFFIX):
+            register(from_task_file(TASKS_DIR / source))
+        else:
+            importlib.import_module(source)
+    if name not in _REGISTRY and name.endswith(TASK_FILE_SUFFIX):
+        scenario = from_task_file(Path(name))
+        if scenario.name in _BUILT_IN:
+            raise UnknownNameError(
+                f"{name}: task {scenario.name!r} has the name of a built-in scenario; "
+                "give it a name of its own"
+            )
+        _REGISTRY[name] = replace(scenario, key=name)
     try:
         return _REGISTRY[name]
     except KeyError:

@@ -73,7 +73,7 @@ def build_config(
     scenario: Scenario, seed: int, overrides: Mapping[str, Any], output: Path
 ) -> RunConfig:
     """The run config of one seed: scenario defaults, then the researcher's overrides."""
-    values = {**scenario.defaults, **overrides, "scenario": scenario.name, "seed": seed}
+    values = {**scenario.defaults, **overrides, "scenario": scenario.run_key, "seed": seed}
     values["output-dir"] = str(output)
     # Without --sites-dir every seed simulates its own, fresh institutions (independent
     # repetitions); with it, every seed and every later run composes in the same ledgers.
@@ -156,6 +156,14 @@ def run_simulation_request(
     dataset = scenarios.load(
         base_config.scenario, base_config.data_path, base_config.partition_seed
     )
+    if len(dataset.institutions) != scenario.num_institutions and "min-nodes" not in (
+        request.overrides
+    ):
+        # A task whose institutions come from the export's split column: the ServerApp
+        # must wait for every one of them, not for the count the task file implies.
+        request = dataclasses.replace(
+            request, overrides={**request.overrides, "min-nodes": len(dataset.institutions)}
+        )
     request.output_dir.mkdir(parents=True, exist_ok=True)
     write_quarantine(request.output_dir / QUARANTINE_FILE, dataset.quarantined)
     results = []
