@@ -264,6 +264,8 @@ def test_a_round_with_fewer_contributors_than_the_minimum_decrypts_nothing(
         assert "minimum is 2 contributors" in discarded[0]
         # No aggregate was ever used: the run ends on its initial, plaintext model.
         assert not (output / FINAL_AGGREGATE_FILE).is_file()
+        with np.load(output / FINAL_MODEL_FILE) as model:
+            assert sorted(model.files) == ["linear.bias", "linear.weight"]
     else:  # the control: at the minimum, aggregates are used and decrypted
         assert decrypted and set(decrypted) == {2}
         assert discarded == []
