@@ -23,7 +23,12 @@ from countyfl.federation.records import arrays_of, load_arrays, model_to_arrays,
 from countyfl.federation.release_guard import release_guard_mod
 from countyfl.privacy.budget import BudgetExceededError, train_within_budget
 from countyfl.privacy.he.cache import DecryptionCache
-from countyfl.privacy.he.codec import AverageStore, decrypt_average, encrypt_update
+from countyfl.privacy.he.codec import (
+    MAX_ABS_WEIGHT,
+    AverageStore,
+    decrypt_average,
+    encrypt_update,
+)
 from countyfl.privacy.he.keys import load_secret_context
 from countyfl.privacy.he.wire import arrays_to_update, is_encrypted, update_to_arrays
 from countyfl.privacy.ledger import LEDGER_FILE, Budget, PrivacyLedger
@@ -232,7 +237,9 @@ def send_model(
     """The local model as it leaves the institution: plaintext, or Enc(n w)."""
     if config.encryption is EncryptionName.CKKS:
         secret = _secret_context(_secret_path(config, secret_context))
-        return update_to_arrays(encrypt_update(get_weights(model), num_examples, secret))
+        return update_to_arrays(
+            encrypt_update(get_weights(model), num_examples, secret, max_abs_weight=MAX_ABS_WEIGHT)
+        )
     return model_to_arrays(model)
 
 

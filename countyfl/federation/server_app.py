@@ -121,6 +121,10 @@ def run_federation(
         train_config=ConfigRecord(),
         evaluate_config=ConfigRecord(),
     )
+    if not len(result.arrays):
+        # No round's aggregate was used (every one discarded or refused): the run ends on
+        # its initial model, which Flower's result does not hold.
+        result.arrays = model_to_arrays(initial)
     if config.output_dir:
         output = Path(config.output_dir)
         strategy.history.write(output / HISTORY_FILE)

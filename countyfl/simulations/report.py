@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from countyfl import __version__, protocol
+from countyfl.data import InstitutionData
 from countyfl.run_config import RunConfig
 from countyfl.simulations import plots
 from countyfl.simulations.baselines import POOLED_TEST, mean_of_institutions
@@ -90,7 +92,12 @@ def summarize(result: SimulationResult) -> dict[str, Any]:
         for s in result.seeds
     }
     privacy = _privacy_summary(result, ids)
-    by_level = _by_level(result, methods, privacy)
+    by_level = _by_group(result, methods, privacy, lambda i: i.level.value)
+    by_township = (
+        _by_group(result, methods, privacy, lambda i: i.township)
+        if any(i.township for i in dataset.institutions)
+        else {}
+    )
     scenario = result.scenario
     config = result.config.to_run_config()
     config.pop("seed")
@@ -124,6 +131,7 @@ def summarize(result: SimulationResult) -> dict[str, Any]:
             },
             "methods": methods,
             "by-level": by_level,
+            "by-township": by_township,
             "privacy": privacy,
             "rounds": rounds,
             "wall-seconds-per-seed": {str(s.seed): s.wall_seconds for s in result.seeds},
@@ -133,10 +141,14 @@ def summarize(result: SimulationResult) -> dict[str, Any]:
     return summary
 
 
-def _by_level(
-    result: SimulationResult, methods: dict[str, Any], privacy: dict[str, Any]
+def _by_group(
+    result: SimulationResult,
+    methods: dict[str, Any],
+    privacy: dict[str, Any],
+    group_of: Callable[[InstitutionData], str],
 ) -> dict[str, Any]:
-    """Per level (county, township, village): institutions, rows, the headline metric of the
+    """Per group (a level: county, township, village; or a township): institutions, rows, the
+    headline metric of the
     federated and pooled models and of each institution's own local-only model on its own
     test rows (mean over the level's institutions, then mean ± std over seeds), the mean
     noise multiplier, and the share of the FedAvg weight (training rows) the level holds.
@@ -144,7 +156,7 @@ def _by_level(
     metric = result.scenario.headline_metric
     levels: dict[str, list[Any]] = {}
     for institution in result.dataset.institutions:
-        levels.setdefault(institution.level.value, []).append(institution)
+        levels.setdefault(group_of(institution), []).append(institution)
     total_train = sum(i.num_train for i in result.dataset.institutions) or 1
     summary: dict[str, Any] = {}
     for level, members in levels.items():
@@ -366,6 +378,25 @@ def render_markdown(summary: dict[str, Any]) -> str:
             )
             + " |"
         )
+    if summary.get("by-township"):
+        lines += [
+            "",
+            f"## By township: {metric} (the township's centre and village clinics; the county "
+            "hospital as county-seat)",
+            "",
+            "| township | institutions | train rows | federated | pooled | "
+            "local-only (own model) |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
+        for township, entry in summary["by-township"].items():
+            lines.append(
+                f"| {township} | {entry['institutions']} | {entry['train-rows']} | "
+                + " | ".join(
+                    _fmt(entry[k]["mean"], entry[k]["std"])
+                    for k in ("federated", "pooled", "local-only-own")
+                )
+                + " |"
+            )
     privacy = summary["privacy"]
     lines += ["", "## Privacy", ""]
     if privacy["enabled"]:

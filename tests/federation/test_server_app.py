@@ -280,6 +280,8 @@ def test_a_round_with_fewer_contributors_than_the_minimum_decrypts_nothing(
         assert "minimum is 2 contributors" in discarded[0]
         # No aggregate was ever used: the run ends on its initial, plaintext model.
         assert not (output / FINAL_AGGREGATE_FILE).is_file()
+        with np.load(output / FINAL_MODEL_FILE) as model:
+            assert sorted(model.files) == ["linear.bias", "linear.weight"]
     else:  # the control: at the minimum, aggregates are used and decrypted
         assert decrypted and set(decrypted) == {2}
         assert discarded == []
@@ -360,3 +362,34 @@ def test_the_minimum_asked_follows_the_fractions_of_the_expected_institutions(
     assert isinstance(strategy, FedAvg)
     assert (strategy.min_train_nodes, strategy.min_evaluate_nodes) == (train, evaluate)
     assert strategy.min_available_nodes == 16
+
+
+def test_a_village_that_joins_mid_run_is_asked_from_the_next_round(tmp_path: Path) -> None:
+    county = scenarios.load("county-16")
+    village = max(i for i, inst in enumerate(county.institutions) if inst.level == "village")
+    config = _config(
+        tmp_path,
+        **_ckks(tmp_path),
+        scenario="county-16",
+        model="risk-logreg",
+        dp=False,
+        # A deployment lowers min-nodes so that a round starts without every node.
+        **{"num-server-rounds": 2, "local-steps": 1, "min-nodes": 15},
+    )
+    grid = InProcessGrid(config, 16)
+    joiner = 1000 + village
+    every_node = grid.get_node_ids
+
+    def connected() -> Iterable[int]:
+        # The village's node connects once round 1 has been evaluated.
+        joined = grid.delivered.count("evaluate") >= 15
+        return [n for n in every_node() if joined or n != joiner]
+
+    grid.get_node_ids = connected  # type: ignore[method-assign]
+    run_federation(grid, config, run_id="3")
+
+    history = FederationHistory.read(Path(config.output_dir) / "history.json")
+    first, second = history.rounds[1], history.rounds[2]
+    assert village not in first.train and village not in first.evaluate
+    assert len(first.train) == 15 and first.failures == []
+    assert village in second.train and village in second.evaluate and len(second.train) == 16

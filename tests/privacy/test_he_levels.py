@@ -100,3 +100,30 @@ def test_an_update_written_before_contributors_were_counted_reads_as_one(
     del meta["contributors"]
     older = ArrayRecord({**dict(three.items()), META_KEY: _uint8_array(json.dumps(meta).encode())})
     assert arrays_to_update(older).contributors == 1
+
+
+def test_beyond_64_updates_the_aggregator_bounds_the_sum_by_the_counts() -> None:
+    limit = int(codec.SUM_RANGE / codec.MAX_ABS_WEIGHT)
+    assert codec.range_problem(64, 10**9) == ""  # the per-update bound suffices
+    assert codec.range_problem(256, limit) == ""
+    assert "could exceed the CKKS range" in codec.range_problem(256, limit + 1)
+
+
+def test_the_worst_sum_the_bound_allows_still_decrypts(contexts: tuple[Any, Any]) -> None:
+    # 128 updates (past 64) at the largest weight, with counts that fill the bound.
+    secret, public = contexts
+    counts = [int(codec.SUM_RANGE / codec.MAX_ABS_WEIGHT) // 128] * 128
+    assert codec.range_problem(len(counts), sum(counts)) == ""
+    weights = [np.full(s, codec.MAX_ABS_WEIGHT) for s in SHAPES]
+    one = codec.encrypt_update(weights, counts[0], secret, max_abs_weight=codec.MAX_ABS_WEIGHT)
+    vectors = [codec.deserialize(public, one)] * 128
+    total = codec.add_by_level([vectors[:64], vectors[64:]], 15, sum(counts), one.key_fingerprint)
+    back = codec.decrypt_average(total, secret, SHAPES)
+    np.testing.assert_allclose(back[0], codec.MAX_ABS_WEIGHT, rtol=1e-6)
+
+
+def test_a_site_refuses_a_weight_beyond_the_bound(contexts: tuple[Any, Any]) -> None:
+    secret, _ = contexts
+    weights = [np.full(s, codec.MAX_ABS_WEIGHT * 1.01) for s in SHAPES]
+    with pytest.raises(codec.CodecError, match="beyond the 16"):
+        codec.encrypt_update(weights, 10, secret, max_abs_weight=codec.MAX_ABS_WEIGHT)

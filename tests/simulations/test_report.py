@@ -127,3 +127,26 @@ def test_the_report_summarises_each_level_against_local_only_and_pooled(tmp_path
         assert entry["local-only-own"]["mean"] == pytest.approx(0.65)
         assert entry["noise-multiplier"]["mean"] > 0
     assert "## By level" in render_markdown(summary)
+
+
+def test_a_county_report_has_a_table_per_township(tmp_path: Path) -> None:
+    import dataclasses
+
+    result = _result(tmp_path)
+    townships = ["township-01", "township-01", "township-02", "county-seat"]
+    institutions = tuple(
+        dataclasses.replace(i, township=t)
+        for i, t in zip(result.dataset.institutions, townships, strict=True)
+    )
+    result.dataset = dataclasses.replace(result.dataset, institutions=institutions)
+    summary = summarize(result)
+    by_township = summary["by-township"]
+    assert {k: v["institutions"] for k, v in by_township.items()} == {
+        "township-01": 2,
+        "township-02": 1,
+        "county-seat": 1,
+    }
+    assert by_township["township-01"]["federated"]["mean"] == pytest.approx(0.75)
+    assert "## By township" in render_markdown(summary)
+    # Without townships (the four real hospitals), no such table.
+    assert summarize(_result(tmp_path))["by-township"] == {}

@@ -35,6 +35,7 @@ from countyfl.privacy.he.codec import (
     check_packed,
     deserialize,
     expected_chunks,
+    range_problem,
     slot_count,
 )
 from countyfl.privacy.he.keys import fingerprint, load_public_context
@@ -125,6 +126,9 @@ class EncryptedFedAvg(FedAvg):
         if not vectors:
             return None, None
         refusal = too_few_contributors(len(vectors), self.min_contributors)
+        out_of_range = range_problem(len(vectors), sum(counts))
+        if out_of_range and not refusal:
+            refusal = f"train: the round's aggregate was discarded, never made: {out_of_range}"
         if refusal:
             if self.on_discard is not None:
                 self.on_discard(server_round, refusal)

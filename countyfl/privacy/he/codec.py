@@ -49,6 +49,26 @@ from countyfl.privacy.he.keys import DEFAULT_PARAMETERS, HEParameters, fingerpri
 # values share a slot, whose modulus is then up to sqrt(2) x the larger one: inside the 8.
 MAX_INSTITUTIONS = 64
 MAX_ABS_VALUE = 2.0**22 / (MAX_INSTITUTIONS * 8)
+# Beyond MAX_INSTITUTIONS updates (a whole county), the bound above no longer keeps the sum
+# in range. Institutions then also keep every weight within MAX_ABS_WEIGHT (ClientApps
+# always do), so |sum n_i w_i| <= MAX_ABS_WEIGHT x sum n_i, which the aggregator knows
+# (the noisy counts) and checks against the same range, 2^22 / 8, before adding
+# (:func:`range_problem`): 32,768 training rows in all at MAX_ABS_WEIGHT 16.
+MAX_ABS_WEIGHT = 16.0
+SUM_RANGE = 2.0**22 / 8
+
+
+def range_problem(contributors: int, total_examples: int) -> str:
+    """Why a sum of these updates could leave the CKKS range (empty when it cannot)."""
+    if contributors <= MAX_INSTITUTIONS or total_examples * MAX_ABS_WEIGHT <= SUM_RANGE:
+        return ""
+    return (
+        f"a sum of {contributors} updates of {total_examples} examples in all could exceed "
+        f"the CKKS range ({total_examples} x weights up to {MAX_ABS_WEIGHT:g} > "
+        f"{SUM_RANGE:g}): use fewer institutions per round (fraction-train) or a county "
+        f"of at most {int(SUM_RANGE / MAX_ABS_WEIGHT)} training rows"
+    )
+
 
 PACKING_COMPLEX = "complex"  # two values per slot (real and imaginary part): what we send
 PACKING_REAL = "real"  # one value per slot (TenSEAL's CKKSVector): read for older runs
@@ -170,11 +190,22 @@ def encrypt_update(
     num_examples: int,
     secret_context: Any,
     parameters: HEParameters = DEFAULT_PARAMETERS,
+    max_abs_weight: float | None = None,
 ) -> EncryptedUpdate:
-    """Encrypt num_examples x weights, two values per slot, chunked to the slot count."""
+    """Encrypt num_examples x weights, two values per slot, chunked to the slot count.
+
+    ``max_abs_weight``: refuse weights beyond it (ClientApps pass :data:`MAX_ABS_WEIGHT`,
+    which lets the aggregator bound a sum of more than :data:`MAX_INSTITUTIONS` updates).
+    """
     if num_examples <= 0:
         raise CodecError(f"an update needs a positive example count, got {num_examples}")
-    scaled = flatten(weights) * num_examples
+    flat = flatten(weights)
+    if max_abs_weight is not None and flat.size and float(np.abs(flat).max()) > max_abs_weight:
+        raise CodecError(
+            f"a weight reaches {float(np.abs(flat).max()):.3g}, beyond the {max_abs_weight:g} "
+            "an encrypted update may hold for the aggregator to bound the county's sum"
+        )
+    scaled = flat * num_examples
     if not np.isfinite(scaled).all():
         raise CodecError("the update holds NaN or infinite weights; it is not sent")
     largest = float(np.abs(scaled).max()) if scaled.size else 0.0
