@@ -18,6 +18,7 @@ from flwr.serverapp.strategy import FedAvg, FedProx, Strategy
 
 from countyfl import models, scenarios
 from countyfl.deployment.tasks import manifest_for, manifest_hash
+from countyfl.federation.grid import PromptGrid
 from countyfl.federation.records import model_to_arrays
 from countyfl.federation.strategies.encrypted import EncryptedFedAvg, EncryptedFedProx
 from countyfl.federation.strategies.recording import (
@@ -166,7 +167,8 @@ def make_server_app(
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         cfg = config if config is not None else parse_run_config(context.run_config)
-        run_federation(grid, cfg, on_round_end, run_id=str(context.run_id))
+        # Flower's deployment grid pulls replies every 3 s; ours as soon as they arrive.
+        run_federation(PromptGrid(grid), cfg, on_round_end, run_id=str(context.run_id))
 
     return app
 
