@@ -78,3 +78,18 @@ def test_no_module_imports_from_a_layer_above_it() -> None:
             if imported in LAYERS and LAYERS.index(imported) > rank:
                 upward.append(f"{path.relative_to(PACKAGE.parent)} imports countyfl.{imported}")
     assert not upward, "\n".join(upward)
+
+
+def test_no_command_module_imports_another() -> None:
+    # One set of rules (issue 14): what commands share lives in cli/common.py, so that a
+    # command group loads only itself and the shared options.
+    crossing = []
+    for path in sorted((PACKAGE / "cli").glob("*.py")):
+        if path.stem in ("__init__", "__main__", "common"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                module = node.module
+                if module.startswith("countyfl.cli.") and module != "countyfl.cli.common":
+                    crossing.append(f"cli/{path.name} imports {module}")
+    assert not crossing, "\n".join(crossing)

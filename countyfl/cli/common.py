@@ -33,8 +33,10 @@ from countyfl.errors import ConfigError, CountyflError
 from countyfl.terminal import shown
 
 if TYPE_CHECKING:
+    from rich.table import Column, Table
     from sqlalchemy import Engine
 
+    from countyfl.deployment.tasks import TaskManifest
     from countyfl.registry.audit_sink import AuditSink
     from countyfl.registry.permissions import Action
     from countyfl.registry.roles import Principal
@@ -263,3 +265,49 @@ def require_permission(
     with acting(database_url, token, user) as actor:
         authorize(actor.principal, action, audit=actor.audit, target=target)
         return actor.principal
+
+
+def value_column() -> Column:
+    """A table column shown whole: fingerprints and paths are never cut with an ellipsis."""
+    from rich.table import Column
+
+    return Column("value", overflow="fold")
+
+
+def manifest_table(manifest: TaskManifest, title: str) -> Table:
+    """A task manifest as a site reads it before approving (every item, then its hash)."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from countyfl.deployment.tasks import manifest_hash, task_name
+
+    table = Table("item", value_column(), title=title, show_lines=False)
+    table.add_row("task", escape(task_name(manifest)))
+    table.add_row("model", manifest.model)
+    table.add_row("scenario / schema", f"{manifest.scenario} / {manifest.data_schema}")
+    table.add_row("features", ", ".join(manifest.features))
+    table.add_row("strategy", manifest.strategy.value)
+    table.add_row("rounds", str(manifest.num_server_rounds))
+    table.add_row("local steps per round", str(manifest.local_steps))
+    table.add_row("batch size", str(manifest.batch_size))
+    table.add_row(
+        "optimizer",
+        f"{manifest.optimizer.value}, learning rate {manifest.learning_rate}, momentum "
+        f"{manifest.momentum}, weight decay {manifest.weight_decay}",
+    )
+    if manifest.proximal_mu:
+        table.add_row("proximal mu", str(manifest.proximal_mu))
+    privacy = manifest.differential_privacy
+    if privacy is None:
+        table.add_row("differential privacy", "[bold red]off[/bold red]")
+    else:
+        table.add_row(
+            "differential privacy",
+            f"epsilon {privacy.target_epsilon} per run, delta {privacy.delta}, clipping norm "
+            f"{privacy.max_grad_norm}, accountant {privacy.accountant.value}",
+        )
+    table.add_row("encryption", manifest.encryption.value)
+    for number, item in enumerate(manifest.leaves_site, start=1):
+        table.add_row("leaves the site" if number == 1 else "", f"{number}. {escape(item)}")
+    table.add_row("sha256", manifest_hash(manifest))
+    return table

@@ -1,4 +1,4 @@
-"""The ``countyfl certs``, ``countyfl node`` and ``countyfl task`` commands (typer sub-apps).
+"""The ``countyfl certs``, ``countyfl node`` and ``countyfl run`` commands (typer sub-apps).
 
 Exit codes are every command's (:class:`countyfl.cli.common.ExitCode`): 0 done (``node
 check``: the site can run), 1 refused (a task not approved by ``node check --task``, the
@@ -12,12 +12,20 @@ import getpass
 from pathlib import Path
 from typing import Annotated
 
-import click
 import typer
 from rich.markup import escape
-from rich.table import Column, Table
+from rich.table import Table
 
-from countyfl.cli.common import ExitCode, StateOption, fail, parse_overrides, stderr, stdout
+from countyfl.cli.common import (
+    ExitCode,
+    StateOption,
+    fail,
+    manifest_table,
+    parse_overrides,
+    stderr,
+    stdout,
+    value_column,
+)
 from countyfl.deployment.certs import (
     DEFAULT_HOSTS,
     DEFAULT_SERVER_DAYS,
@@ -27,14 +35,10 @@ from countyfl.deployment.certs import (
 from countyfl.deployment.check import Status, check_site
 from countyfl.deployment.tasks import (
     TaskAlreadyApprovedError,
-    TaskManifest,
     approve_task,
     manifest_for,
     manifest_hash,
     read_task_file,
-    run_config_from_overrides,
-    task_name,
-    write_task_file,
 )
 from countyfl.errors import CountyflError
 
@@ -48,16 +52,6 @@ node_app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-task_app = typer.Typer(
-    help="Task manifests: what a federated run asks of the sites.",
-    no_args_is_help=True,
-    add_completion=False,
-)
-
-
-def _value_column() -> Column:
-    # Fingerprints and paths must be shown whole, never cut with an ellipsis.
-    return Column("value", overflow="fold")
 
 
 SiteOption = Annotated[Path, typer.Option("--site", help="the institution's site.toml")]
@@ -84,7 +78,7 @@ def certs_init(
         result = init_certificates(out, hosts=tuple(host or DEFAULT_HOSTS), days=days)
     except CountyflError as error:
         fail(error)
-    table = Table("item", _value_column(), title=f"TLS certificates in {out}")
+    table = Table("item", value_column(), title=f"TLS certificates in {out}")
     table.add_row("CA certificate", str(result.ca_certificate))
     table.add_row("CA private key (keep offline)", str(result.ca_private_key))
     table.add_row("server certificate", str(result.server_certificate))
@@ -113,7 +107,7 @@ def certs_add_node(
         keys = add_node(directory, name)
     except CountyflError as error:
         fail(error)
-    table = Table("item", _value_column(), title=f"SuperNode keys of {name}")
+    table = Table("item", value_column(), title=f"SuperNode keys of {name}")
     table.add_row("private key (for the institution only)", str(keys.private_key))
     table.add_row("public key", str(keys.public_key))
     table.add_row("fingerprint", keys.fingerprint)
@@ -124,70 +118,6 @@ def certs_add_node(
         f"Give {keys.private_key} to {name} over a secure channel (site.toml "
         "keys.node_private_key; the SuperNode's --auth-supernode-private-key)."
     )
-
-
-def _manifest_table(manifest: TaskManifest, title: str) -> Table:
-    table = Table("item", _value_column(), title=title, show_lines=False)
-    table.add_row("task", escape(task_name(manifest)))
-    table.add_row("model", manifest.model)
-    table.add_row("scenario / schema", f"{manifest.scenario} / {manifest.data_schema}")
-    table.add_row("features", ", ".join(manifest.features))
-    table.add_row("strategy", manifest.strategy.value)
-    table.add_row("rounds", str(manifest.num_server_rounds))
-    table.add_row("local steps per round", str(manifest.local_steps))
-    table.add_row("batch size", str(manifest.batch_size))
-    table.add_row(
-        "optimizer",
-        f"{manifest.optimizer.value}, learning rate {manifest.learning_rate}, momentum "
-        f"{manifest.momentum}, weight decay {manifest.weight_decay}",
-    )
-    if manifest.proximal_mu:
-        table.add_row("proximal mu", str(manifest.proximal_mu))
-    privacy = manifest.differential_privacy
-    if privacy is None:
-        table.add_row("differential privacy", "[bold red]off[/bold red]")
-    else:
-        table.add_row(
-            "differential privacy",
-            f"epsilon {privacy.target_epsilon} per run, delta {privacy.delta}, clipping norm "
-            f"{privacy.max_grad_norm}, accountant {privacy.accountant.value}",
-        )
-    table.add_row("encryption", manifest.encryption.value)
-    for number, item in enumerate(manifest.leaves_site, start=1):
-        table.add_row("leaves the site" if number == 1 else "", f"{number}. {escape(item)}")
-    table.add_row("sha256", manifest_hash(manifest))
-    return table
-
-
-@task_app.command("manifest")
-def task_manifest(
-    run_config: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--run-config",
-            help="overrides as for `flwr run --run-config`, e.g. 'num-server-rounds=5 "
-            "encryption=\"ckks\"' (repeatable); defaults are the scenario's",
-        ),
-    ] = None,
-    out: Annotated[Path | None, typer.Option("--out", help="write the manifest here")] = None,
-) -> None:
-    """Derive a run's task manifest (what a site approves) and print its hash."""
-    from flwr.common.config import parse_config_args
-
-    try:
-        overrides = parse_config_args(run_config)
-        config = run_config_from_overrides(overrides)
-    except click.ClickException as error:
-        fail(f"--run-config: {error.format_message()}")
-    except (CountyflError, ValueError, OSError) as error:
-        fail(error)
-    manifest = manifest_for(config)
-    console = stdout()
-    console.print(_manifest_table(manifest, "task manifest"))
-    if out is not None:
-        write_task_file(manifest, out)
-        console.print(f"written to {out}")
-    console.print(manifest_hash(manifest))
 
 
 @node_app.command("check")
@@ -204,7 +134,7 @@ def node_check(
     except CountyflError as error:
         fail(error)
     colours = {Status.OK: "green", Status.WARNING: "yellow", Status.PROBLEM: "red"}
-    table = Table("section", "check", _value_column(), "status", title=f"node check: {site}")
+    table = Table("section", "check", value_column(), "status", title=f"node check: {site}")
     section = ""
     for finding in check.findings:
         colour = colours[finding.status]
@@ -244,7 +174,7 @@ def node_approve(
     except CountyflError as error:
         fail(error)
     console = stdout()
-    console.print(_manifest_table(manifest, f"task to approve for {site}"))
+    console.print(manifest_table(manifest, f"task to approve for {site}"))
     approver = by
     if approver is None:
         try:
@@ -429,7 +359,6 @@ def run_federation_command(
 ) -> None:
     """Submit a federation to the county's SuperLink and wait for it (with a deadline)."""
     from countyfl.deployment.processes import default_app_dir, submit_run
-    from countyfl.deployment.tasks import manifest_for, manifest_hash
     from countyfl.errors import ConfigError
     from countyfl.privacy.modes import DpRandomness
     from countyfl.run_config import parse_run_config

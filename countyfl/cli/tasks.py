@@ -13,7 +13,7 @@ import typer
 from rich.markup import escape
 from rich.table import Column, Table
 
-from countyfl.cli.common import ExitCode, fail, stdout
+from countyfl.cli.common import ExitCode, fail, manifest_table, stdout
 from countyfl.errors import CountyflError
 
 task_app = typer.Typer(
@@ -150,6 +150,27 @@ def task_manifest(
     out: Annotated[Path | None, typer.Option("--out", help="write the manifest here")] = None,
 ) -> None:
     """Derive a run's task manifest (what a site approves) and print its hash."""
-    from countyfl.cli.deployment import task_manifest as derive
+    import click
+    from flwr.common.config import parse_config_args
 
-    derive(run_config, out)
+    from countyfl.deployment.tasks import (
+        manifest_for,
+        manifest_hash,
+        run_config_from_overrides,
+        write_task_file,
+    )
+
+    try:
+        overrides = parse_config_args(run_config)
+        config = run_config_from_overrides(overrides)
+    except click.ClickException as error:
+        fail(f"--run-config: {error.format_message()}")
+    except (CountyflError, ValueError, OSError) as error:
+        fail(error)
+    manifest = manifest_for(config)
+    console = stdout()
+    console.print(manifest_table(manifest, "task manifest"))
+    if out is not None:
+        write_task_file(manifest, out)
+        console.print(f"written to {out}")
+    console.print(manifest_hash(manifest))

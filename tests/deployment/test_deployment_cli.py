@@ -11,7 +11,8 @@ import typer
 from click.testing import Result
 from typer.testing import CliRunner
 
-from countyfl.cli.deployment import certs_app, node_app, task_app
+from countyfl.cli.deployment import certs_app, node_app
+from countyfl.cli.tasks import task_app
 from countyfl.deployment.site import load_site
 from countyfl.deployment.tasks import manifest_for, manifest_hash, read_task_file
 from countyfl.privacy.ledger import PrivacyLedger
