@@ -93,3 +93,23 @@ def test_no_command_module_imports_another() -> None:
                 if module.startswith("countyfl.cli.") and module != "countyfl.cli.common":
                     crossing.append(f"cli/{path.name} imports {module}")
     assert not crossing, "\n".join(crossing)
+
+
+def test_command_modules_that_do_not_train_import_no_heavy_library() -> None:
+    # `countyfl node --help`, `certs`, `task`, `users`, `registry`, `audit` answer at once:
+    # torch, Opacus, TenSEAL and Flower are imported inside the commands that need them.
+    import subprocess
+    import sys
+
+    modules = ["deployment", "tasks", "registry", "audit", "keys", "model", "serving"]
+    probe = (
+        "import sys\n"
+        f"for name in {modules!r}:\n"
+        "    __import__('countyfl.cli.' + name)\n"
+        "heavy = {m.split('.')[0] for m in sys.modules} & {'torch', 'opacus', 'tenseal', 'flwr'}\n"
+        "print(sorted(heavy))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert result.stdout.strip() == "[]", result.stdout

@@ -15,21 +15,24 @@ import math
 import warnings
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
-from typing import Any
-
-import numpy as np
-from opacus.accountants import PRVAccountant, RDPAccountant
-from opacus.accountants.accountant import IAccountant
-from opacus.accountants.analysis import rdp as rdp_analysis
+from typing import TYPE_CHECKING, Any
 
 from countyfl.errors import ConfigError
 from countyfl.privacy.modes import AccountantName
+
+if TYPE_CHECKING:
+    from opacus.accountants.accountant import IAccountant
+
+# Opacus (and with it torch) is imported by the functions that compute: reading a site's
+# configuration or its ledger's file name (`countyfl node --help`, `node check`) must not.
 
 HistoryEntry = tuple[float, float, int]
 
 
 def make_accountant(name: AccountantName, history: Iterable[HistoryEntry] = ()) -> IAccountant:
     """A fresh Opacus accountant of the given kind holding ``history``."""
+    from opacus.accountants import PRVAccountant, RDPAccountant
+
     accountant: IAccountant = PRVAccountant() if name is AccountantName.PRV else RDPAccountant()
     accountant.history = [normalize_entry(entry) for entry in history]
     return accountant
@@ -81,6 +84,9 @@ def _epsilon(history: tuple[HistoryEntry, ...], delta: float, accountant: Accoun
 def _rdp_of_one_step(noise_multiplier: float, sample_rate: float) -> Any:
     # Opacus's compute_rdp is `rdp(q, sigma) * steps`: the one-step vector, computed once
     # per (sigma, q) (its fractional orders cost milliseconds each in pure Python).
+    from opacus.accountants import RDPAccountant
+    from opacus.accountants.analysis import rdp as rdp_analysis
+
     one = rdp_analysis.compute_rdp(
         q=sample_rate,
         noise_multiplier=noise_multiplier,
@@ -95,6 +101,10 @@ def _rdp_epsilon(history: tuple[HistoryEntry, ...], delta: float) -> float:
     """Exactly what Opacus's RDPAccountant.get_epsilon computes, with the one-step RDP
     vector of each (noise, sample rate) remembered (a test checks equality bit for bit)."""
     rdp = sum([_rdp_of_one_step(sigma, q) * steps for sigma, q, steps in history])
+    import numpy as np
+    from opacus.accountants import RDPAccountant
+    from opacus.accountants.analysis import rdp as rdp_analysis
+
     epsilon, _ = rdp_analysis.get_privacy_spent(
         orders=RDPAccountant.DEFAULT_ALPHAS, rdp=np.asarray(rdp), delta=delta
     )
