@@ -537,12 +537,7 @@ def map_rows(
                 for column, raw, reason in problems
             )
             continue
-        for feature in task.features:
-            if record.get(feature.name) is None and feature.missing is MissingRule.FILL:
-                zero_when = feature.fill_zero_when_no
-                record[feature.name] = (
-                    0.0 if zero_when is not None and record.get(zero_when) == 0.0 else feature.fill
-                )
+        task.fill_missing(record)
         values.append(record)
         labels.append(label_value)
         row_numbers.append(index)

@@ -334,6 +334,19 @@ class TaskDefinition(BaseModel):
                 return feature
         raise KeyError(name)
 
+    def fill_missing(self, record: dict[str, Any]) -> None:
+        """Give every missing feature with ``missing = "fill"`` its fixed value, in place.
+
+        ``record`` holds yes/no features as 1.0 / 0.0; the one rule ingestion and the API
+        share.
+        """
+        for feature in self.features:
+            if record.get(feature.name) is None and feature.missing is MissingRule.FILL:
+                zero_when = feature.fill_zero_when_no
+                record[feature.name] = (
+                    0.0 if zero_when is not None and record.get(zero_when) == 0.0 else feature.fill
+                )
+
     def reference_scale(self) -> dict[str, tuple[float, float]]:
         """Model input -> (centre, scale), the constants every site and the API scale with."""
         return {

@@ -35,7 +35,7 @@ from countyfl.registry import (
     PermissionDeniedError,
     StageChangeRefusedError,
 )
-from countyfl.serving.auditing import safe_field_path
+from countyfl.serving.auditing import api_field_names, safe_field_path, schema_field_names
 from countyfl.serving.errors import (
     FieldProblem,
     NotAuthenticatedError,
@@ -110,7 +110,11 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
     app.state.serving = state
     app.add_middleware(BodySizeLimit, max_bytes=state.settings.max_request_bytes)
     _add_error_handlers(app)
-    served = state.rules.served_models
+    served = state.served
+    # Field names a refused request may be audited with: the API's and the served tasks'.
+    app.state.field_names = api_field_names() | schema_field_names(
+        records.record_type for records in served.values()
+    )
     app.include_router(tokens.router)
     app.include_router(catalogue.router)
     app.include_router(prediction_router(served, state.settings.max_batch_size))
@@ -234,7 +238,10 @@ def _audit_refused_request(request: Request, problems: list[FieldProblem]) -> No
         details={
             "reason": "invalid-input",
             "via": "api",
-            "fields": [safe_field_path(problem.field) for problem in problems][:20],
+            "fields": [
+                safe_field_path(problem.field, request.app.state.field_names)
+                for problem in problems
+            ][:20],
         },
     )
 

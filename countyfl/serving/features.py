@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal, get_args
+from typing import Any, get_args
 
 import annotated_types
 import numpy as np
 import numpy.typing as npt
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
 from countyfl.clinical.task import FeatureType, TaskDefinition
@@ -23,7 +23,12 @@ from countyfl.data import fed_heart_disease, framingham
 from countyfl.data.schema import HeartDiseaseRecord
 from countyfl.registry.schemas import FeatureTransform, InputSchema
 from countyfl.serving.errors import FieldProblem, InvalidRecordError, ModelNotServingError
-from countyfl.serving.schemas import FraminghamPatient, HeartDiseasePatient
+from countyfl.serving.schemas import (
+    FraminghamPatient,
+    HeartDiseasePatient,
+    field_name,
+    task_record_type,
+)
 
 # encode() reads neither the hospital nor the diagnosis, but the record type requires both.
 _UNUSED_HOSPITAL = "Cleveland"
@@ -112,73 +117,31 @@ def spec_for(transform: FeatureTransform, label: str) -> InputSpec:
     return spec
 
 
-def task_record_type(task: TaskDefinition) -> type[BaseModel]:
-    """The API's patient record of a county's task: one field per feature, in its unit.
-
-    Numbers carry the task's plausible range and unit (shown in OpenAPI and in a 422
-    body), yes/no features are booleans, categories their levels. Field names are the
-    features' names with '-' as '_'.
-    """
-    fields: dict[str, Any] = {}
-    for feature in task.features:
-        description = feature.description or feature.name
-        if feature.type is FeatureType.NUMBER:
-            assert feature.range is not None
-            low, high = feature.range
-            annotation: Any = Annotated[
-                float,
-                Field(
-                    ge=low,
-                    le=high,
-                    allow_inf_nan=False,
-                    description=f"{description} ({feature.unit})",
-                    json_schema_extra={"unit": feature.unit},
-                ),
-            ]
-        elif feature.type is FeatureType.YES_NO:
-            annotation = Annotated[bool, Field(strict=True, description=description)]
-        else:
-            annotation = Annotated[
-                Literal[feature.categories],
-                Field(description=description),
-            ]
-        fields[feature.name.replace("-", "_")] = (annotation, ...)
-    model: type[BaseModel] = create_model(
-        f"{''.join(part.title() for part in task.name.split('-'))}Patient",
-        __config__=ConfigDict(extra="forbid", frozen=True),
-        **fields,
-    )
-    return model
-
-
 def task_spec(task: TaskDefinition) -> InputSpec:
     """The input specification of a model trained on a county's task file."""
     from countyfl.clinical.dataset import encode
 
     record_type = task_record_type(task)
+    fields = {f.name: field_name(f.name) for f in task.features}
 
     def _encode(record: BaseModel) -> list[float]:
         values = record.model_dump()
-        return encode(
-            task,
-            {
-                f.name: (
-                    float(values[f.name.replace("-", "_")])
-                    if f.type is not FeatureType.CATEGORY
-                    else values[f.name.replace("-", "_")]
-                )
-                for f in task.features
-            },
-        )
+        row: dict[str, Any] = {}
+        for feature in task.features:
+            value = values.get(fields[feature.name])
+            if value is None or feature.type is FeatureType.CATEGORY:
+                row[feature.name] = value
+            else:
+                row[feature.name] = float(value)
+        task.fill_missing(row)
+        return encode(task, row)
 
     return InputSpec(
         name="task",
         record_type=record_type,
         feature_names=task.feature_names,
         encoder=_encode,
-        feature_fields={
-            name: f.name.replace("-", "_") for f in task.features for name in f.encoded_names()
-        },
+        feature_fields={name: fields[f.name] for f in task.features for name in f.encoded_names()},
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from functools import cache
@@ -28,6 +29,7 @@ from pydantic import (
     model_validator,
 )
 
+from countyfl.clinical.task import FeatureType, MissingRule, TaskDefinition
 from countyfl.data.federated import CareLevel
 from countyfl.data.schema import ChestPain, FraminghamRecord, HeartDiseaseRecord, RestingEcg
 from countyfl.registry.schemas import (
@@ -42,6 +44,7 @@ from countyfl.registry.schemas import (
     Stage,
     StageTransitionPublic,
 )
+from countyfl.serving.errors import ReferralConfigError
 from countyfl.serving.referral.config import (
     CODE_PATTERN,
     SEVERITY_RANK,
@@ -272,7 +275,113 @@ class FraminghamPatient(_Patient):
 PATIENT_TYPES: Mapping[InputSchema, type[BaseModel]] = MappingProxyType(
     {"heart-disease": HeartDiseasePatient, "framingham": FraminghamPatient}
 )
-"""Input schema of a model (its transform's ``schema``) -> the patient record it reads."""
+"""Built-in input schema of a model (its transform's ``schema``) -> the patient record it
+reads."""
+
+
+@dataclass(frozen=True)
+class RecordSchema:
+    """What a served model's route reads: a built-in input schema or a county task's record.
+
+    Built once per service (:func:`served_records`), so that the API's routes, the referral
+    body and the console's forms share one record type per model.
+    """
+
+    name: str
+    """The built-in schema's name (``heart-disease``, ``framingham``) or the task's name."""
+    record_type: type[BaseModel]
+    task: TaskDefinition | None = field(default=None, compare=False, repr=False)
+    """The county's task the records are defined by; None for a built-in schema."""
+
+
+BUILT_IN_RECORDS: Mapping[str, RecordSchema] = MappingProxyType(
+    {name: RecordSchema(name, record_type) for name, record_type in PATIENT_TYPES.items()}
+)
+
+
+def task_record_type(task: TaskDefinition) -> type[BaseModel]:
+    """The API's patient record of a county's task: one field per feature, in its unit.
+
+    Numbers carry the task's plausible range and unit (shown in OpenAPI and in a 422
+    body), whole numbers are integers, yes/no features are booleans, categories their
+    levels. A feature the task fills when missing may be left out (null). Field names are the
+    features' names with '-' as '_'.
+    """
+    fields: dict[str, Any] = {}
+    for feature in task.features:
+        description = feature.description or feature.name
+        base: Any
+        if feature.type is FeatureType.NUMBER:
+            assert feature.range is not None
+            base = WholeNumber if feature.integer else float
+            about: dict[str, Any] = {
+                "ge": feature.range[0],
+                "le": feature.range[1],
+                "allow_inf_nan": False,
+                "description": f"{description} ({feature.unit})",
+                "json_schema_extra": {"unit": feature.unit},
+            }
+        elif feature.type is FeatureType.YES_NO:
+            base = StrictBool
+            about = {"description": f"{description} (yes/no)"}
+        else:
+            base = Literal[feature.categories]
+            about = {"description": f"{description} (one of {', '.join(feature.categories)})"}
+        if feature.missing is MissingRule.FILL:
+            # The task fills a missing value with its fixed constant: the field may be left out.
+            fields[field_name(feature.name)] = (Annotated[base | None, Field(**about)], None)
+        else:
+            fields[field_name(feature.name)] = (Annotated[base, Field(**about)], ...)
+    model: type[BaseModel] = create_model(
+        f"{_title(task.name)}Patient",
+        __config__=ConfigDict(extra="forbid", frozen=True),
+        __doc__=f"One patient for a model of the task {task.name!r}: {task.intended_use}",
+        **fields,
+    )
+    return model
+
+
+def field_name(feature: str) -> str:
+    """The API field of a task's feature: its name with '-' as '_'."""
+    return feature.replace("-", "_")
+
+
+def served_records(served: Mapping[str, str | TaskDefinition]) -> dict[str, RecordSchema]:
+    """What each served model reads: the referral rules' ``served_models`` made record types.
+
+    Models of the same task share one record type (one OpenAPI schema).
+
+    Raises
+    ------
+    ReferralConfigError
+        If a task's name is a built-in schema's, or two different tasks share a name (the
+        API's schema names would clash).
+    """
+    found: dict[str, RecordSchema] = {}
+    by_task: dict[str, RecordSchema] = {}
+    for model, source in served.items():
+        if isinstance(source, str):
+            found[model] = BUILT_IN_RECORDS[source]
+            continue
+        if source.name in BUILT_IN_RECORDS:
+            raise ReferralConfigError(
+                f"[models.{model}]: the task is named {source.name!r}, like a built-in input "
+                "schema; rename the task (its name field) or use schema = "
+                f"{source.name!r}"
+            )
+        known = by_task.get(source.name)
+        if known is None:
+            known = by_task[source.name] = RecordSchema(
+                source.name, task_record_type(source), source
+            )
+        elif known.task != source:
+            raise ReferralConfigError(
+                f"[models.{model}]: two different task files are named {source.name!r}; "
+                "a task name must name one task"
+            )
+        found[model] = known
+    return found
+
 
 ModelName = Annotated[str, Field(pattern=NAME_PATTERN, examples=["heart-disease-diagnosis"])]
 
@@ -322,12 +431,13 @@ def _title(name: str) -> str:
 
 
 @cache
-def prediction_body(schema: InputSchema, max_batch: int) -> type[PredictionCreate]:
+def prediction_body(schema: RecordSchema, max_batch: int) -> type[PredictionCreate]:
     """The request body of a model reading ``schema`` records, at most ``max_batch`` of them.
 
-    Named ``HeartDiseasePredictionCreate`` / ``FraminghamPredictionCreate`` in OpenAPI.
+    Named ``HeartDiseasePredictionCreate`` / ``FraminghamPredictionCreate`` (or after the
+    task) in OpenAPI.
     """
-    patient_type: Any = PATIENT_TYPES[schema]
+    patient_type: Any = schema.record_type
     # Neither field may be null, and exactly one must be given: the schema says so too
     # (oneOf), so that every request valid by the spec is one the API accepts.
     fields: dict[str, Any] = {
@@ -338,7 +448,7 @@ def prediction_body(schema: InputSchema, max_batch: int) -> type[PredictionCreat
         ),
     }
     body: type[PredictionCreate] = create_model(
-        f"{_title(schema)}PredictionCreate",
+        f"{_title(schema.name)}PredictionCreate",
         __base__=PredictionCreate,
         __doc__=f"One {patient_type.__name__} (``patient``) or up to {max_batch} (``patients``).",
         **fields,
@@ -470,7 +580,7 @@ class ReferralCreate(_Schema):
 
 @cache
 def referral_body(
-    models: tuple[tuple[str, InputSchema], ...], symptom_codes: tuple[str, ...]
+    models: tuple[tuple[str, RecordSchema], ...], symptom_codes: tuple[str, ...]
 ) -> type[ReferralCreate]:
     """The referral request body for the served ``(model name, input schema)`` pairs and
     the symptom codes the referral rules know (listed in the schema as an enum)."""
@@ -494,7 +604,7 @@ def referral_body(
     for name, schema in models:
         member: dict[str, Any] = {
             "model": (Literal[name], ...),
-            "patient": (PATIENT_TYPES[schema], ...),
+            "patient": (schema.record_type, ...),
         }
         members.append(
             create_model(

@@ -14,6 +14,7 @@ from countyfl.serving.audit_batch import BatchingAuditLog
 from countyfl.serving.login_audit import FailedLoginLog
 from countyfl.serving.model_cache import ModelCache
 from countyfl.serving.referral import DoctorDirectory, ReferralRules, load_directory, load_rules
+from countyfl.serving.schemas import RecordSchema, served_records
 from countyfl.serving.throttle import LoginThrottle
 from countyfl.settings import ServingSettings
 from countyfl.storage import open_database
@@ -92,6 +93,8 @@ class ServingState:
     """Every entry the API writes goes through here (group commit, durable on return)."""
     models: ModelCache
     rules: ReferralRules
+    served: dict[str, RecordSchema]
+    """The models the API serves -> the records their routes read (from the rules)."""
     directory: DoctorDirectory
     signing_key: bytes
     throttle: LoginThrottle
@@ -114,6 +117,7 @@ class ServingState:
         """
         signing_key = settings.jwt_signing_key()
         rules = load_rules(settings.referral_rules_file)
+        served = served_records(rules.served_models)
         directory = load_directory(settings.doctor_directory_file)
         key_path = settings.audit_signing_key_file
         if key_path is None and default_signing_key_path(settings).exists():
@@ -148,6 +152,7 @@ class ServingState:
             audit=audit,
             models=ModelCache(engine),
             rules=rules,
+            served=served,
             directory=directory,
             signing_key=signing_key,
             throttle=LoginThrottle(

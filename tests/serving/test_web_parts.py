@@ -9,6 +9,7 @@ from fastapi.testclient import TestClient
 from serving_support import CLINICIAN, FRAMINGHAM_PATIENT, RISK, Deployment
 from web_support import csrf_of, form_values, sign_in
 
+from countyfl.serving.schemas import BUILT_IN_RECORDS
 from countyfl.serving.web.forms import (
     FormError,
     parse_form,
@@ -76,7 +77,9 @@ def test_form_is_bounded() -> None:
 
 
 def test_framingham_form_fields_come_from_its_schema() -> None:
-    fields = {field.name: field for field in patient_fields(patient_type("framingham"))}
+    fields = {
+        field.name: field for field in patient_fields(patient_type(BUILT_IN_RECORDS["framingham"]))
+    }
     assert list(fields) == list(FRAMINGHAM_PATIENT)
     assert fields["current_smoker"].kind == "flag"
     assert fields["age"].kind == "integer" and fields["age"].unit == "years"
@@ -85,7 +88,7 @@ def test_framingham_form_fields_come_from_its_schema() -> None:
 
 
 def test_a_smoker_without_cigarettes_is_told_what_is_missing() -> None:
-    record_type = patient_type("framingham")
+    record_type = patient_type(BUILT_IN_RECORDS["framingham"])
     values = {**form_values(FRAMINGHAM_PATIENT), "cigarettes_per_day": ""}
     record, problems = read_patient(patient_fields(record_type), values, record_type)
     assert record is None

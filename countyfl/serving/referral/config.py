@@ -15,14 +15,17 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
+from countyfl.clinical.task import TaskDefinition, TaskFileError, load_task
 from countyfl.data.federated import CareLevel
 from countyfl.naming import kebab_case
 from countyfl.registry.schemas import NAME_PATTERN, InputSchema
 from countyfl.serving.errors import ReferralConfigError
 
 CODE_PATTERN = r"^[a-z0-9][a-z0-9-]{0,63}$"
+TaskPath = Annotated[str, Field(min_length=1, max_length=500, pattern=r"^[^\x00-\x1f]+$")]
+"""A task file's path in the rules: no control characters."""
 """Symptom codes, specialties and ids: lowercase kebab-case, e.g. ``chest-pain``."""
 DEFAULT_RULES_FILE = "referral-rules.toml"
 DEFAULT_DIRECTORY_FILE = "doctor-directory.toml"
@@ -156,18 +159,29 @@ class RiskBands(_Config):
 class ModelRiskRule(_Config):
     """A model's risk bands, the specialty its risk calls for, and the records it reads.
 
-    ``schema`` (the input schema of ``countyfl.registry.schemas.InputSchema``) makes the API
-    serve the model: it gets its own ``POST /v1/models/NAME/predict`` route whose body is
-    that schema's patient records. The ``default`` entry has no schema.
+    ``schema`` (the input schema of ``countyfl.registry.schemas.InputSchema``) or ``task``
+    (a county's task file) makes the API serve the model: it gets its own
+    ``POST /v1/models/NAME/predict`` route whose body is that schema's or task's patient
+    records. The ``default`` entry has neither.
     """
 
     bands: RiskBands
     specialty: Code | None = None
-    # A county task's model ("task" transforms) is not served over HTTP yet: its route
-    # would need the task's record type at start-up (docs/site-data.md, issue 15).
     input_schema: Literal["heart-disease", "framingham"] | None = Field(
         default=None, alias="schema"
     )
+    task: TaskPath | None = None
+    """A county's task file (relative to the rules file's folder): the model is served with
+    the task's own patient record (its features, units, ranges and categories)."""
+
+    @model_validator(mode="after")
+    def _one_input(self) -> ModelRiskRule:
+        if self.input_schema is not None and self.task is not None:
+            raise ValueError(
+                "give either schema (a built-in input schema) or task (a county's task "
+                "file), not both"
+            )
+        return self
 
 
 class RiskLevelRule(_Config):
@@ -213,6 +227,7 @@ class ReferralRules(_Config):
     risk_levels: dict[Literal["moderate", "high"], RiskLevelRule]
     fallback: Fallback
     symptoms: Annotated[list[SymptomRule], Field(min_length=1)]
+    _tasks: dict[str, TaskDefinition] = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="after")
     def _complete(self) -> ReferralRules:
@@ -228,9 +243,11 @@ class ReferralRules(_Config):
             raise ValueError(f"[risk-levels] has no entry for {', '.join(missing_bands)}")
         if DEFAULT_MODEL_KEY not in self.models:
             raise ValueError(f"[models] needs a [models.{DEFAULT_MODEL_KEY}] entry")
-        if self.models[DEFAULT_MODEL_KEY].input_schema is not None:
+        default = self.models[DEFAULT_MODEL_KEY]
+        if default.input_schema is not None or default.task is not None:
             raise ValueError(
-                f"[models.{DEFAULT_MODEL_KEY}] gives only bands and a specialty, no schema: "
+                f"[models.{DEFAULT_MODEL_KEY}] gives only bands and a specialty, no schema or "
+                "task: "
                 "a model is served only under its own name"
             )
         for name in self.models:
@@ -272,13 +289,45 @@ class ReferralRules(_Config):
         return self.models.get(model_name, self.models[DEFAULT_MODEL_KEY])
 
     @property
-    def served_models(self) -> dict[str, InputSchema]:
-        """The models the API serves (those with a ``schema``), by name, in file order."""
-        return {
-            name: rule.input_schema
-            for name, rule in self.models.items()
-            if rule.input_schema is not None
-        }
+    def served_models(self) -> dict[str, InputSchema | TaskDefinition]:
+        """The models the API serves (those with a ``schema`` or a ``task``), by name, in
+        file order: the built-in schema's name, or the task file's definition."""
+        served: dict[str, InputSchema | TaskDefinition] = {}
+        for name, rule in self.models.items():
+            if rule.input_schema is not None:
+                served[name] = rule.input_schema
+            elif rule.task is not None:
+                if name not in self._tasks:
+                    raise ReferralConfigError(
+                        f"[models.{name}] names the task file {rule.task!r}, which was not "
+                        "read: load the rules with load_rules(path)"
+                    )
+                served[name] = self._tasks[name]
+        return served
+
+    def with_tasks(self, folder: Path, *, source: Path) -> ReferralRules:
+        """These rules with every ``task`` file (relative to ``folder``) read and validated.
+
+        Raises
+        ------
+        ReferralConfigError
+            Naming the rules file, the model entry and the task file's own problem.
+        """
+        tasks: dict[str, TaskDefinition] = {}
+        for name, rule in self.models.items():
+            if rule.task is None:
+                continue
+            path = Path(rule.task)
+            path = path if path.is_absolute() else folder / path
+            try:
+                tasks[name] = load_task(path)
+            except TaskFileError as error:
+                raise ReferralConfigError(
+                    f"{source}: [models.{name}], field 'task': the task file cannot be used: "
+                    f"{error}"
+                ) from None
+        self._tasks = tasks
+        return self
 
 
 # -- doctor directory --------------------------------------------------------------------
@@ -359,7 +408,9 @@ def load_rules(path: Path | None = None) -> ReferralRules:
     ReferralConfigError
         If the file is missing, not TOML, or breaks the rules (naming entry and field).
     """
-    return _load(path or default_path(DEFAULT_RULES_FILE), ReferralRules, "referral rules")
+    path = path or default_path(DEFAULT_RULES_FILE)
+    rules = _load(path, ReferralRules, "referral rules")
+    return rules.with_tasks(path.parent, source=path)
 
 
 def load_directory(path: Path | None = None) -> DoctorDirectory:

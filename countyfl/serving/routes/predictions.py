@@ -16,8 +16,8 @@ import numpy as np
 from fastapi import APIRouter
 from pydantic import BaseModel
 
+from countyfl.clinical.task import TaskDefinition
 from countyfl.registry import Action, Principal, authorize
-from countyfl.registry.schemas import InputSchema
 from countyfl.registry.versions import version_target
 from countyfl.serving.auditing import (
     PurposeSink,
@@ -37,12 +37,13 @@ from countyfl.serving.schemas import (
     PatientPredictionPublic,
     PredictionCreate,
     PredictionPublic,
+    RecordSchema,
     prediction_body,
 )
 from countyfl.serving.state import ServingState
 
 
-def prediction_router(served: Mapping[str, InputSchema], max_batch: int) -> APIRouter:
+def prediction_router(served: Mapping[str, RecordSchema], max_batch: int) -> APIRouter:
     """A router with ``POST /v1/models/NAME/predict`` for every served model."""
     router = APIRouter(prefix="/v1", tags=["predictions"])
     for name, schema in served.items():
@@ -70,7 +71,7 @@ record) before the answer is returned; if the entry cannot be written the answer
 
 
 def _handler(
-    name: str, schema: InputSchema, body_type: type[PredictionCreate]
+    name: str, schema: RecordSchema, body_type: type[PredictionCreate]
 ) -> Callable[..., PredictionPublic]:
     def predict(body: Any, state: Any, principal: Any) -> PredictionPublic:
         return answer(name, schema, body, state, principal)
@@ -92,7 +93,7 @@ def _handler(
 
 def answer(
     name: str,
-    schema: InputSchema,
+    schema: RecordSchema,
     body: PredictionCreate,
     state: ServingState,
     principal: Principal,
@@ -147,24 +148,73 @@ def answer(
 
 
 def serving_model(
-    state: ServingState, name: str, schema: InputSchema, *, principal: Principal, audit: Any
+    state: ServingState, name: str, schema: RecordSchema, *, principal: Principal, audit: Any
 ) -> ServedModel:
     """``name``'s production model, if it reads the records the API's route for it takes.
 
     Raises
     ------
     ModelNotServingError
-        If the production version reads another input schema than the one the referral
-        rules give the model (the route's body would not be what the model reads).
+        If the production version reads another input schema, or was trained on another
+        task, than the one the referral rules give the model (the route's body would not be
+        what the model reads).
     """
     served = state.models.production(name, principal=principal, audit=audit)
-    if served.spec.name != schema:
+    if schema.task is None:
+        if served.spec.name != schema.name:
+            raise ModelNotServingError(
+                f"{served.label} reads {_reads(served)}, but the API serves {name!r} with "
+                f"{schema.name} records (the referral rules' [models.{name}] schema); an admin "
+                "must fix the rules or archive the version"
+            )
+        return served
+    trained_on = served.transform.task
+    difference = (
+        f"it reads {_reads(served)}"
+        if trained_on is None
+        else task_difference(trained_on, schema.task)
+    )
+    if difference:
         raise ModelNotServingError(
-            f"{served.label} reads {served.spec.name} records, but the API serves {name!r} "
-            f"with {schema} records (the referral rules' [models.{name}] schema); an admin "
-            "must fix the rules or archive the version"
+            f"{served.label} was not trained on the task the API serves {name!r} with "
+            f"({schema.task.name!r}, the referral rules' [models.{name}] task): {difference}. "
+            "An admin must fix the rules' task file or archive the version"
         )
     return served
+
+
+def _reads(served: ServedModel) -> str:
+    task = served.transform.task
+    return f"the records of the task {task.name!r}" if task else f"{served.spec.name} records"
+
+
+def task_difference(trained: TaskDefinition, served: TaskDefinition) -> str:
+    """What makes a model trained on ``trained`` unfit for records of ``served``, or "".
+
+    The records must mean the same: the same label (column and positive values) and the same
+    features with the same types, units, ranges and categories. Descriptions, the model's
+    hyper-parameters and the privacy defaults may differ.
+    """
+    if trained.label.column != served.label.column or set(map(str, trained.label.positive)) != set(
+        map(str, served.label.positive)
+    ):
+        return (
+            f"it predicts {trained.label.column} in {list(trained.label.positive)}, the task "
+            f"file {served.label.column} in {list(served.label.positive)}"
+        )
+    ours = {f.name: f for f in trained.features}
+    theirs = {f.name: f for f in served.features}
+    if list(ours) != list(theirs):
+        return f"its features are {list(ours)}, the task file's {list(theirs)}"
+    for feature_name, feature in ours.items():
+        other = theirs[feature_name]
+        for key in ("type", "unit", "range", "integer", "categories"):
+            if getattr(feature, key) != getattr(other, key):
+                return (
+                    f"feature {feature_name!r} has {key} {getattr(feature, key)!r} in the "
+                    f"model, {getattr(other, key)!r} in the task file"
+                )
+    return ""
 
 
 def finite_probabilities(served: ServedModel, probabilities: Any) -> Any:

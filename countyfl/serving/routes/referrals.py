@@ -10,7 +10,6 @@ from fastapi import APIRouter
 from pydantic import BaseModel
 
 from countyfl.registry import Action, Principal, authorize
-from countyfl.registry.schemas import InputSchema
 from countyfl.registry.versions import version_target
 from countyfl.serving.auditing import (
     PurposeSink,
@@ -34,6 +33,7 @@ from countyfl.serving.routes.predictions import finite_probabilities, serving_mo
 from countyfl.serving.schemas import (
     DoctorPublic,
     ModelRefPublic,
+    RecordSchema,
     ReferralCreate,
     ReferralPublic,
     RiskPublic,
@@ -44,7 +44,7 @@ from countyfl.serving.state import ServingState
 REFERRAL_TARGET = "referral"
 
 
-def referral_router(served: Mapping[str, InputSchema], symptom_codes: list[str]) -> APIRouter:
+def referral_router(served: Mapping[str, RecordSchema], symptom_codes: list[str]) -> APIRouter:
     """A router with ``POST /v1/referrals``: ``risk`` names one of the ``served`` models and
     symptoms are codes of the referral rules (both listed in the schema)."""
     router = APIRouter(prefix="/v1", tags=["referrals"])
@@ -89,7 +89,7 @@ def create_referral(
     body: ReferralCreate,
     state: ServingState,
     principal: Principal,
-    served: Mapping[str, InputSchema],
+    served: Mapping[str, RecordSchema],
     *,
     via: str = "api",
 ) -> ReferralPublic:

@@ -33,9 +33,9 @@ from countyfl.registry import (
     is_allowed,
 )
 from countyfl.registry.principals import access_refusal
-from countyfl.registry.schemas import InputSchema
 from countyfl.serving.auditing import PurposeSink
 from countyfl.serving.errors import ServingError, TooManyAttemptsError
+from countyfl.serving.schemas import RecordSchema
 from countyfl.serving.state import ServingState
 from countyfl.serving.web.forms import FormError, parse_form
 from countyfl.serving.web.sessions import (
@@ -109,7 +109,7 @@ class PageError(Exception):
 class Console:
     """What every console page uses: the service state, sessions and templates."""
 
-    def __init__(self, state: ServingState, served: Mapping[str, InputSchema]) -> None:
+    def __init__(self, state: ServingState, served: Mapping[str, RecordSchema]) -> None:
         self.state = state
         self.served = dict(served)
         self.sessions = SessionStore(idle_seconds=state.settings.console_idle_minutes * 60.0)

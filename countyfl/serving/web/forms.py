@@ -21,10 +21,9 @@ import annotated_types
 from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
-from countyfl.registry.schemas import InputSchema
 from countyfl.serving.errors import FieldProblem
 from countyfl.serving.features import describe_field, field_problems
-from countyfl.serving.schemas import prediction_body
+from countyfl.serving.schemas import RecordSchema, prediction_body
 
 FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
 MAX_FIELDS = 200
@@ -89,7 +88,7 @@ class PatientField:
         return "1" if self.kind == "integer" else "any"
 
 
-def patient_type(schema: InputSchema) -> type[BaseModel]:
+def patient_type(schema: RecordSchema) -> type[BaseModel]:
     """The patient record type the API's prediction body reads for ``schema``."""
     body = prediction_body(schema, 1)
     found = _model_in(body.model_fields["patient"].annotation)

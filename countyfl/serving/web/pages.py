@@ -97,7 +97,7 @@ class ConsoleRouter(APIRouter):
 
 def console_router(state: ServingState) -> ConsoleRouter:
     """The console's routes under ``/console`` (not in the OpenAPI spec)."""
-    console = Console(state, state.rules.served_models)
+    console = Console(state, state.served)
     router = ConsoleRouter(console)
 
     # -- assets and sign-in ------------------------------------------------------------
