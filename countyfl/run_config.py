@@ -48,7 +48,8 @@ class RunConfig(BaseModel):
     )
 
     # A built-in scenario's name, or the path of a county's task file (countyfl.scenarios).
-    scenario: str = Field(default="fed-heart-disease", min_length=1, max_length=1024)
+    # A built-in name, a task file's path, or a task carried inline (scenarios.portable_key).
+    scenario: str = Field(default="fed-heart-disease", min_length=1, max_length=1_400_000)
     model: str = "diagnosis-logreg"
     strategy: StrategyName = StrategyName.FEDAVG
     num_server_rounds: int = Field(default=15, ge=1, le=10_000)

@@ -365,6 +365,14 @@ def run_federation_command(
 
     overrides = parse_overrides(config)
     overrides["output-dir"] = str(output.resolve())
+    if "scenario" in overrides:
+        # A county's task file exists on this machine only: the run carries the task itself.
+        from countyfl import scenarios
+
+        try:
+            overrides["scenario"] = scenarios.portable_key(str(overrides["scenario"]))
+        except CountyflError as error:
+            fail(error)
     if public_context is not None:
         overrides["he-public-context"] = str(public_context.resolve())
     try:

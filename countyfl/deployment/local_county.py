@@ -31,6 +31,7 @@ from countyfl.deployment import (
 )
 from countyfl.deployment.certs import CA_CERT_FILE
 from countyfl.deployment.processes import DeploymentError, flower_environment, online_nodes
+from countyfl.deployment.site import toml_string
 from countyfl.privacy.he.keys import PUBLIC_CONTEXT_FILE, SECRET_CONTEXT_FILE, init_keys
 from countyfl.run_config import parse_run_config
 
@@ -112,6 +113,35 @@ class LocalCounty:
                     root_certificate=self.certs / CA_CERT_FILE,
                     state_dir=folder / "state",
                 ),
+                encoding="utf-8",
+            )
+            for config in approved:
+                approve_task(site, task_manifest(config, self.keys), approved_by="site-lead")
+            self.sites[institution] = site
+
+    def prepare_sites(
+        self, sites: Mapping[str, str], approved: Iterable[Mapping[str, Any]]
+    ) -> None:
+        """Certificates, keys and the given sites, each approving the ``approved`` runs.
+
+        ``sites`` maps an institution id to its site.toml text without ``state_dir`` and
+        ``[keys]`` (this county adds its own), in the institution's folder under
+        ``sites/`` where the text's relative paths resolve.
+        """
+        init_certificates(self.certs)
+        init_keys(self.keys)
+        for institution, text in sites.items():
+            folder = self.root / "sites" / institution
+            folder.mkdir(parents=True, exist_ok=True)
+            node = add_node(self.certs, institution)
+            site = folder / "site.toml"
+            site.write_text(
+                f"state_dir = {toml_string(str(folder / 'state'))}\n"
+                + text
+                + "\n[keys]\n"
+                + f"he_secret_context = {toml_string(str(self.keys / SECRET_CONTEXT_FILE))}\n"
+                + f"node_private_key = {toml_string(str(node.private_key))}\n"
+                + f"root_certificate = {toml_string(str(self.certs / CA_CERT_FILE))}\n",
                 encoding="utf-8",
             )
             for config in approved:

@@ -25,9 +25,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    model_serializer,
+)
 
 from countyfl import scenarios
+from countyfl.clinical.task import TaskDefinition
 from countyfl.deployment.site import (
     ApprovedTask,
     SiteConfig,
@@ -114,8 +122,14 @@ class TaskManifest(BaseModel):
 
     manifest_version: Literal[2] = MANIFEST_VERSION
     model: str
-    # A built-in scenario, or the path of a county's task file (countyfl.scenarios.get).
+    # A built-in scenario's name, or a county task's name (then task-sha256 says which).
     scenario: str = Field(min_length=1, max_length=1024)
+    task_sha256: str | None = Field(
+        default=None,
+        pattern=r"^[0-9a-f]{64}$",
+        description="a county's task: sha256 of its canonical definition (the site's own "
+        "task file must be the same task)",
+    )
     data_schema: str = Field(alias="schema", min_length=1, max_length=64)
     features: tuple[str, ...]
     strategy: StrategyName
@@ -137,6 +151,15 @@ class TaskManifest(BaseModel):
     @property
     def dp(self) -> bool:
         return self.differential_privacy is not None
+
+    @model_serializer(mode="wrap")
+    def _without_task_digest(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # A built-in scenario's manifest keeps the shape (and hash) it had before tasks.
+        data: dict[str, Any] = handler(self)
+        for key in ("task-sha256", "task_sha256"):
+            if key in data and data[key] is None:
+                del data[key]
+        return data
 
 
 def leaves_site(
@@ -178,9 +201,13 @@ def manifest_for(config: RunConfig) -> TaskManifest:
         else None
     )
     scenario = scenarios.get(config.scenario)
+    county_task = scenario.task if not scenarios.is_built_in(config.scenario) else None
     return TaskManifest(
         model=config.model,
-        scenario=config.scenario,
+        # A county's task by name and digest: the same manifest whether the run config
+        # names its file (at the county) or carries it (scenarios.portable_key).
+        scenario=config.scenario if county_task is None else county_task.name,
+        task_sha256=None if county_task is None else scenarios.task_digest(county_task),
         schema=scenario.data_schema,
         features=scenario.feature_names,
         strategy=config.strategy,
@@ -230,26 +257,41 @@ def task_name(manifest: TaskManifest) -> str:
     )
 
 
-def verify_manifest(manifest: TaskManifest) -> None:
+def verify_manifest(manifest: TaskManifest, task: TaskDefinition | None = None) -> None:
     """Refuse a manifest whose derived parts (schema, features, leaves-site) were edited.
 
     Such a manifest matches no run configuration, so approving it would approve nothing
     and, worse, show the approver a description that the run does not have.
+
+    A county task's manifest (``task-sha256``) is checked against ``task``, the site's own
+    task file, which must be that very task; without it only leaves-site can be checked.
     """
-    try:
-        scenario = scenarios.get(manifest.scenario)
-    except UnknownNameError as error:
-        raise TaskManifestError(f"task manifest: {error}") from None
-    expected = {
-        "schema": scenario.data_schema,
-        "features": scenario.feature_names,
-        "leaves-site": leaves_site(manifest.encryption, manifest.differential_privacy),
+    expected: dict[str, Any] = {
+        "leaves-site": leaves_site(manifest.encryption, manifest.differential_privacy)
     }
+    if manifest.task_sha256 is None:
+        try:
+            scenario = scenarios.get(manifest.scenario)
+        except UnknownNameError as error:
+            raise TaskManifestError(f"task manifest: {error}") from None
+        expected |= {"schema": scenario.data_schema, "features": scenario.feature_names}
+    elif task is not None:
+        digest = scenarios.task_digest(task)
+        if digest != manifest.task_sha256 or task.name != manifest.scenario:
+            raise TaskManifestError(
+                f"the task manifest is for task {manifest.scenario!r} (sha256 "
+                f"{manifest.task_sha256[:12]}), but this site's task file holds task "
+                f"{task.name!r} (sha256 {digest[:12]}): the county and the site must use the "
+                "same task file; ask the county for its file and map your export onto it"
+            )
+        scenario = scenarios.from_task(task)
+        expected |= {"schema": scenario.data_schema, "features": scenario.feature_names}
     actual = {
         "schema": manifest.data_schema,
         "features": manifest.features,
         "leaves-site": manifest.leaves_site,
     }
+    actual = {key: actual[key] for key in expected}
     wrong = [key for key in expected if expected[key] != actual[key]]
     if wrong:
         raise TaskManifestError(
@@ -277,6 +319,12 @@ def write_task_file(manifest: TaskManifest, path: Path) -> str:
     text = json.dumps(manifest.model_dump(mode="json", by_alias=True), indent=2, sort_keys=True)
     path.write_text(text + "\n", encoding="utf-8")
     return manifest_hash(manifest)
+
+
+def site_task(site: SiteConfig) -> TaskDefinition | None:
+    """The county task a site's data are mapped onto (``[data] task``), if any."""
+    definition = getattr(site.data, "definition", None)
+    return definition if isinstance(definition, TaskDefinition) else None
 
 
 def read_task_file(path: Path) -> TaskManifest:
@@ -314,6 +362,19 @@ def check_approved(site: SiteConfig, config: RunConfig) -> str:
     manifest = manifest_for(config)
     digest = manifest_hash(manifest)
     if digest in site.approved_hashes:
+        own = site_task(site)
+        if manifest.task_sha256 is not None and (
+            own is None or scenarios.task_digest(own) != manifest.task_sha256
+        ):
+            # Approved once, but the site's task file has changed since: its data are no
+            # longer mapped onto the task the county runs.
+            raise TaskNotApprovedError(
+                f"institution {site.institution_id} approved task {task_name(manifest)}, but "
+                "its own task file ([data] task) is no longer that task (sha256 "
+                f"{manifest.task_sha256[:12]}); restore the county's task file",
+                task_hash=digest,
+                institution_id=site.institution_id,
+            )
         return digest
     site_file = site.source or "SITE.toml"
     raise TaskNotApprovedError(
@@ -458,7 +519,12 @@ def approve_task(
         The manifest was edited by hand, or its data schema is not the site's.
     """
     site = load_site(site_path, require_data=False)
-    verify_manifest(manifest)
+    verify_manifest(manifest, site_task(site))
+    if manifest.task_sha256 is not None and site_task(site) is None:
+        raise TaskManifestError(
+            f"the task trains on the county task {manifest.scenario!r}, but {site_path} maps "
+            "its data onto no task file ([data] task); this site cannot run it"
+        )
     if manifest.data_schema != site.data.data_schema:
         raise TaskManifestError(
             f"the task trains on {manifest.data_schema} data but {site_path} holds "

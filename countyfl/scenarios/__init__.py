@@ -19,7 +19,11 @@ Adding a built-in scenario is one task file in ``tasks/`` and one line in
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import importlib
+import json
+import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
@@ -34,6 +38,9 @@ if TYPE_CHECKING:
 
 TASKS_DIR = Path(__file__).resolve().parent / "tasks"
 TASK_FILE_SUFFIX = ".toml"
+INLINE_TASK_PREFIX = "task:"
+"""A run config's ``scenario`` that carries a county's task itself (:func:`portable_key`)."""
+MAX_INLINE_TASK_BYTES = 1_000_000
 
 InputTransform = dict[str, Any]
 """``{"schema", "names", "mean", "scale"}``: a record of ``schema`` encoded into ``names``
@@ -166,6 +173,61 @@ def register(scenario: Scenario) -> Scenario:
     return scenario
 
 
+def is_built_in(name: str) -> bool:
+    """Whether ``name`` is a built-in scenario's (not a county's task)."""
+    return name in _BUILT_IN
+
+
+def task_digest(task: TaskDefinition) -> str:
+    """sha256 (hex) of a task's canonical JSON: what identifies a county's task everywhere."""
+    return hashlib.sha256(_canonical_task(task)).hexdigest()
+
+
+def _canonical_task(task: TaskDefinition) -> bytes:
+    return json.dumps(
+        task.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    ).encode("utf-8")
+
+
+def portable_key(name: str) -> str:
+    """A run config's ``scenario`` that every process of a deployment can resolve.
+
+    A county's task file exists on the county's machine only: its path means nothing to a
+    site or to Flower's ServerApp process. The key carries the task itself (compressed
+    canonical JSON, base64url, no quotes or spaces), so the ServerApp, the sites' manifest
+    checks and publishing all read the same task. Built-in names are returned as they are.
+    """
+    scenario = get(name)
+    if is_built_in(name) or scenario.task is None or name.startswith(INLINE_TASK_PREFIX):
+        return name
+    packed = base64.urlsafe_b64encode(zlib.compress(_canonical_task(scenario.task), 9))
+    return INLINE_TASK_PREFIX + packed.decode("ascii")
+
+
+def _inline_task(key: str) -> TaskDefinition:
+    from countyfl.clinical.task import TaskFileError, parse_task
+
+    source = Path("run config scenario")
+    try:
+        packed = base64.urlsafe_b64decode(key.removeprefix(INLINE_TASK_PREFIX).encode("ascii"))
+        decompressor = zlib.decompressobj()
+        text = decompressor.decompress(packed, MAX_INLINE_TASK_BYTES)
+        if decompressor.unconsumed_tail:
+            raise ValueError("too large")
+        raw = json.loads(text)
+        if not isinstance(raw, dict):
+            raise ValueError("not a table")
+    except (ValueError, UnicodeError, zlib.error):
+        raise UnknownNameError(
+            "the run config's scenario starts with 'task:' but does not carry a readable task "
+            "(it is written by `countyfl run --run-config scenario=TASK.toml`)"
+        ) from None
+    try:
+        return parse_task(raw, source=source)
+    except TaskFileError as error:
+        raise UnknownNameError(str(error)) from None
+
+
 def names() -> list[str]:
     """Every scenario's name, built-in ones first."""
     return [*_BUILT_IN, *(n for n in _REGISTRY if n not in _BUILT_IN)]
@@ -182,6 +244,14 @@ def get(name: str) -> Scenario:
             register(from_task_file(TASKS_DIR / source))
         else:
             importlib.import_module(source)
+    if name not in _REGISTRY and name.startswith(INLINE_TASK_PREFIX):
+        scenario = from_task(_inline_task(name))
+        if scenario.name in _BUILT_IN:
+            raise UnknownNameError(
+                f"the run's task {scenario.name!r} has the name of a built-in scenario; "
+                "give it a name of its own"
+            )
+        _REGISTRY[name] = replace(scenario, key=name)
     if name not in _REGISTRY and name.endswith(TASK_FILE_SUFFIX):
         scenario = from_task_file(Path(name))
         if scenario.name in _BUILT_IN:
