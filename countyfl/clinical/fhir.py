@@ -45,7 +45,7 @@ from countyfl.errors import DataError
 if TYPE_CHECKING:
     import pandas as pd
 
-MAX_FILE_BYTES = 256 * 1024 * 1024
+MAX_FILE_BYTES = 128 * 1024 * 1024
 MAX_ENTRIES = 1_000_000
 MAX_FILES = 10_000
 
@@ -365,28 +365,30 @@ def read_fhir(path: Path, options: FhirOptions, *, drop: tuple[str, ...] = ()) -
     from fhir.resources.R4B.patient import Patient
     from pydantic import ValidationError
 
-    resources: list[tuple[str, object]] = []
-    for file in _files(path):
-        resources.extend(_resources(file))
-        if len(resources) > MAX_ENTRIES:
-            raise DataError(
-                f"{path}: more than {MAX_ENTRIES} entries; split the export into several sites "
-                "or a smaller extract"
-            )
+    files = _files(path)
     rows: list[dict[str, object]] = []
     problems: dict[int, list[tuple[str, object, str]]] = {}
     unattached: list[tuple[str, str, str]] = []
     patients: dict[str, int] = {}  # reference -> 1-based row
     facts: list[tuple[str, dict[str, Any], str, str]] = []  # (where, resource, kind, column)
 
-    for where, resource in resources:
+    entries = 0
+    # One file in memory at a time; of it, only the patients' cells and the resources
+    # with a mapped code (cut to the keys read) are kept.
+    for where, resource in (item for file in files for item in _resources(file)):
+        entries += 1
+        if entries > MAX_ENTRIES:
+            raise DataError(
+                f"{path}: more than {MAX_ENTRIES} entries; split the export into several sites "
+                "or a smaller extract"
+            )
         if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
             unattached.append((where, "entry", f"{where}: not a FHIR resource; not used"))
             continue
         kind = resource["resourceType"]
         if kind == "Patient":
             row = len(rows) + 1
-            kept = {k: v for k, v in resource.items() if k in PATIENT_KEYS}
+            kept = _cut(resource, PATIENT_KEYS)
             cells: dict[str, object] = dict.fromkeys(FIXED_COLUMNS)
             try:
                 patient = Patient.model_validate(kept)
@@ -413,11 +415,11 @@ def read_fhir(path: Path, options: FhirOptions, *, drop: tuple[str, ...] = ()) -
         elif kind == "Observation":
             column = _column_of(resource, options.observations)
             if column is not None:
-                facts.append((where, resource, kind, column))
+                facts.append((where, _cut(resource, OBSERVATION_KEYS), kind, column))
         elif kind == "Condition":
             column = _column_of(resource, options.conditions)
             if column is not None:
-                facts.append((where, resource, kind, column))
+                facts.append((where, _cut(resource, CONDITION_KEYS), kind, column))
 
     latest: dict[tuple[int, str], tuple[datetime, int, object]] = {}
     conditions: set[tuple[int, str]] = set()
@@ -431,9 +433,8 @@ def read_fhir(path: Path, options: FhirOptions, *, drop: tuple[str, ...] = ()) -
             )
             continue
         model = Observation if kind == "Observation" else Condition
-        keys = OBSERVATION_KEYS if kind == "Observation" else CONDITION_KEYS
         try:
-            parsed: Any = model.model_validate({k: v for k, v in resource.items() if k in keys})
+            parsed: Any = model.model_validate(resource)
         except (ValidationError, ValueError, TypeError) as error:
             problems.setdefault(owner, []).append(
                 (column, None, f"{named}: not a valid FHIR {kind} ({_invalid(error)})")
@@ -469,6 +470,11 @@ def read_fhir(path: Path, options: FhirOptions, *, drop: tuple[str, ...] = ()) -
     frame = pd.DataFrame([[cells.get(c) for c in columns] for cells in rows], columns=columns)
     frame = frame.astype(object).where(frame.notna(), None)
     return FhirRows(frame, problems, unattached)
+
+
+def _cut(resource: dict[str, Any], keys: frozenset[str]) -> dict[str, Any]:
+    """The resource with only the keys the adapter reads: nothing else is ever looked at."""
+    return {k: v for k, v in resource.items() if k in keys}
 
 
 def _identifier(patient: Any, system: str | None) -> str | None:

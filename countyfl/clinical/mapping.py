@@ -8,7 +8,7 @@ secret) and which are direct identifiers (dropped before anything else reads a r
 Example::
 
     [data]
-    format = "csv"                   # csv, excel or sql
+    format = "csv"                   # csv, excel, sql or fhir (countyfl.clinical.fhir)
     path = "exports/heart-failure.csv"
     decimal = ","                    # 1.234,5 -> 1234.5
     thousands = "."

@@ -38,6 +38,7 @@ def simulation_dataset(
             "column naming each row's institution) to simulate it"
         )
     split_column = task.simulation.split_column
+    _check_source_mapping(source, mapping, where=where)
     read = read_rows(source, drop=mapping.drop)
     frame = read.frame
     checked = check_mapping(
@@ -151,6 +152,18 @@ def export_dataset(task: TaskDefinition, path: Path, partition_seed: int) -> Fed
     return simulation_dataset(task, source, mapping, partition_seed=partition_seed, where=str(path))
 
 
+def _check_source_mapping(source: ExportSource, mapping: DataMapping, *, where: str) -> None:
+    """MappingError for mapping keys the source's format makes wrong (before any row is read)."""
+    from countyfl.clinical.mapping import MappingError
+
+    if source.format == "fhir" and mapping.units:
+        keys = ", ".join(f"data.units.{name}" for name in mapping.units)
+        raise MappingError(
+            f"{where}: {keys}: a FHIR export's values carry their own UCUM units, converted "
+            "row by row to the task's; remove [data.units]"
+        )
+
+
 def _with_unattached(
     rows: MappedRows, read: SourceRows, *, source: str, institution: str
 ) -> MappedRows:
@@ -186,6 +199,7 @@ def ingest(
     from countyfl.clinical.pseudonyms import load_or_create_secret, pseudonymiser
     from countyfl.data.quarantine import write_quarantine
 
+    _check_source_mapping(source, mapping, where=where)
     read = read_rows(source, drop=mapping.drop)
     frame = read.frame
     checked = check_mapping(

@@ -450,3 +450,33 @@ def test_fhir_options_are_checked() -> None:
     with pytest.raises(ValidationError, match=r'\[data.fhir\] is for format = "fhir"'):
         ExportSource(format="csv", path=Path("x.csv"), fhir=OPTIONS)
     assert json.dumps(bundle([]))  # an empty Bundle is a Bundle
+
+
+def test_the_documented_fhir_site_toml_runs(tmp_path: Path) -> None:
+    from countyfl.deployment.check import check_site
+
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "site-data.md").read_text()
+    section = docs[docs.index("## A FHIR R4 export") :]
+    example = section.split("```toml\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "site.toml").write_text(example, encoding="utf-8")
+    task = TEMPLATE.replace('column = "death"', 'column = "heart-failure"')
+    (tmp_path / "heart-failure-diagnosis.toml").write_text(task, encoding="utf-8")
+    folder = tmp_path / "exports" / "fhir"
+    folder.mkdir(parents=True)
+    entries = resources(records_of(export_rows(40)))
+    write_bundle(folder / "part-1.json", entries[: len(entries) // 2])
+    write_ndjson(folder / "part-2.ndjson", entries[len(entries) // 2 :])
+    check = check_site(tmp_path / "site.toml")
+    assert not check.problems, check.problems
+    assert check.data is not None and check.data.rows_read == 40
+    assert check.data.rows_kept == 38
+    assert check.data.quality is not None
+
+
+def test_units_in_the_mapping_of_a_fhir_export_are_refused(tmp_path: Path) -> None:
+    from countyfl.clinical.mapping import MappingError
+
+    path = write_bundle(tmp_path / "export.json", resources(records_of(export_rows(3))))
+    mapping = {**FHIR_MAPPING, "units": {"creatinine": "umol/L"}}
+    with pytest.raises(MappingError, match=r"site\.toml: data\.units\.creatinine: a FHIR"):
+        _ingest(fhir_source(path), mapping, tmp_path / "state")
