@@ -11,6 +11,7 @@ frame column                  from
 ``gender``                    Patient.gender (male, female, other, unknown)
 ``birthDate``                 Patient.birthDate (as written: ``1950-03-12``)
 ``deceased``                  Patient.deceased[x] (``true`` / ``false``)
+``organization``              Patient.managingOrganization (its reference, else its display)
 ``observation_date``          the date of the patient's latest used Observation
 one per ``observations`` key  the latest Observation with one of its codes: a
                               valueQuantity keeps its UCUM unit (converted by the
@@ -49,10 +50,17 @@ MAX_FILE_BYTES = 128 * 1024 * 1024
 MAX_ENTRIES = 1_000_000
 MAX_FILES = 10_000
 
-FIXED_COLUMNS = ("identifier", "gender", "birthDate", "deceased", "observation_date")
+FIXED_COLUMNS = (
+    "identifier",
+    "gender",
+    "birthDate",
+    "deceased",
+    "organization",
+    "observation_date",
+)
 PATIENT_KEYS = frozenset(
     {"resourceType", "id", "meta", "identifier", "gender", "birthDate", "active"}
-    | {"deceasedBoolean", "deceasedDateTime"}
+    | {"deceasedBoolean", "deceasedDateTime", "managingOrganization"}
 )
 OBSERVATION_KEYS = frozenset(
     {"resourceType", "id", "meta", "status", "code", "subject", "issued", "dataAbsentReason"}
@@ -405,6 +413,9 @@ def read_fhir(path: Path, options: FhirOptions, *, drop: tuple[str, ...] = ()) -
                     cells["deceased"] = "true" if patient.deceasedBoolean else "false"
                 elif patient.deceasedDateTime is not None:
                     cells["deceased"] = "true"
+                organization = patient.managingOrganization
+                if organization is not None:
+                    cells["organization"] = organization.reference or organization.display
             rows.append(cells)
             for key in _reference_keys(resource):
                 if key in patients:

@@ -210,6 +210,7 @@ def test_direct_identifiers_never_reach_the_rows_or_the_quarantine(tmp_path: Pat
         "gender",
         "birthDate",
         "deceased",
+        "organization",
         "observation_date",
         "creatinine",
         "smoking",
@@ -480,3 +481,27 @@ def test_units_in_the_mapping_of_a_fhir_export_are_refused(tmp_path: Path) -> No
     mapping = {**FHIR_MAPPING, "units": {"creatinine": "umol/L"}}
     with pytest.raises(MappingError, match=r"site\.toml: data\.units\.creatinine: a FHIR"):
         _ingest(fhir_source(path), mapping, tmp_path / "state")
+
+
+def test_one_fhir_export_divides_by_managing_organization(tmp_path: Path) -> None:
+    from countyfl.clinical.pipeline import simulation_dataset
+    from countyfl.clinical.task import Simulation
+
+    entries = resources(records_of(export_rows(60)))
+    patients = [e["resource"] for e in entries if e["resource"]["resourceType"] == "Patient"]
+    for index, resource in enumerate(patients):
+        resource["managingOrganization"] = {"reference": f"Organization/org-{index % 3}"}
+    path = write_bundle(tmp_path / "county.json", entries)
+    task = hf_task().model_copy(update={"simulation": Simulation(split_column="organization")})
+    dataset = simulation_dataset(
+        task,
+        fhir_source(path),
+        parse_mapping(FHIR_MAPPING, where="export.toml"),
+        partition_seed=42,
+        where="export.toml",
+    )
+    assert [i.name for i in dataset.institutions] == [
+        "Organization/org-0",
+        "Organization/org-1",
+        "Organization/org-2",
+    ]
