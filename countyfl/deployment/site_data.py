@@ -62,7 +62,9 @@ class SiteData:
 
     @property
     def quarantined_row_count(self) -> int:
-        return len({q.row_number for q in self.quarantined})
+        """Rows quarantined; row 0 (what belongs to no row: a FHIR resource naming no
+        patient of the export) is not a row."""
+        return len({q.row_number for q in self.quarantined if q.row_number > 0})
 
     def quarantine_counts(self) -> dict[str, int]:
         """Reason -> number of rows quarantined for it (a row may have several reasons)."""

@@ -467,11 +467,16 @@ def test_the_documented_fhir_site_toml_runs(tmp_path: Path) -> None:
     entries = resources(records_of(export_rows(40)))
     write_bundle(folder / "part-1.json", entries[: len(entries) // 2])
     write_ndjson(folder / "part-2.ndjson", entries[len(entries) // 2 :])
+    orphan = {**entries[1]["resource"], "id": "orphan", "subject": {"reference": "Patient/x"}}
+    write_ndjson(folder / "part-3.ndjson", [{"resource": orphan}])
     check = check_site(tmp_path / "site.toml")
     assert not check.problems, check.problems
     assert check.data is not None and check.data.rows_read == 40
     assert check.data.rows_kept == 38
-    assert check.data.quality is not None
+    assert check.data.quarantined_row_count == 2  # the orphan is no row
+    assert check.data.quality is not None and check.data.quality.rows_quarantined == 2
+    found = {f.item for f in check.findings}
+    assert any("part-3.ndjson line 1 (Observation orphan)" in item for item in found)
 
 
 def test_units_in_the_mapping_of_a_fhir_export_are_refused(tmp_path: Path) -> None:
