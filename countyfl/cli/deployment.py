@@ -126,8 +126,21 @@ def node_check(
     task: Annotated[
         Path | None, typer.Option("--task", help="also say whether this task.json is approved")
     ] = None,
+    share: Annotated[
+        Path | None,
+        typer.Option(
+            "--share",
+            help="write the data quality as aggregates with small counts suppressed (JSON), "
+            "for the site to send to the county if it agrees",
+        ),
+    ] = None,
 ) -> None:
-    """Validate the site's configuration, data, budget and keys, without training."""
+    """Validate the site's configuration, data, budget and keys, without training.
+
+    A task-file site's data quality (per feature: missing, out of range, conversions,
+    distribution) is shown with exact counts; only ``--share`` writes what may leave the
+    site: aggregates, counts under 5 suppressed (docs/site-data.md).
+    """
     try:
         manifest = read_task_file(task) if task is not None else None
         check = check_site(site, task=manifest)
@@ -147,6 +160,38 @@ def node_check(
         section = finding.section
     console = stdout()
     console.print(table)
+    quality = check.data.quality if check.data is not None else None
+    if quality is not None:
+        from countyfl.clinical.quality import QUALITY_COLUMNS, quality_rows
+
+        rows = Table(
+            *QUALITY_COLUMNS,
+            title=f"data quality: {quality.rows_read} rows read, {quality.rows_kept} kept "
+            "(shares of the rows read; for this site only)",
+        )
+        for line in quality_rows(quality):
+            rows.add_row(*map(escape, line))
+        console.print(rows)
+    if share is not None:
+        if quality is None:
+            fail(
+                f"--share: no data quality to share from {site} (it needs a [data] table with "
+                "a task file, and an export that loads; see the table above)"
+            )
+        import json
+
+        from countyfl.clinical.quality import shared_quality
+        from countyfl.files import write_file
+
+        text = json.dumps(shared_quality(quality), indent=2, ensure_ascii=False) + "\n"
+        try:
+            write_file(share, text.encode("utf-8"), replace=True)
+        except OSError as error:
+            fail(f"--share {share}: cannot be written ({error})")
+        console.print(
+            f"wrote {escape(str(share))}: aggregates only, counts under 5 suppressed; read it "
+            "and send it to the county if the site agrees"
+        )
     if check.problems:
         fail(f"{len(check.problems)} problem(s) in {site}; see the table above")
     if check.task_approved is False:

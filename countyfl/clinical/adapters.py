@@ -1,19 +1,22 @@
-"""Adapters: a site's export (CSV, Excel, SQL) read as it is written, identifiers dropped first.
+"""Adapters: a site's export (CSV, Excel, SQL, FHIR) read as written, identifiers dropped first.
 
 A CSV is read as text (missing cells as NaN), so the mapping
 (:mod:`countyfl.clinical.mapping`) sees what the export says, decimal commas and codes
 included, and quarantines the original value; Excel cells and SQL columns keep their own
-types (a number stays a number, a date a date). Direct identifiers named in
-``drop`` are removed here, before anything else reads a row.
+types (a number stays a number, a date a date); FHIR Bundles become one row per Patient
+(:mod:`countyfl.clinical.fhir`). Direct identifiers named in ``drop`` are removed here,
+before anything else reads a row.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from countyfl.clinical.fhir import FhirOptions
 from countyfl.errors import DataError, DataFileMissingError
 
 if TYPE_CHECKING:
@@ -27,9 +30,9 @@ class ExportSource(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    format: Literal["csv", "excel", "sql"] = "csv"
+    format: Literal["csv", "excel", "sql", "fhir"] = "csv"
     path: Path | None = None
-    """csv, excel: the file (relative to the site.toml)."""
+    """csv, excel: the file; fhir: a Bundle (.json), NDJSON file or a folder of them."""
     sheet: Annotated[str, Field(min_length=1, max_length=100)] | None = None
     """excel: the worksheet (default: the first)."""
     delimiter: Literal[",", ";", "\t", "|"] = ","
@@ -38,9 +41,13 @@ class ExportSource(BaseModel):
     """sql: a SQLAlchemy URL, e.g. postgresql+psycopg://user@host/db or sqlite:///file.db."""
     query: Annotated[str, Field(min_length=1, max_length=20_000)] | None = None
     """sql: the SELECT that returns one row per patient."""
+    fhir: FhirOptions | None = None
+    """fhir: which Observation and Condition codes make which columns."""
 
     @model_validator(mode="after")
     def _complete(self) -> ExportSource:
+        if self.fhir is not None and self.format != "fhir":
+            raise ValueError('[data.fhir] is for format = "fhir"')
         if self.format == "sql":
             if self.url is None or self.query is None:
                 raise ValueError('format = "sql" needs url = "..." and query = "SELECT ..."')
@@ -87,12 +94,38 @@ def _native_frame(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(result)
 
 
+@dataclass
+class SourceRows:
+    """An export's rows, and the problems an adapter found that belong to rows or to none."""
+
+    frame: pd.DataFrame
+    row_problems: dict[int, list[tuple[str, object, str]]] = field(default_factory=dict)
+    """1-based row -> (column, value, reason): quarantines the row (an invalid resource)."""
+    unattached: list[tuple[str, str, str]] = field(default_factory=list)
+    """(where, what, reason) of parts of the export that belong to no row."""
+
+
+def read_rows(source: ExportSource, *, drop: tuple[str, ...] = ()) -> SourceRows:
+    """The export's rows with the problems its adapter found (FHIR); see :func:`read_export`."""
+    if source.format == "fhir":
+        from countyfl.clinical.fhir import read_fhir
+
+        assert source.path is not None
+        read = read_fhir(source.path, source.fhir or FhirOptions(), drop=drop)
+        return SourceRows(read.frame, read.row_problems, read.unattached)
+    return SourceRows(read_export(source, drop=drop))
+
+
 def read_export(source: ExportSource, *, drop: tuple[str, ...] = ()) -> pd.DataFrame:
     """The export's rows (CSV as text, Excel and SQL typed), without the columns in ``drop``.
 
-    Raises DataError (naming the file or database) when it cannot be read.
+    Raises DataError (naming the file or database) when it cannot be read. A FHIR export
+    is read with :func:`read_rows`, which also returns its invalid resources.
     """
     import pandas as pd
+
+    if source.format == "fhir":
+        raise DataError("a FHIR export is read with read_rows (it has resource problems too)")
 
     if source.format in ("csv", "excel"):
         assert source.path is not None

@@ -8,7 +8,7 @@ secret) and which are direct identifiers (dropped before anything else reads a r
 Example::
 
     [data]
-    format = "csv"                   # csv, excel or sql
+    format = "csv"                   # csv, excel, sql or fhir (countyfl.clinical.fhir)
     path = "exports/heart-failure.csv"
     decimal = ","                    # 1.234,5 -> 1234.5
     thousands = "."
@@ -44,7 +44,7 @@ import math
 import numbers
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from functools import lru_cache
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -318,6 +318,40 @@ def _allowed_codes(task: TaskDefinition, name: str) -> set[str] | None:
 
 
 @dataclass(frozen=True)
+class Measured:
+    """A number that carries its own unit (a FHIR valueQuantity): converted row by row.
+
+    ``unit`` is in pint's syntax (empty when the source gave none); ``written`` is the
+    unit as the source wrote it (UCUM), which the quarantine shows.
+    """
+
+    value: float
+    unit: str
+    written: str
+
+    def __str__(self) -> str:
+        return f"{code_text(self.value)} {self.written}".strip()
+
+
+@dataclass
+class FeatureTally:
+    """What mapping did to one feature's cells, over every row read (``node check``)."""
+
+    missing: int = 0
+    out_of_range: int = 0
+    invalid: int = 0
+    """Not a number, an unknown code, a date in another format, a unit that does not convert."""
+    converted: int = 0
+    """Cells whose unit was converted to the task's."""
+    recoded: int = 0
+    """Cells whose code was recoded through ``data.codes``."""
+    filled: int = 0
+    """Missing cells of kept rows filled by the task's rule."""
+    observed: list[float | str] = field(default_factory=list)
+    """The values of kept rows as read (filled ones excluded), for the distribution."""
+
+
+@dataclass(frozen=True)
 class MappedRows:
     """Valid rows in the task's units and codes, and the quarantine of the others."""
 
@@ -332,6 +366,8 @@ class MappedRows:
     rows_read: int
     conversions: dict[str, str]
     """Feature -> the conversion applied (for reports and ``node check``)."""
+    tallies: dict[str, FeatureTally] = field(default_factory=dict)
+    """Feature or label -> what mapping did to its cells (:mod:`countyfl.clinical.quality`)."""
 
 
 def parse_number(value: object, mapping: DataMapping) -> float:
@@ -381,6 +417,7 @@ def map_rows(
     institution: str = "",
     split_column: str | None = None,
     pseudonymise: Any = None,
+    row_problems: Mapping[int, Sequence[tuple[str, object, str]]] | None = None,
 ) -> MappedRows:
     """Map every row of ``frame`` onto the task; quarantine what does not fit.
 
@@ -398,6 +435,9 @@ def map_rows(
         A column naming each row's institution (a simulation from one export).
     pseudonymise : callable, optional
         str -> pseudonym of a row's identifiers; the quarantine shows it, never them.
+    row_problems : mapping, optional
+        1-based row -> (column, value, reason) the adapter found (an invalid FHIR
+        resource): the row is quarantined with them.
     """
     task, mapping, factors = checked.task, checked.mapping, checked.factors
     label = task.label
@@ -414,6 +454,26 @@ def map_rows(
     groups: list[str] = []
     pseudonyms: list[str] = []
     quarantined: list[QuarantinedRow] = []
+    tallies = {name: FeatureTally() for name in (*(f.name for f in task.features), label.column)}
+    measured_factors: dict[tuple[str, str], float] = {}
+
+    def measured_factor(name: str, unit: str) -> float:
+        """The factor from a cell's own unit to the task's (ValueError: why not)."""
+        key = (name, unit)
+        if key not in measured_factors:
+            feature = task.feature(name)
+            if feature.unit is None:
+                if unit not in ("", "1"):
+                    raise ValueError(f"{name} has no unit in the task")
+                measured_factors[key] = 1.0
+            elif not unit:
+                raise ValueError(f"no unit given ({feature.unit} expected)")
+            else:
+                measured_factors[key] = unit_factor(
+                    unit, feature.unit, molar_mass=feature.molar_mass
+                )
+        return measured_factors[key]
+
     for index, row in enumerate(frame.to_dict("records"), start=1):
         pseudonym = ""
         if pseudonymise is not None and mapping.identifiers:
@@ -422,7 +482,7 @@ def map_rows(
             )
         group = "" if split_column is None else code_text(row.get(split_column, ""))
         where = institution or group
-        problems: list[tuple[str, object, str]] = []
+        problems: list[tuple[str, object, str]] = list((row_problems or {}).get(index, ()))
         problem = _collector(problems)
 
         record: dict[str, float | str | None] = {}
@@ -445,11 +505,14 @@ def map_rows(
                         )
                     except (ValueError, TypeError):
                         problem(column, birth_raw, f"not a date in the format {spec.format!r}")
+                        tallies[name].invalid += 1
                         continue
             else:
                 column = mapping.column_of(name)
                 raw = row.get(column) if column in present else None
+            tally = tallies[name]
             if is_missing(raw):
+                tally.missing += 1
                 if feature.missing is MissingRule.QUARANTINE:
                     problem(column, raw, "missing value (the task's rule: quarantine the row)")
                 else:
@@ -457,33 +520,58 @@ def map_rows(
                 continue
             codes = lowered_codes.get(name)
             if feature.type is FeatureType.NUMBER:
-                try:
-                    number = parse_number(raw, mapping)
-                except ValueError as error:
-                    problem(column, raw, f"{error} ({feature.unit} expected)")
-                    continue
-                unit = mapping.units.get(name, feature.unit)
-                converted = number * factors[name] if name in factors else number
+                if isinstance(raw, Measured):
+                    number, unit, shown = raw.value, raw.written, str(raw)
+                    try:
+                        factor: float | None = measured_factor(name, raw.unit)
+                    except ValueError as error:
+                        problem(
+                            column,
+                            shown,
+                            f"{raw.written or 'no unit'}: cannot convert to the task's unit "
+                            f"{feature.unit}: {error}",
+                        )
+                        tally.invalid += 1
+                        continue
+                    if raw.unit == feature.unit:
+                        factor = None
+                else:
+                    try:
+                        number = parse_number(raw, mapping)
+                    except ValueError as error:
+                        problem(column, raw, f"{error} ({feature.unit} expected)")
+                        tally.invalid += 1
+                        continue
+                    unit = mapping.units.get(name, feature.unit) or ""
+                    shown = f"{shown_number(raw)} {unit}"
+                    factor = factors.get(name)
+                converted = number * factor if factor is not None else number
                 low, high = feature.range or (-math.inf, math.inf)
                 if not low <= converted <= high:
                     after = (
                         f" = {converted:.6g} {feature.unit} after conversion from {unit}"
-                        if name in factors
+                        if factor is not None
                         else ""
                     )
                     problem(
                         column,
-                        f"{shown_number(raw)} {unit}",
+                        shown,
                         f"{number:g} {unit}{after} is outside the plausible range "
                         f"[{low:g}, {high:g}] {feature.unit}",
                     )
+                    tally.out_of_range += 1
                     continue
                 if feature.integer and not float(converted).is_integer():
-                    problem(column, f"{shown_number(raw)} {unit}", "must be a whole number")
+                    problem(column, shown, "must be a whole number")
+                    tally.invalid += 1
                     continue
+                if factor is not None:
+                    tally.converted += 1
                 record[name] = converted
             elif feature.type is FeatureType.YES_NO:
                 text = code_text(raw)
+                if codes and text.lower() in codes:
+                    tally.recoded += 1
                 text = (codes or {}).get(text.lower(), text).lower()
                 if text in YES_CODES:
                     record[name] = 1.0
@@ -495,9 +583,12 @@ def map_rows(
                         raw,
                         f'unknown yes/no code; map it under data.codes.{name} (e.g. M = "yes")',
                     )
+                    tally.invalid += 1
                     continue
             else:
                 text = code_text(raw)
+                if codes and text.lower() in codes:
+                    tally.recoded += 1
                 text = (codes or {}).get(text.lower(), text)
                 levels = {c.lower(): c for c in feature.categories}
                 if text.lower() not in levels:
@@ -507,20 +598,27 @@ def map_rows(
                         f"unknown category; {name} is one of "
                         f"{', '.join(feature.categories)} (map codes under data.codes.{name})",
                     )
+                    tally.invalid += 1
                     continue
                 record[name] = levels[text.lower()]
         label_column = mapping.column_of(label.column)
         label_raw = row.get(label_column)
         label_value = 0.0
+        label_tally = tallies[label.column]
         if is_missing(label_raw):
             problem(label_column, label_raw, "missing label")
+            label_tally.missing += 1
         else:
             text = code_text(label_raw)
-            text = code_text(lowered_codes.get(label.column, {}).get(text.lower(), text)).lower()
+            label_codes = lowered_codes.get(label.column, {})
+            if text.lower() in label_codes:
+                label_tally.recoded += 1
+            text = code_text(label_codes.get(text.lower(), text)).lower()
             if text in positive:
                 label_value = 1.0
             elif text not in negative:
                 problem(label_column, label_raw, "neither a positive nor a negative label value")
+                label_tally.invalid += 1
         if split_column is not None and not group:
             problem(split_column, None, "missing institution")
         if problems:
@@ -537,6 +635,12 @@ def map_rows(
                 for column, raw, reason in problems
             )
             continue
+        for feature in task.features:
+            observed = record.get(feature.name)
+            if observed is not None:
+                tallies[feature.name].observed.append(observed)
+            elif feature.missing is MissingRule.FILL:
+                tallies[feature.name].filled += 1
         task.fill_missing(record)
         values.append(record)
         labels.append(label_value)
@@ -547,8 +651,21 @@ def map_rows(
         name: f"{mapping.units[name]} -> {task.feature(name).unit} (x {factor:.6g})"
         for name, factor in factors.items()
     }
+    for (name, unit), factor in sorted(measured_factors.items()):
+        target = task.feature(name).unit
+        if unit and unit != target:
+            seen = f"{unit} -> {target} (x {factor:.6g})"
+            conversions[name] = f"{conversions[name]}; {seen}" if name in conversions else seen
     return MappedRows(
-        values, labels, row_numbers, groups, pseudonyms, quarantined, len(frame), conversions
+        values,
+        labels,
+        row_numbers,
+        groups,
+        pseudonyms,
+        quarantined,
+        len(frame),
+        conversions,
+        tallies,
     )
 
 

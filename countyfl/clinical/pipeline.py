@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pydantic import ConfigDict, Field
 
-from countyfl.clinical.adapters import ExportSource, read_export
+from countyfl.clinical.adapters import ExportSource, SourceRows, read_rows
 from countyfl.clinical.dataset import federated_dataset
 from countyfl.clinical.mapping import (
     DataMapping,
@@ -38,7 +38,9 @@ def simulation_dataset(
             "column naming each row's institution) to simulate it"
         )
     split_column = task.simulation.split_column
-    frame = read_export(source, drop=mapping.drop)
+    _check_source_mapping(source, mapping, where=where)
+    read = read_rows(source, drop=mapping.drop)
+    frame = read.frame
     checked = check_mapping(
         task,
         mapping,
@@ -46,7 +48,18 @@ def simulation_dataset(
         where=where,
         extra_columns=(split_column,) if split_column else (),
     )
-    rows = map_rows(frame, checked, source=source.name(), split_column=split_column)
+    rows = _with_unattached(
+        map_rows(
+            frame,
+            checked,
+            source=source.name(),
+            split_column=split_column,
+            row_problems=read.row_problems,
+        ),
+        read,
+        source=source.name(),
+        institution="",
+    )
     dataset = federated_dataset(task, rows, partition_seed=partition_seed, source=source.describe())
     return replace(dataset, notes=(*task.notes, *dataset.notes))
 
@@ -139,6 +152,33 @@ def export_dataset(task: TaskDefinition, path: Path, partition_seed: int) -> Fed
     return simulation_dataset(task, source, mapping, partition_seed=partition_seed, where=str(path))
 
 
+def _check_source_mapping(source: ExportSource, mapping: DataMapping, *, where: str) -> None:
+    """MappingError for mapping keys the source's format makes wrong (before any row is read)."""
+    from countyfl.clinical.mapping import MappingError
+
+    if source.format == "fhir" and mapping.units:
+        keys = ", ".join(f"data.units.{name}" for name in mapping.units)
+        raise MappingError(
+            f"{where}: {keys}: a FHIR export's values carry their own UCUM units, converted "
+            "row by row to the task's; remove [data.units]"
+        )
+
+
+def _with_unattached(
+    rows: MappedRows, read: SourceRows, *, source: str, institution: str
+) -> MappedRows:
+    """Problems of the export that belong to no row, quarantined as row 0."""
+    if not read.unattached:
+        return rows
+    from countyfl.data.quarantine import QuarantinedRow
+
+    extra = [
+        QuarantinedRow(source, 0, institution, what, "", reason)
+        for _, what, reason in read.unattached
+    ]
+    return replace(rows, quarantined=[*extra, *rows.quarantined])
+
+
 def ingest(
     task: TaskDefinition,
     source: ExportSource,
@@ -159,7 +199,9 @@ def ingest(
     from countyfl.clinical.pseudonyms import load_or_create_secret, pseudonymiser
     from countyfl.data.quarantine import write_quarantine
 
-    frame = read_export(source, drop=mapping.drop)
+    _check_source_mapping(source, mapping, where=where)
+    read = read_rows(source, drop=mapping.drop)
+    frame = read.frame
     checked = check_mapping(
         task,
         mapping,
@@ -175,7 +217,9 @@ def ingest(
         institution=institution_id,
         split_column=split_column,
         pseudonymise=pseudonymise,
+        row_problems=read.row_problems,
     )
+    rows = _with_unattached(rows, read, source=source.name(), institution=institution_id)
     from countyfl.files import ensure_private_directory
 
     ensure_private_directory(state_dir)

@@ -65,7 +65,7 @@ class SiteCheck:
 
 def _check_data(check: SiteCheck) -> None:
     site = check.site
-    if site.data.path is not None and not site.data.path.is_file():
+    if site.data.path is not None and not site.data.path.exists():
         check.add("data", "export (data.path)", f"{site.data.path} does not exist", Status.PROBLEM)
         return
     try:

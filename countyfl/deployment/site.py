@@ -55,6 +55,7 @@ from pydantic import (
 )
 
 from countyfl.clinical.adapters import ExportSource
+from countyfl.clinical.fhir import FhirOptions
 from countyfl.clinical.mapping import DataMapping
 from countyfl.clinical.task import TaskDefinition, load_task
 from countyfl.data.federated import CareLevel
@@ -161,13 +162,14 @@ class TaskData(DataMapping):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     task: SitePath
-    format: Literal["csv", "excel", "sql"] = "csv"
+    format: Literal["csv", "excel", "sql", "fhir"] = "csv"
     path: SitePath | None = None
     sheet: str | None = Field(default=None, min_length=1, max_length=100)
     delimiter: Literal[",", ";", "\t", "|"] = ","
     encoding: Literal["utf-8", "utf-8-sig", "gb18030", "latin-1"] = "utf-8"
     url: str | None = Field(default=None, min_length=1, max_length=2000)
     query: str | None = Field(default=None, min_length=1, max_length=20_000)
+    fhir: FhirOptions | None = None
 
     _definition: TaskDefinition | None = PrivateAttr(default=None)
 
@@ -196,6 +198,7 @@ class TaskData(DataMapping):
             encoding=self.encoding,
             url=self.url,
             query=self.query,
+            fhir=self.fhir,
         )
 
     def mapping(self) -> DataMapping:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from pydantic import Field
 
+from countyfl.clinical.quality import QualityReport
 from countyfl.data import fed_heart_disease
 from countyfl.data.federated import InstitutionData
 from countyfl.data.quarantine import QuarantinedRow, validate_rows, write_quarantine
@@ -52,6 +53,8 @@ class SiteData:
     quarantine_path: Path
     conversions: Mapping[str, str] = dataclasses.field(default_factory=dict)
     """Feature -> the unit conversion applied to the export's column (task-file sites)."""
+    quality: QualityReport | None = None
+    """Per-feature data quality (task-file sites; ``node check`` shows it)."""
 
     @property
     def rows_kept(self) -> int:
@@ -59,7 +62,9 @@ class SiteData:
 
     @property
     def quarantined_row_count(self) -> int:
-        return len({q.row_number for q in self.quarantined})
+        """Rows quarantined; row 0 (what belongs to no row: a FHIR resource naming no
+        patient of the export) is not a row."""
+        return len({q.row_number for q in self.quarantined if q.row_number > 0})
 
     def quarantine_counts(self) -> dict[str, int]:
         """Reason -> number of rows quarantined for it (a row may have several reasons)."""
@@ -160,6 +165,7 @@ def _load_task_data(site: SiteConfig, data: TaskData) -> SiteData:
     """A site's export mapped onto its task file: pseudonymised, validated, split, scaled."""
     from countyfl.clinical.dataset import institution_data
     from countyfl.clinical.pipeline import ingest
+    from countyfl.clinical.quality import quality_report
 
     task = data.definition
     where = str(site.source or "site.toml")
@@ -195,6 +201,7 @@ def _load_task_data(site: SiteConfig, data: TaskData) -> SiteData:
         quarantined=tuple(rows.quarantined),
         quarantine_path=site.quarantine_path,
         conversions=dict(rows.conversions),
+        quality=quality_report(task, rows, institution=site.institution_id),
     )
 
 
