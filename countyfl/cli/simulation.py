@@ -67,6 +67,14 @@ def simulate(
             "(CSV, Excel, or an export file .toml with its mapping, docs/site-data.md)"
         ),
     ] = None,
+    site: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--site",
+            help="with --task: one institution's site.toml, whose [data] maps its own export "
+            "(CSV, Excel, SQL or FHIR) onto the task; repeat for each institution",
+        ),
+    ] = None,
     partition_seed: Annotated[int | None, typer.Option(help="seed of the county split")] = None,
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="report folder (default: runs/...)")
@@ -159,8 +167,10 @@ def simulate(
     quiet_flower(verbose)
     if (scenario is None) == (task is None):
         fail("give a scenario (countyfl scenarios lists them) or --task TASK.toml, not both")
+    if site and (task is None or data is not None):
+        fail("--site needs --task, and replaces --data: each site.toml names its own export")
     if task is not None:
-        scenario = _task_scenario(task, data)
+        scenario = _task_scenario(task, data, sites=bool(site))
     assert scenario is not None
     overrides: dict[str, Any] = {
         key: value
@@ -202,6 +212,8 @@ def simulate(
         overrides["proximal-mu"] = 0.01
     run_name = task.stem if task is not None else scenario
     folder = output or Path("runs") / run_name / datetime.now().strftime("%Y%m%d-%H%M%S")
+    if site:
+        overrides["data-path"] = str(_sites_file(folder, site))
     request = SimulationRequest(
         scenario=scenario,
         output_dir=folder,
@@ -254,7 +266,25 @@ def simulate(
         )
 
 
-def _task_scenario(task: Path, data: Path | None) -> str:
+def _sites_file(folder: Path, sites: list[Path]) -> Path:
+    """``folder/sites.toml`` listing the site files (absolute), checked before anything runs."""
+    from countyfl.deployment.site import toml_string
+
+    missing = [str(path) for path in sites if not path.is_file()]
+    if missing:
+        fail(f"--site: no such file: {', '.join(missing)}")
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "sites.toml"
+    listed = ", ".join(toml_string(str(site.resolve())) for site in sites)
+    path.write_text(
+        "# The institutions of this simulation: one site.toml each (countyfl simulate --site).\n"
+        f"sites = [{listed}]\n",
+        encoding="utf-8",
+    )
+    return path
+
+
+def _task_scenario(task: Path, data: Path | None, *, sites: bool = False) -> str:
     """The run-config name of a task file (its absolute path), checked before anything runs."""
     from countyfl import scenarios
 
@@ -264,6 +294,8 @@ def _task_scenario(task: Path, data: Path | None) -> str:
     except CountyflError as error:
         fail(error)
     assert definition is not None
+    if sites:
+        return str(path)
     if data is None and definition.packaged_data is None:
         fail(f"--task {task}: give the task's export with --data (CSV, Excel or an export file)")
     if definition.simulation is None and (data is None or data.suffix != ".toml"):

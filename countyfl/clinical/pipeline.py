@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from countyfl.clinical.adapters import ExportSource, SourceRows, read_rows
 from countyfl.clinical.dataset import federated_dataset
@@ -16,11 +17,12 @@ from countyfl.clinical.mapping import (
     map_rows,
     parse_mapping,
 )
-from countyfl.clinical.task import Simulation, TaskDefinition
+from countyfl.clinical.task import Simulation, Slug, TaskDefinition
 from countyfl.data.federated import FederatedDataset
 from countyfl.errors import DataError
 
 QUARANTINE_FILE = "quarantine.csv"
+ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
 def simulation_dataset(
@@ -118,22 +120,188 @@ def read_export_file(path: Path) -> tuple[ExportSource, DataMapping, str | None]
             for issue in error.errors()
         )
         raise MappingError(f"{problems}\nFix {path.name} (see docs/site-data.md).") from None
+    source, mapping = _source_and_mapping(parsed, path.parent)
+    return source, mapping, parsed.split_column
+
+
+def _source_and_mapping(parsed: ExportFile, folder: Path) -> tuple[ExportSource, DataMapping]:
+    """An export file's (or a site's ``[data]``) source, paths resolved in ``folder``."""
     source = ExportSource.model_validate(
         {name: getattr(parsed, name) for name in ExportSource.model_fields}
     )
     if source.path is not None and not source.path.is_absolute():
-        source = source.model_copy(update={"path": path.parent / source.path})
+        source = source.model_copy(update={"path": folder / source.path})
     mapping = DataMapping.model_validate(
         {name: getattr(parsed, name) for name in DataMapping.model_fields}
     )
-    return source, mapping, parsed.split_column
+    return source, mapping
+
+
+class SitesFile(BaseModel):
+    """A simulation's institutions as site files: ``sites = ["county/site.toml", ...]``.
+
+    Each site.toml's ``[data]`` maps its own export (CSV, Excel, SQL or FHIR) onto the
+    task; the institution keeps the site's id, name, level and township. Relative paths
+    resolve against this file's folder.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    sites: tuple[Annotated[str, Field(min_length=1, max_length=1000)], ...] = Field(
+        min_length=1, max_length=10_000
+    )
+
+
+class SiteExport(BaseModel):
+    """What a simulation reads of a site.toml: who the institution is and its ``[data]``.
+
+    Other keys (keys, privacy, approvals) belong to a deployed node and are ignored here.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    institution_id: Slug
+    name: Annotated[str, Field(min_length=1, max_length=200)]
+    level: Literal["county", "township", "village"] = "county"
+    township: Annotated[str, Field(max_length=64)] = ""
+    data: dict[str, Any]
+
+
+def is_sites_file(path: Path) -> bool:
+    """Whether ``path`` is a TOML file listing site files (``sites = [...]``)."""
+    import tomllib
+
+    if path.suffix != ".toml":
+        return False
+    try:
+        return "sites" in tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return False
+
+
+def _read_toml(path: Path, model: type[ModelT], *, what: str) -> ModelT:
+    import tomllib
+
+    from pydantic import ValidationError
+
+    from countyfl.clinical.mapping import MappingError
+    from countyfl.clinical.task import location
+
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
+        raise MappingError(f"{path}: cannot be read as TOML ({error})") from None
+    try:
+        return model.model_validate(raw)
+    except ValidationError as error:
+        problems = "\n".join(
+            f"{path}: {location(tuple(issue['loc']))}: "
+            f"{str(issue['msg']).removeprefix('Value error, ')}"
+            for issue in error.errors()
+        )
+        raise MappingError(f"{problems}\nFix {path.name} ({what}).") from None
+
+
+def sites_dataset(task: TaskDefinition, path: Path, partition_seed: int) -> FederatedDataset:
+    """A user's task simulated on the institutions of a sites file, one export each.
+
+    Every site's ``[data] task`` must be this very task (the same definition), so that a
+    simulation trains on what the deployed sites would.
+    """
+    from countyfl.clinical.dataset import institution_data
+    from countyfl.clinical.mapping import MappingError
+    from countyfl.clinical.task import load_task
+    from countyfl.data.federated import CareLevel
+
+    listed = _read_toml(path, SitesFile, what='a sites file: sites = ["a/site.toml", ...]')
+    institutions = []
+    quarantined = []
+    notes: list[str] = []
+    rows_read = 0
+    seen: set[str] = set()
+    for index, entry in enumerate(listed.sites):
+        site_path = Path(entry) if Path(entry).is_absolute() else path.parent / entry
+        site = _read_toml(site_path, SiteExport, what="a site.toml, docs/site-data.md")
+        if site.institution_id in seen:
+            raise MappingError(f"{path}: sites: {site.institution_id!r} is listed twice")
+        seen.add(site.institution_id)
+        data = dict(site.data)
+        task_file = data.pop("task", None)
+        if not isinstance(task_file, str):
+            raise MappingError(
+                f"{site_path}: data.task: missing; name the task file the export maps onto"
+            )
+        task_path = (
+            Path(task_file) if Path(task_file).is_absolute() else site_path.parent / task_file
+        )
+        if load_task(task_path) != task:
+            raise MappingError(
+                f"{site_path}: data.task: {task_file} is not the task being simulated "
+                f"({task.name}); the site must map its export onto the same task file"
+            )
+        parsed = ExportFile.model_validate(data)
+        source, mapping = _source_and_mapping(parsed, site_path.parent)
+        where = f"{site_path} [data]"
+        _check_source_mapping(source, mapping, where=where)
+        read = read_rows(source, drop=mapping.drop)
+        checked = check_mapping(task, mapping, list(map(str, read.frame.columns)), where=where)
+        rows = _with_unattached(
+            map_rows(
+                read.frame,
+                checked,
+                source=source.name(),
+                institution=site.institution_id,
+                row_problems=read.row_problems,
+            ),
+            read,
+            source=source.name(),
+            institution=site.institution_id,
+        )
+        if len(rows.values) < task.split.min_rows:
+            raise DataError(
+                f"{site_path}: institution {site.name!r} has {len(rows.values)} valid rows; "
+                f"each needs at least {task.split.min_rows} (split.min_rows)"
+            )
+        random_state = (
+            partition_seed + index
+            if task.split.random_state == "partition-seed-plus-index"
+            else int(task.split.random_state)
+        )
+        institutions.append(
+            replace(
+                institution_data(
+                    task,
+                    rows.values,
+                    rows.labels,
+                    institution_id=site.institution_id,
+                    name=site.name,
+                    level=CareLevel(site.level),
+                    random_state=random_state,
+                ),
+                township=site.township,
+            )
+        )
+        quarantined += rows.quarantined
+        notes += [f"{site.institution_id}: {f} converted {c}" for f, c in rows.conversions.items()]
+        rows_read += rows.rows_read
+    return FederatedDataset(
+        name=task.name,
+        feature_names=task.feature_names,
+        institutions=tuple(institutions),
+        rows_read=rows_read,
+        quarantined=tuple(quarantined),
+        notes=(*task.notes, *notes),
+    )
 
 
 def export_dataset(task: TaskDefinition, path: Path, partition_seed: int) -> FederatedDataset:
-    """A user's task simulated on one export: an export file (TOML) or a CSV/Excel file.
+    """A user's task simulated on one export: an export file (TOML) or a CSV/Excel file,
+    or on several, one per institution: a sites file (:class:`SitesFile`).
 
     A CSV or Excel file given directly must use the task's own names, units and codes.
     """
+    if is_sites_file(path):
+        return sites_dataset(task, path, partition_seed)
     if path.suffix == ".toml":
         source, mapping, split_column = read_export_file(path)
         if split_column is not None:
