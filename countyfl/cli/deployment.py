@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import getpass
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
@@ -41,6 +42,12 @@ from countyfl.deployment.tasks import (
     read_task_file,
 )
 from countyfl.errors import CountyflError
+from countyfl.terminal import shown
+
+if TYPE_CHECKING:
+    from rich.progress import TaskID
+
+    from countyfl.runs import RunEvent
 
 certs_app = typer.Typer(
     help="TLS certificates of the county SuperLink and SuperNode authentication keys.",
@@ -336,6 +343,143 @@ def node_start(
 run_app = typer.Typer(add_completion=False)
 
 
+class RunDisplay:
+    """Shows a run's events (:class:`countyfl.runs.RunEvent`) as they arrive.
+
+    One line per event that matters (nodes connected against the minimum, a round's phase
+    starting, each reply used or rejected and why, a round's end); on a terminal a live
+    bar also counts connected nodes while waiting and each phase's replies, where plain
+    output (a log file, a pipe) gets a line per arriving reply instead.
+    """
+
+    def __init__(self, console: Console) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        self.console = console
+        self.live = console.is_terminal
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+            disable=not self.live,
+        )
+        self._bar: TaskID | None = None
+        self._replies: dict[tuple[int | None, str | None], int] = {}
+        self._asked: dict[tuple[int | None, str | None], int] = {}
+
+    def __enter__(self) -> RunDisplay:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.progress.stop()
+
+    def _say(self, text: str) -> None:
+        self.progress.console.print(text, highlight=False)
+
+    def _set_bar(self, description: str, completed: int, total: int) -> None:
+        if self._bar is None:
+            self._bar = self.progress.add_task(description, total=total)
+        self.progress.update(self._bar, description=description, completed=completed, total=total)
+
+    @staticmethod
+    def _who(event: RunEvent) -> str:
+        return shown(event.institution) if event.institution else f"node {event.node}"
+
+    def __call__(self, event: RunEvent) -> None:
+        from countyfl.runs import EventKind
+
+        where = f"round {event.round}/{event.rounds} {event.phase}"
+        key = (event.round, event.phase)
+        if event.kind is EventKind.NODES:
+            connected, needed = event.connected or 0, event.needed or 0
+            state = "" if connected >= needed else ", waiting"
+            self._say(f"nodes: {connected} of {needed} connected (min-nodes {needed}){state}")
+            self._set_bar("nodes connected", connected, needed)
+        elif event.kind is EventKind.ROUND_START:
+            self._asked[key] = event.asked or 0
+            self._replies[key] = 0
+            self._say(f"{where}: asked {event.asked} node(s)")
+            self._set_bar(f"{where}: replies", 0, event.asked or 0)
+        elif event.kind is EventKind.REPLY:
+            self._replies[key] = count = self._replies.get(key, 0) + 1
+            asked = self._asked.get(key, count)
+            if self.live:
+                self._set_bar(f"{where}: replies", count, asked)
+            else:
+                error = f" (error: {shown(event.reason)})" if event.reason else ""
+                self._say(f"{where}: reply {count}/{asked} from {self._who(event)}{error}")
+        elif event.kind is EventKind.RESULT:
+            if event.accepted:
+                self._say(f"{where}: {self._who(event)} [green]accepted[/green]")
+            else:
+                self._say(
+                    f"{where}: {self._who(event)} [red]rejected[/red]: "
+                    f"{shown(event.reason or 'no reason given')}"
+                )
+        elif event.kind is EventKind.ROUND_END:
+            metrics = ", ".join(f"{k} {v:.3f}" for k, v in event.metrics.items())
+            self._say(
+                f"round {event.round}/{event.rounds} done: {event.trained} trained, "
+                f"{event.evaluated} evaluated"
+                + (f"; mean of institutions: {metrics}" if metrics else "")
+                + (f"; {len(event.failures)} failure(s)" if event.failures else "")
+            )
+            for failure in event.failures:
+                self._say(f"  [yellow]failure[/yellow]: {shown(failure)}")
+        elif event.kind is EventKind.FAILED:
+            self._say(f"[red]the ServerApp stopped the run[/red]: {shown(event.reason)}")
+        elif event.kind is EventKind.FINISHED:
+            self._say(f"all {event.rounds} round(s) done; the run folder is written")
+
+
+def _min_nodes(state_dir: Path, asked: int | None, min_contributors: int) -> int:
+    """The nodes a run waits for: ``asked``, else every node registered at the SuperLink.
+
+    Says how many are registered and online now; exits 2 when the minimum can never be
+    met (more than are registered, or none registered).
+    """
+    from countyfl.deployment.processes import ENROLLED_STATUSES, node_statuses
+
+    statuses = node_statuses(state_dir)
+    enrolled = [n for n, status in statuses.items() if status in ENROLLED_STATUSES]
+    online = [n for n, status in statuses.items() if status == "online"]
+    register = (
+        f"register each institution's key with `countyfl server add-node "
+        f"certs/nodes/NAME.pub --state-dir {state_dir}`"
+    )
+    if not enrolled:
+        fail(f"no SuperNode is registered at the SuperLink of {state_dir}: {register}")
+    needed = len(enrolled) if asked is None else asked
+    if needed > len(enrolled):
+        fail(
+            f"--min-nodes {needed}, but only {len(enrolled)} node(s) are registered at the "
+            f"SuperLink of {state_dir}: the run could never start; {register}, or lower "
+            "--min-nodes"
+        )
+    if needed < min_contributors:
+        fail(
+            f"--min-nodes {needed} is below min-contributors {min_contributors}: every "
+            f"aggregate of that few institutions would be discarded; register at least "
+            f"{min_contributors} nodes ({register}) or lower min-contributors in the task"
+        )
+    how = "every registered node" if asked is None else "--min-nodes"
+    stderr().print(
+        f"nodes: {len(online)} of {len(enrolled)} registered are online now; the run "
+        f"waits for {needed} ({how})"
+    )
+    return needed
+
+
 @run_app.command()
 def run_federation_command(
     state_dir: StateOption,
@@ -350,6 +494,25 @@ def run_federation_command(
         Path | None,
         typer.Option(help="the aggregator's public CKKS context (needed with encryption=ckks)"),
     ] = None,
+    min_nodes: Annotated[
+        int | None,
+        typer.Option(
+            "--min-nodes",
+            help="nodes that must be connected before a round starts [default: every node "
+            "registered at the SuperLink]; at least min-contributors",
+            min=1,
+            show_default=False,
+        ),
+    ] = None,
+    node_wait: Annotated[
+        float,
+        typer.Option(
+            "--node-wait",
+            help="seconds the run waits while fewer than --min-nodes are connected, before "
+            "it stops with a message saying so",
+            min=1,
+        ),
+    ] = 600,
     deadline: Annotated[
         float, typer.Option(help="seconds before an unfinished run is stopped", min=1)
     ] = 3600,
@@ -357,14 +520,24 @@ def run_federation_command(
         Path | None, typer.Option("--app", help="the countyfl Flower app folder")
     ] = None,
 ) -> None:
-    """Submit a federation to the county's SuperLink and wait for it (with a deadline)."""
+    """Submit a federation to the county's SuperLink and follow it (with a deadline).
+
+    Shows, as they happen, the nodes connected against the minimum, each round, each
+    reply (which institution; used or rejected, and why) and each round's end; the
+    ServerApp writes them to OUTPUT/events.jsonl, which this command follows.
+    """
     from countyfl.deployment.processes import default_app_dir, submit_run
     from countyfl.errors import ConfigError
     from countyfl.privacy.modes import DpRandomness
     from countyfl.run_config import parse_run_config
+    from countyfl.runs import EVENTS_FILE
 
     overrides = parse_overrides(config)
-    overrides["output-dir"] = str(output.resolve())
+    if min_nodes is not None and "min-nodes" in overrides:
+        fail("min-nodes is given twice (--min-nodes and --config min-nodes=...): give it once")
+    output = output.resolve()
+    overrides["output-dir"] = str(output)
+    overrides.setdefault("node-wait-seconds", node_wait)
     if public_context is not None:
         overrides["he-public-context"] = str(public_context.resolve())
     try:
@@ -375,15 +548,27 @@ def run_federation_command(
                 "the noise would follow the run's seed, which the server knows, and every site "
                 'would refuse the task; deploy with dp-randomness = "secret"'
             )
-        outcome = submit_run(
-            state_dir, app_dir or default_app_dir(), overrides, deadline_seconds=deadline
-        )
+        asked = min_nodes if min_nodes is not None else parsed.min_nodes or None
+        overrides["min-nodes"] = _min_nodes(state_dir, asked, parsed.min_contributors)
+        app = app_dir or default_app_dir()
+        console = stdout()
+        with RunDisplay(console) as display:
+            outcome = submit_run(
+                state_dir,
+                app,
+                overrides,
+                deadline_seconds=deadline,
+                events=output / EVENTS_FILE,
+                on_event=display,
+            )
     except CountyflError as error:
         fail(error)
     digest = manifest_hash(manifest_for(parsed))
-    stdout().print(
+    console.print(
         f"run {outcome.run_id}: {outcome.status} after {outcome.elapsed_seconds:.0f} s "
-        f"(task sha256 {digest[:12]}); output in {output}"
+        f"(task sha256 {digest[:12]}); output in {shown(output)}"
     )
     if not outcome.completed:
+        if outcome.reason:
+            fail(f"run {outcome.run_id}: {outcome.reason}", ExitCode.REFUSED)
         raise typer.Exit(code=ExitCode.REFUSED)
