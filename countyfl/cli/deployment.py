@@ -466,13 +466,14 @@ def _min_nodes(state_dir: Path, asked: int | None, min_contributors: int) -> int
             f"SuperLink of {state_dir}: the run could never start; {register}, or lower "
             "--min-nodes"
         )
+    how = "every registered node" if asked is None else "--min-nodes"
     if needed < min_contributors:
         fail(
-            f"--min-nodes {needed} is below min-contributors {min_contributors}: every "
-            f"aggregate of that few institutions would be discarded; register at least "
+            f"the run would wait for {needed} node(s) ({how}), fewer than min-contributors "
+            f"{min_contributors}: every aggregate of that few institutions would be "
+            f"discarded after the sites spent privacy budget on it; register at least "
             f"{min_contributors} nodes ({register}) or lower min-contributors in the task"
         )
-    how = "every registered node" if asked is None else "--min-nodes"
     stderr().print(
         f"nodes: {len(online)} of {len(enrolled)} registered are online now; the run "
         f"waits for {needed} ({how})"

@@ -213,12 +213,20 @@ def test_events_of_an_earlier_run_in_the_same_folder_are_not_shown(
     ("statuses", "options", "expected"),
     [
         ({}, [], "no SuperNode is registered at the SuperLink"),
-        ({"11": "online", "12": "unregistered"}, [], "--min-nodes 1 is below min-contributors 2"),
+        ({"11": "online", "12": "unregistered"}, [], "1 node(s) (every registered node), fewer"),
         (REGISTERED, ["--min-nodes", "4"], "--min-nodes 4, but only 3 node(s) are registered"),
+        (REGISTERED, ["--min-nodes", "1"], "wait for 1 node(s) (--min-nodes), fewer than"),
         (REGISTERED, ["-c", "min-nodes=1"], "min-nodes 1 is below min-contributors 2"),
         (REGISTERED, ["--min-nodes", "2", "-c", "min-nodes=2"], "min-nodes is given twice"),
     ],
-    ids=["none-registered", "fewer-than-contributors", "more-than-registered", "config", "twice"],
+    ids=[
+        "none-registered",
+        "fewer-than-contributors",
+        "more-than-registered",
+        "option-below-contributors",
+        "config",
+        "twice",
+    ],
 )
 def test_a_minimum_that_can_never_be_met_is_refused_before_submitting(
     monkeypatch: pytest.MonkeyPatch,
