@@ -183,6 +183,7 @@ class RunEvent(BaseModel):
     reason: str = ""
     connected: int | None = None
     needed: int | None = None
+    wait_seconds: float | None = None  # how long the ServerApp waits for them
     asked: int | None = None
     trained: int | None = None
     evaluated: int | None = None

@@ -9,6 +9,8 @@ or configuration (the message names the file and field).
 from __future__ import annotations
 
 import getpass
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -352,7 +354,15 @@ class RunDisplay:
     output (a log file, a pipe) gets a line per arriving reply instead.
     """
 
-    def __init__(self, console: Console) -> None:
+    QUIET_SECONDS = 60.0
+    """How long a running run may show no event before the display says where it looks."""
+
+    def __init__(
+        self,
+        console: Console,
+        events: Path | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
@@ -372,6 +382,11 @@ class RunDisplay:
             transient=True,
             disable=not self.live,
         )
+        self.events = events
+        self._clock = clock
+        self._status = ""
+        self._running_since: float | None = None
+        self._seen_event = False
         self._bar: TaskID | None = None
         self._replies: dict[tuple[int | None, str | None], int] = {}
         self._asked: dict[tuple[int | None, str | None], int] = {}
@@ -395,14 +410,37 @@ class RunDisplay:
     def _who(event: RunEvent) -> str:
         return shown(event.institution) if event.institution else f"node {event.node}"
 
+    def status(self, run_id: str, status: str) -> None:
+        """The run's status at the SuperLink (asked every few seconds)."""
+        if status != self._status and not status.startswith("finished"):
+            self._status = status
+            self._say(f"run {shown(run_id)}: {shown(status)}")
+        if status != "running" or self._seen_event:
+            return
+        now = self._clock()
+        if self._running_since is None:
+            self._running_since = now
+        elif now - self._running_since >= self.QUIET_SECONDS:
+            self._seen_event = True  # say it once
+            self._say(
+                f"[yellow]no event from the ServerApp after {self.QUIET_SECONDS:.0f} s of "
+                f"running[/yellow]: it appends them to {shown(self.events)} on the machine "
+                "that runs the SuperLink; run `countyfl run` there to follow the run "
+                "(it still ends with the run's status)"
+            )
+
     def __call__(self, event: RunEvent) -> None:
         from countyfl.runs import EventKind
 
+        self._seen_event = True
         where = f"round {event.round}/{event.rounds} {event.phase}"
         key = (event.round, event.phase)
         if event.kind is EventKind.NODES:
             connected, needed = event.connected or 0, event.needed or 0
-            state = "" if connected >= needed else ", waiting"
+            state = ""
+            if connected < needed:
+                limit = event.wait_seconds
+                state = ", waiting" + (f" up to {limit:.0f} s" if limit is not None else "")
             self._say(f"nodes: {connected} of {needed} connected (min-nodes {needed}){state}")
             self._set_bar("nodes connected", connected, needed)
         elif event.kind is EventKind.ROUND_START:
@@ -553,7 +591,7 @@ def run_federation_command(
         overrides["min-nodes"] = _min_nodes(state_dir, asked, parsed.min_contributors)
         app = app_dir or default_app_dir()
         console = stdout()
-        with RunDisplay(console) as display:
+        with RunDisplay(console, output / EVENTS_FILE) as display:
             outcome = submit_run(
                 state_dir,
                 app,
@@ -561,6 +599,7 @@ def run_federation_command(
                 deadline_seconds=deadline,
                 events=output / EVENTS_FILE,
                 on_event=display,
+                on_status=display.status,
             )
     except CountyflError as error:
         fail(error)

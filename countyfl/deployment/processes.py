@@ -286,13 +286,15 @@ def submit_run(
     poll_seconds: float = 2.0,
     events: Path | None = None,
     on_event: Callable[[RunEvent], None] | None = None,
+    on_status: Callable[[str, str], None] | None = None,
     tick_seconds: float = 0.25,
 ) -> RunOutcome:
     """Submit the federation and follow it until it ends; stop it when the deadline passes.
 
     ``events``: the run's ``events.jsonl`` (its output folder, written by the ServerApp);
     each new event of this run is handed to ``on_event`` as it appears, and the run's
-    status is asked of the SuperLink every ``poll_seconds``. The ServerApp bounds its own
+    status is asked of the SuperLink every ``poll_seconds`` and handed to ``on_status``
+    with the run id (``submitted`` first). The ServerApp bounds its own
     wait for nodes (``node-wait-seconds``); the deadline bounds everything else.
     """
     reader = EventReader(events, skip_existing=True) if events is not None else None
@@ -307,8 +309,10 @@ def submit_run(
         timeout=300,
     )
     run_id = str(answer["run-id"])
-    status = "pending"
+    status = "submitted"
     reason = ""
+    if on_status is not None:
+        on_status(run_id, status)
 
     def follow() -> None:
         nonlocal reason
@@ -329,6 +333,8 @@ def submit_run(
         if now >= next_poll:
             runs = _flwr(state_dir, "ls", CONNECTION, "--run-id", run_id).get("runs", [])
             status = str(runs[0]["status"]) if runs else status
+            if on_status is not None:
+                on_status(run_id, status)
             if status.startswith("finished"):
                 follow()
                 return RunOutcome(run_id, status, time.monotonic() - started, reason)

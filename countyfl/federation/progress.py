@@ -82,7 +82,12 @@ class RunProgress:
         """Report a change in the number of connected nodes; stop a wait that is too long."""
         if connected != self._connected:
             self._connected = connected
-            self.emit(EventKind.NODES, connected=connected, needed=self.needed)
+            self.emit(
+                EventKind.NODES,
+                connected=connected,
+                needed=self.needed,
+                wait_seconds=self.wait_seconds,
+            )
         if connected >= self.needed:
             self._short_since = None
             return

@@ -148,8 +148,8 @@ def test_run_shows_nodes_rounds_and_each_reply_as_it_happens(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     events = [
-        RunEvent(kind=EventKind.NODES, run_id=RUN_ID, connected=2, needed=3),
-        RunEvent(kind=EventKind.NODES, run_id=RUN_ID, connected=3, needed=3),
+        RunEvent(kind=EventKind.NODES, run_id=RUN_ID, connected=2, needed=3, wait_seconds=600),
+        RunEvent(kind=EventKind.NODES, run_id=RUN_ID, connected=3, needed=3, wait_seconds=600),
         *_round(1, 2),
         *_round(2, 2),
         RunEvent(kind=EventKind.FINISHED, run_id=RUN_ID, rounds=2),
@@ -162,7 +162,8 @@ def test_run_shows_nodes_rounds_and_each_reply_as_it_happens(
     # By default the run waits for every registered node, and says so before it starts.
     assert "min-nodes=3" in link.run_config
     assert "nodes: 2 of 3 registered are online now; the run waits for 3" in out
-    assert "nodes: 2 of 3 connected (min-nodes 3), waiting" in out
+    assert f"run {RUN_ID}: submitted" in out
+    assert "nodes: 2 of 3 connected (min-nodes 3), waiting up to 600 s" in out
     assert "nodes: 3 of 3 connected (min-nodes 3)\n" in out
     # Output that is not a terminal gets a line per arriving reply, then each one's fate.
     assert "round 1/2 train: asked 3 node(s)" in out
@@ -264,3 +265,32 @@ def test_on_a_terminal_replies_move_a_live_bar_instead_of_printing_lines() -> No
     assert "reply 1/3 from" not in shown
     assert "round 1/1 train: cleveland" in shown and "accepted" in shown
     assert "node 13" in shown and "rejected" in shown
+
+
+def test_a_run_that_shows_no_event_says_where_it_looks_for_them_once(tmp_path: Path) -> None:
+    import io
+
+    from rich.console import Console
+
+    from countyfl.cli.deployment import RunDisplay
+
+    screen = io.StringIO()
+    now = [0.0]
+    events = tmp_path / "out" / EVENTS_FILE
+    display = RunDisplay(Console(file=screen, width=250), events, clock=lambda: now[0])
+    with display:
+        for status in ("submitted", "starting", "running", "running"):
+            display.status(RUN_ID, status)
+            now[0] += 30
+        assert "no event" not in screen.getvalue()  # running for 30 s only
+        for _ in range(3):
+            display.status(RUN_ID, "running")
+            now[0] += 30
+    shown = screen.getvalue()
+    assert [line for line in shown.splitlines() if line.startswith(f"run {RUN_ID}")] == [
+        f"run {RUN_ID}: submitted",
+        f"run {RUN_ID}: starting",
+        f"run {RUN_ID}: running",
+    ]
+    assert shown.count("no event from the ServerApp after 60 s of running") == 1
+    assert str(events) in " ".join(shown.split())
