@@ -87,8 +87,12 @@ class RunConfig(BaseModel):
     he_secret_context: str = ""
     he_public_context: str = ""
     # Nodes that must be connected before a round starts; 0: all of the scenario's
-    # institutions. In a deployment, lower it so that a lost node does not stall the run.
+    # institutions (a simulation's own). `countyfl run` sets it: by default to every node
+    # the county registered, never below min-contributors.
     min_nodes: int = Field(default=0, ge=0, le=10_000)
+    # How long the ServerApp waits while fewer than min-nodes are connected (before the
+    # first round or between two) before it stops the run with a message saying so.
+    node_wait_seconds: float = Field(default=600.0, gt=0, le=7 * 24 * 3600)
     # The fewest institutions an aggregate may hold to be decrypted or used: one of fewer
     # is discarded and recorded (an aggregate of one IS that institution's update, and
     # every key holder could read it). Part of the task manifest sites approve.
@@ -125,6 +129,12 @@ class RunConfig(BaseModel):
             raise ValueError(
                 "encryption ckks needs he-public-context (the aggregator's public context "
                 "written by `countyfl keys init`)"
+            )
+        if 0 < self.min_nodes < self.min_contributors:
+            raise ValueError(
+                f"min-nodes {self.min_nodes} is below min-contributors "
+                f"{self.min_contributors}: every aggregate of that few institutions would be "
+                f"discarded; set min-nodes to at least {self.min_contributors}"
             )
         if self.dp and self.target_epsilon > self.budget_epsilon:
             raise ValueError(

@@ -2,10 +2,11 @@
 
 ``run.json`` (:class:`RunRecord`: run id, task manifest hash, times, the run config),
 ``history.json`` (:class:`FederationHistory`: per round, what every institution replied,
-metrics only, never weights) and the final model: ``final-model.npz`` in plaintext, or
-``final-aggregate.npz``, Enc(sum n w), under CKKS, which only a key holder can publish
-(:mod:`countyfl.publishing`). The ServerApp writes these types and publishing, the
-simulation runner and the tests read them.
+metrics only, never weights), ``events.jsonl`` (:class:`RunEvent`: what happens as it
+happens, one JSON line each, for ``countyfl run`` to show) and the final model:
+``final-model.npz`` in plaintext, or ``final-aggregate.npz``, Enc(sum n w), under CKKS,
+which only a key holder can publish (:mod:`countyfl.publishing`). The ServerApp writes
+these types; publishing, ``countyfl run``, the simulation runner and the tests read them.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +31,9 @@ RUN_FILE = "run.json"
 HISTORY_FILE = "history.json"
 FINAL_MODEL_FILE = "final-model.npz"
 FINAL_AGGREGATE_FILE = "final-aggregate.npz"
+EVENTS_FILE = "events.jsonl"
+MAX_EVENT_LINE = 64 * 1024
+"""The longest line :class:`EventReader` accepts (an event is a few hundred bytes)."""
 
 
 class RunFolderError(CountyflError):
@@ -145,3 +150,100 @@ class FederationHistory:
             return cls.from_dict(data)
         except (KeyError, TypeError, ValueError, AttributeError) as error:
             raise RunFolderError(f"{path} is not a run history: {error!r}") from None
+
+
+class EventKind(StrEnum):
+    """What a line of ``events.jsonl`` reports."""
+
+    NODES = "nodes"  # connected nodes against the number needed (when it changes)
+    ROUND_START = "round-start"  # a phase of a round asked ``asked`` nodes
+    REPLY = "reply"  # a node's reply arrived (``reason``: its error, if it is one)
+    RESULT = "result"  # a reply was used (``accepted``) or not, and why
+    ROUND_END = "round-end"  # a round is over: counts, failures, mean evaluation metrics
+    FAILED = "failed"  # the ServerApp stopped the run: ``reason`` says why and what to do
+    FINISHED = "finished"  # every round is done and the run folder is written
+
+
+class RunEvent(BaseModel):
+    """One line of ``events.jsonl``: metrics, node ids and institution ids, never data."""
+
+    model_config = ConfigDict(
+        frozen=True, extra="ignore", alias_generator=kebab_case, populate_by_name=True
+    )
+
+    kind: EventKind
+    run_id: str = ""
+    at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    round: int | None = None
+    rounds: int | None = None
+    phase: str | None = None
+    node: int | None = None
+    institution: str | None = None
+    accepted: bool | None = None
+    reason: str = ""
+    connected: int | None = None
+    needed: int | None = None
+    wait_seconds: float | None = None  # how long the ServerApp waits for them
+    asked: int | None = None
+    trained: int | None = None
+    evaluated: int | None = None
+    failures: list[str] = Field(default_factory=list)
+    metrics: dict[str, float] = Field(default_factory=dict)
+
+
+class EventLog:
+    """Appends :class:`RunEvent` lines to ``events.jsonl`` (one writer: the ServerApp).
+
+    Each event is one ``write`` of one whole line, flushed at once, so that a reader
+    following the file sees complete lines, in order, as they happen.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def append(self, event: RunEvent) -> None:
+        line = json.dumps(event.model_dump(mode="json", by_alias=True, exclude_defaults=True))
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(line + "\n")
+            handle.flush()
+
+
+class EventReader:
+    """Reads the events appended to ``events.jsonl`` since the last call (see EventLog).
+
+    ``skip_existing``: start after what the file holds now (the events of earlier runs
+    written to the same folder).
+    """
+
+    def __init__(self, path: Path, *, skip_existing: bool = False) -> None:
+        self.path = path
+        existing = path.read_bytes() if skip_existing and path.is_file() else b""
+        self._offset = len(existing)
+        self._line = existing.count(b"\n")  # so that an error names the file's own line
+
+    def read_new(self) -> list[RunEvent]:
+        """Complete new lines as events; a half-written last line waits for the next call."""
+        try:
+            with self.path.open("rb") as handle:
+                handle.seek(self._offset)
+                chunk = handle.read()
+        except FileNotFoundError:
+            return []
+        end = chunk.rfind(b"\n")
+        if end < 0:
+            if len(chunk) > MAX_EVENT_LINE:
+                raise RunFolderError(f"{self.path}: line {self._line + 1} is not an event")
+            return []
+        self._offset += end + 1
+        events = []
+        for raw in chunk[:end].split(b"\n"):
+            self._line += 1
+            try:
+                events.append(RunEvent.model_validate_json(raw))
+            except ValidationError as error:
+                problems = describe_validation_error(error, whole="line")
+                raise RunFolderError(
+                    f"{self.path}: line {self._line} is not a run event: {problems}"
+                ) from None
+        return events

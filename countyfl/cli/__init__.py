@@ -54,7 +54,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "run": (
         "countyfl.cli.deployment",
         "run_app",
-        "Submit a federation to the county's SuperLink and wait for it (with a deadline).",
+        "Submit a federation to the county's SuperLink and follow its nodes, rounds and "
+        "replies (with a deadline).",
     ),
     "users": (
         "countyfl.cli.registry",

@@ -9,10 +9,13 @@ or configuration (the message names the file and field).
 from __future__ import annotations
 
 import getpass
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
@@ -41,6 +44,12 @@ from countyfl.deployment.tasks import (
     read_task_file,
 )
 from countyfl.errors import CountyflError
+from countyfl.terminal import shown
+
+if TYPE_CHECKING:
+    from rich.progress import TaskID
+
+    from countyfl.runs import RunEvent
 
 certs_app = typer.Typer(
     help="TLS certificates of the county SuperLink and SuperNode authentication keys.",
@@ -381,6 +390,180 @@ def node_start(
 run_app = typer.Typer(add_completion=False)
 
 
+class RunDisplay:
+    """Shows a run's events (:class:`countyfl.runs.RunEvent`) as they arrive.
+
+    One line per event that matters (nodes connected against the minimum, a round's phase
+    starting, each reply used or rejected and why, a round's end); on a terminal a live
+    bar also counts connected nodes while waiting and each phase's replies, where plain
+    output (a log file, a pipe) gets a line per arriving reply instead.
+    """
+
+    QUIET_SECONDS = 60.0
+    """How long a running run may show no event before the display says where it looks."""
+
+    def __init__(
+        self,
+        console: Console,
+        events: Path | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        self.console = console
+        self.live = console.is_terminal
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+            disable=not self.live,
+        )
+        self.events = events
+        self._clock = clock
+        self._status = ""
+        self._running_since: float | None = None
+        self._seen_event = False
+        self._bar: TaskID | None = None
+        self._replies: dict[tuple[int | None, str | None], int] = {}
+        self._asked: dict[tuple[int | None, str | None], int] = {}
+
+    def __enter__(self) -> RunDisplay:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.progress.stop()
+
+    def _say(self, text: str) -> None:
+        self.progress.console.print(text, highlight=False)
+
+    def _set_bar(self, description: str, completed: int, total: int) -> None:
+        if self._bar is None:
+            self._bar = self.progress.add_task(description, total=total)
+        self.progress.update(self._bar, description=description, completed=completed, total=total)
+
+    @staticmethod
+    def _who(event: RunEvent) -> str:
+        return shown(event.institution) if event.institution else f"node {event.node}"
+
+    def status(self, run_id: str, status: str) -> None:
+        """The run's status at the SuperLink (asked every few seconds)."""
+        if status != self._status and not status.startswith("finished"):
+            self._status = status
+            self._say(f"run {shown(run_id)}: {shown(status)}")
+        if status != "running" or self._seen_event:
+            return
+        now = self._clock()
+        if self._running_since is None:
+            self._running_since = now
+        elif now - self._running_since >= self.QUIET_SECONDS:
+            self._seen_event = True  # say it once
+            self._say(
+                f"[yellow]no event from the ServerApp after {self.QUIET_SECONDS:.0f} s of "
+                f"running[/yellow]: it appends them to {shown(self.events)} on the machine "
+                "that runs the SuperLink; run `countyfl run` there to follow the run "
+                "(it still ends with the run's status)"
+            )
+
+    def __call__(self, event: RunEvent) -> None:
+        from countyfl.runs import EventKind
+
+        self._seen_event = True
+        where = f"round {event.round}/{event.rounds} {event.phase}"
+        key = (event.round, event.phase)
+        if event.kind is EventKind.NODES:
+            connected, needed = event.connected or 0, event.needed or 0
+            state = ""
+            if connected < needed:
+                limit = event.wait_seconds
+                state = ", waiting" + (f" up to {limit:.0f} s" if limit is not None else "")
+            self._say(f"nodes: {connected} of {needed} connected (min-nodes {needed}){state}")
+            self._set_bar("nodes connected", connected, needed)
+        elif event.kind is EventKind.ROUND_START:
+            self._asked[key] = event.asked or 0
+            self._replies[key] = 0
+            self._say(f"{where}: asked {event.asked} node(s)")
+            self._set_bar(f"{where}: replies", 0, event.asked or 0)
+        elif event.kind is EventKind.REPLY:
+            self._replies[key] = count = self._replies.get(key, 0) + 1
+            asked = self._asked.get(key, count)
+            if self.live:
+                self._set_bar(f"{where}: replies", count, asked)
+            else:
+                error = f" (error: {shown(event.reason)})" if event.reason else ""
+                self._say(f"{where}: reply {count}/{asked} from {self._who(event)}{error}")
+        elif event.kind is EventKind.RESULT:
+            if event.accepted:
+                self._say(f"{where}: {self._who(event)} [green]accepted[/green]")
+            else:
+                self._say(
+                    f"{where}: {self._who(event)} [red]rejected[/red]: "
+                    f"{shown(event.reason or 'no reason given')}"
+                )
+        elif event.kind is EventKind.ROUND_END:
+            metrics = ", ".join(f"{k} {v:.3f}" for k, v in event.metrics.items())
+            self._say(
+                f"round {event.round}/{event.rounds} done: {event.trained} trained, "
+                f"{event.evaluated} evaluated"
+                + (f"; mean of institutions: {metrics}" if metrics else "")
+                + (f"; {len(event.failures)} failure(s)" if event.failures else "")
+            )
+            for failure in event.failures:
+                self._say(f"  [yellow]failure[/yellow]: {shown(failure)}")
+        elif event.kind is EventKind.FAILED:
+            self._say(f"[red]the ServerApp stopped the run[/red]: {shown(event.reason)}")
+        elif event.kind is EventKind.FINISHED:
+            self._say(f"all {event.rounds} round(s) done; the run folder is written")
+
+
+def _min_nodes(state_dir: Path, asked: int | None, min_contributors: int) -> int:
+    """The nodes a run waits for: ``asked``, else every node registered at the SuperLink.
+
+    Says how many are registered and online now; exits 2 when the minimum can never be
+    met (more than are registered, or none registered).
+    """
+    from countyfl.deployment.processes import ENROLLED_STATUSES, node_statuses
+
+    statuses = node_statuses(state_dir)
+    enrolled = [n for n, status in statuses.items() if status in ENROLLED_STATUSES]
+    online = [n for n, status in statuses.items() if status == "online"]
+    register = (
+        f"register each institution's key with `countyfl server add-node "
+        f"certs/nodes/NAME.pub --state-dir {state_dir}`"
+    )
+    if not enrolled:
+        fail(f"no SuperNode is registered at the SuperLink of {state_dir}: {register}")
+    needed = len(enrolled) if asked is None else asked
+    if needed > len(enrolled):
+        fail(
+            f"--min-nodes {needed}, but only {len(enrolled)} node(s) are registered at the "
+            f"SuperLink of {state_dir}: the run could never start; {register}, or lower "
+            "--min-nodes"
+        )
+    how = "every registered node" if asked is None else "--min-nodes"
+    if needed < min_contributors:
+        fail(
+            f"the run would wait for {needed} node(s) ({how}), fewer than min-contributors "
+            f"{min_contributors}: every aggregate of that few institutions would be "
+            f"discarded after the sites spent privacy budget on it; register at least "
+            f"{min_contributors} nodes ({register}) or lower min-contributors in the task"
+        )
+    stderr().print(
+        f"nodes: {len(online)} of {len(enrolled)} registered are online now; the run "
+        f"waits for {needed} ({how})"
+    )
+    return needed
+
+
 @run_app.command()
 def run_federation_command(
     state_dir: StateOption,
@@ -395,6 +578,25 @@ def run_federation_command(
         Path | None,
         typer.Option(help="the aggregator's public CKKS context (needed with encryption=ckks)"),
     ] = None,
+    min_nodes: Annotated[
+        int | None,
+        typer.Option(
+            "--min-nodes",
+            help="nodes that must be connected before a round starts [default: every node "
+            "registered at the SuperLink]; at least min-contributors",
+            min=1,
+            show_default=False,
+        ),
+    ] = None,
+    node_wait: Annotated[
+        float,
+        typer.Option(
+            "--node-wait",
+            help="seconds the run waits while fewer than --min-nodes are connected, before "
+            "it stops with a message saying so",
+            min=1,
+        ),
+    ] = 600,
     deadline: Annotated[
         float, typer.Option(help="seconds before an unfinished run is stopped", min=1)
     ] = 3600,
@@ -402,14 +604,24 @@ def run_federation_command(
         Path | None, typer.Option("--app", help="the countyfl Flower app folder")
     ] = None,
 ) -> None:
-    """Submit a federation to the county's SuperLink and wait for it (with a deadline)."""
+    """Submit a federation to the county's SuperLink and follow it (with a deadline).
+
+    Shows, as they happen, the nodes connected against the minimum, each round, each
+    reply (which institution; used or rejected, and why) and each round's end; the
+    ServerApp writes them to OUTPUT/events.jsonl, which this command follows.
+    """
     from countyfl.deployment.processes import default_app_dir, submit_run
     from countyfl.errors import ConfigError
     from countyfl.privacy.modes import DpRandomness
     from countyfl.run_config import parse_run_config
+    from countyfl.runs import EVENTS_FILE
 
     overrides = parse_overrides(config)
-    overrides["output-dir"] = str(output.resolve())
+    if min_nodes is not None and "min-nodes" in overrides:
+        fail("min-nodes is given twice (--min-nodes and --config min-nodes=...): give it once")
+    output = output.resolve()
+    overrides["output-dir"] = str(output)
+    overrides.setdefault("node-wait-seconds", node_wait)
     if "scenario" in overrides:
         # A county's task file exists on this machine only: the run carries the task itself.
         from countyfl import scenarios
@@ -428,15 +640,28 @@ def run_federation_command(
                 "the noise would follow the run's seed, which the server knows, and every site "
                 'would refuse the task; deploy with dp-randomness = "secret"'
             )
-        outcome = submit_run(
-            state_dir, app_dir or default_app_dir(), overrides, deadline_seconds=deadline
-        )
+        asked = min_nodes if min_nodes is not None else parsed.min_nodes or None
+        overrides["min-nodes"] = _min_nodes(state_dir, asked, parsed.min_contributors)
+        app = app_dir or default_app_dir()
+        console = stdout()
+        with RunDisplay(console, output / EVENTS_FILE) as display:
+            outcome = submit_run(
+                state_dir,
+                app,
+                overrides,
+                deadline_seconds=deadline,
+                events=output / EVENTS_FILE,
+                on_event=display,
+                on_status=display.status,
+            )
     except CountyflError as error:
         fail(error)
     digest = manifest_hash(manifest_for(parsed))
-    stdout().print(
+    console.print(
         f"run {outcome.run_id}: {outcome.status} after {outcome.elapsed_seconds:.0f} s "
-        f"(task sha256 {digest[:12]}); output in {output}"
+        f"(task sha256 {digest[:12]}); output in {shown(output)}"
     )
     if not outcome.completed:
+        if outcome.reason:
+            fail(f"run {outcome.run_id}: {outcome.reason}", ExitCode.REFUSED)
         raise typer.Exit(code=ExitCode.REFUSED)

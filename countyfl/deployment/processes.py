@@ -26,13 +26,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from countyfl.errors import CountyflError
 from countyfl.lifetime import die_with_parent
+from countyfl.runs import EventKind, EventReader, RunEvent
 
 CONNECTION = "county"
 DEFAULT_PORT = 8000
@@ -231,10 +232,22 @@ def register_node(state_dir: Path, public_key: Path) -> str:
     return str(answer.get("node-id", ""))
 
 
+def node_statuses(state_dir: Path) -> dict[str, str]:
+    """Every node registered at the SuperLink: node id -> Flower's status.
+
+    ``registered`` (never connected yet), ``online``, ``offline`` or ``unregistered``.
+    """
+    answer = _flwr(state_dir, "supernode", "list", CONNECTION)
+    return {str(n["node-id"]): str(n.get("status", "")) for n in answer.get("nodes", [])}
+
+
+ENROLLED_STATUSES = frozenset({"registered", "online", "offline"})
+"""Statuses of nodes that may take part in a run (their key is registered)."""
+
+
 def online_nodes(state_dir: Path) -> list[str]:
     """Node ids the SuperLink sees online now."""
-    answer = _flwr(state_dir, "supernode", "list", CONNECTION)
-    return [str(n["node-id"]) for n in answer.get("nodes", []) if n.get("status") == "online"]
+    return [node for node, status in node_statuses(state_dir).items() if status == "online"]
 
 
 def _toml_value(value: Any) -> str:
@@ -257,6 +270,7 @@ class RunOutcome:
     run_id: str
     status: str
     elapsed_seconds: float
+    reason: str = ""  # why the ServerApp stopped the run, when it said so (events.jsonl)
 
     @property
     def completed(self) -> bool:
@@ -270,12 +284,20 @@ def submit_run(
     *,
     deadline_seconds: float = 3600,
     poll_seconds: float = 2.0,
+    events: Path | None = None,
+    on_event: Callable[[RunEvent], None] | None = None,
+    on_status: Callable[[str, str], None] | None = None,
+    tick_seconds: float = 0.25,
 ) -> RunOutcome:
-    """Submit the federation and wait for it; stop it when the deadline passes.
+    """Submit the federation and follow it until it ends; stop it when the deadline passes.
 
-    Flower's strategies wait for ``min_available_nodes`` without a limit, so a run whose
-    institutions never connect would wait forever: the deadline bounds it.
+    ``events``: the run's ``events.jsonl`` (its output folder, written by the ServerApp);
+    each new event of this run is handed to ``on_event`` as it appears, and the run's
+    status is asked of the SuperLink every ``poll_seconds`` and handed to ``on_status``
+    with the run id (``submitted`` first). The ServerApp bounds its own
+    wait for nodes (``node-wait-seconds``); the deadline bounds everything else.
     """
+    reader = EventReader(events, skip_existing=True) if events is not None else None
     started = time.monotonic()
     answer = _flwr(
         state_dir,
@@ -287,18 +309,43 @@ def submit_run(
         timeout=300,
     )
     run_id = str(answer["run-id"])
-    status = "pending"
-    while time.monotonic() - started < deadline_seconds:
-        runs = _flwr(state_dir, "ls", CONNECTION, "--run-id", run_id).get("runs", [])
-        status = str(runs[0]["status"]) if runs else status
-        if status.startswith("finished"):
-            return RunOutcome(run_id, status, time.monotonic() - started)
-        time.sleep(poll_seconds)
+    status = "submitted"
+    reason = ""
+    if on_status is not None:
+        on_status(run_id, status)
+
+    def follow() -> None:
+        nonlocal reason
+        for event in reader.read_new() if reader is not None else ():
+            if event.run_id and event.run_id != run_id:
+                continue  # another run writing to the same folder
+            if event.kind is EventKind.FAILED:
+                reason = event.reason
+            if on_event is not None:
+                on_event(event)
+
+    next_poll = started
+    while True:
+        follow()
+        now = time.monotonic()
+        if now - started >= deadline_seconds:
+            break
+        if now >= next_poll:
+            runs = _flwr(state_dir, "ls", CONNECTION, "--run-id", run_id).get("runs", [])
+            status = str(runs[0]["status"]) if runs else status
+            if on_status is not None:
+                on_status(run_id, status)
+            if status.startswith("finished"):
+                follow()
+                return RunOutcome(run_id, status, time.monotonic() - started, reason)
+            next_poll = now + poll_seconds
+        time.sleep(tick_seconds)
     _flwr(state_dir, "stop", run_id, CONNECTION)
     return RunOutcome(
         run_id,
         f"stopped: deadline of {deadline_seconds:.0f} s passed (was {status})",
         time.monotonic() - started,
+        reason,
     )
 
 

@@ -75,6 +75,7 @@ EXCLUDED_RUN_CONFIG_FIELDS: Mapping[str, str] = {
     "he_secret_context": "a site uses the CKKS context its own site.toml names",
     "he_public_context": "the aggregator's key file; the key fingerprint is checked per reply",
     "min_nodes": "how many institutions the server waits for; not what a site computes or sends",
+    "node_wait_seconds": "how long the server waits for them; not what a site computes or sends",
     "fraction_train": "which institutions the server asks each round; a site calibrates its "
     "noise for every round, so taking part in fewer rounds spends less, never more",
     "fraction_evaluate": "which institutions the server asks to evaluate; not what a site sends",

@@ -65,12 +65,16 @@ class PromptGrid(Grid):
         return self.grid.pull_messages(message_ids)
 
     def send_and_receive(
-        self, messages: Iterable[Message], *, timeout: float | None = None
+        self,
+        messages: Iterable[Message],
+        *,
+        timeout: float | None = None,
+        on_reply: Callable[[Message], None] | None = None,
     ) -> Iterable[Message]:
         """Push ``messages``; pull replies until all are in or ``timeout`` seconds pass.
 
         As Flower's grids do, ``timeout`` None waits for every reply, and a timeout gives
-        the replies received so far.
+        the replies received so far. ``on_reply`` is called with each reply as it arrives.
         """
         waiting = set(self.grid.push_messages(messages))
         deadline = None if timeout is None else self._clock() + timeout
@@ -79,6 +83,9 @@ class PromptGrid(Grid):
         while waiting:
             received = list(self.grid.pull_messages(waiting))
             replies.extend(received)
+            if on_reply is not None:
+                for reply in received:
+                    on_reply(reply)
             waiting.difference_update(m.metadata.reply_to_message_id for m in received)
             if not waiting:
                 break

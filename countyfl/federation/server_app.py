@@ -19,6 +19,7 @@ from flwr.serverapp.strategy import FedAvg, FedProx, Strategy
 from countyfl import models, scenarios
 from countyfl.deployment.tasks import manifest_for, manifest_hash
 from countyfl.federation.grid import PromptGrid
+from countyfl.federation.progress import NodesMissingError, ReportingGrid, RunProgress
 from countyfl.federation.records import model_to_arrays
 from countyfl.federation.strategies.encrypted import EncryptedFedAvg, EncryptedFedProx
 from countyfl.federation.strategies.recording import (
@@ -30,9 +31,11 @@ from countyfl.federation.strategies.recording import (
 from countyfl.privacy.he.wire import is_encrypted
 from countyfl.run_config import EncryptionName, RunConfig, StrategyName, parse_run_config
 from countyfl.runs import (
+    EVENTS_FILE,
     FINAL_AGGREGATE_FILE,
     FINAL_MODEL_FILE,
     HISTORY_FILE,
+    EventLog,
     FederationHistory,
     RunRecord,
 )
@@ -107,6 +110,17 @@ def run_federation(
     initial = models.build(config.model, num_features)
     num_values = sum(int(t.numel()) for t in initial.state_dict().values())
     strategy = build_strategy(config, num_institutions, num_values)
+    # What happens is reported as it happens (events.jsonl, for `countyfl run`), and a
+    # wait for nodes that never come ends with a message instead of Flower's endless loop.
+    progress = RunProgress(
+        EventLog(Path(config.output_dir) / EVENTS_FILE) if config.output_dir else None,
+        rounds=config.num_server_rounds,
+        needed=num_institutions,
+        wait_seconds=config.node_wait_seconds,
+        run_id=run_id,
+    )
+    strategy.progress = progress
+    grid = ReportingGrid(grid, progress)
     if config.output_dir:
         # The history so far is on disk after every round, so that the console (and anyone
         # watching the folder) follows a live run; each write replaces the file atomically.
@@ -115,13 +129,19 @@ def run_federation(
         )
     else:
         strategy.on_round_end = on_round_end
-    result = strategy.start(
-        grid=grid,
-        initial_arrays=model_to_arrays(initial),
-        num_rounds=config.num_server_rounds,
-        train_config=ConfigRecord(),
-        evaluate_config=ConfigRecord(),
-    )
+    try:
+        result = strategy.start(
+            grid=grid,
+            initial_arrays=model_to_arrays(initial),
+            num_rounds=config.num_server_rounds,
+            train_config=ConfigRecord(),
+            evaluate_config=ConfigRecord(),
+        )
+    except NodesMissingError:
+        raise  # it reported itself
+    except Exception as error:
+        progress.failed(f"the ServerApp failed: {type(error).__name__}: {error}")
+        raise
     if not len(result.arrays):
         # No round's aggregate was used (every one discarded or refused): the run ends on
         # its initial model, which Flower's result does not hold.
@@ -145,6 +165,7 @@ def run_federation(
             arrays: dict[str, Any] = {k: v.numpy() for k, v in state.items()}
             np.savez(output / FINAL_MODEL_FILE, **arrays)
         logger.info("wrote %s and %s to %s", HISTORY_FILE, FINAL_MODEL_FILE, output)
+    progress.finished()
 
 
 def _write_history(

@@ -53,7 +53,7 @@ FIRST_RUN = {
     "seed": 7,
 }
 # One round more than a run the sites approved is another task: it needs its own approval.
-SECOND_RUN = {**FIRST_RUN, "num-server-rounds": 1, "min-nodes": 1}
+SECOND_RUN = {**FIRST_RUN, "num-server-rounds": 1, "min-nodes": 2}
 # VA's whole budget fits one run's target epsilon, not two.
 BUDGETS = {"cleveland": 10.0, "hungary": 10.0, "switzerland": 10.0, "va-long-beach": 1.1}
 
@@ -85,6 +85,15 @@ def test_four_sites_train_under_dp_and_ckks_over_tls(county: LocalCounty) -> Non
     done = county.run(FIRST_RUN, output)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "finished:completed" in done.stdout
+    # By default the run waited for every registered node, and said what happened as it
+    # happened (one line per event: the output is not a terminal).
+    assert "the run waits for 4 (every registered node)" in done.stderr, done.stderr
+    assert "nodes: 4 of 4 connected (min-nodes 4)" in done.stdout, done.stdout
+    for institution in county.sites:
+        assert f"round 2/2 train: {institution} accepted" in done.stdout, done.stdout
+        assert f"round 2/2 evaluate: {institution} accepted" in done.stdout, done.stdout
+    assert "round 2/2 train: reply 4/4 from" in done.stdout, done.stdout
+    assert "round 2/2 done: 4 trained, 4 evaluated" in done.stdout, done.stdout
     history = _history(output)
     assert sorted(history) == ["1", "2"]
     names = _names(history)
@@ -146,6 +155,9 @@ def test_faults_refusals_and_a_killed_node(county: LocalCounty) -> None:
     done = county.run(SECOND_RUN, output)
     killer.join(timeout=10)
     assert done.returncode == 0, done.stdout + done.stderr
+    assert "the run waits for 2 (--min-nodes)" in done.stderr, done.stderr
+    assert "round 1/1 train: cleveland accepted" in done.stdout, done.stdout
+    assert "rejected: " in done.stdout and "has not approved task" in done.stdout, done.stdout
     history = _history(output)
     record = history["1"]
     names = _names(history)

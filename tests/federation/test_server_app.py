@@ -16,19 +16,28 @@ from typing import Any
 
 import numpy as np
 import pytest
-from flwr.app import DEFAULT_TTL, Context, Message, Metadata, RecordDict
+from flwr.app import DEFAULT_TTL, Context, Error, Message, Metadata, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, FedProx
 
 from countyfl import scenarios
 from countyfl.federation.client_app import make_client_app
+from countyfl.federation.progress import NodesMissingError
 from countyfl.federation.server_app import build_strategy, run_federation
 from countyfl.federation.strategies.encrypted import EncryptedFedAvg, EncryptedFedProx
 from countyfl.federation.strategies.recording import RecordingStrategy
 from countyfl.privacy.he.keys import PUBLIC_CONTEXT_FILE, SECRET_CONTEXT_FILE, init_keys
 from countyfl.publishing import publish
 from countyfl.run_config import RunConfig, parse_run_config
-from countyfl.runs import FINAL_AGGREGATE_FILE, FINAL_MODEL_FILE, FederationHistory, RunRecord
+from countyfl.runs import (
+    EVENTS_FILE,
+    FINAL_AGGREGATE_FILE,
+    FINAL_MODEL_FILE,
+    EventKind,
+    EventReader,
+    FederationHistory,
+    RunRecord,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore:Optimal order is the largest alpha")
 
@@ -393,3 +402,95 @@ def test_a_village_that_joins_mid_run_is_asked_from_the_next_round(tmp_path: Pat
     assert village not in first.train and village not in first.evaluate
     assert len(first.train) == 15 and first.failures == []
     assert village in second.train and village in second.evaluate and len(second.train) == 16
+
+
+class OneNodeFailsGrid(InProcessGrid):
+    """Node ``failing`` answers every training task with an error, as a broken site would."""
+
+    failing = 1001
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        sent = list(messages)
+        replies = list(super().send_and_receive(sent, timeout=timeout))
+        for index, message in enumerate(sent):
+            if message.metadata.dst_node_id == self.failing and "train" in str(
+                message.metadata.message_type
+            ):
+                replies[index] = Message(
+                    Error(code=5030, reason="the site's export is unreadable"),
+                    reply_to=_as_delivered(message),
+                )
+        return replies
+
+
+def _as_delivered(message: Message) -> Message:
+    return Message(
+        content=message.content,
+        metadata=Metadata(
+            run_id=3,
+            message_id=uuid.uuid4().hex,
+            src_node_id=0,
+            dst_node_id=message.metadata.dst_node_id,
+            reply_to_message_id="",
+            group_id=message.metadata.group_id,
+            created_at=time.time(),
+            ttl=DEFAULT_TTL,
+            message_type=message.metadata.message_type,
+        ),
+    )
+
+
+def test_the_run_reports_nodes_rounds_and_replies_as_they_happen(tmp_path: Path) -> None:
+    config = _config(tmp_path, dp=False)
+    run_federation(OneNodeFailsGrid(config, 4), config, run_id="3")
+
+    events = EventReader(Path(config.output_dir) / EVENTS_FILE).read_new()
+    assert {e.run_id for e in events} == {"3"}
+    kinds = [e.kind for e in events]
+    assert kinds[0] is EventKind.NODES and (events[0].connected, events[0].needed) == (4, 4)
+    assert kinds[-1] is EventKind.FINISHED
+    for server_round in (1, 2):
+        of_round = [e for e in events if e.round == server_round]
+        starts = [(e.phase, e.asked) for e in of_round if e.kind is EventKind.ROUND_START]
+        assert starts == [("train", 4), ("evaluate", 4)]
+        # Each phase: the replies as they arrived, then what became of each.
+        train = [e for e in of_round if e.phase == "train"]
+        assert [e.kind for e in train] == [
+            EventKind.ROUND_START,
+            *[EventKind.REPLY] * 4,
+            *[EventKind.RESULT] * 4,
+        ]
+        results = {e.node: e for e in train if e.kind is EventKind.RESULT}
+        failed = results.pop(1001)
+        assert failed.accepted is False and failed.institution is None
+        assert failed.reason == "the site's export is unreadable"
+        assert all(r.accepted for r in results.values())
+        assert sorted(r.institution or "" for r in results.values()) == [
+            "cleveland",  # node 1001 is Hungary's
+            "switzerland",
+            "va-long-beach",
+        ]
+        [end] = [e for e in of_round if e.kind is EventKind.ROUND_END]
+        assert (end.trained, end.evaluated, end.rounds) == (3, 4, 2)
+        assert any("unreadable" in failure for failure in end.failures)
+        assert set(end.metrics) >= {"loss", "accuracy"}
+
+
+def test_a_run_that_lacks_nodes_stops_with_a_message_instead_of_waiting(
+    tmp_path: Path,
+) -> None:
+    config = _config(tmp_path, dp=False, **{"min-nodes": 3, "node-wait-seconds": 1})
+    grid = InProcessGrid(config, 2)  # two of the three nodes it waits for ever connect
+
+    with pytest.raises(NodesMissingError) as raised:
+        run_federation(grid, config, run_id="5")
+
+    message = str(raised.value)
+    assert "2 connected, 3 needed (min-nodes)" in message
+    assert "countyfl node start" in message and "--min-nodes" in message
+    events = EventReader(Path(config.output_dir) / EVENTS_FILE).read_new()
+    assert [(e.kind, e.connected, e.needed) for e in events[:1]] == [(EventKind.NODES, 2, 3)]
+    assert events[-1].kind is EventKind.FAILED and events[-1].reason == message
+    assert grid.delivered == []  # no round started

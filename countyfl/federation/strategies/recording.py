@@ -16,6 +16,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from countyfl import protocol
+from countyfl.federation.progress import RunProgress, institution_of
 from countyfl.runs import FederationHistory
 
 RoundCallback = Callable[[int], None]
@@ -70,6 +71,8 @@ class RecordingStrategy(Strategy):
         self.min_contributors = min_contributors
         self.history = history if history is not None else FederationHistory()
         self.on_round_end = on_round_end
+        # Reports rounds and each reply's fate as they happen (set by the ServerApp).
+        self.progress: RunProgress | None = None
         # (server round, phase) -> node ids a task was sent to
         self._sent: dict[tuple[int, str], set[int]] = {}
 
@@ -84,7 +87,38 @@ class RecordingStrategy(Strategy):
     ) -> list[Message]:
         sent = list(messages)
         self._sent[(server_round, phase)] = {m.metadata.dst_node_id for m in sent}
+        if self.progress is not None:
+            self.progress.round_start(server_round, phase, len(sent))
         return sent
+
+    def _report(self, server_round: int, phase: str, replies: list[Message]) -> None:
+        """Report whether each reply was used, once the round's phase has aggregated.
+
+        A training reply recorded but then dropped (the encrypted strategy's checks)
+        is no longer in the round's record; its failure line says why.
+        """
+        if self.progress is None:
+            return
+        record = self.history.round(server_round)
+        kept = getattr(record, phase)
+        answered = set()
+        for message in replies:
+            node = message.metadata.src_node_id
+            answered.add(node)
+            institution = institution_of(message)
+            parsed = None if message.has_error() else _reply_metrics(message)
+            if parsed is not None and parsed[0] in kept:
+                self.progress.result(server_round, phase, node, institution, True)
+                continue
+            prefix = f"{phase}: node {node}: "
+            reasons = [f[len(prefix) :] for f in record.failures if f.startswith(prefix)]
+            self.progress.result(
+                server_round, phase, node, institution, False, reasons[-1] if reasons else ""
+            )
+        for node in sorted(self._sent.get((server_round, phase), set()) - answered):
+            self.progress.result(
+                server_round, phase, node, None, False, "no reply (node lost or timed out)"
+            )
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -141,21 +175,29 @@ class RecordingStrategy(Strategy):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        accepted = self._record(server_round, list(replies), "train")
+        received = list(replies)
+        accepted = self._record(server_round, received, "train")
         # An aggregate of too few institutions is not made at all (the encrypted strategy
         # checks again after its own rejections).
         good = sum(not m.has_error() for m in accepted)
         refusal = too_few_contributors(good, self.min_contributors)
         if good and refusal:
             record_discard(self.history, server_round, refusal)
+            self._report(server_round, "train", received)
             return None, None
-        return self.strategy.aggregate_train(server_round, accepted)
+        result = self.strategy.aggregate_train(server_round, accepted)
+        self._report(server_round, "train", received)
+        return result
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
-        accepted = self._record(server_round, list(replies), "evaluate")
+        received = list(replies)
+        accepted = self._record(server_round, received, "evaluate")
         result = self.strategy.aggregate_evaluate(server_round, accepted)
+        self._report(server_round, "evaluate", received)
+        if self.progress is not None:
+            self.progress.round_end(server_round, self.history.round(server_round))
         if self.on_round_end is not None:
             self.on_round_end(server_round)
         return result
