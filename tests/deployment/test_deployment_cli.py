@@ -60,6 +60,16 @@ def test_task_manifest_writes_the_file_and_prints_its_hash(tmp_path: Path) -> No
     assert "leaves the site" in result.stdout
 
 
+def test_a_ckks_manifest_needs_no_public_context_path(tmp_path: Path) -> None:
+    # The context's path is the county's business, not part of what a site approves.
+    bare = read_task_file(_task_file(tmp_path, 'encryption="ckks"'))
+    placed = read_task_file(
+        _task_file(tmp_path, 'encryption="ckks" he-public-context="/srv/keys/public.ckks"')
+    )
+    assert bare == placed and manifest_hash(bare) == manifest_hash(placed)
+    assert bare.encryption.value == "ckks"
+
+
 @pytest.mark.parametrize(
     ("value", "named"),
     [
