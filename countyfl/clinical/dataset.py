@@ -71,6 +71,13 @@ def split_indices(
     return np.asarray(train, dtype=np.int64), np.asarray(test, dtype=np.int64)
 
 
+def split_random_state(task: TaskDefinition, partition_seed: int, index: int) -> int:
+    """The train/test split's random state of a simulation's ``index``-th institution."""
+    if task.split.random_state == "partition-seed-plus-index":
+        return partition_seed + index
+    return int(task.split.random_state)
+
+
 def institution_data(
     task: TaskDefinition,
     records: Sequence[dict[str, float | str | None]],
@@ -172,11 +179,6 @@ def federated_dataset(
                 f"{source}: institution {display!r} has {len(members)} valid rows; each needs "
                 f"at least {task.split.min_rows} (split.min_rows) for a train/test split"
             )
-        random_state = (
-            partition_seed + index
-            if task.split.random_state == "partition-seed-plus-index"
-            else int(task.split.random_state)
-        )
         institutions.append(
             institution_data(
                 task,
@@ -185,7 +187,7 @@ def federated_dataset(
                 institution_id=institution_id,
                 name=display,
                 level=level,
-                random_state=random_state,
+                random_state=split_random_state(task, partition_seed, index),
             )
         )
     quarantined.sort(key=lambda q: q.row_number)

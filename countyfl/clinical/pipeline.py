@@ -100,26 +100,7 @@ class ExportFile(ExportSource, DataMapping):
 
 def read_export_file(path: Path) -> tuple[ExportSource, DataMapping, str | None]:
     """An export file's source and mapping; MappingError names the file and key."""
-    import tomllib
-
-    from pydantic import ValidationError
-
-    from countyfl.clinical.mapping import MappingError
-    from countyfl.clinical.task import location
-
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
-        raise MappingError(f"{path}: cannot be read as TOML ({error})") from None
-    try:
-        parsed = ExportFile.model_validate(raw)
-    except ValidationError as error:
-        problems = "\n".join(
-            f"{path}: {location(tuple(issue['loc']))}: "
-            f"{str(issue['msg']).removeprefix('Value error, ')}"
-            for issue in error.errors()
-        )
-        raise MappingError(f"{problems}\nFix {path.name} (see docs/site-data.md).") from None
+    parsed = _read_toml(path, ExportFile, what="see docs/site-data.md")
     source, mapping = _source_and_mapping(parsed, path.parent)
     return source, mapping, parsed.split_column
 
@@ -208,7 +189,7 @@ def sites_dataset(task: TaskDefinition, path: Path, partition_seed: int) -> Fede
     Every site's ``[data] task`` must be this very task (the same definition), so that a
     simulation trains on what the deployed sites would.
     """
-    from countyfl.clinical.dataset import institution_data
+    from countyfl.clinical.dataset import institution_data, split_random_state
     from countyfl.clinical.mapping import MappingError
     from countyfl.clinical.task import load_task
     from countyfl.data.federated import CareLevel
@@ -262,11 +243,6 @@ def sites_dataset(task: TaskDefinition, path: Path, partition_seed: int) -> Fede
                 f"{site_path}: institution {site.name!r} has {len(rows.values)} valid rows; "
                 f"each needs at least {task.split.min_rows} (split.min_rows)"
             )
-        random_state = (
-            partition_seed + index
-            if task.split.random_state == "partition-seed-plus-index"
-            else int(task.split.random_state)
-        )
         institutions.append(
             replace(
                 institution_data(
@@ -276,7 +252,7 @@ def sites_dataset(task: TaskDefinition, path: Path, partition_seed: int) -> Fede
                     institution_id=site.institution_id,
                     name=site.name,
                     level=CareLevel(site.level),
-                    random_state=random_state,
+                    random_state=split_random_state(task, partition_seed, index),
                 ),
                 township=site.township,
             )

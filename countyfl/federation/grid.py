@@ -24,19 +24,11 @@ LONGEST_WAIT = 1.0
 """The longest pause between two pulls: a pull is one small request to the SuperLink."""
 
 
-class PromptGrid(Grid):
-    """``grid`` with a ``send_and_receive`` that pulls replies promptly (see module)."""
+class WrappedGrid(Grid):
+    """A Grid that hands every call to ``grid``; subclasses change what they need."""
 
-    def __init__(
-        self,
-        grid: Grid,
-        *,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
-    ) -> None:
+    def __init__(self, grid: Grid) -> None:
         self.grid = grid
-        self._clock = clock
-        self._sleep = sleep
 
     def set_run(self, run: Run) -> None:
         self.grid.set_run(run)
@@ -63,6 +55,26 @@ class PromptGrid(Grid):
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
         return self.grid.pull_messages(message_ids)
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        return self.grid.send_and_receive(messages, timeout=timeout)
+
+
+class PromptGrid(WrappedGrid):
+    """``grid`` with a ``send_and_receive`` that pulls replies promptly (see module)."""
+
+    def __init__(
+        self,
+        grid: Grid,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        super().__init__(grid)
+        self._clock = clock
+        self._sleep = sleep
 
     def send_and_receive(
         self,

@@ -14,13 +14,12 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 
-from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.app import ConfigRecord, Message
 from flwr.serverapp import Grid
-from flwr.supercore.run import Run
 
 from countyfl import protocol
 from countyfl.errors import CountyflError
-from countyfl.federation.grid import PromptGrid
+from countyfl.federation.grid import PromptGrid, WrappedGrid
 from countyfl.runs import EventKind, EventLog, RoundRecord, RunEvent
 
 logger = logging.getLogger(__name__)
@@ -167,7 +166,7 @@ class RunProgress:
         self.emit(EventKind.FINISHED, rounds=self.rounds)
 
 
-class ReportingGrid(Grid):
+class ReportingGrid(WrappedGrid):
     """``grid`` whose node count and arriving replies are reported to ``progress``.
 
     Replies are reported as they arrive when ``grid`` is a :class:`PromptGrid` (which
@@ -175,36 +174,13 @@ class ReportingGrid(Grid):
     """
 
     def __init__(self, grid: Grid, progress: RunProgress) -> None:
-        self.grid = grid
+        super().__init__(grid)
         self.progress = progress
-
-    def set_run(self, run: Run) -> None:
-        self.grid.set_run(run)
-
-    @property
-    def run(self) -> Run:
-        return self.grid.run
-
-    def create_message(
-        self,
-        content: RecordDict,
-        message_type: str,
-        dst_node_id: int,
-        group_id: str,
-        ttl: float | None = None,
-    ) -> Message:
-        return self.grid.create_message(content, message_type, dst_node_id, group_id, ttl)
 
     def get_node_ids(self) -> Iterable[int]:
         nodes = list(self.grid.get_node_ids())
         self.progress.nodes(len(nodes))
         return nodes
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        return self.grid.push_messages(messages)
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return self.grid.pull_messages(message_ids)
 
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
