@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import RedirectResponse, Response
 from pydantic import ValidationError
 
@@ -182,37 +181,26 @@ def console_router(state: ServingState) -> ConsoleRouter:
 
     @router.post("/logout")
     async def logout(request: Request) -> Response:
-        found = await run_in_threadpool(console.session_of, request)
-        if isinstance(found, RedirectResponse):
-            return found
-        try:
-            await console.posted_form(request, found, found.csrf)
-        except PageError as error:
-            return console.error_page(found, error.status, error.message)
-        console.sessions.end(request.cookies.get(SESSION_COOKIE))
-        principal = found.principal
-        await run_in_threadpool(
-            lambda: console.audit.append(
+        def work(session: ConsoleSession, form: dict[str, str]) -> Response:
+            console.sessions.end(request.cookies.get(SESSION_COOKIE))
+            principal = session.principal
+            console.audit.append(
                 actor=principal.username,
                 role=principal.role.value,
                 action="console.sign-out",
                 target="page:logout",
                 outcome="ok",
             )
-        )
-        return console.to_login("signed-out")
+            return console.to_login("signed-out")
+
+        return await console.signed_in_form(request, work)
 
     # -- home --------------------------------------------------------------------------
 
     @router.get("")
     @router.get("/")
     def home(request: Request) -> Response:
-        found = console.session_of(request)
-        if isinstance(found, RedirectResponse):
-            return found
-        session = found
-
-        def page() -> Response:
+        def page(session: ConsoleSession) -> Response:
             console.viewed(session, "home", None)
             role = session.principal.role
             return console.render(
@@ -227,18 +215,13 @@ def console_router(state: ServingState) -> ConsoleRouter:
                 may_promote=is_allowed(role, Action.MODEL_PROMOTE),
             )
 
-        return console.guarded(session, page)
+        return console.signed_in(request, page)
 
     # -- clinician ---------------------------------------------------------------------
 
     @router.get("/clinic")
     def clinic(request: Request) -> Response:
-        found = console.session_of(request)
-        if isinstance(found, RedirectResponse):
-            return found
-        session = found
-
-        def page() -> Response:
+        def page(session: ConsoleSession) -> Response:
             console.viewed(session, "clinic", Action.MODEL_PREDICT)
             models = []
             for name in console.served:
@@ -248,51 +231,32 @@ def console_router(state: ServingState) -> ConsoleRouter:
                 models.append({"name": name, "version": pointer.version})
             return console.render("clinic.html", session=session, page="clinic", models=models)
 
-        return console.guarded(session, page)
+        return console.signed_in(request, page)
 
     @router.get("/clinic/{model}")
     def patient_page(request: Request, model: str) -> Response:
-        found = console.session_of(request)
-        if isinstance(found, RedirectResponse):
-            return found
-        session = found
-
-        def page() -> Response:
+        def page(session: ConsoleSession) -> Response:
             name = _served_name(console, model)
             console.viewed(session, "clinic", Action.MODEL_PREDICT)
             return _patient_form(console, session, name, {}, {})
 
-        return console.guarded(session, page)
+        return console.signed_in(request, page)
 
     @router.post("/clinic/{model}")
     async def patient_post(request: Request, model: str) -> Response:
-        found = await run_in_threadpool(console.session_of, request)
-        if isinstance(found, RedirectResponse):
-            return found
-        session = found
-        try:
-            form = await console.posted_form(request, session, session.csrf)
-        except PageError as error:
-            return console.error_page(session, error.status, error.message)
-
-        def work() -> Response:
+        def work(session: ConsoleSession, form: dict[str, str]) -> Response:
             name = _served_name(console, model)
             if form.get("do") == "refer":
                 return _refer(console, session, name, form)
             return _predict(console, session, name, form)
 
-        return await run_in_threadpool(console.guarded, session, work)
+        return await console.signed_in_form(request, work)
 
     # -- registry ----------------------------------------------------------------------
 
     @router.get("/models")
     def models_page(request: Request) -> Response:
-        found = console.session_of(request)
-        if isinstance(found, RedirectResponse):
-            return found
-        session = found
-
-        def page() -> Response:
+        def page(session: ConsoleSession) -> Response:
             console.viewed(session, "models", Action.MODEL_LIST)
             principal = session.principal
             versions = list_versions(state.engine, principal=principal, audit=console.audit)
@@ -305,34 +269,20 @@ def console_router(state: ServingState) -> ConsoleRouter:
                 thresholds=thresholds,
             )
 
-        return console.guarded(session, page)
+        return console.signed_in(request, page)
 
     @router.get("/models/{name}/{version}")
     def version_page(request: Request, name: str, version: str) -> Response:
-        found = console.session_of(request)
-        if isinstance(found, RedirectResponse):
-            return found
-        session = found
-
-        def page() -> Response:
+        def page(session: ConsoleSession) -> Response:
             number = _version_number(name, version)
             console.viewed(session, "models", Action.MODEL_LIST)
             return _version_view(console, session, name, number)
 
-        return console.guarded(session, page)
+        return console.signed_in(request, page)
 
     @router.post("/models/{name}/{version}/promote")
     async def promote_post(request: Request, name: str, version: str) -> Response:
-        found = await run_in_threadpool(console.session_of, request)
-        if isinstance(found, RedirectResponse):
-            return found
-        session = found
-        try:
-            form = await console.posted_form(request, session, session.csrf)
-        except PageError as error:
-            return console.error_page(session, error.status, error.message)
-
-        def work() -> Response:
+        def work(session: ConsoleSession, form: dict[str, str]) -> Response:
             number = _version_number(name, version)
             principal = session.principal
             authorize(
@@ -363,20 +313,11 @@ def console_router(state: ServingState) -> ConsoleRouter:
                 console, session, name, number, notice=f"{name} v{number} is now in production."
             )
 
-        return await run_in_threadpool(console.guarded, session, work)
+        return await console.signed_in_form(request, work)
 
     @router.post("/models/{name}/thresholds")
     async def threshold_post(request: Request, name: str) -> Response:
-        found = await run_in_threadpool(console.session_of, request)
-        if isinstance(found, RedirectResponse):
-            return found
-        session = found
-        try:
-            form = await console.posted_form(request, session, session.csrf)
-        except PageError as error:
-            return console.error_page(session, error.status, error.message)
-
-        def work() -> Response:
+        def work(session: ConsoleSession, form: dict[str, str]) -> Response:
             check_model_name(name)
             metric = form.get("metric", "")
             if metric not in GATED_METRICS:
@@ -395,18 +336,13 @@ def console_router(state: ServingState) -> ConsoleRouter:
             )
             return console.redirect(f"{PREFIX}/models")
 
-        return await run_in_threadpool(console.guarded, session, work)
+        return await console.signed_in_form(request, work)
 
     # -- federation runs ---------------------------------------------------------------
 
     @router.get("/runs")
     def runs_page(request: Request) -> Response:
-        found = console.session_of(request)
-        if isinstance(found, RedirectResponse):
-            return found
-        session = found
-
-        def page() -> Response:
+        def page(session: ConsoleSession) -> Response:
             console.viewed(session, "runs", Action.MODEL_READ_ANY_STAGE)
             root = state.settings.console_runs_dir
             runs = [summarize(folder) for folder in run_folders(root)]
@@ -419,16 +355,11 @@ def console_router(state: ServingState) -> ConsoleRouter:
                 refresh_seconds=REFRESH_SECONDS,
             )
 
-        return console.guarded(session, page)
+        return console.signed_in(request, page)
 
     @router.get("/institutions")
     def institutions_page(request: Request) -> Response:
-        found = console.session_of(request)
-        if isinstance(found, RedirectResponse):
-            return found
-        session = found
-
-        def page() -> Response:
+        def page(session: ConsoleSession) -> Response:
             console.viewed(session, "institutions", Action.MODEL_READ_ANY_STAGE)
             runs = [summarize(folder) for folder in run_folders(state.settings.console_runs_dir)]
             directory = [
@@ -450,16 +381,11 @@ def console_router(state: ServingState) -> ConsoleRouter:
                 },
             )
 
-        return console.guarded(session, page)
+        return console.signed_in(request, page)
 
     @router.get("/runs/{name}")
     def run_page(request: Request, name: str) -> Response:
-        found = console.session_of(request)
-        if isinstance(found, RedirectResponse):
-            return found
-        session = found
-
-        def page() -> Response:
+        def page(session: ConsoleSession) -> Response:
             console.viewed(session, "runs", Action.MODEL_READ_ANY_STAGE)
             folder = find_run(state.settings.console_runs_dir, name)
             if folder is None:
@@ -475,7 +401,7 @@ def console_router(state: ServingState) -> ConsoleRouter:
                 refresh_seconds=REFRESH_SECONDS,
             )
 
-        return console.guarded(session, page)
+        return console.signed_in(request, page)
 
     # -- audit -------------------------------------------------------------------------
 
@@ -483,25 +409,15 @@ def console_router(state: ServingState) -> ConsoleRouter:
     def audit_page(
         request: Request, q: str = "", actor: str = "", action: str = "", outcome: str = ""
     ) -> Response:
-        found = console.session_of(request)
-        if isinstance(found, RedirectResponse):
-            return found
-        session = found
-
-        def page() -> Response:
+        def page(session: ConsoleSession) -> Response:
             console.viewed(session, "audit", Action.AUDIT_VERIFY)
             return _audit_view(console, session, q=q, actor=actor, action=action, outcome=outcome)
 
-        return console.guarded(session, page)
+        return console.signed_in(request, page)
 
     @router.get("/audit/export")
     def audit_export(request: Request) -> Response:
-        found = console.session_of(request)
-        if isinstance(found, RedirectResponse):
-            return found
-        session = found
-
-        def work() -> Response:
+        def work(session: ConsoleSession) -> Response:
             principal = session.principal
             authorize(principal, Action.AUDIT_EXPORT, audit=console.audit, target="audit-log")
             out = StringIO()
@@ -524,7 +440,7 @@ def console_router(state: ServingState) -> ConsoleRouter:
                 },
             )
 
-        return console.guarded(session, work)
+        return console.signed_in(request, work)
 
     @router.get("/{rest:path}")
     def unknown_page(request: Request, rest: str) -> Response:
