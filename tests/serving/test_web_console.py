@@ -25,13 +25,24 @@ from serving_support import (
     heldout,
     make_deployment,
 )
-from web_support import PAGES, ROLE_PAGES, csrf_of, form_values, sign_in, write_run
+from web_support import (
+    PAGES,
+    REFUSAL,
+    ROLE_PAGES,
+    TASK_HASH,
+    csrf_of,
+    form_values,
+    sign_in,
+    write_run,
+)
 
+from countyfl import scenarios
 from countyfl.registry import Role, disable_user
 from countyfl.registry.evaluation import to_csv
 from countyfl.serving import create_app
 from countyfl.serving.web.runs import InstitutionRounds, epsilon_chart
 from countyfl.serving.web.sessions import SESSION_COOKIE
+from tests.clinical.support import write_user_task
 
 HEART_FORM = "/console/clinic/" + HEART
 
@@ -491,6 +502,56 @@ def test_institutions_page_over_runs(deployment: Deployment, tmp_path: Path) -> 
     assert ">county<" in hospital and "run-1, round 3" in hospital and "sparkline" in hospital
     assert "never" in rows["Village Clinic 1 "]  # in the directory, in no run
     assert "run-1, round 3" in rows["village-clinic-3"]  # in a run, not in the directory
+
+
+def _task_sections(page: str) -> dict[str, str]:
+    """Institution name -> its block of the approved-tasks-and-refusals section."""
+    section = page.split('id="approvals"', 1)[1]
+    return dict(re.findall(r"<h3>([^<]+)</h3>(.*?)</div>", section, re.S))
+
+
+def test_institutions_page_shows_township_tasks_and_refusals(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    runs = tmp_path / "runs"
+    write_run(runs / "run-1")
+    (tmp_path / "county").mkdir()
+    county_task, _ = write_user_task(tmp_path / "county", rows=60)
+    write_run(runs / "run-2", scenario=scenarios.portable_key(str(county_task)), task_hash="e" * 64)
+    write_run(runs / "run-live", finished=False)  # no run.json yet: no manifest to show
+    settings = deployment.settings(console_runs_dir=runs)
+    with TestClient(create_app(settings)) as client:
+        sign_in(client, REGULATOR.username)
+        page = client.get("/console/institutions").text
+        run_page = client.get("/console/runs/run-2").text
+        run_one = client.get("/console/runs/run-1").text
+    rows = dict(re.findall(r"<tr><td>([^<]+).*?</td>(.*?)</tr>", page, re.S))
+    # The township from the county's directory; none for the county hospital.
+    assert re.match(r"\s*<td>village</td><td>Township 1</td>", rows["Village Clinic 1 "])
+    assert re.match(r"\s*<td>county</td><td>–</td>", rows["County Hospital "])
+    blocks = _task_sections(page)
+    hospital = blocks["County Hospital"]
+    assert f'<code title="sha256 {TASK_HASH}">{TASK_HASH[:12]}</code>' in hospital
+    assert (
+        "diagnosis-logreg on synthetic-county, fedavg, 3 rounds, DP epsilon 1.5 per run "
+        "(delta 0.001), encryption none" in hospital
+    )
+    # The county's own task by its name, never its packed text.
+    assert "eeeeeeeeeeee</code> diagnosis-logreg on county-chd-risk," in hospital
+    assert "task:" not in page and "task:" not in run_page
+    assert "run-live" not in hospital and hospital.count("<li>") == 2
+    # village-1 refused (it never replied: no task), in its own words, with run and round.
+    village = blocks["Village Clinic 1"]
+    assert "No finished run shows a task it approved" in village
+    assert f"run-1, round 3: {REFUSAL}" in village and "reply rejected" not in village
+    assert "run-2, round 3" in village
+    assert "reply rejected (wrong key fingerprint)" in blocks["village-clinic-3"]
+    assert "has not approved" not in blocks["village-clinic-3"]
+    assert "Village Clinic 2" not in blocks  # no task, no refusal: not listed
+    assert "not reported" not in page
+    # The run's own page names its task and manifest too.
+    assert f'<code title="sha256 {TASK_HASH}">' in run_one
+    assert "county-chd-risk" in run_page
 
 
 def test_runs_page_without_a_folder_says_so(client: TestClient) -> None:

@@ -362,10 +362,7 @@ def console_router(state: ServingState) -> ConsoleRouter:
         def page(session: ConsoleSession) -> Response:
             console.viewed(session, "institutions", Action.MODEL_READ_ANY_STAGE)
             runs = [summarize(folder) for folder in run_folders(state.settings.console_runs_dir)]
-            directory = [
-                (item.id, item.name, str(item.level)) for item in state.directory.institutions
-            ]
-            rows = institution_overview(directory, runs)
+            rows = institution_overview(state.directory.institutions, runs)
             return console.render(
                 "institutions.html",
                 session=session,
