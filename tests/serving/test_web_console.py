@@ -37,6 +37,7 @@ from web_support import (
 )
 
 from countyfl import scenarios
+from countyfl.audit import generate_signing_key, load_private_key
 from countyfl.registry import Role, disable_user
 from countyfl.registry.evaluation import to_csv
 from countyfl.serving import create_app
@@ -86,7 +87,9 @@ def test_only_auditors_and_regulators_search_entries(
         sign_in(client, principal.username)
         page = client.get("/console/audit", params={"actor": "chen"})
         assert page.status_code == 200
-        assert "Intact" in page.text
+        # No signing key on this service: the chain holds, but nothing vouches for it.
+        assert 'id="verdict">Not signed<' in page.text
+        assert "not checked: the service has no public key" in page.text
         assert ('id="entries"' in page.text) is may
         export = client.get("/console/audit/export")
         assert export.status_code == (200 if may else 403)
@@ -105,6 +108,64 @@ def test_audit_search_filters_entries(client: TestClient, shared: Deployment) ->
     assert rows and all("console.view" in row and "aude" in row for row in rows)
     too_long = client.get("/console/audit", params={"q": "x" * 101})
     assert too_long.status_code == 200 and "at most 100 characters" in too_long.text
+
+
+def _verification(client: TestClient) -> dict[str, str]:
+    page = client.get("/console/audit").text
+    found = {
+        key: re.search(rf'id="{key}"[^>]*>(.*?)</(?:p|dd|ul)>', page, re.S)
+        for key in ("verdict", "chain-status", "checkpoint-status", "checkpoints")
+    }
+    return {key: match.group(1) if match else "" for key, match in found.items()}
+
+
+def test_audit_page_verifies_the_chain_and_the_signed_checkpoints(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    key, _, _ = generate_signing_key(tmp_path / "keys" / "audit.key")
+    # Signed only when the test says so (never by the housekeeping thread meanwhile).
+    settings = deployment.settings(
+        audit_signing_key_file=key, audit_checkpoint_entries=10**7, audit_checkpoint_seconds=86400
+    )
+    with TestClient(create_app(settings)) as client:
+        sign_in(client, AUDITOR.username)
+        shown = _verification(client)
+        assert shown["verdict"] == "Not signed"  # a key, but no checkpoint yet
+        assert shown["checkpoint-status"] == "none signed: nothing vouches for the chain"
+        assert shown["chain-status"].startswith("intact")
+
+        deployment.audit.checkpoint(load_private_key(key))
+        shown = _verification(client)
+        assert shown["verdict"] == "Intact", shown
+        assert shown["checkpoint-status"] == "1 of 1 verified"
+        assert "signature verified" in shown["checkpoints"]
+
+        # Someone with write access edits the checkpoint's signature...
+        with deployment.engine.begin() as connection:
+            connection.exec_driver_sql("DROP TRIGGER audit_checkpoints_no_update")
+            connection.exec_driver_sql(
+                "UPDATE audit_checkpoints SET signature = replace(signature, "
+                "substr(signature, 1, 1), CASE substr(signature, 1, 1) WHEN 'a' THEN 'b' "
+                "ELSE 'a' END)"
+            )
+        shown = _verification(client)
+        assert shown["verdict"] == "TAMPERED WITH"
+        assert shown["chain-status"].startswith("intact")
+        assert (
+            "0 of 1 verified; 1 with a signature that does not verify"
+            in (shown["checkpoint-status"])
+        )
+        assert "signature does NOT verify" in shown["checkpoints"]
+
+        # ... and an entry.
+        with deployment.engine.begin() as connection:
+            connection.exec_driver_sql("DROP TRIGGER audit_entries_no_update")
+            connection.exec_driver_sql(
+                "UPDATE audit_entries SET target = 'user:someone-else' WHERE seq = 3"
+            )
+        shown = _verification(client)
+        assert shown["verdict"] == "TAMPERED WITH"
+        assert shown["chain-status"].startswith("broken at entry 3")
 
 
 # -- sign-in, cookies, CSRF -----------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import tempfile
+from dataclasses import dataclass
 from importlib import resources
 from io import StringIO
 from pathlib import Path
@@ -20,7 +21,13 @@ from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
 from pydantic import ValidationError
 
-from countyfl.audit import AuditEntry, load_public_key
+from countyfl.audit import (
+    AuditEntry,
+    Checkpoint,
+    ProblemKind,
+    VerificationResult,
+    load_public_key,
+)
 from countyfl.audit.signing_keys import default_signing_key_path, public_key_path
 from countyfl.registry import (
     Action,
@@ -677,6 +684,60 @@ def _verification(console: Console) -> Any:
     return console.state.audit.log.verify(public_keys=keys or None)
 
 
+CHAIN_PROBLEMS = frozenset(
+    {ProblemKind.CHANGED, ProblemKind.REMOVED, ProblemKind.INSERTED, ProblemKind.EMPTY}
+)
+"""Problems of the hash chain itself; the others concern the signed checkpoints."""
+
+
+@dataclass(frozen=True)
+class AuditStatus:
+    """What the audit page says of a verification: one verdict, the chain, the checkpoints.
+
+    ``verdict`` is ``intact`` (chain and signed checkpoints verified), ``unsigned`` (the
+    chain holds together but no signature vouches for it: no public key on the service, or
+    no checkpoint signed, or all of them removed; a chain recomputed after an edit would
+    pass) or ``tampered``.
+    """
+
+    verdict: str
+    chain: str
+    checkpoints: str
+    verified: frozenset[Checkpoint]
+    signatures_checked: bool
+
+
+def _audit_status(result: VerificationResult, stored: int) -> AuditStatus:
+    kinds = {problem.kind for problem in result.problems}
+    chain_problems = [p for p in result.problems if p.kind in CHAIN_PROBLEMS]
+    if chain_problems:
+        first = min(chain_problems, key=lambda problem: problem.seq)
+        chain = f"broken at entry {first.seq} (the problems are listed below)"
+    else:
+        chain = f"intact ({result.entries_checked} entries walked, every link checked)"
+    if not result.signatures_checked:
+        checkpoints = (
+            f"not checked: the service has no public key of its checkpoint signing key, so "
+            f"none of the {stored} stored checkpoint(s) can be verified"
+        )
+    elif stored == 0:
+        checkpoints = "none signed: nothing vouches for the chain"
+    else:
+        bad = stored - len(set(result.trusted))
+        checkpoints = f"{result.checkpoints_verified} of {stored} verified" + (
+            f"; {bad} with a signature that does not verify" if bad > 0 else ""
+        )
+    if kinds - {ProblemKind.UNANCHORED}:
+        verdict = "tampered"
+    elif kinds or not result.signatures_checked:
+        verdict = "unsigned"
+    else:
+        verdict = "intact"
+    return AuditStatus(
+        verdict, chain, checkpoints, frozenset(result.trusted), result.signatures_checked
+    )
+
+
 def _audit_view(
     console: Console, session: ConsoleSession, *, q: str, actor: str, action: str, outcome: str
 ) -> Response:
@@ -721,6 +782,8 @@ def _audit_view(
         session=session,
         page="audit",
         result=result,
+        check=_audit_status(result, len(checkpoints)),
+        checkpoint_every=console.state.settings.audit_checkpoint_entries,
         checkpoints=checkpoints[-5:],
         checkpoint_count=len(checkpoints),
         may_search=may_search,
