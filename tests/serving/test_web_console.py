@@ -615,6 +615,35 @@ def test_institutions_page_shows_township_tasks_and_refusals(
     assert "county-chd-risk" in run_page
 
 
+def test_run_links_to_its_reports_and_model_versions(shared: Deployment, tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    folder = write_run(runs / "run-0")  # the run the shared heart model v1 came from
+    (folder / "report.md").write_text("# Simulation report\n", encoding="utf-8")
+    (folder / "metrics.json").write_text('{"auc": 0.8}', encoding="utf-8")
+    (folder / "notes.txt").write_text("not a report", encoding="utf-8")
+    with TestClient(create_app(shared.settings(console_runs_dir=runs))) as client:
+        sign_in(client, REGULATOR.username)
+        page = client.get("/console/runs/run-0").text
+        reports = re.search(r'id="reports">(.*?)</ul>', page, re.S)
+        assert reports is not None
+        links = re.findall(r'href="([^"]+)"', reports.group(1))
+        assert f"/console/models/{HEART}/1" in links
+        assert {"/console/runs/run-0/report.md", "/console/runs/run-0/metrics.json"} <= set(links)
+        assert not any("notes.txt" in link for link in links)
+        report = client.get("/console/runs/run-0/report.md")
+        assert report.status_code == 200 and report.text == "# Simulation report\n"
+        assert report.headers["content-type"].startswith("text/plain")
+        assert report.headers["x-content-type-options"] == "nosniff"
+        for other in ("notes.txt", "run.json", "..%2Frun-0%2Frun.json"):
+            assert client.get(f"/console/runs/run-0/{other}").status_code == 404, other
+        # The version's lineage links back to its run, for whoever may read runs.
+        version = client.get(f"/console/models/{HEART}/1").text
+        assert 'id="run"><a href="/console/runs/run-0">run-0</a>' in version
+        sign_in(client, CLINICIAN.username)
+        assert 'href="/console/runs/' not in client.get(f"/console/models/{HEART}/1").text
+        assert client.get("/console/runs/run-0/report.md").status_code == 403
+
+
 def test_runs_page_without_a_folder_says_so(client: TestClient) -> None:
     sign_in(client, REGULATOR.username)
     assert "No run folder is configured" in client.get("/console/runs").text

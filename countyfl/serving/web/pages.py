@@ -61,6 +61,7 @@ from countyfl.serving.schemas import Purpose, prediction_body, referral_body
 from countyfl.serving.state import ServingState
 from countyfl.serving.web.console import (
     PREFIX,
+    SECURITY_HEADERS,
     SIGNED_OUT_REASONS,
     VIA,
     Console,
@@ -68,10 +69,13 @@ from countyfl.serving.web.console import (
 )
 from countyfl.serving.web.forms import patient_fields, patient_type, read_patient
 from countyfl.serving.web.runs import (
+    REPORT_FILES,
     chart_legend,
     epsilon_chart,
     find_run,
+    find_run_by_id,
     institution_overview,
+    report_files,
     run_folders,
     sparkline,
     summarize,
@@ -395,17 +399,40 @@ def console_router(state: ServingState) -> ConsoleRouter:
             if folder is None:
                 raise PageError(404, "There is no such run; choose one from the list of runs.")
             run = summarize(folder)
+            versions = [
+                version
+                for version in list_versions(
+                    state.engine, principal=session.principal, audit=console.audit
+                )
+                if version.run_id == run.run_id
+            ]
             return console.render(
                 "run.html",
                 session=session,
                 page="runs",
                 run=run,
+                versions=versions,
                 chart=epsilon_chart(run.institutions, run.budget),
                 legend=chart_legend(run.institutions),
                 refresh_seconds=REFRESH_SECONDS,
             )
 
         return console.signed_in(request, page)
+
+    @router.get("/runs/{name}/{file}")
+    def run_report(request: Request, name: str, file: str) -> Response:
+        def work(session: ConsoleSession) -> Response:
+            console.viewed(session, "runs", Action.MODEL_READ_ANY_STAGE)
+            folder = find_run(state.settings.console_runs_dir, name)
+            if folder is None or file not in report_files(folder):
+                raise PageError(404, "This run has no such report; open the run's page.")
+            return Response(
+                (folder / file).read_bytes(),
+                media_type=REPORT_FILES[file],
+                headers={**SECURITY_HEADERS, "Content-Disposition": "inline"},
+            )
+
+        return console.signed_in(request, work)
 
     # -- audit -------------------------------------------------------------------------
 
@@ -640,8 +667,13 @@ def _version_view(
     thresholds = list_thresholds(
         state.engine, model_name=name, principal=principal, audit=console.audit
     )
+    run_folder = None
+    if is_allowed(principal.role, Action.MODEL_READ_ANY_STAGE):
+        found = find_run_by_id(state.settings.console_runs_dir, version.run_id)
+        run_folder = None if found is None else found.name
     return console.render(
         "version.html",
+        run_folder=run_folder,
         session=session,
         page="models",
         status=status,

@@ -82,6 +82,8 @@ class RunSummary:
     run ends: a live run has none yet). Every site that replied had approved it."""
     task: str = ""
     """The task in one line (model, scenario, strategy, rounds, privacy, encryption)."""
+    reports: list[str] = field(default_factory=list)
+    """The report files of the folder (:data:`REPORT_FILES`)."""
 
     @property
     def status(self) -> str:
@@ -109,6 +111,39 @@ def run_folders(root: Path | None) -> list[Path]:
 def find_run(root: Path | None, name: str) -> Path | None:
     """The listed run folder called ``name``, if there is one."""
     return next((path for path in run_folders(root) if path.name == name), None)
+
+
+def find_run_by_id(root: Path | None, run_id: str) -> Path | None:
+    """The listed run folder whose ``run.json`` names ``run_id`` (a model version's run),
+    or, failing that, the one called so; None when there is none."""
+    for path in run_folders(root):
+        try:
+            record = RunRecord.model_validate(read_json(path / RUN_FILE))
+        except (RunFolderError, ValueError):
+            continue
+        if record.run_id == run_id:
+            return path
+    return find_run(root, run_id)
+
+
+REPORT_FILES = {
+    "report.md": "text/plain; charset=utf-8",
+    "metrics.json": "application/json",
+}
+"""Files of a run folder the console links to and serves as they are (a simulation's
+report; see :mod:`countyfl.simulations.report`), by these names only."""
+MAX_REPORT_BYTES = 5 * 1024 * 1024
+
+
+def report_files(folder: Path) -> list[str]:
+    """The :data:`REPORT_FILES` a run folder holds (plain files within the size bound)."""
+    return [
+        name
+        for name in REPORT_FILES
+        if (folder / name).is_file()
+        and not (folder / name).is_symlink()
+        and (folder / name).stat().st_size <= MAX_REPORT_BYTES
+    ]
 
 
 def summarize(folder: Path) -> RunSummary:
@@ -155,6 +190,7 @@ def summarize(folder: Path) -> RunSummary:
         problem=problem,
         task_hash=task_hash if task_hash and TASK_HASH.fullmatch(task_hash) else None,
         task=task_description(config, scenario) if config else "",
+        reports=report_files(folder),
     )
 
 
