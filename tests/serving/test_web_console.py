@@ -21,6 +21,7 @@ from serving_support import (
     PASSWORD,
     PRINCIPALS,
     REGULATOR,
+    RESEARCHER,
     Deployment,
     heldout,
     make_deployment,
@@ -408,8 +409,17 @@ def test_regulator_promotes_from_the_page(deployment: Deployment) -> None:
     data = heldout("fed-heart-disease")
     text = to_csv(data.names, data.features, data.labels)
     with TestClient(app) as client:
-        sign_in(client, REGULATOR.username)
         url = f"/console/models/{HEART}/{candidate.version}"
+        # The researcher who registered it is not offered the form, and a post is refused.
+        sign_in(client, RESEARCHER.username)
+        page = client.get(url).text
+        assert 'id="promote"' not in page
+        refused = client.post(
+            f"{url}/promote", data={"csrf": csrf_of(page), "evaluation_csv": text}
+        )
+        assert refused.status_code == 403 and "Your role may not" in refused.text
+        assert 'id="stage">candidate<' in client.get(url).text
+        sign_in(client, REGULATOR.username)
         token = csrf_of(client.get(url).text)
         response = client.post(
             f"{url}/promote", data={"csrf": token, "evaluation_csv": text, "reason": "review"}
