@@ -204,6 +204,23 @@ def portable_key(name: str) -> str:
     return INLINE_TASK_PREFIX + packed.decode("ascii")
 
 
+@lru_cache(maxsize=64)
+def display_name(key: str) -> str:
+    """What to call a run config's ``scenario`` for people: a built-in name as it is, the
+    name of a task carried inline (never its packed text), a task file's name.
+
+    Never raises: an inline task that cannot be read is called so.
+    """
+    if key.startswith(INLINE_TASK_PREFIX):
+        try:
+            return _inline_task(key).name
+        except UnknownNameError:
+            return "a county task that cannot be read"
+    if key.endswith(TASK_FILE_SUFFIX):
+        return Path(key).name
+    return key
+
+
 def _inline_task(key: str) -> TaskDefinition:
     from countyfl.clinical.task import TaskFileError, parse_task
 

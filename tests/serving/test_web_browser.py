@@ -34,6 +34,7 @@ from serving_support import (
 )
 from web_support import ROLE_PAGES, write_run
 
+from countyfl.audit import generate_signing_key, load_private_key
 from countyfl.registry import Role
 from countyfl.registry.evaluation import to_csv
 from countyfl.serving import create_app
@@ -173,8 +174,10 @@ def served(shared: Deployment, tmp_path_factory: pytest.TempPathFactory) -> Iter
     runs = tmp_path_factory.mktemp("runs")
     write_run(runs / "run-2026-11-30")
     write_run(runs / "run-live", finished=False, rounds=1)
-    app = create_app(shared.settings(console_runs_dir=runs))
+    key, _, _ = generate_signing_key(tmp_path_factory.mktemp("keys") / "audit.key")
+    app = create_app(shared.settings(console_runs_dir=runs, audit_signing_key_file=key))
     app.state.runs_dir = runs
+    app.state.audit_key = key
     with live_server(app) as server:
         yield server
 
@@ -271,7 +274,7 @@ def test_post_without_csrf_token_is_refused(browser: Browser) -> None:
     assert posts[-1] == 403
 
 
-def test_registry_and_audit_pages(browser: Browser) -> None:
+def test_registry_and_audit_pages(browser: Browser, served: LiveServer, shared: Deployment) -> None:
     browser.sign_in("aude")
     browser.open("/console/models")
     assert browser.driver.find_elements(By.CSS_SELECTOR, "#versions tbody tr")
@@ -279,8 +282,12 @@ def test_registry_and_audit_pages(browser: Browser) -> None:
     browser.open(f"/console/models/{HEART}/1")
     assert browser.driver.find_elements(By.CSS_SELECTOR, "#institutions tbody tr")
     browser.screenshot("version-lineage")
+    key = served.server.config.app.state.audit_key
+    shared.audit.checkpoint(load_private_key(key))
     browser.open("/console/audit")
     assert browser.text("#verdict") == "Intact"
+    assert browser.text("#checkpoint-status").endswith("verified")
+    assert "signature verified" in browser.text("#checkpoints")
     browser.driver.find_element(By.ID, "action").send_keys("model.predict")
     browser.press(Keys.ENTER, "#entries")
     rows = browser.driver.find_elements(By.CSS_SELECTOR, "#entries tbody tr")
@@ -334,6 +341,7 @@ def test_run_page_draws_the_privacy_chart(browser: Browser) -> None:
     browser.screenshot("run-privacy")
     browser.open("/console/institutions")
     assert browser.driver.find_elements(By.CSS_SELECTOR, "#institutions-table svg.sparkline")
+    assert browser.driver.find_elements(By.CSS_SELECTOR, "#approvals .tasks code")
     browser.screenshot("institutions")
 
 

@@ -21,17 +21,30 @@ from serving_support import (
     PASSWORD,
     PRINCIPALS,
     REGULATOR,
+    RESEARCHER,
     Deployment,
     heldout,
     make_deployment,
 )
-from web_support import PAGES, ROLE_PAGES, csrf_of, form_values, sign_in, write_run
+from web_support import (
+    PAGES,
+    REFUSAL,
+    ROLE_PAGES,
+    TASK_HASH,
+    csrf_of,
+    form_values,
+    sign_in,
+    write_run,
+)
 
+from countyfl import scenarios
+from countyfl.audit import generate_signing_key, load_private_key
 from countyfl.registry import Role, disable_user
 from countyfl.registry.evaluation import to_csv
 from countyfl.serving import create_app
 from countyfl.serving.web.runs import InstitutionRounds, epsilon_chart
 from countyfl.serving.web.sessions import SESSION_COOKIE
+from tests.clinical.support import write_user_task
 
 HEART_FORM = "/console/clinic/" + HEART
 
@@ -75,7 +88,9 @@ def test_only_auditors_and_regulators_search_entries(
         sign_in(client, principal.username)
         page = client.get("/console/audit", params={"actor": "chen"})
         assert page.status_code == 200
-        assert "Intact" in page.text
+        # No signing key on this service: the chain holds, but nothing vouches for it.
+        assert 'id="verdict">Not signed<' in page.text
+        assert "not checked: the service has no public key" in page.text
         assert ('id="entries"' in page.text) is may
         export = client.get("/console/audit/export")
         assert export.status_code == (200 if may else 403)
@@ -94,6 +109,64 @@ def test_audit_search_filters_entries(client: TestClient, shared: Deployment) ->
     assert rows and all("console.view" in row and "aude" in row for row in rows)
     too_long = client.get("/console/audit", params={"q": "x" * 101})
     assert too_long.status_code == 200 and "at most 100 characters" in too_long.text
+
+
+def _verification(client: TestClient) -> dict[str, str]:
+    page = client.get("/console/audit").text
+    found = {
+        key: re.search(rf'id="{key}"[^>]*>(.*?)</(?:p|dd|ul)>', page, re.S)
+        for key in ("verdict", "chain-status", "checkpoint-status", "checkpoints")
+    }
+    return {key: match.group(1) if match else "" for key, match in found.items()}
+
+
+def test_audit_page_verifies_the_chain_and_the_signed_checkpoints(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    key, _, _ = generate_signing_key(tmp_path / "keys" / "audit.key")
+    # Signed only when the test says so (never by the housekeeping thread meanwhile).
+    settings = deployment.settings(
+        audit_signing_key_file=key, audit_checkpoint_entries=10**7, audit_checkpoint_seconds=86400
+    )
+    with TestClient(create_app(settings)) as client:
+        sign_in(client, AUDITOR.username)
+        shown = _verification(client)
+        assert shown["verdict"] == "Not signed"  # a key, but no checkpoint yet
+        assert shown["checkpoint-status"] == "none signed: nothing vouches for the chain"
+        assert shown["chain-status"].startswith("intact")
+
+        deployment.audit.checkpoint(load_private_key(key))
+        shown = _verification(client)
+        assert shown["verdict"] == "Intact", shown
+        assert shown["checkpoint-status"] == "1 of 1 verified"
+        assert "signature verified" in shown["checkpoints"]
+
+        # Someone with write access edits the checkpoint's signature...
+        with deployment.engine.begin() as connection:
+            connection.exec_driver_sql("DROP TRIGGER audit_checkpoints_no_update")
+            connection.exec_driver_sql(
+                "UPDATE audit_checkpoints SET signature = replace(signature, "
+                "substr(signature, 1, 1), CASE substr(signature, 1, 1) WHEN 'a' THEN 'b' "
+                "ELSE 'a' END)"
+            )
+        shown = _verification(client)
+        assert shown["verdict"] == "TAMPERED WITH"
+        assert shown["chain-status"].startswith("intact")
+        assert (
+            "0 of 1 verified; 1 with a signature that does not verify"
+            in (shown["checkpoint-status"])
+        )
+        assert "signature does NOT verify" in shown["checkpoints"]
+
+        # ... and an entry.
+        with deployment.engine.begin() as connection:
+            connection.exec_driver_sql("DROP TRIGGER audit_entries_no_update")
+            connection.exec_driver_sql(
+                "UPDATE audit_entries SET target = 'user:someone-else' WHERE seq = 3"
+            )
+        shown = _verification(client)
+        assert shown["verdict"] == "TAMPERED WITH"
+        assert shown["chain-status"].startswith("broken at entry 3")
 
 
 # -- sign-in, cookies, CSRF -----------------------------------------------------------------
@@ -336,8 +409,17 @@ def test_regulator_promotes_from_the_page(deployment: Deployment) -> None:
     data = heldout("fed-heart-disease")
     text = to_csv(data.names, data.features, data.labels)
     with TestClient(app) as client:
-        sign_in(client, REGULATOR.username)
         url = f"/console/models/{HEART}/{candidate.version}"
+        # The researcher who registered it is not offered the form, and a post is refused.
+        sign_in(client, RESEARCHER.username)
+        page = client.get(url).text
+        assert 'id="promote"' not in page
+        refused = client.post(
+            f"{url}/promote", data={"csrf": csrf_of(page), "evaluation_csv": text}
+        )
+        assert refused.status_code == 403 and "Your role may not" in refused.text
+        assert 'id="stage">candidate<' in client.get(url).text
+        sign_in(client, REGULATOR.username)
         token = csrf_of(client.get(url).text)
         response = client.post(
             f"{url}/promote", data={"csrf": token, "evaluation_csv": text, "reason": "review"}
@@ -491,6 +573,85 @@ def test_institutions_page_over_runs(deployment: Deployment, tmp_path: Path) -> 
     assert ">county<" in hospital and "run-1, round 3" in hospital and "sparkline" in hospital
     assert "never" in rows["Village Clinic 1 "]  # in the directory, in no run
     assert "run-1, round 3" in rows["village-clinic-3"]  # in a run, not in the directory
+
+
+def _task_sections(page: str) -> dict[str, str]:
+    """Institution name -> its block of the approved-tasks-and-refusals section."""
+    section = page.split('id="approvals"', 1)[1]
+    return dict(re.findall(r"<h3>([^<]+)</h3>(.*?)</div>", section, re.S))
+
+
+def test_institutions_page_shows_township_tasks_and_refusals(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    runs = tmp_path / "runs"
+    write_run(runs / "run-1")
+    (tmp_path / "county").mkdir()
+    county_task, _ = write_user_task(tmp_path / "county", rows=60)
+    write_run(runs / "run-2", scenario=scenarios.portable_key(str(county_task)), task_hash="e" * 64)
+    write_run(runs / "run-live", finished=False)  # no run.json yet: no manifest to show
+    settings = deployment.settings(console_runs_dir=runs)
+    with TestClient(create_app(settings)) as client:
+        sign_in(client, REGULATOR.username)
+        page = client.get("/console/institutions").text
+        run_page = client.get("/console/runs/run-2").text
+        run_one = client.get("/console/runs/run-1").text
+    rows = dict(re.findall(r"<tr><td>([^<]+).*?</td>(.*?)</tr>", page, re.S))
+    # The township from the county's directory; none for the county hospital.
+    assert re.match(r"\s*<td>village</td><td>Township 1</td>", rows["Village Clinic 1 "])
+    assert re.match(r"\s*<td>county</td><td>–</td>", rows["County Hospital "])
+    blocks = _task_sections(page)
+    hospital = blocks["County Hospital"]
+    assert f'<code title="sha256 {TASK_HASH}">{TASK_HASH[:12]}</code>' in hospital
+    assert (
+        "diagnosis-logreg on synthetic-county, fedavg, 3 rounds, DP epsilon 1.5 per run "
+        "(delta 0.001), encryption none" in hospital
+    )
+    # The county's own task by its name, never its packed text.
+    assert "eeeeeeeeeeee</code> diagnosis-logreg on county-chd-risk," in hospital
+    assert "task:" not in page and "task:" not in run_page
+    assert "run-live" not in hospital and hospital.count("<li>") == 2
+    # village-1 refused (it never replied: no task), in its own words, with run and round.
+    village = blocks["Village Clinic 1"]
+    assert "No finished run shows a task it approved" in village
+    assert f"run-1, round 3: {REFUSAL}" in village and "reply rejected" not in village
+    assert "run-2, round 3" in village
+    assert "reply rejected (wrong key fingerprint)" in blocks["village-clinic-3"]
+    assert "has not approved" not in blocks["village-clinic-3"]
+    assert "Village Clinic 2" not in blocks  # no task, no refusal: not listed
+    assert "not reported" not in page
+    # The run's own page names its task and manifest too.
+    assert f'<code title="sha256 {TASK_HASH}">' in run_one
+    assert "county-chd-risk" in run_page
+
+
+def test_run_links_to_its_reports_and_model_versions(shared: Deployment, tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    folder = write_run(runs / "run-0")  # the run the shared heart model v1 came from
+    (folder / "report.md").write_text("# Simulation report\n", encoding="utf-8")
+    (folder / "metrics.json").write_text('{"auc": 0.8}', encoding="utf-8")
+    (folder / "notes.txt").write_text("not a report", encoding="utf-8")
+    with TestClient(create_app(shared.settings(console_runs_dir=runs))) as client:
+        sign_in(client, REGULATOR.username)
+        page = client.get("/console/runs/run-0").text
+        reports = re.search(r'id="reports">(.*?)</ul>', page, re.S)
+        assert reports is not None
+        links = re.findall(r'href="([^"]+)"', reports.group(1))
+        assert f"/console/models/{HEART}/1" in links
+        assert {"/console/runs/run-0/report.md", "/console/runs/run-0/metrics.json"} <= set(links)
+        assert not any("notes.txt" in link for link in links)
+        report = client.get("/console/runs/run-0/report.md")
+        assert report.status_code == 200 and report.text == "# Simulation report\n"
+        assert report.headers["content-type"].startswith("text/plain")
+        assert report.headers["x-content-type-options"] == "nosniff"
+        for other in ("notes.txt", "run.json", "..%2Frun-0%2Frun.json"):
+            assert client.get(f"/console/runs/run-0/{other}").status_code == 404, other
+        # The version's lineage links back to its run, for whoever may read runs.
+        version = client.get(f"/console/models/{HEART}/1").text
+        assert 'id="run"><a href="/console/runs/run-0">run-0</a>' in version
+        sign_in(client, CLINICIAN.username)
+        assert 'href="/console/runs/' not in client.get(f"/console/models/{HEART}/1").text
+        assert client.get("/console/runs/run-0/report.md").status_code == 403
 
 
 def test_runs_page_without_a_folder_says_so(client: TestClient) -> None:

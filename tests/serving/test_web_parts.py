@@ -9,6 +9,9 @@ from fastapi.testclient import TestClient
 from serving_support import CLINICIAN, FRAMINGHAM_PATIENT, RISK, Deployment
 from web_support import csrf_of, form_values, sign_in
 
+from countyfl.data.federated import CareLevel
+from countyfl.scenarios import INLINE_TASK_PREFIX, display_name
+from countyfl.serving.referral import Institution
 from countyfl.serving.schemas import BUILT_IN_RECORDS
 from countyfl.serving.web.forms import (
     FormError,
@@ -16,6 +19,12 @@ from countyfl.serving.web.forms import (
     patient_fields,
     patient_type,
     read_patient,
+)
+from countyfl.serving.web.runs import (
+    MAX_REFUSALS_SHOWN,
+    InstitutionRounds,
+    RunSummary,
+    institution_overview,
 )
 from countyfl.serving.web.sessions import MAX_SECONDS, SessionStore, same_token
 
@@ -113,3 +122,49 @@ def test_unknown_console_page_is_a_page(client: TestClient) -> None:
     assert response.status_code == 404
     assert response.headers["content-type"].startswith("text/html")
     assert "no such page" in response.text
+
+
+# -- institutions over runs -----------------------------------------------------------------
+
+
+def _run(name: str, failures: list[str], task_hash: str | None = None) -> RunSummary:
+    return RunSummary(
+        name=name,
+        run_id=name,
+        scenario="fed-heart-disease",
+        started_at=None,
+        finished_at=None,
+        rounds_planned=1,
+        rounds=[1],
+        institutions=[InstitutionRounds("village-1", {1}, {1: 0.2})],
+        failures={1: failures},
+        budget=None,
+        task_hash=task_hash,
+        task="a task",
+    )
+
+
+def test_refusals_are_matched_by_whole_institution_id() -> None:
+    directory = [
+        Institution(id="village-1", name="V1", level=CareLevel.VILLAGE, township="T1"),
+        Institution(id="village-10", name="V10", level=CareLevel.VILLAGE),
+    ]
+    runs = [
+        _run("run-a", ["train: node 5: institution village-10 has not approved task x"], "a" * 64),
+        _run("run-b", [f"train: node 6: institution village-1 refuses: {n}" for n in range(25)]),
+    ]
+    rows = {row.institution: row for row in institution_overview(directory, runs)}
+    first, tenth = rows["village-1"], rows["village-10"]
+    assert first.township == "T1" and tenth.township == ""
+    assert list(first.tasks) == ["a" * 64] and first.tasks["a" * 64].runs == ["run-a"]
+    assert tenth.tasks == {} and len(tenth.refusals) == 1
+    # The newest are shown, the older ones counted.
+    assert len(first.refusals) == MAX_REFUSALS_SHOWN and first.refusals_left_out == 5
+    assert first.refusals[-1].endswith("refuses: 24")
+    assert all("village-10" not in line for line in first.refusals)
+
+
+def test_scenario_names_for_people() -> None:
+    assert display_name("fed-heart-disease") == "fed-heart-disease"
+    assert display_name("/county/tasks/chd.toml") == "chd.toml"
+    assert display_name(INLINE_TASK_PREFIX + "not-a-task") == "a county task that cannot be read"

@@ -36,9 +36,27 @@ ROLE_PAGES: dict[Role, set[str]] = {
 }
 
 
-def write_run(folder: Path, *, finished: bool = True, rounds: int = 3) -> Path:
+TASK_HASH = "3f9a" + "0" * 56 + "c0de"
+"""The task manifest hash :func:`write_run` records."""
+REFUSAL = (
+    "train: node 4711: institution village-1 has not approved task diagnosis-logreg on "
+    "fed-heart-disease, fedavg, 3 rounds (sha256 0123456789ab); its site.toml approves 0 "
+    "other task(s)"
+)
+"""The refusal :func:`write_run` records in round 3 (a site's words, see check_approved)."""
+
+
+def write_run(
+    folder: Path,
+    *,
+    finished: bool = True,
+    rounds: int = 3,
+    scenario: str = "synthetic-county",
+    task_hash: str = TASK_HASH,
+) -> Path:
     """A run folder as the county's ServerApp writes it: 3 rounds, 2 institutions, one
-    rejected reply in round 2, a budget of 2.0 epsilon."""
+    rejected reply in round 2, a refusal by village-1 (of the directory) in round 3, a
+    budget of 2.0 epsilon, the task's manifest hash once finished."""
     folder.mkdir(parents=True, exist_ok=True)
     history = FederationHistory()
     spent = [(0.5, 0.4), (0.9, None), (1.3, 1.1)][:rounds]
@@ -46,6 +64,8 @@ def write_run(folder: Path, *, finished: bool = True, rounds: int = 3) -> Path:
         record = history.round(number)
         record.institutions = {0: "county-hospital", 1: "village-clinic-3"}
         record.train[0] = {"epsilon": first, "delta": 1e-3, "num-examples": 100.0}
+        if number == 3:
+            record.failures.append(REFUSAL)
         if second is None:
             record.failures.append("village-clinic-3: reply rejected (wrong key fingerprint)")
         else:
@@ -54,9 +74,20 @@ def write_run(folder: Path, *, finished: bool = True, rounds: int = 3) -> Path:
     if finished:
         RunRecord(
             run_id=folder.name,
+            task_manifest_hash=task_hash,
             started_at=datetime(2026, 11, 30, 9, 0, tzinfo=UTC),
             finished_at=datetime(2026, 11, 30, 9, 30, tzinfo=UTC),
-            config={"scenario": "synthetic-county", "num-server-rounds": 3, "budget-epsilon": 2.0},
+            config={
+                "scenario": scenario,
+                "model": "diagnosis-logreg",
+                "strategy": "fedavg",
+                "num-server-rounds": 3,
+                "dp": True,
+                "target-epsilon": 1.5,
+                "delta": 0.001,
+                "encryption": "none",
+                "budget-epsilon": 2.0,
+            },
         ).write(folder)
     return folder
 

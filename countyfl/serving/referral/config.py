@@ -339,6 +339,9 @@ class Institution(_Config):
     id: Code
     name: Label
     level: CareLevel
+    township: Label | None = None
+    """The township it belongs to (a village clinic's, a township health centre's own), as
+    the county's administrative record says; none for the county's own hospitals."""
 
 
 class Doctor(_Config):

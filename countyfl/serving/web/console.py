@@ -211,6 +211,29 @@ class Console:
             return self.to_login("account-changed")
         return session
 
+    def signed_in(self, request: Request, work: Callable[[ConsoleSession], Response]) -> Response:
+        """``work(session)`` for the request's live session, its errors answered as pages;
+        without a session, the redirect to the sign-in page (every page's prelude)."""
+        found = self.session_of(request)
+        if isinstance(found, RedirectResponse):
+            return found
+        return self.guarded(found, lambda: work(found))
+
+    async def signed_in_form(
+        self, request: Request, work: Callable[[ConsoleSession, dict[str, str]], Response]
+    ) -> Response:
+        """``work(session, form)`` for a state-changing post: the session as in
+        :meth:`signed_in`, then the form once its origin and CSRF token check out
+        (:meth:`posted_form`); the blocking parts run in the thread pool."""
+        found = await run_in_threadpool(self.session_of, request)
+        if isinstance(found, RedirectResponse):
+            return found
+        try:
+            form = await self.posted_form(request, found, found.csrf)
+        except PageError as error:
+            return self.error_page(found, error.status, error.message)
+        return await run_in_threadpool(self.guarded, found, lambda: work(found, form))
+
     def viewed(self, session: ConsoleSession, page: str, action: Action | None) -> None:
         """Check the page's permission (a refusal is audited and raised), audit the view."""
         principal = session.principal

@@ -11,17 +11,23 @@ from __future__ import annotations
 
 import re
 import tempfile
+from dataclasses import dataclass
 from importlib import resources
 from io import StringIO
 from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import RedirectResponse, Response
 from pydantic import ValidationError
 
-from countyfl.audit import AuditEntry, load_public_key
+from countyfl.audit import (
+    AuditEntry,
+    Checkpoint,
+    ProblemKind,
+    VerificationResult,
+    load_public_key,
+)
 from countyfl.audit.signing_keys import default_signing_key_path, public_key_path
 from countyfl.registry import (
     Action,
@@ -55,6 +61,7 @@ from countyfl.serving.schemas import Purpose, prediction_body, referral_body
 from countyfl.serving.state import ServingState
 from countyfl.serving.web.console import (
     PREFIX,
+    SECURITY_HEADERS,
     SIGNED_OUT_REASONS,
     VIA,
     Console,
@@ -62,10 +69,13 @@ from countyfl.serving.web.console import (
 )
 from countyfl.serving.web.forms import patient_fields, patient_type, read_patient
 from countyfl.serving.web.runs import (
+    REPORT_FILES,
     chart_legend,
     epsilon_chart,
     find_run,
+    find_run_by_id,
     institution_overview,
+    report_files,
     run_folders,
     sparkline,
     summarize,
@@ -182,37 +192,26 @@ def console_router(state: ServingState) -> ConsoleRouter:
 
     @router.post("/logout")
     async def logout(request: Request) -> Response:
-        found = await run_in_threadpool(console.session_of, request)
-        if isinstance(found, RedirectResponse):
-            return found
-        try:
-            await console.posted_form(request, found, found.csrf)
-        except PageError as error:
-            return console.error_page(found, error.status, error.message)
-        console.sessions.end(request.cookies.get(SESSION_COOKIE))
-        principal = found.principal
-        await run_in_threadpool(
-            lambda: console.audit.append(
+        def work(session: ConsoleSession, form: dict[str, str]) -> Response:
+            console.sessions.end(request.cookies.get(SESSION_COOKIE))
+            principal = session.principal
+            console.audit.append(
                 actor=principal.username,
                 role=principal.role.value,
                 action="console.sign-out",
                 target="page:logout",
                 outcome="ok",
             )
-        )
-        return console.to_login("signed-out")
+            return console.to_login("signed-out")
+
+        return await console.signed_in_form(request, work)
 
     # -- home --------------------------------------------------------------------------
 
     @router.get("")
     @router.get("/")
     def home(request: Request) -> Response:
-        found = console.session_of(request)
-        if isinstance(found, RedirectResponse):
-            return found
-        session = found
-
-        def page() -> Response:
+        def page(session: ConsoleSession) -> Response:
             console.viewed(session, "home", None)
             role = session.principal.role
             return console.render(
@@ -227,18 +226,13 @@ def console_router(state: ServingState) -> ConsoleRouter:
                 may_promote=is_allowed(role, Action.MODEL_PROMOTE),
             )
 
-        return console.guarded(session, page)
+        return console.signed_in(request, page)
 
     # -- clinician ---------------------------------------------------------------------
 
     @router.get("/clinic")
     def clinic(request: Request) -> Response:
-        found = console.session_of(request)
-        if isinstance(found, RedirectResponse):
-            return found
-        session = found
-
-        def page() -> Response:
+        def page(session: ConsoleSession) -> Response:
             console.viewed(session, "clinic", Action.MODEL_PREDICT)
             models = []
             for name in console.served:
@@ -248,51 +242,32 @@ def console_router(state: ServingState) -> ConsoleRouter:
                 models.append({"name": name, "version": pointer.version})
             return console.render("clinic.html", session=session, page="clinic", models=models)
 
-        return console.guarded(session, page)
+        return console.signed_in(request, page)
 
     @router.get("/clinic/{model}")
     def patient_page(request: Request, model: str) -> Response:
-        found = console.session_of(request)
-        if isinstance(found, RedirectResponse):
-            return found
-        session = found
-
-        def page() -> Response:
+        def page(session: ConsoleSession) -> Response:
             name = _served_name(console, model)
             console.viewed(session, "clinic", Action.MODEL_PREDICT)
             return _patient_form(console, session, name, {}, {})
 
-        return console.guarded(session, page)
+        return console.signed_in(request, page)
 
     @router.post("/clinic/{model}")
     async def patient_post(request: Request, model: str) -> Response:
-        found = await run_in_threadpool(console.session_of, request)
-        if isinstance(found, RedirectResponse):
-            return found
-        session = found
-        try:
-            form = await console.posted_form(request, session, session.csrf)
-        except PageError as error:
-            return console.error_page(session, error.status, error.message)
-
-        def work() -> Response:
+        def work(session: ConsoleSession, form: dict[str, str]) -> Response:
             name = _served_name(console, model)
             if form.get("do") == "refer":
                 return _refer(console, session, name, form)
             return _predict(console, session, name, form)
 
-        return await run_in_threadpool(console.guarded, session, work)
+        return await console.signed_in_form(request, work)
 
     # -- registry ----------------------------------------------------------------------
 
     @router.get("/models")
     def models_page(request: Request) -> Response:
-        found = console.session_of(request)
-        if isinstance(found, RedirectResponse):
-            return found
-        session = found
-
-        def page() -> Response:
+        def page(session: ConsoleSession) -> Response:
             console.viewed(session, "models", Action.MODEL_LIST)
             principal = session.principal
             versions = list_versions(state.engine, principal=principal, audit=console.audit)
@@ -305,34 +280,20 @@ def console_router(state: ServingState) -> ConsoleRouter:
                 thresholds=thresholds,
             )
 
-        return console.guarded(session, page)
+        return console.signed_in(request, page)
 
     @router.get("/models/{name}/{version}")
     def version_page(request: Request, name: str, version: str) -> Response:
-        found = console.session_of(request)
-        if isinstance(found, RedirectResponse):
-            return found
-        session = found
-
-        def page() -> Response:
+        def page(session: ConsoleSession) -> Response:
             number = _version_number(name, version)
             console.viewed(session, "models", Action.MODEL_LIST)
             return _version_view(console, session, name, number)
 
-        return console.guarded(session, page)
+        return console.signed_in(request, page)
 
     @router.post("/models/{name}/{version}/promote")
     async def promote_post(request: Request, name: str, version: str) -> Response:
-        found = await run_in_threadpool(console.session_of, request)
-        if isinstance(found, RedirectResponse):
-            return found
-        session = found
-        try:
-            form = await console.posted_form(request, session, session.csrf)
-        except PageError as error:
-            return console.error_page(session, error.status, error.message)
-
-        def work() -> Response:
+        def work(session: ConsoleSession, form: dict[str, str]) -> Response:
             number = _version_number(name, version)
             principal = session.principal
             authorize(
@@ -363,20 +324,11 @@ def console_router(state: ServingState) -> ConsoleRouter:
                 console, session, name, number, notice=f"{name} v{number} is now in production."
             )
 
-        return await run_in_threadpool(console.guarded, session, work)
+        return await console.signed_in_form(request, work)
 
     @router.post("/models/{name}/thresholds")
     async def threshold_post(request: Request, name: str) -> Response:
-        found = await run_in_threadpool(console.session_of, request)
-        if isinstance(found, RedirectResponse):
-            return found
-        session = found
-        try:
-            form = await console.posted_form(request, session, session.csrf)
-        except PageError as error:
-            return console.error_page(session, error.status, error.message)
-
-        def work() -> Response:
+        def work(session: ConsoleSession, form: dict[str, str]) -> Response:
             check_model_name(name)
             metric = form.get("metric", "")
             if metric not in GATED_METRICS:
@@ -395,18 +347,13 @@ def console_router(state: ServingState) -> ConsoleRouter:
             )
             return console.redirect(f"{PREFIX}/models")
 
-        return await run_in_threadpool(console.guarded, session, work)
+        return await console.signed_in_form(request, work)
 
     # -- federation runs ---------------------------------------------------------------
 
     @router.get("/runs")
     def runs_page(request: Request) -> Response:
-        found = console.session_of(request)
-        if isinstance(found, RedirectResponse):
-            return found
-        session = found
-
-        def page() -> Response:
+        def page(session: ConsoleSession) -> Response:
             console.viewed(session, "runs", Action.MODEL_READ_ANY_STAGE)
             root = state.settings.console_runs_dir
             runs = [summarize(folder) for folder in run_folders(root)]
@@ -419,22 +366,14 @@ def console_router(state: ServingState) -> ConsoleRouter:
                 refresh_seconds=REFRESH_SECONDS,
             )
 
-        return console.guarded(session, page)
+        return console.signed_in(request, page)
 
     @router.get("/institutions")
     def institutions_page(request: Request) -> Response:
-        found = console.session_of(request)
-        if isinstance(found, RedirectResponse):
-            return found
-        session = found
-
-        def page() -> Response:
+        def page(session: ConsoleSession) -> Response:
             console.viewed(session, "institutions", Action.MODEL_READ_ANY_STAGE)
             runs = [summarize(folder) for folder in run_folders(state.settings.console_runs_dir)]
-            directory = [
-                (item.id, item.name, str(item.level)) for item in state.directory.institutions
-            ]
-            rows = institution_overview(directory, runs)
+            rows = institution_overview(state.directory.institutions, runs)
             return console.render(
                 "institutions.html",
                 session=session,
@@ -450,32 +389,50 @@ def console_router(state: ServingState) -> ConsoleRouter:
                 },
             )
 
-        return console.guarded(session, page)
+        return console.signed_in(request, page)
 
     @router.get("/runs/{name}")
     def run_page(request: Request, name: str) -> Response:
-        found = console.session_of(request)
-        if isinstance(found, RedirectResponse):
-            return found
-        session = found
-
-        def page() -> Response:
+        def page(session: ConsoleSession) -> Response:
             console.viewed(session, "runs", Action.MODEL_READ_ANY_STAGE)
             folder = find_run(state.settings.console_runs_dir, name)
             if folder is None:
                 raise PageError(404, "There is no such run; choose one from the list of runs.")
             run = summarize(folder)
+            versions = [
+                version
+                for version in list_versions(
+                    state.engine, principal=session.principal, audit=console.audit
+                )
+                if version.run_id == run.run_id
+            ]
             return console.render(
                 "run.html",
                 session=session,
                 page="runs",
                 run=run,
+                versions=versions,
                 chart=epsilon_chart(run.institutions, run.budget),
                 legend=chart_legend(run.institutions),
                 refresh_seconds=REFRESH_SECONDS,
             )
 
-        return console.guarded(session, page)
+        return console.signed_in(request, page)
+
+    @router.get("/runs/{name}/{file}")
+    def run_report(request: Request, name: str, file: str) -> Response:
+        def work(session: ConsoleSession) -> Response:
+            console.viewed(session, "runs", Action.MODEL_READ_ANY_STAGE)
+            folder = find_run(state.settings.console_runs_dir, name)
+            if folder is None or file not in report_files(folder):
+                raise PageError(404, "This run has no such report; open the run's page.")
+            return Response(
+                (folder / file).read_bytes(),
+                media_type=REPORT_FILES[file],
+                headers={**SECURITY_HEADERS, "Content-Disposition": "inline"},
+            )
+
+        return console.signed_in(request, work)
 
     # -- audit -------------------------------------------------------------------------
 
@@ -483,25 +440,15 @@ def console_router(state: ServingState) -> ConsoleRouter:
     def audit_page(
         request: Request, q: str = "", actor: str = "", action: str = "", outcome: str = ""
     ) -> Response:
-        found = console.session_of(request)
-        if isinstance(found, RedirectResponse):
-            return found
-        session = found
-
-        def page() -> Response:
+        def page(session: ConsoleSession) -> Response:
             console.viewed(session, "audit", Action.AUDIT_VERIFY)
             return _audit_view(console, session, q=q, actor=actor, action=action, outcome=outcome)
 
-        return console.guarded(session, page)
+        return console.signed_in(request, page)
 
     @router.get("/audit/export")
     def audit_export(request: Request) -> Response:
-        found = console.session_of(request)
-        if isinstance(found, RedirectResponse):
-            return found
-        session = found
-
-        def work() -> Response:
+        def work(session: ConsoleSession) -> Response:
             principal = session.principal
             authorize(principal, Action.AUDIT_EXPORT, audit=console.audit, target="audit-log")
             out = StringIO()
@@ -524,7 +471,7 @@ def console_router(state: ServingState) -> ConsoleRouter:
                 },
             )
 
-        return console.guarded(session, work)
+        return console.signed_in(request, work)
 
     @router.get("/{rest:path}")
     def unknown_page(request: Request, rest: str) -> Response:
@@ -720,8 +667,13 @@ def _version_view(
     thresholds = list_thresholds(
         state.engine, model_name=name, principal=principal, audit=console.audit
     )
+    run_folder = None
+    if is_allowed(principal.role, Action.MODEL_READ_ANY_STAGE):
+        found = find_run_by_id(state.settings.console_runs_dir, version.run_id)
+        run_folder = None if found is None else found.name
     return console.render(
         "version.html",
+        run_folder=run_folder,
         session=session,
         page="models",
         status=status,
@@ -762,6 +714,60 @@ def _verification(console: Console) -> Any:
     if key_path is not None and public_key_path(key_path).exists():
         keys.append(load_public_key(public_key_path(key_path)))
     return console.state.audit.log.verify(public_keys=keys or None)
+
+
+CHAIN_PROBLEMS = frozenset(
+    {ProblemKind.CHANGED, ProblemKind.REMOVED, ProblemKind.INSERTED, ProblemKind.EMPTY}
+)
+"""Problems of the hash chain itself; the others concern the signed checkpoints."""
+
+
+@dataclass(frozen=True)
+class AuditStatus:
+    """What the audit page says of a verification: one verdict, the chain, the checkpoints.
+
+    ``verdict`` is ``intact`` (chain and signed checkpoints verified), ``unsigned`` (the
+    chain holds together but no signature vouches for it: no public key on the service, or
+    no checkpoint signed, or all of them removed; a chain recomputed after an edit would
+    pass) or ``tampered``.
+    """
+
+    verdict: str
+    chain: str
+    checkpoints: str
+    verified: frozenset[Checkpoint]
+    signatures_checked: bool
+
+
+def _audit_status(result: VerificationResult, stored: int) -> AuditStatus:
+    kinds = {problem.kind for problem in result.problems}
+    chain_problems = [p for p in result.problems if p.kind in CHAIN_PROBLEMS]
+    if chain_problems:
+        first = min(chain_problems, key=lambda problem: problem.seq)
+        chain = f"broken at entry {first.seq} (the problems are listed below)"
+    else:
+        chain = f"intact ({result.entries_checked} entries walked, every link checked)"
+    if not result.signatures_checked:
+        checkpoints = (
+            f"not checked: the service has no public key of its checkpoint signing key, so "
+            f"none of the {stored} stored checkpoint(s) can be verified"
+        )
+    elif stored == 0:
+        checkpoints = "none signed: nothing vouches for the chain"
+    else:
+        bad = stored - len(set(result.trusted))
+        checkpoints = f"{result.checkpoints_verified} of {stored} verified" + (
+            f"; {bad} with a signature that does not verify" if bad > 0 else ""
+        )
+    if kinds - {ProblemKind.UNANCHORED}:
+        verdict = "tampered"
+    elif kinds or not result.signatures_checked:
+        verdict = "unsigned"
+    else:
+        verdict = "intact"
+    return AuditStatus(
+        verdict, chain, checkpoints, frozenset(result.trusted), result.signatures_checked
+    )
 
 
 def _audit_view(
@@ -808,6 +814,8 @@ def _audit_view(
         session=session,
         page="audit",
         result=result,
+        check=_audit_status(result, len(checkpoints)),
+        checkpoint_every=console.state.settings.audit_checkpoint_entries,
         checkpoints=checkpoints[-5:],
         checkpoint_count=len(checkpoints),
         may_search=may_search,

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from markupsafe import Markup, escape
 
@@ -27,6 +29,8 @@ from countyfl.runs import (
     RunRecord,
     read_json,
 )
+from countyfl.scenarios import display_name
+from countyfl.serving.referral import Institution
 
 RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 MAX_RUNS = 200
@@ -64,6 +68,7 @@ class RunSummary:
     name: str
     run_id: str
     scenario: str
+    """The task's name for people (:func:`countyfl.scenarios.display_name`)."""
     started_at: datetime | None
     finished_at: datetime | None
     rounds_planned: int | None
@@ -72,6 +77,13 @@ class RunSummary:
     failures: dict[int, list[str]]
     budget: float | None
     problem: str = ""
+    task_hash: str | None = None
+    """The sha256 of the run's task manifest, as ``run.json`` records it (written when the
+    run ends: a live run has none yet). Every site that replied had approved it."""
+    task: str = ""
+    """The task in one line (model, scenario, strategy, rounds, privacy, encryption)."""
+    reports: list[str] = field(default_factory=list)
+    """The report files of the folder (:data:`REPORT_FILES`)."""
 
     @property
     def status(self) -> str:
@@ -99,6 +111,39 @@ def run_folders(root: Path | None) -> list[Path]:
 def find_run(root: Path | None, name: str) -> Path | None:
     """The listed run folder called ``name``, if there is one."""
     return next((path for path in run_folders(root) if path.name == name), None)
+
+
+def find_run_by_id(root: Path | None, run_id: str) -> Path | None:
+    """The listed run folder whose ``run.json`` names ``run_id`` (a model version's run),
+    or, failing that, the one called so; None when there is none."""
+    for path in run_folders(root):
+        try:
+            record = RunRecord.model_validate(read_json(path / RUN_FILE))
+        except (RunFolderError, ValueError):
+            continue
+        if record.run_id == run_id:
+            return path
+    return find_run(root, run_id)
+
+
+REPORT_FILES = {
+    "report.md": "text/plain; charset=utf-8",
+    "metrics.json": "application/json",
+}
+"""Files of a run folder the console links to and serves as they are (a simulation's
+report; see :mod:`countyfl.simulations.report`), by these names only."""
+MAX_REPORT_BYTES = 5 * 1024 * 1024
+
+
+def report_files(folder: Path) -> list[str]:
+    """The :data:`REPORT_FILES` a run folder holds (plain files within the size bound)."""
+    return [
+        name
+        for name in REPORT_FILES
+        if (folder / name).is_file()
+        and not (folder / name).is_symlink()
+        and (folder / name).stat().st_size <= MAX_REPORT_BYTES
+    ]
 
 
 def summarize(folder: Path) -> RunSummary:
@@ -129,10 +174,12 @@ def summarize(folder: Path) -> RunSummary:
             failures[number] = [str(text)[:500] for text in round_record.failures]
     budget = config.get("budget-epsilon")
     planned = config.get("num-server-rounds")
+    scenario = display_name(str(config.get("scenario", "")))[:200]
+    task_hash = None if record is None else record.task_manifest_hash
     return RunSummary(
         name=folder.name,
         run_id=record.run_id if record is not None and record.run_id else folder.name,
-        scenario=str(config.get("scenario", "")),
+        scenario=scenario,
         started_at=None if record is None else record.started_at,
         finished_at=None if record is None else record.finished_at,
         rounds_planned=planned if isinstance(planned, int) else None,
@@ -141,6 +188,32 @@ def summarize(folder: Path) -> RunSummary:
         failures=failures,
         budget=float(budget) if isinstance(budget, int | float) and budget > 0 else None,
         problem=problem,
+        task_hash=task_hash if task_hash and TASK_HASH.fullmatch(task_hash) else None,
+        task=task_description(config, scenario) if config else "",
+        reports=report_files(folder),
+    )
+
+
+TASK_HASH = re.compile(r"[0-9a-f]{64}")
+
+
+def task_description(config: Mapping[str, Any], scenario: str) -> str:
+    """A run config's task in one line, as :func:`countyfl.deployment.tasks.task_name`
+    words a manifest (read from the recorded config: no scenario is loaded, no file read)."""
+
+    def text(key: str, default: str) -> str:
+        value = config.get(key)
+        return str(value)[:60] if isinstance(value, str | int | float) else default
+
+    privacy = (
+        f"DP epsilon {text('target-epsilon', '?')} per run (delta {text('delta', '?')})"
+        if config.get("dp", True) is not False
+        else "no DP"
+    )
+    return (
+        f"{text('model', 'model ?')} on {scenario or '?'}, {text('strategy', '?')}, "
+        f"{text('num-server-rounds', '?')} rounds, {privacy}, "
+        f"encryption {text('encryption', 'none')}"
     )
 
 
@@ -233,17 +306,33 @@ def chart_legend(institutions: list[InstitutionRounds]) -> Markup:
 
 
 @dataclass
+class TaskTaken:
+    """A task an institution took part in: it approved that manifest (its site refuses any
+    other), in these runs."""
+
+    task_hash: str
+    description: str
+    runs: list[str] = field(default_factory=list)
+
+
+@dataclass
 class InstitutionOverview:
     """One institution across every run: where it stands and what it reported."""
 
     institution: str
     name: str
     level: str
+    township: str = ""
     runs: int = 0
     last_seen: str = ""
     last_epsilon: float | None = None
     budget: float | None = None
     epsilon_over_time: list[float] = field(default_factory=list)
+    tasks: dict[str, TaskTaken] = field(default_factory=dict)
+    """Approved tasks by manifest hash, in the order first seen."""
+    refusals: list[str] = field(default_factory=list)
+    """Its refusals and rejected replies, newest last (``run, round N: reason``)."""
+    refusals_left_out: int = 0
 
     @property
     def budget_left(self) -> float | None:
@@ -253,12 +342,23 @@ class InstitutionOverview:
         return self.budget - self.last_epsilon
 
 
+MAX_REFUSALS_SHOWN = 20
+"""The newest refusals shown per institution (the others are counted)."""
+
+
 def institution_overview(
-    directory: list[tuple[str, str, str]], runs: list[RunSummary]
+    directory: Sequence[Institution], runs: list[RunSummary]
 ) -> list[InstitutionOverview]:
-    """Every institution of the directory (id, name, level) and of the runs, oldest run
-    first in ``epsilon_over_time`` (each round's reported epsilon, run after run)."""
-    found = {code: InstitutionOverview(code, name, level) for code, name, level in directory}
+    """Every institution of the directory and of the runs, oldest run first.
+
+    ``epsilon_over_time`` holds each round's reported epsilon, run after run; ``tasks`` the
+    manifests of the runs it replied in; ``refusals`` every failure line of a round that
+    names it (a refusal names its institution; a rejected reply may).
+    """
+    found = {
+        item.id: InstitutionOverview(item.id, item.name, str(item.level), item.township or "")
+        for item in directory
+    }
     ordered = sorted(runs, key=lambda run: (run.started_at is None, run.started_at or 0, run.name))
     for run in ordered:
         for item in run.institutions:
@@ -270,11 +370,31 @@ def institution_overview(
                 when = run.finished_at or run.started_at
                 moment = when.strftime("%Y-%m-%d %H:%M UTC") if when else "time unknown"
                 entry.last_seen = f"{run.run_id}, round {max(item.replied)} ({moment})"
+                if run.task_hash is not None:
+                    task = entry.tasks.setdefault(run.task_hash, TaskTaken(run.task_hash, run.task))
+                    task.runs.append(run.run_id)
             if item.epsilon:
                 entry.last_epsilon = item.last_epsilon
                 entry.budget = run.budget
                 entry.epsilon_over_time.extend(v for _, v in sorted(item.epsilon.items()))
+    patterns = {code: _names(code) for code in found}
+    for run in ordered:
+        for number, failures in sorted(run.failures.items()):
+            for failure in failures:
+                for code, pattern in patterns.items():
+                    if pattern.search(failure):
+                        found[code].refusals.append(f"{run.run_id}, round {number}: {failure}")
+    for entry in found.values():
+        extra = len(entry.refusals) - MAX_REFUSALS_SHOWN
+        if extra > 0:
+            entry.refusals = entry.refusals[extra:]
+            entry.refusals_left_out = extra
     return sorted(found.values(), key=lambda entry: entry.institution)
+
+
+def _names(code: str) -> re.Pattern[str]:
+    """Finds ``code`` as a whole id in a text (``village-1`` is not in ``village-10``)."""
+    return re.compile(rf"(?<![\w-]){re.escape(code)}(?![\w-])")
 
 
 def sparkline(values: list[float], budget: float | None, *, label: str) -> Markup:
