@@ -30,6 +30,7 @@ BRIER = "brier"
 ECE = "ece"
 
 EPSILON = "epsilon"
+BUDGET_EPSILON = "budget-epsilon"
 DELTA = "delta"
 NOISE_MULTIPLIER = "noise-multiplier"
 SAMPLE_RATE = "sample-rate"

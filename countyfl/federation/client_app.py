@@ -316,6 +316,7 @@ def make_client_app(config: RunConfig | None = None) -> ClientApp:
             num_examples = spend.num_examples
             values |= {
                 protocol.EPSILON: spend.epsilon_after,
+                protocol.BUDGET_EPSILON: site.budget.epsilon,
                 protocol.DELTA: cfg.delta,
                 protocol.NOISE_MULTIPLIER: spend.noise_multiplier,
                 protocol.SAMPLE_RATE: spend.outcome.sample_rate,

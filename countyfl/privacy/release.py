@@ -144,15 +144,23 @@ def inventory(*, encrypted: bool, dp: bool) -> tuple[ReleasedField, ...]:
                 (protocol.SAMPLE_RATE, f"DP-SGD's Poisson rate; {derived}", "noisy-count"),
             )
         ]
-        fields.append(
+        fields += [
             ReleasedField(
                 Phase.TRAIN,
                 protocol.METRICS,
                 protocol.DELTA,
                 Protection.PUBLIC,
                 "the task's delta, a setting every site approved",
-            )
-        )
+            ),
+            ReleasedField(
+                Phase.TRAIN,
+                protocol.METRICS,
+                protocol.BUDGET_EPSILON,
+                Protection.PUBLIC,
+                "the site's own total privacy budget, a setting of its site.toml (no "
+                "patient data): the county sees the budget left",
+            ),
+        ]
     else:
         fields.append(
             ReleasedField(

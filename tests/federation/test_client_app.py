@@ -220,10 +220,12 @@ def test_a_train_reply_carries_no_loss_and_no_exact_count(tmp_path: Path) -> Non
             protocol.NUM_EXAMPLES,
             protocol.PARTITION_ID,
             protocol.EPSILON,
+            protocol.BUDGET_EPSILON,
             protocol.DELTA,
             protocol.NOISE_MULTIPLIER,
             protocol.SAMPLE_RATE,
         }
+        assert metrics[protocol.BUDGET_EPSILON] == run.budget_epsilon  # the site's own
         counts.add(int(metrics[protocol.NUM_EXAMPLES]))
     # The count is noisy (standard deviation 10 around 30): four draws are not all exact.
     assert counts != {ROWS}

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 from serving_support import CLINICIAN, FRAMINGHAM_PATIENT, RISK, Deployment
-from web_support import csrf_of, form_values, sign_in
+from web_support import csrf_of, form_values, sign_in, write_run
 
 from countyfl.data.federated import CareLevel
+from countyfl.protocol import BUDGET_EPSILON
+from countyfl.runs import FederationHistory
 from countyfl.scenarios import INLINE_TASK_PREFIX, display_name
 from countyfl.serving.referral import Institution
 from countyfl.serving.schemas import BUILT_IN_RECORDS
@@ -25,6 +28,7 @@ from countyfl.serving.web.runs import (
     InstitutionRounds,
     RunSummary,
     institution_overview,
+    summarize,
 )
 from countyfl.serving.web.sessions import MAX_SECONDS, SessionStore, same_token
 
@@ -162,6 +166,20 @@ def test_refusals_are_matched_by_whole_institution_id() -> None:
     assert len(first.refusals) == MAX_REFUSALS_SHOWN and first.refusals_left_out == 5
     assert first.refusals[-1].endswith("refuses: 24")
     assert all("village-10" not in line for line in first.refusals)
+
+
+def test_budget_left_is_the_institutions_own_budget_as_it_reported_it(tmp_path: Path) -> None:
+    folder = write_run(tmp_path / "run-1")  # the run's setting: budget-epsilon 2.0
+    history = FederationHistory.read(folder / "history.json")
+    for record in history.rounds.values():
+        if 1 in record.train:  # the village clinic reports its site.toml budget
+            record.train[1][BUDGET_EPSILON] = 8.0
+    history.write(folder / "history.json")
+    rows = {row.institution: row for row in institution_overview([], [summarize(folder)])}
+    village, county = rows["village-clinic-3"], rows["county-hospital"]
+    assert village.budget == 8.0 and village.budget_left == pytest.approx(8.0 - 1.1)
+    # An institution that reported no budget (an older run): the run's setting.
+    assert county.budget == 2.0 and county.budget_left == pytest.approx(2.0 - 1.3)
 
 
 def test_scenario_names_for_people() -> None:

@@ -20,7 +20,7 @@ from typing import Any
 
 from markupsafe import Markup, escape
 
-from countyfl.protocol import EPSILON
+from countyfl.protocol import BUDGET_EPSILON, EPSILON
 from countyfl.runs import (
     HISTORY_FILE,
     RUN_FILE,
@@ -54,6 +54,8 @@ class InstitutionRounds:
     institution: str
     replied: set[int] = field(default_factory=set)
     epsilon: dict[int, float] = field(default_factory=dict)
+    budget: float | None = None
+    """The total budget the institution reported (its site.toml's), if it did."""
 
     @property
     def last_epsilon(self) -> float | None:
@@ -170,6 +172,9 @@ def summarize(folder: Path) -> RunSummary:
             value = metrics.get(EPSILON)
             if isinstance(value, int | float) and math.isfinite(value):
                 entry.epsilon[number] = float(value)
+            reported = metrics.get(BUDGET_EPSILON)
+            if isinstance(reported, int | float) and math.isfinite(reported) and reported > 0:
+                entry.budget = float(reported)
         if round_record.failures:
             failures[number] = [str(text)[:500] for text in round_record.failures]
     budget = config.get("budget-epsilon")
@@ -336,7 +341,7 @@ class InstitutionOverview:
 
     @property
     def budget_left(self) -> float | None:
-        """The budget of its latest run minus the epsilon it reported there."""
+        """Its total budget (as it reported it) minus the epsilon it reported spent."""
         if self.budget is None or self.last_epsilon is None:
             return None
         return self.budget - self.last_epsilon
@@ -375,7 +380,9 @@ def institution_overview(
                     task.runs.append(run.run_id)
             if item.epsilon:
                 entry.last_epsilon = item.last_epsilon
-                entry.budget = run.budget
+                # The institution's own budget as it reported it; else the run's setting
+                # (a simulation, or a run before sites reported their budget).
+                entry.budget = item.budget if item.budget is not None else run.budget
                 entry.epsilon_over_time.extend(v for _, v in sorted(item.epsilon.items()))
     patterns = {code: _names(code) for code in found}
     for run in ordered:
