@@ -170,6 +170,8 @@ def _check(
             assert value == institution.institution_id
         elif key == protocol.DELTA:
             assert value == config.delta
+        elif key == protocol.BUDGET_EPSILON:
+            assert value == config.budget_epsilon  # the site's own setting, nothing else
         else:
             assert isinstance(value, int)
         return
