@@ -4,9 +4,9 @@ Flower 1.42's deployment grid (``flwr.superlink.grid.http_grid``) pushes a round
 messages and then pulls replies every 3 seconds, so a round in deployment waits up to
 3 s per phase after the last institution has answered. :class:`PromptGrid` wraps any
 grid and implements ``send_and_receive`` with the grid's own public ``push_messages``
-and ``pull_messages``, polling quickly at first and backing off to a quarter of a
-second while institutions are still training: the same messages, the same timeout, replies seen
-within a fraction of a second. Every other call goes to the wrapped grid unchanged.
+and ``pull_messages``, polling quickly at first and backing off to a quarter of a second
+while institutions are still training: the same messages, the same timeout, replies
+seen within a fraction of a second. Every other call goes to the wrapped grid unchanged.
 """
 
 from __future__ import annotations
