@@ -33,6 +33,7 @@ from countyfl.privacy.he.keys import load_secret_context
 from countyfl.privacy.he.wire import arrays_to_update, is_encrypted, update_to_arrays
 from countyfl.privacy.ledger import LEDGER_FILE, Budget, PrivacyLedger
 from countyfl.privacy.modes import DpRandomness
+from countyfl.privacy.noise_memo import NoiseMemo
 from countyfl.privacy.randomness import round_generators
 from countyfl.run_config import EncryptionName, RunConfig, parse_run_config
 from countyfl.training.local import evaluate, get_weights, set_weights, train
@@ -58,6 +59,10 @@ class Site:
     def decryption_cache(self, run_id: int) -> DecryptionCache | None:
         """A deployed site's aggregates decrypted by any process of its node."""
         return DecryptionCache(self.state_dir, run_id) if self.state_dir is not None else None
+
+    def noise_memo(self) -> NoiseMemo | None:
+        """A deployed site's calibrated noise multipliers, shared by its node's processes."""
+        return NoiseMemo(self.state_dir) if self.state_dir is not None else None
 
 
 def deployed_partition_id(institution_id: str) -> int:
@@ -304,6 +309,7 @@ def make_client_app(config: RunConfig | None = None) -> ClientApp:
                         institution=institution.institution_id,
                         server_round=server_round,
                     ),
+                    noise_memo=site.noise_memo(),
                 )
             except BudgetExceededError as refusal:
                 # A refusal is a reply, not a crash: the server records it and goes on.

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 from flwr.app import ConfigRecord, Message
 from flwr.serverapp import Grid
@@ -193,3 +193,12 @@ class ReportingGrid(WrappedGrid):
         for reply in replies:
             self.progress.reply(reply)
         return replies
+
+    def send_and_receive_batches(
+        self, batches: Sequence[Iterable[Message]], *, timeout: float | None = None
+    ) -> list[list[Message]]:
+        if isinstance(self.grid, PromptGrid):
+            return self.grid.send_and_receive_batches(
+                batches, timeout=timeout, on_reply=self.progress.reply
+            )
+        return super().send_and_receive_batches(batches, timeout=timeout)

@@ -21,6 +21,7 @@ from countyfl.deployment.tasks import manifest_for, manifest_hash
 from countyfl.federation.grid import PromptGrid
 from countyfl.federation.progress import NodesMissingError, ReportingGrid, RunProgress
 from countyfl.federation.records import model_to_arrays
+from countyfl.federation.rounds import run_rounds
 from countyfl.federation.strategies.encrypted import EncryptedFedAvg, EncryptedFedProx
 from countyfl.federation.strategies.recording import (
     RecordingStrategy,
@@ -120,6 +121,7 @@ def run_federation(
         run_id=run_id,
     )
     strategy.progress = progress
+    prompt = isinstance(grid, PromptGrid)
     grid = ReportingGrid(grid, progress)
     if config.output_dir:
         # The history so far is on disk after every round, so that the console (and anyone
@@ -130,13 +132,23 @@ def run_federation(
     else:
         strategy.on_round_end = on_round_end
     try:
-        result = strategy.start(
-            grid=grid,
-            initial_arrays=model_to_arrays(initial),
-            num_rounds=config.num_server_rounds,
-            train_config=ConfigRecord(),
-            evaluate_config=ConfigRecord(),
-        )
+        if prompt:  # the ServerApp's own grid (make_server_app): both phases in one batch
+            result = run_rounds(
+                strategy,
+                grid,
+                model_to_arrays(initial),
+                config.num_server_rounds,
+                train_config=ConfigRecord(),
+                evaluate_config=ConfigRecord(),
+            )
+        else:
+            result = strategy.start(
+                grid=grid,
+                initial_arrays=model_to_arrays(initial),
+                num_rounds=config.num_server_rounds,
+                train_config=ConfigRecord(),
+                evaluate_config=ConfigRecord(),
+            )
     except NodesMissingError:
         raise  # it reported itself
     except Exception as error:
@@ -188,7 +200,8 @@ def make_server_app(
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         cfg = config if config is not None else parse_run_config(context.run_config)
-        # Flower's deployment grid pulls replies every 3 s; ours as soon as they arrive.
+        # Flower's deployment grid pulls replies every 3 s; ours as soon as they arrive,
+        # and a round's evaluation goes out with the next round's training (rounds.py).
         run_federation(PromptGrid(grid), cfg, on_round_end, run_id=str(context.run_id))
 
     return app

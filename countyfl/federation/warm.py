@@ -56,12 +56,14 @@ TEMPLATE_START_TIMEOUT = 600.0
 # What a task needs that is slow to import; imported once, in the template.
 TEMPLATE_IMPORTS = (
     "torch",
+    "torch._dynamo",  # torch.optim imports it at the first optimizer (1-2 s per task)
     "opacus",
     "tenseal",
     "numpy",
     "pandas",
     "sklearn.metrics",
     "flwr.supernode.runtime.run_clientapp",
+    "httpcore",  # httpx imports it at a task's first Runtime API client (0.2-0.7 s)
     "countyfl.privacy.dp",
     "countyfl.federation.client_app",
 )

@@ -22,6 +22,7 @@ from countyfl.privacy.accounting import (
 from countyfl.privacy.dp import PrivacyPlan, PrivateTrainOutcome, train_private
 from countyfl.privacy.ledger import Budget, PrivacyLedger
 from countyfl.privacy.modes import AccountantName, GradSampleMode, Mechanism
+from countyfl.privacy.noise_memo import NoiseMemo
 from countyfl.privacy.randomness import GeneratorFactory, secret_generators
 from countyfl.training.plan import TrainingPlan
 
@@ -171,6 +172,7 @@ def train_within_budget(
     grad_sample_mode: GradSampleMode,
     count_noise: float,
     generators: GeneratorFactory = secret_generators,
+    noise_memo: NoiseMemo | None = None,
 ) -> RoundSpend:
     """Release the run's noisy count, check this round against the budget, train, record.
 
@@ -183,6 +185,8 @@ def train_within_budget(
     over every earlier run) would exceed the budget, nothing is trained, the refusal is
     recorded, and BudgetExceededError says who, how much is spent and how much remains.
     The spend is recorded in one transaction before the caller may release the update.
+    ``noise_memo``: the site's calibrated noise multipliers, shared by its node's processes
+    (deployment: each message is a new process, which would calibrate again).
     """
     if len(x) == 0:
         raise ConfigError(
@@ -201,7 +205,7 @@ def train_within_budget(
         generator=generators(Mechanism.NOISY_COUNT),
     )
     sample_rate = poisson_sample_rate(count, plan.batch_size)
-    noise = calibrated_noise(
+    calibration = (
         target_epsilon,
         budget.delta,
         sample_rate,
@@ -209,6 +213,13 @@ def train_within_budget(
         accountant,
         (gaussian_entry(count_noise),),
     )
+    if noise_memo is None:
+        noise = calibrated_noise(*calibration)
+    else:
+        noise = noise_memo.calibrate(
+            [*calibration[:4], accountant.value, [list(e) for e in calibration[5]]],
+            lambda: calibrated_noise(*calibration),
+        )
     history, projected = _check_fits(
         (noise, sample_rate, plan.local_steps),
         institution_id=institution_id,

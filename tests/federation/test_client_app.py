@@ -7,6 +7,7 @@ these fast; the RDP accountant is used where PRV's calls would be too slow.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from pathlib import Path
@@ -411,3 +412,51 @@ def test_a_warm_process_sees_a_site_toml_changed_since_it_loaded_it(tmp_path: Pa
     assert len(_deployed_site(str(site.resolve()))[0].approved_tasks) == 1
     export_hospital_csv("Cleveland", tmp_path / "export.csv")
     assert _deployed_site(str(site.resolve()))[1].num_train > data.num_train
+
+
+def test_a_deployed_site_calibrates_a_runs_noise_once_for_all_its_processes(
+    tmp_path: Path,
+) -> None:
+    # Each message at a node is a new process: the calibration is kept in the site's
+    # state folder (countyfl.privacy.noise_memo), not only in the process that made it.
+    from countyfl.deployment import approve_task
+    from countyfl.deployment.site import render_site_toml
+    from countyfl.deployment.site_data import export_hospital_csv
+    from countyfl.deployment.tasks import manifest_for
+    from countyfl.privacy.budget import calibrated_noise
+    from countyfl.privacy.noise_memo import MEMO_DIR
+
+    export_hospital_csv("Switzerland", tmp_path / "export.csv")
+    site = tmp_path / "site.toml"
+    site.write_text(
+        render_site_toml(
+            institution_id="switzerland",
+            name="Switzerland",
+            level="county",
+            data_path="export.csv",
+            budget_epsilon=8.0,
+            delta=1e-3,
+        ),
+        encoding="utf-8",
+    )
+    config = _config(site.parent / "unused")
+    approve_task(site, manifest_for(config), approved_by="site-lead")
+    context = Context(
+        run_id=7,
+        node_id=11,
+        node_config={protocol.SITE_CONFIG: str(site)},
+        state=RecordDict(),
+        run_config=config.to_run_config(),
+    )
+    content = RecordDict(
+        {
+            protocol.ARRAYS: _initial(config),
+            protocol.CONFIG: ConfigRecord({protocol.SERVER_ROUND: 1}),
+        }
+    )
+    calibrated_noise.cache_clear()
+    reply = make_client_app()(_instruction(content, MessageType.TRAIN, 1), context)
+    assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
+    (memo,) = (site.parent / "site-state" / MEMO_DIR).iterdir()
+    noise = reply.content[protocol.METRICS][protocol.NOISE_MULTIPLIER]
+    assert json.loads(memo.read_text())["noise_multiplier"] == noise

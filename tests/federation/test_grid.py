@@ -87,6 +87,25 @@ def test_a_timeout_returns_the_replies_received_so_far() -> None:
     assert clock.now == pytest.approx(5.0)  # never sleeps past the deadline
 
 
+def test_batches_are_all_pushed_before_any_pull_and_answered_each_on_its_own() -> None:
+    grid, inner, _ = _grid({"e1": 2, "e2": 1, "t1": 3, "t2": 1})
+    pulled_at_push: list[int] = []
+    push = inner.push_messages
+
+    def pushing(messages: Iterable[Any]) -> list[str]:
+        pulled_at_push.append(inner.pulls)
+        return push(messages)
+
+    inner.push_messages = pushing  # type: ignore[method-assign]
+    evaluate, train = grid.send_and_receive_batches(
+        [_messages("e1", "e2"), _messages("t1", "t2")], timeout=60.0
+    )
+    assert pulled_at_push == [0, 0]  # both batches out before the first pull
+    assert sorted(r.metadata.reply_to_message_id for r in evaluate) == ["e1", "e2"]
+    assert sorted(r.metadata.reply_to_message_id for r in train) == ["t1", "t2"]
+    assert inner.pulls == 3  # one deadline and one polling loop for both
+
+
 def test_every_other_call_goes_to_the_wrapped_grid() -> None:
     grid, inner, _ = _grid({})
     assert list(grid.get_node_ids()) == [7, 8] and inner.other_calls == ["get_node_ids"]

@@ -22,6 +22,7 @@ from flwr.serverapp.strategy import FedAvg, FedProx
 
 from countyfl import scenarios
 from countyfl.federation.client_app import make_client_app
+from countyfl.federation.grid import PromptGrid
 from countyfl.federation.progress import NodesMissingError
 from countyfl.federation.server_app import build_strategy, run_federation
 from countyfl.federation.strategies.encrypted import EncryptedFedAvg, EncryptedFedProx
@@ -494,3 +495,63 @@ def test_a_run_that_lacks_nodes_stops_with_a_message_instead_of_waiting(
     assert [(e.kind, e.connected, e.needed) for e in events[:1]] == [(EventKind.NODES, 2, 3)]
     assert events[-1].kind is EventKind.FAILED and events[-1].reason == message
     assert grid.delivered == []  # no round started
+
+
+class PushPullGrid(InProcessGrid):
+    """InProcessGrid answering through push and pull, as a SuperLink does; logs each call."""
+
+    def __init__(self, config: RunConfig, num_nodes: int) -> None:
+        super().__init__(config, num_nodes)
+        self.events: list[str] = []
+        self._replies: dict[str, Message] = {}
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        ids = []
+        for message in messages:
+            (reply,) = super().send_and_receive([message])
+            ids.append(reply.metadata.reply_to_message_id)
+            self._replies[ids[-1]] = reply
+            server_round = message.content.config_records["config"]["server-round"]
+            self.events.append(f"push {message.metadata.message_type} {server_round}")
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        self.events.append("pull")
+        return [self._replies.pop(i) for i in list(message_ids) if i in self._replies]
+
+
+def test_a_rounds_evaluation_goes_out_with_the_next_rounds_training(tmp_path: Path) -> None:
+    # The ServerApp's own grid (PromptGrid) sends evaluate r and train r + 1 in one batch,
+    # so a SuperNode that answers one finds the other waiting; the run is Flower's loop's.
+    plain = {"dp": False, "num-server-rounds": 3}
+    pipelined = _config(tmp_path / "pipelined", **plain)
+    grid = PushPullGrid(pipelined, 4)
+    ended: list[int] = []
+    run_federation(PromptGrid(grid), pipelined, ended.append, run_id="3")
+    sequential = _config(tmp_path / "sequential", **plain)
+    run_federation(InProcessGrid(sequential, 4), sequential, run_id="3")
+
+    assert ended == [1, 2, 3]
+    pushes = grid.events
+    for server_round in (1, 2):
+        last_evaluate = max(i for i, e in enumerate(pushes) if e == f"push evaluate {server_round}")
+        first_train = pushes.index(f"push train {server_round + 1}")
+        # Nothing was pulled between the round's evaluation and the next training.
+        assert "pull" not in pushes[last_evaluate:first_train]
+    assert pushes.count("push train 1") == pushes.count("push evaluate 3") == 4
+    got = FederationHistory.read(Path(pipelined.output_dir) / "history.json")
+    expected = FederationHistory.read(Path(sequential.output_dir) / "history.json")
+    assert sorted(got.rounds) == sorted(expected.rounds) == [1, 2, 3]
+    for number, record in got.rounds.items():
+        assert record.failures == []
+        # Replies arrive in another order, so sums differ in their last bits only.
+        for phase in ("train", "evaluate"):
+            ours, flowers = getattr(record, phase), getattr(expected.rounds[number], phase)
+            assert sorted(ours) == sorted(flowers)
+            for partition, values in ours.items():
+                assert values == pytest.approx(flowers[partition], rel=1e-6)
+    with (
+        np.load(Path(pipelined.output_dir) / FINAL_MODEL_FILE) as a,
+        np.load(Path(sequential.output_dir) / FINAL_MODEL_FILE) as b,
+    ):
+        assert all(np.allclose(a[name], b[name], rtol=1e-6) for name in a.files)
