@@ -34,6 +34,7 @@ from countyfl.privacy.he.wire import arrays_to_update, is_encrypted, update_to_a
 from countyfl.privacy.ledger import LEDGER_FILE, Budget, PrivacyLedger
 from countyfl.privacy.modes import DpRandomness
 from countyfl.privacy.randomness import round_generators
+from countyfl.privacy.weighting import aggregation_weight
 from countyfl.run_config import EncryptionName, RunConfig, parse_run_config
 from countyfl.training.local import evaluate, get_weights, set_weights, train
 
@@ -304,6 +305,7 @@ def make_client_app(config: RunConfig | None = None) -> ClientApp:
                         institution=institution.institution_id,
                         server_round=server_round,
                     ),
+                    steps_policy=cfg.local_steps_policy,
                 )
             except BudgetExceededError as refusal:
                 # A refusal is a reply, not a crash: the server records it and goes on.
@@ -314,6 +316,16 @@ def make_client_app(config: RunConfig | None = None) -> ClientApp:
             # The FedAvg weight is the run's noisy count, paid for in the ledger; the exact
             # number of rows and the training loss never leave the site.
             num_examples = spend.num_examples
+            # Post-processing of the noisy count and public settings (module docstring of
+            # countyfl.privacy.weighting): the noise and rate are calibrated from the count.
+            weight = aggregation_weight(
+                cfg.aggregation_weight,
+                num_examples,
+                spend.noise_multiplier,
+                spend.outcome.sample_rate,
+                spend.local_steps,
+                sum(int(t.numel()) for t in model.state_dict().values()),
+            )
             values |= {
                 protocol.EPSILON: spend.epsilon_after,
                 protocol.DELTA: cfg.delta,
@@ -328,11 +340,12 @@ def make_client_app(config: RunConfig | None = None) -> ClientApp:
                 cfg.training_plan,
                 torch.Generator().manual_seed(_round_seed(cfg, partition_id, server_round)),
             )
-            num_examples = institution.num_train
+            num_examples = weight = institution.num_train
         values[protocol.NUM_EXAMPLES] = num_examples
+        values[protocol.AGGREGATION_WEIGHT] = weight
         content = RecordDict(
             {
-                protocol.ARRAYS: send_model(model, num_examples, cfg, site.secret_context),
+                protocol.ARRAYS: send_model(model, weight, cfg, site.secret_context),
                 protocol.METRICS: MetricRecord(values),
                 protocol.SITE: _site_record(institution),
             }

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 import torch
@@ -23,6 +23,7 @@ from countyfl.privacy.dp import PrivacyPlan, PrivateTrainOutcome, train_private
 from countyfl.privacy.ledger import Budget, PrivacyLedger
 from countyfl.privacy.modes import AccountantName, GradSampleMode, Mechanism
 from countyfl.privacy.randomness import GeneratorFactory, secret_generators
+from countyfl.privacy.weighting import LocalStepsPolicy, local_steps_for
 from countyfl.training.plan import TrainingPlan
 
 # The key under which the ledger keeps the noisy count a run released
@@ -42,6 +43,8 @@ class RoundSpend:
     epsilon_after: float
     num_examples: int
     """The institution's noisy example count for this run (paid for in its ledger)."""
+    local_steps: int
+    """The DP-SGD steps this round ran by plan (the task's, or fewer at a small site)."""
 
 
 @lru_cache(maxsize=256)
@@ -171,6 +174,7 @@ def train_within_budget(
     grad_sample_mode: GradSampleMode,
     count_noise: float,
     generators: GeneratorFactory = secret_generators,
+    steps_policy: LocalStepsPolicy = LocalStepsPolicy.FIXED,
 ) -> RoundSpend:
     """Release the run's noisy count, check this round against the budget, train, record.
 
@@ -183,6 +187,10 @@ def train_within_budget(
     over every earlier run) would exceed the budget, nothing is trained, the refusal is
     recorded, and BudgetExceededError says who, how much is spent and how much remains.
     The spend is recorded in one transaction before the caller may release the update.
+
+    ``steps_policy`` EPOCH runs ``min(local steps, ceil(noisy count / batch))`` steps a
+    round (:mod:`countyfl.privacy.weighting`), and the calibration composes exactly that
+    schedule: ``steps_per_run / plan.local_steps`` rounds of that many steps.
     """
     if len(x) == 0:
         raise ConfigError(
@@ -201,6 +209,14 @@ def train_within_budget(
         generator=generators(Mechanism.NOISY_COUNT),
     )
     sample_rate = poisson_sample_rate(count, plan.batch_size)
+    if steps_per_run % plan.local_steps:
+        raise ConfigError(
+            f"steps per run {steps_per_run} is not a whole number of rounds of "
+            f"{plan.local_steps} local steps"
+        )
+    local_steps = local_steps_for(steps_policy, plan.local_steps, count, plan.batch_size)
+    steps_per_run = steps_per_run // plan.local_steps * local_steps
+    plan = replace(plan, local_steps=local_steps)
     noise = calibrated_noise(
         target_epsilon,
         budget.delta,
@@ -250,4 +266,4 @@ def train_within_budget(
         accountant=accountant,
         epsilon_after=projected if same else None,
     )
-    return RoundSpend(outcome, noise, epsilon_after, count)
+    return RoundSpend(outcome, noise, epsilon_after, count, local_steps)

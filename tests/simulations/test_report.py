@@ -46,6 +46,7 @@ def _result(tmp_path: Path, **overrides: object) -> SimulationResult:
                         protocol.EPSILON: 0.5 * server_round,
                         protocol.NOISE_MULTIPLIER: 2.0 + p,
                         protocol.SAMPLE_RATE: 0.25,
+                        protocol.AGGREGATION_WEIGHT: 10.0 * (p + 1),
                     }
                     for p in range(len(ids))
                 },
@@ -118,7 +119,7 @@ def test_the_report_summarises_each_level_against_local_only_and_pooled(tmp_path
     summary = summarize(result)
     levels = summary["by-level"]
     assert sum(entry["institutions"] for entry in levels.values()) == len(ids)
-    assert sum(entry["fedavg-weight-share"] for entry in levels.values()) == pytest.approx(1)
+    assert sum(entry["weight-share"] for entry in levels.values()) == pytest.approx(1)
     for entry in levels.values():
         # The headline (accuracy): seeds 0.8 and 0.7 federated, pooled 0.02 and local 0.1 below
         assert summary["headline-metric"] == protocol.ACCURACY
@@ -147,6 +148,9 @@ def test_a_county_report_has_a_table_per_township(tmp_path: Path) -> None:
         "county-seat": 1,
     }
     assert by_township["township-01"]["federated"]["mean"] == pytest.approx(0.75)
+    # Each group's share of the weights its sites sent (10, 20, 30, 40), not of their rows
+    assert by_township["township-01"]["weight-share"] == pytest.approx(30 / 100)
+    assert by_township["county-seat"]["weight-share"] == pytest.approx(40 / 100)
     assert "## By township" in render_markdown(summary)
     # Without townships (the four real hospitals), no such table.
     assert summarize(_result(tmp_path))["by-township"] == {}
