@@ -205,6 +205,13 @@ def _by_group(
             "pooled": level_mean("pooled"),
             "local-only-own": _stats(own),
             "noise-multiplier": _stats(noises),
+            "dp-steps-per-round": _stats(
+                [
+                    float(per_institution[i]["dp-steps-per-round"])
+                    for i in ids
+                    if per_institution[i]["dp-steps-per-round"] is not None
+                ]
+            ),
         }
     return summary
 
@@ -390,8 +397,9 @@ def render_markdown(summary: dict[str, Any]) -> str:
         "institutions; mean ± std over seeds)",
         "",
         "| level | institutions | train rows | weight share (last round) | federated | pooled | "
-        "local-only (own model) | noise multiplier (mean ± std over institutions) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "local-only (own model) | noise multiplier (mean ± std over institutions) | "
+        "DP steps a round |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for level, entry in summary["by-level"].items():
         lines.append(
@@ -399,7 +407,13 @@ def render_markdown(summary: dict[str, Any]) -> str:
             f"{entry['weight-share']:.2f} | "
             + " | ".join(
                 _fmt(entry[k]["mean"], entry[k]["std"])
-                for k in ("federated", "pooled", "local-only-own", "noise-multiplier")
+                for k in (
+                    "federated",
+                    "pooled",
+                    "local-only-own",
+                    "noise-multiplier",
+                    "dp-steps-per-round",
+                )
             )
             + " |"
         )
