@@ -22,6 +22,9 @@ PROXIMAL_MU = "proximal-mu"
 
 # Metrics a ClientApp replies with
 NUM_EXAMPLES = "num-examples"
+# The weight of a training reply in the county's average (the CKKS update is Enc(weight x w)):
+# the noisy count, or a function of it and public settings (countyfl.privacy.weighting)
+AGGREGATION_WEIGHT = "aggregation-weight"
 PARTITION_ID = "partition-id"
 LOSS = "loss"
 ACCURACY = "accuracy"

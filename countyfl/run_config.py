@@ -23,6 +23,7 @@ from pydantic import (
 from countyfl.errors import ConfigError, describe_validation_error
 from countyfl.naming import kebab_case
 from countyfl.privacy.modes import AccountantName, DpRandomness, GradSampleMode
+from countyfl.privacy.weighting import AggregationWeight, LocalStepsPolicy
 from countyfl.training.plan import OptimizerName, TrainingPlan
 
 
@@ -74,6 +75,11 @@ class RunConfig(BaseModel):
     # Standard deviation, in records, of the noise on each institution's example count
     # (released once per run, accounted with DP-SGD within target-epsilon).
     count_noise: float = Field(default=10.0, gt=0, le=1e6)
+    # What each update is weighted by in the county's average, and how many DP-SGD steps a
+    # small site runs per round (countyfl.privacy.weighting): both functions of the noisy
+    # count and public settings, so post-processing that costs no epsilon.
+    aggregation_weight: AggregationWeight = AggregationWeight.EXAMPLES
+    local_steps_policy: LocalStepsPolicy = LocalStepsPolicy.FIXED
     # secret: DP draws from the OS CSPRNG; seeded: from `seed` (reproducible, simulation only)
     dp_randomness: DpRandomness = DpRandomness.SECRET
     # Simulated sites: each institution's folder (privacy ledger) and total budget.

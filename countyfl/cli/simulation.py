@@ -105,6 +105,20 @@ def simulate(
         float | None,
         typer.Option(help="noise (records) on each institution's example count, per run", min=0),
     ] = None,
+    aggregation_weight: Annotated[
+        str | None,
+        typer.Option(
+            help="examples: each update weighted by its noisy count (FedAvg); noise-aware: by "
+            "its inverse variance, DP noise included (no epsilon: post-processing)"
+        ),
+    ] = None,
+    local_steps_policy: Annotated[
+        str | None,
+        typer.Option(
+            help="fixed: local-steps everywhere; epoch: at most one pass over a site's noisy "
+            "count per round (small sites run fewer DP steps and need less noise)"
+        ),
+    ] = None,
     dp_randomness: Annotated[
         str | None,
         typer.Option(
@@ -195,6 +209,8 @@ def simulate(
             "sites-dir": str(sites_dir) if sites_dir else None,
             "grad-sample-mode": grad_sample_mode,
             "count-noise": count_noise,
+            "aggregation-weight": aggregation_weight,
+            "local-steps-policy": local_steps_policy,
             "dp-randomness": dp_randomness,
             "encryption": encryption,
             "min-contributors": min_contributors,

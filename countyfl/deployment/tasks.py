@@ -52,6 +52,7 @@ from countyfl.errors import (
 from countyfl.naming import kebab_case
 from countyfl.privacy.modes import AccountantName, DpRandomness
 from countyfl.privacy.release import describe, inventory
+from countyfl.privacy.weighting import AggregationWeight, LocalStepsPolicy
 from countyfl.run_config import (
     EncryptionName,
     RunConfig,
@@ -112,6 +113,23 @@ class DifferentialPrivacyTerms(BaseModel):
     accountant: AccountantName
     count_noise: float = Field(gt=0, description="noise (records) on the run's example count")
     dp_randomness: DpRandomness = Field(description="a deployed site refuses all but secret")
+    # None: FedAvg's weight and the task's local steps everywhere (a manifest written before
+    # these choices existed keeps its hash); else the choice (countyfl.privacy.weighting).
+    aggregation_weight: AggregationWeight | None = None
+    local_steps_policy: LocalStepsPolicy | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_defaults(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        for key in (
+            "aggregation-weight",
+            "aggregation_weight",
+            "local-steps-policy",
+            "local_steps_policy",
+        ):
+            if key in data and data[key] is None:
+                del data[key]
+        return data
 
 
 class TaskManifest(BaseModel):
@@ -197,6 +215,16 @@ def manifest_for(config: RunConfig) -> TaskManifest:
             accountant=config.accountant,
             count_noise=config.count_noise,
             dp_randomness=config.dp_randomness,
+            aggregation_weight=(
+                None
+                if config.aggregation_weight is AggregationWeight.EXAMPLES
+                else config.aggregation_weight
+            ),
+            local_steps_policy=(
+                None
+                if config.local_steps_policy is LocalStepsPolicy.FIXED
+                else config.local_steps_policy
+            ),
         )
         if config.dp
         else None

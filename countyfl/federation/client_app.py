@@ -35,6 +35,7 @@ from countyfl.privacy.ledger import LEDGER_FILE, Budget, PrivacyLedger
 from countyfl.privacy.modes import DpRandomness
 from countyfl.privacy.noise_memo import NoiseMemo
 from countyfl.privacy.randomness import round_generators
+from countyfl.privacy.weighting import aggregation_weight
 from countyfl.run_config import EncryptionName, RunConfig, parse_run_config
 from countyfl.training.local import evaluate, get_weights, set_weights, train
 
@@ -310,6 +311,7 @@ def make_client_app(config: RunConfig | None = None) -> ClientApp:
                         server_round=server_round,
                     ),
                     noise_memo=site.noise_memo(),
+                    steps_policy=cfg.local_steps_policy,
                 )
             except BudgetExceededError as refusal:
                 # A refusal is a reply, not a crash: the server records it and goes on.
@@ -320,6 +322,16 @@ def make_client_app(config: RunConfig | None = None) -> ClientApp:
             # The FedAvg weight is the run's noisy count, paid for in the ledger; the exact
             # number of rows and the training loss never leave the site.
             num_examples = spend.num_examples
+            # Post-processing of the noisy count and public settings (module docstring of
+            # countyfl.privacy.weighting): the noise and rate are calibrated from the count.
+            weight = aggregation_weight(
+                cfg.aggregation_weight,
+                num_examples,
+                spend.noise_multiplier,
+                spend.outcome.sample_rate,
+                spend.local_steps,
+                sum(int(t.numel()) for t in model.state_dict().values()),
+            )
             values |= {
                 protocol.EPSILON: spend.epsilon_after,
                 protocol.BUDGET_EPSILON: site.budget.epsilon,
@@ -335,11 +347,12 @@ def make_client_app(config: RunConfig | None = None) -> ClientApp:
                 cfg.training_plan,
                 torch.Generator().manual_seed(_round_seed(cfg, partition_id, server_round)),
             )
-            num_examples = institution.num_train
+            num_examples = weight = institution.num_train
         values[protocol.NUM_EXAMPLES] = num_examples
+        values[protocol.AGGREGATION_WEIGHT] = weight
         content = RecordDict(
             {
-                protocol.ARRAYS: send_model(model, num_examples, cfg, site.secret_context),
+                protocol.ARRAYS: send_model(model, weight, cfg, site.secret_context),
                 protocol.METRICS: MetricRecord(values),
                 protocol.SITE: _site_record(institution),
             }

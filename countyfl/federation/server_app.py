@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from flwr.app import ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
-from flwr.serverapp.strategy import FedAvg, FedProx, Strategy
+from flwr.serverapp.strategy import Strategy
 
 from countyfl import models, scenarios
 from countyfl.deployment.tasks import manifest_for, manifest_hash
@@ -29,6 +29,7 @@ from countyfl.federation.strategies.recording import (
     record_discard,
     record_rejection,
 )
+from countyfl.federation.strategies.weighted import WeightedFedAvg, WeightedFedProx
 from countyfl.privacy.he.wire import is_encrypted
 from countyfl.run_config import EncryptionName, RunConfig, StrategyName, parse_run_config
 from countyfl.runs import (
@@ -89,9 +90,9 @@ def build_strategy(
         else:
             inner = EncryptedFedAvg(**encrypted)
     elif config.strategy is StrategyName.FEDPROX:
-        inner = FedProx(proximal_mu=config.proximal_mu, **common)
+        inner = WeightedFedProx(proximal_mu=config.proximal_mu, **common)
     else:
-        inner = FedAvg(**common)
+        inner = WeightedFedAvg(**common)
     return RecordingStrategy(inner, history, on_round_end, config.min_contributors)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 import torch
@@ -24,6 +24,7 @@ from countyfl.privacy.ledger import Budget, PrivacyLedger
 from countyfl.privacy.modes import AccountantName, GradSampleMode, Mechanism
 from countyfl.privacy.noise_memo import NoiseMemo
 from countyfl.privacy.randomness import GeneratorFactory, secret_generators
+from countyfl.privacy.weighting import LocalStepsPolicy, local_steps_for
 from countyfl.training.plan import TrainingPlan
 
 # The key under which the ledger keeps the noisy count a run released
@@ -43,6 +44,8 @@ class RoundSpend:
     epsilon_after: float
     num_examples: int
     """The institution's noisy example count for this run (paid for in its ledger)."""
+    local_steps: int
+    """The DP-SGD steps this round ran by plan (the task's, or fewer at a small site)."""
 
 
 @lru_cache(maxsize=256)
@@ -173,6 +176,7 @@ def train_within_budget(
     count_noise: float,
     generators: GeneratorFactory = secret_generators,
     noise_memo: NoiseMemo | None = None,
+    steps_policy: LocalStepsPolicy = LocalStepsPolicy.FIXED,
 ) -> RoundSpend:
     """Release the run's noisy count, check this round against the budget, train, record.
 
@@ -187,6 +191,10 @@ def train_within_budget(
     The spend is recorded in one transaction before the caller may release the update.
     ``noise_memo``: the site's calibrated noise multipliers, shared by its node's processes
     (deployment: each message is a new process, which would calibrate again).
+
+    ``steps_policy`` EPOCH runs ``min(local steps, ceil(noisy count / batch))`` steps a
+    round (:mod:`countyfl.privacy.weighting`), and the calibration composes exactly that
+    schedule: ``steps_per_run / plan.local_steps`` rounds of that many steps.
     """
     if len(x) == 0:
         raise ConfigError(
@@ -205,6 +213,14 @@ def train_within_budget(
         generator=generators(Mechanism.NOISY_COUNT),
     )
     sample_rate = poisson_sample_rate(count, plan.batch_size)
+    if steps_per_run % plan.local_steps:
+        raise ConfigError(
+            f"steps per run {steps_per_run} is not a whole number of rounds of "
+            f"{plan.local_steps} local steps"
+        )
+    local_steps = local_steps_for(steps_policy, plan.local_steps, count, plan.batch_size)
+    steps_per_run = steps_per_run // plan.local_steps * local_steps
+    plan = replace(plan, local_steps=local_steps)
     calibration = (
         target_epsilon,
         budget.delta,
@@ -261,4 +277,4 @@ def train_within_budget(
         accountant=accountant,
         epsilon_after=projected if same else None,
     )
-    return RoundSpend(outcome, noise, epsilon_after, count)
+    return RoundSpend(outcome, noise, epsilon_after, count, local_steps)

@@ -135,6 +135,13 @@ def inventory(*, encrypted: bool, dp: bool) -> tuple[ReleasedField, ...]:
             )
             for key, why, mechanism in (
                 (
+                    protocol.AGGREGATION_WEIGHT,
+                    "the update's weight in the county's average: the noisy count, or its "
+                    "noise-aware weight computed from the noisy count, the noise multiplier, "
+                    f"the sample rate and public settings; {derived}",
+                    "noisy-count",
+                ),
+                (
                     protocol.EPSILON,
                     "the epsilon the site's ledger has spent, computed from the noise "
                     "multipliers, sample rates and steps of its releases: post-processing",
@@ -169,6 +176,16 @@ def inventory(*, encrypted: bool, dp: bool) -> tuple[ReleasedField, ...]:
                 protocol.NUM_EXAMPLES,
                 Protection.UNPROTECTED,
                 "the exact number of training rows (a task WITHOUT differential privacy)",
+            )
+        )
+        fields.append(
+            ReleasedField(
+                Phase.TRAIN,
+                protocol.METRICS,
+                protocol.AGGREGATION_WEIGHT,
+                Protection.UNPROTECTED,
+                "the update's weight: the exact number of training rows (a task WITHOUT "
+                "differential privacy)",
             )
         )
     identity = "the institution's identity, known to the federation; no patient data"

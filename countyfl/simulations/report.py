@@ -13,6 +13,7 @@ import numpy as np
 
 from countyfl import __version__, protocol
 from countyfl.data import InstitutionData
+from countyfl.privacy.weighting import local_steps_for
 from countyfl.run_config import RunConfig
 from countyfl.simulations import plots
 from countyfl.simulations.baselines import POOLED_TEST, mean_of_institutions
@@ -151,13 +152,20 @@ def _by_group(
     headline metric of the
     federated and pooled models and of each institution's own local-only model on its own
     test rows (mean over the level's institutions, then mean ± std over seeds), the mean
-    noise multiplier, and the share of the FedAvg weight (training rows) the level holds.
+    noise multiplier, and the share of the aggregation weight the level's updates had in
+    the last round (each site's ``aggregation-weight``; training rows where none was sent).
     """
     metric = result.scenario.headline_metric
     levels: dict[str, list[Any]] = {}
     for institution in result.dataset.institutions:
         levels.setdefault(group_of(institution), []).append(institution)
-    total_train = sum(i.num_train for i in result.dataset.institutions) or 1
+    per_institution = privacy["per-institution"]
+
+    def weight_of(institution: InstitutionData) -> float:
+        sent = per_institution[institution.institution_id]["aggregation-weight"]
+        return float(sent) if sent is not None else float(institution.num_train)
+
+    total_weight = sum(weight_of(i) for i in result.dataset.institutions) or 1.0
     summary: dict[str, Any] = {}
     for level, members in levels.items():
         ids = [i.institution_id for i in members]
@@ -192,11 +200,18 @@ def _by_group(
         summary[level] = {
             "institutions": len(members),
             "train-rows": sum(i.num_train for i in members),
-            "fedavg-weight-share": sum(i.num_train for i in members) / total_train,
+            "weight-share": sum(weight_of(i) for i in members) / total_weight,
             "federated": level_mean("federated"),
             "pooled": level_mean("pooled"),
             "local-only-own": _stats(own),
             "noise-multiplier": _stats(noises),
+            "dp-steps-per-round": _stats(
+                [
+                    float(per_institution[i]["dp-steps-per-round"])
+                    for i in ids
+                    if per_institution[i]["dp-steps-per-round"] is not None
+                ]
+            ),
         }
     return summary
 
@@ -206,14 +221,17 @@ def _privacy_summary(result: SimulationResult, ids: list[str]) -> dict[str, Any]
     config = result.config
     per_institution: dict[str, Any] = {}
     for partition, institution_id in enumerate(ids):
-        finals, noises, rates, refusals = [], [], [], 0
+        finals, noises, rates, weights, counts, refusals = [], [], [], [], [], 0
         for seed_result in result.seeds:
             trained_rounds = [
                 record.train[partition]
                 for _, record in sorted(seed_result.history.rounds.items())
                 if partition in record.train
             ]
+            if trained_rounds and protocol.AGGREGATION_WEIGHT in trained_rounds[-1]:
+                weights.append(trained_rounds[-1][protocol.AGGREGATION_WEIGHT])
             if trained_rounds and protocol.EPSILON in trained_rounds[-1]:
+                counts.append(int(trained_rounds[-1][protocol.NUM_EXAMPLES]))
                 finals.append(trained_rounds[-1][protocol.EPSILON])
                 noises.append(trained_rounds[-1][protocol.NOISE_MULTIPLIER])
                 rates.append(trained_rounds[-1][protocol.SAMPLE_RATE])
@@ -224,7 +242,12 @@ def _privacy_summary(result: SimulationResult, ids: list[str]) -> dict[str, Any]
             )
         per_institution[institution_id] = {
             "noise-multiplier": float(np.mean(noises)) if noises else None,
-            "budget-split": _budget_split(config, noises, rates),
+            # The weight its update had in the last round it trained (mean over seeds)
+            "aggregation-weight": float(np.mean(weights)) if weights else None,
+            # DP-SGD steps per round (the task's, or fewer at a small site under the
+            # epoch policy), from its noisy count (first seed's)
+            "dp-steps-per-round": _steps_per_round(config, counts),
+            "budget-split": _budget_split(config, noises, rates, counts),
             "epsilon-after-run": _stats(finals),
             "refused-rounds": refusals,
             "membership-inference-auc": _stats(
@@ -247,8 +270,16 @@ def _privacy_summary(result: SimulationResult, ids: list[str]) -> dict[str, Any]
     }
 
 
+def _steps_per_round(config: RunConfig, counts: list[int]) -> int | None:
+    if not config.dp or not counts:
+        return None
+    return local_steps_for(
+        config.local_steps_policy, config.local_steps, counts[0], config.batch_size
+    )
+
+
 def _budget_split(
-    config: RunConfig, noises: list[float], rates: list[float]
+    config: RunConfig, noises: list[float], rates: list[float], counts: list[int]
 ) -> dict[str, float] | None:
     """How one run's epsilon splits between the noisy count and DP-SGD (first seed's noise).
 
@@ -260,7 +291,8 @@ def _budget_split(
     from countyfl.privacy.accounting import epsilon_of, gaussian_entry
 
     count = gaussian_entry(config.count_noise)
-    training = (noises[0], rates[0], config.dp_steps_per_run)
+    steps = _steps_per_round(config, counts) or config.local_steps
+    training = (noises[0], rates[0], steps * config.num_server_rounds)
     return {
         "noisy-count": epsilon_of([count], config.delta, config.accountant),
         "training": epsilon_of([training], config.delta, config.accountant),
@@ -364,17 +396,24 @@ def render_markdown(summary: dict[str, Any]) -> str:
         f"## By level: {metric} on each institution's own test rows (mean of the level's "
         "institutions; mean ± std over seeds)",
         "",
-        "| level | institutions | train rows | FedAvg weight share | federated | pooled | "
-        "local-only (own model) | noise multiplier (mean ± std over institutions) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| level | institutions | train rows | weight share (last round) | federated | pooled | "
+        "local-only (own model) | noise multiplier (mean ± std over institutions) | "
+        "DP steps a round |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for level, entry in summary["by-level"].items():
         lines.append(
             f"| {level} | {entry['institutions']} | {entry['train-rows']} | "
-            f"{entry['fedavg-weight-share']:.2f} | "
+            f"{entry['weight-share']:.2f} | "
             + " | ".join(
                 _fmt(entry[k]["mean"], entry[k]["std"])
-                for k in ("federated", "pooled", "local-only-own", "noise-multiplier")
+                for k in (
+                    "federated",
+                    "pooled",
+                    "local-only-own",
+                    "noise-multiplier",
+                    "dp-steps-per-round",
+                )
             )
             + " |"
         )

@@ -58,6 +58,8 @@ IN_MANIFEST = {
     "max_grad_norm",
     "accountant",
     "count_noise",
+    "aggregation_weight",
+    "local_steps_policy",
     "dp_randomness",
     "encryption",
 }
@@ -81,6 +83,8 @@ CHANGES: dict[str, dict[str, Any]] = {
     "max_grad_norm": {"max-grad-norm": 0.5},
     "accountant": {"accountant": "rdp"},
     "count_noise": {"count-noise": 12.0},
+    "aggregation_weight": {"aggregation-weight": "noise-aware"},
+    "local_steps_policy": {"local-steps-policy": "epoch"},
     "dp_randomness": {"dp-randomness": "seeded"},
     "encryption": CKKS,
     "min_contributors": {"min-contributors": 3},

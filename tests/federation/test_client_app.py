@@ -225,8 +225,11 @@ def test_a_train_reply_carries_no_loss_and_no_exact_count(tmp_path: Path) -> Non
             protocol.DELTA,
             protocol.NOISE_MULTIPLIER,
             protocol.SAMPLE_RATE,
+            protocol.AGGREGATION_WEIGHT,
         }
         assert metrics[protocol.BUDGET_EPSILON] == run.budget_epsilon  # the site's own
+        # FedAvg's weight (the default): the noisy count
+        assert metrics[protocol.AGGREGATION_WEIGHT] == metrics[protocol.NUM_EXAMPLES]
         counts.add(int(metrics[protocol.NUM_EXAMPLES]))
     # The count is noisy (standard deviation 10 around 30): four draws are not all exact.
     assert counts != {ROWS}
@@ -460,3 +463,22 @@ def test_a_deployed_site_calibrates_a_runs_noise_once_for_all_its_processes(
     (memo,) = (site.parent / "site-state" / MEMO_DIR).iterdir()
     noise = reply.content[protocol.METRICS][protocol.NOISE_MULTIPLIER]
     assert json.loads(memo.read_text())["noise_multiplier"] == noise
+
+
+def test_a_noise_aware_weight_is_computed_from_what_the_site_paid_for(tmp_path: Path) -> None:
+    from countyfl.privacy.weighting import AggregationWeight, aggregation_weight
+
+    config = _config(tmp_path / "sites", **{"aggregation-weight": "noise-aware"})
+    metrics = _train(config, _initial(config), 1).content[protocol.METRICS]
+    count = int(metrics[protocol.NUM_EXAMPLES])
+    expected = aggregation_weight(
+        AggregationWeight.NOISE_AWARE,
+        count,
+        float(metrics[protocol.NOISE_MULTIPLIER]),
+        float(metrics[protocol.SAMPLE_RATE]),
+        config.local_steps,
+        14,  # the logistic regression's 13 weights and its bias
+    )
+    assert metrics[protocol.AGGREGATION_WEIGHT] == expected
+    # Switzerland's 30 rows need much noise at this epsilon: far below its count.
+    assert expected < count / 2

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 
-from countyfl import protocol, scenarios
+from countyfl import models, protocol, scenarios
 from countyfl.federation import server_app
 from countyfl.privacy.he.codec import deserialize
 from countyfl.privacy.he.keys import (
@@ -30,6 +30,7 @@ from countyfl.privacy.he.wire import arrays_to_update
 from countyfl.privacy.ledger import LEDGER_FILE, PrivacyLedger
 from countyfl.privacy.modes import Mechanism
 from countyfl.privacy.release import Phase, Protection, ReleasedField, find, inventory
+from countyfl.privacy.weighting import aggregation_weight
 from countyfl.run_config import EncryptionName, parse_run_config
 from countyfl.simulations.runner import run_federated
 
@@ -75,6 +76,8 @@ def test_every_reply_field_is_in_the_inventory_and_protected_as_it_says(
         "output-dir": str(tmp_path / "run"),
         "sites-dir": str(tmp_path / "sites"),
         "encryption": encryption,
+        # The noise-aware weight under CKKS (it is the ciphertext's factor), FedAvg's in plaintext
+        "aggregation-weight": "noise-aware" if encryption == "ckks" else "examples",
     }
     if encryption == "ckks":
         init_keys(tmp_path / "keys")
@@ -114,6 +117,22 @@ def test_every_reply_field_is_in_the_inventory_and_protected_as_it_says(
     assert seen == listed
 
 
+def _expected_weight(ledger: PrivacyLedger, run_id: str, config: Any, institution: Any) -> int:
+    """The aggregation weight from the noisy count paid for, its calibration and settings."""
+    paid = ledger.released(run_id, Mechanism.NOISY_COUNT)
+    assert paid is not None
+    training = [s for s in ledger.spends() if s.run_id == run_id and s.mechanism == "dp-sgd"]
+    model = models.build(config.model, institution.x_train.shape[1])
+    return aggregation_weight(
+        config.aggregation_weight,
+        int(paid[protocol.NUM_EXAMPLES]),
+        training[-1].noise_multiplier,
+        training[-1].sample_rate,
+        config.local_steps,
+        sum(int(t.numel()) for t in model.state_dict().values()),
+    )
+
+
 def _check(
     field: ReleasedField,
     record: Any,
@@ -132,10 +151,8 @@ def _check(
         vectors = deserialize(public, update)
         with pytest.raises(ValueError):  # the county's context cannot read it
             vectors[0].decrypt()
-        assert (
-            update.num_examples
-            == ledger.released(run_id, Mechanism.NOISY_COUNT)[protocol.NUM_EXAMPLES]
-        )
+        # The ciphertext is Enc(weight x w), the weight the site computed from what it paid for.
+        assert update.num_examples == _expected_weight(ledger, run_id, config, institution)
         return
     if field.protection is Protection.DP_ACCOUNTED:
         spends = [s for s in ledger.spends() if s.run_id == run_id]
@@ -148,6 +165,8 @@ def _check(
         if key == protocol.NUM_EXAMPLES:
             paid = ledger.released(run_id, Mechanism.NOISY_COUNT)
             assert paid is not None and value == paid[protocol.NUM_EXAMPLES]
+        elif key == protocol.AGGREGATION_WEIGHT:
+            assert value == _expected_weight(ledger, run_id, config, institution)
         elif key == protocol.EPSILON:
             assert value == pytest.approx(training[-1].epsilon_after)
         elif key == protocol.NOISE_MULTIPLIER:

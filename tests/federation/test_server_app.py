@@ -27,6 +27,7 @@ from countyfl.federation.progress import NodesMissingError
 from countyfl.federation.server_app import build_strategy, run_federation
 from countyfl.federation.strategies.encrypted import EncryptedFedAvg, EncryptedFedProx
 from countyfl.federation.strategies.recording import RecordingStrategy
+from countyfl.federation.strategies.weighted import WeightedFedAvg, WeightedFedProx
 from countyfl.privacy.he.keys import PUBLIC_CONTEXT_FILE, SECRET_CONTEXT_FILE, init_keys
 from countyfl.publishing import publish
 from countyfl.run_config import RunConfig, parse_run_config
@@ -140,8 +141,8 @@ def _ckks(tmp_path: Path) -> dict[str, str]:
 @pytest.mark.parametrize(
     ("overrides", "inner"),
     [
-        ({}, FedAvg),
-        ({"strategy": "fedprox", "proximal-mu": 0.1}, FedProx),
+        ({}, WeightedFedAvg),
+        ({"strategy": "fedprox", "proximal-mu": 0.1}, WeightedFedProx),
     ],
     ids=["fedavg", "fedprox"],
 )
@@ -151,6 +152,8 @@ def test_build_strategy_wraps_flowers_own_strategy(
     strategy = build_strategy(_config(tmp_path, **overrides), 4, 14)
     assert isinstance(strategy, RecordingStrategy)
     assert type(strategy.strategy) is inner
+    # Flower's own, training replies weighted by each site's aggregation weight
+    assert isinstance(strategy.strategy, FedProx if inner is WeightedFedProx else FedAvg)
 
 
 def test_build_strategy_under_ckks_holds_the_public_context_only(tmp_path: Path) -> None:

@@ -46,6 +46,7 @@ def _result(tmp_path: Path, **overrides: object) -> SimulationResult:
                         protocol.EPSILON: 0.5 * server_round,
                         protocol.NOISE_MULTIPLIER: 2.0 + p,
                         protocol.SAMPLE_RATE: 0.25,
+                        protocol.AGGREGATION_WEIGHT: 10.0 * (p + 1),
                     }
                     for p in range(len(ids))
                 },
@@ -118,7 +119,7 @@ def test_the_report_summarises_each_level_against_local_only_and_pooled(tmp_path
     summary = summarize(result)
     levels = summary["by-level"]
     assert sum(entry["institutions"] for entry in levels.values()) == len(ids)
-    assert sum(entry["fedavg-weight-share"] for entry in levels.values()) == pytest.approx(1)
+    assert sum(entry["weight-share"] for entry in levels.values()) == pytest.approx(1)
     for entry in levels.values():
         # The headline (accuracy): seeds 0.8 and 0.7 federated, pooled 0.02 and local 0.1 below
         assert summary["headline-metric"] == protocol.ACCURACY
@@ -126,6 +127,7 @@ def test_the_report_summarises_each_level_against_local_only_and_pooled(tmp_path
         assert entry["pooled"]["mean"] == pytest.approx(0.73)
         assert entry["local-only-own"]["mean"] == pytest.approx(0.65)
         assert entry["noise-multiplier"]["mean"] > 0
+        assert entry["dp-steps-per-round"]["mean"] == result.config.local_steps
     assert "## By level" in render_markdown(summary)
 
 
@@ -147,6 +149,32 @@ def test_a_county_report_has_a_table_per_township(tmp_path: Path) -> None:
         "county-seat": 1,
     }
     assert by_township["township-01"]["federated"]["mean"] == pytest.approx(0.75)
+    # Each group's share of the weights its sites sent (10, 20, 30, 40), not of their rows
+    assert by_township["township-01"]["weight-share"] == pytest.approx(30 / 100)
+    assert by_township["county-seat"]["weight-share"] == pytest.approx(40 / 100)
     assert "## By township" in render_markdown(summary)
     # Without townships (the four real hospitals), no such table.
     assert summarize(_result(tmp_path))["by-township"] == {}
+
+
+def test_under_the_epoch_policy_the_report_accounts_each_sites_real_steps(tmp_path: Path) -> None:
+    import math
+
+    from countyfl.privacy.accounting import epsilon_of, gaussian_entry
+
+    result = _result(tmp_path, **{"local-steps-policy": "epoch", "local-steps": 20})
+    config = result.config
+    steps = math.ceil(50 / config.batch_size)  # every site's noisy count is 50 here
+    assert steps < 20
+    summary = summarize(result)
+    for entry in summary["by-level"].values():
+        assert entry["dp-steps-per-round"]["mean"] == steps
+    # The budget split composes the steps the site ran, not the task's local-steps.
+    cleveland = summary["privacy"]["per-institution"]["cleveland"]
+    training = (2.0, 0.25, steps * config.num_server_rounds)
+    assert cleveland["budget-split"]["training"] == pytest.approx(
+        epsilon_of([training], config.delta, config.accountant)
+    )
+    assert cleveland["budget-split"]["run"] == pytest.approx(
+        epsilon_of([gaussian_entry(config.count_noise), training], config.delta, config.accountant)
+    )

@@ -139,7 +139,9 @@ class EncryptedFedAvg(FedAvg):
         total = add_by_level(
             list(groups.values()), self.num_values, sum(counts), self.fingerprint, PACKING_COMPLEX
         )
-        return update_to_arrays(total), self.train_metrics_aggr_fn(contents, self.weighted_by_key)
+        # Metrics by the same weight as the updates (each site's aggregation weight).
+        metrics = self.train_metrics_aggr_fn(contents, protocol.AGGREGATION_WEIGHT)
+        return update_to_arrays(total), metrics
 
 
 class EncryptedFedProx(EncryptedFedAvg):

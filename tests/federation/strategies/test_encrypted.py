@@ -54,7 +54,13 @@ def secret(key_dir: Path) -> Any:
 
 
 def _reply(node: int, partition: int, arrays: ArrayRecord, examples: int) -> Message:
-    metrics = MetricRecord({protocol.NUM_EXAMPLES: examples, protocol.PARTITION_ID: partition})
+    metrics = MetricRecord(
+        {
+            protocol.NUM_EXAMPLES: examples,
+            protocol.AGGREGATION_WEIGHT: examples,
+            protocol.PARTITION_ID: partition,
+        }
+    )
     content = RecordDict({protocol.ARRAYS: arrays, protocol.METRICS: metrics})
     return Message(content, reply_to=_instruction(node, MessageType.TRAIN))
 

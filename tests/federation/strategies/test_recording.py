@@ -65,6 +65,7 @@ def _train_reply(
     metrics = MetricRecord(
         {
             protocol.NUM_EXAMPLES: num_examples,
+            protocol.AGGREGATION_WEIGHT: num_examples,
             protocol.PARTITION_ID: partition_id,
             protocol.EPSILON: loss,
         }
