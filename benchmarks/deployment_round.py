@@ -146,6 +146,13 @@ def main() -> None:
             f"{engine:<16}{times[(engine, low)]:>14.1f}{times[(engine, high)]:>16.1f}"
             f"{per_round[engine]:>16.1f}"
         )
+    if per_round["simulation"] <= 0.1:
+        # Ray's start-up varies by seconds between runs: with few rounds it hides a round.
+        print(
+            "the simulation's round time is below the start-up noise of its runs "
+            f"({per_round['simulation']:.1f} s); rerun with --rounds-high 6 or more"
+        )
+        return
     for engine in engines[1:]:
         ratio = per_round[engine] / per_round["simulation"]
         print(f"round time, {engine} / simulation: {ratio:.2f}x")
