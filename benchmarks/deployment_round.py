@@ -150,7 +150,7 @@ def main() -> None:
         # Ray's start-up varies by seconds between runs: with few rounds it hides a round.
         print(
             "the simulation's round time is below the start-up noise of its runs "
-            f"({per_round['simulation']:.1f} s); rerun with --rounds-high 6 or more"
+            f"({per_round['simulation']:.1f} s): rerun with more rounds (--rounds-high 20)"
         )
         return
     for engine in engines[1:]:
