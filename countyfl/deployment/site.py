@@ -267,6 +267,8 @@ class SiteConfig(BaseModel):
     institution_id: str = Field(pattern=SLUG_PATTERN, max_length=64)
     name: str = Field(min_length=1)
     level: CareLevel
+    township: str = Field(default="", pattern=r"^(?:[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?)?$")
+    """The township the institution belongs to (e.g. "township-3"); empty for none."""
     data: DataSource
     privacy: PrivacySettings
     keys: KeyPaths = KeyPaths()

@@ -106,9 +106,20 @@ def load_site_data(site: SiteConfig) -> SiteData:
     DataError
         The export cannot be read, or too few valid rows remain for a train/test split.
     """
-    if isinstance(site.data, TaskData):
-        return _load_task_data(site, site.data)
-    data = site.data
+    loaded = (
+        _load_task_data(site, site.data)
+        if isinstance(site.data, TaskData)
+        else _load_heart_disease_data(site, site.data)
+    )
+    if not site.township:
+        return loaded
+    # The township it belongs to: where its CKKS update is added, and its report's group.
+    institution = dataclasses.replace(loaded.institution, township=site.township)
+    return dataclasses.replace(loaded, institution=institution)
+
+
+def _load_heart_disease_data(site: SiteConfig, data: HeartDiseaseData) -> SiteData:
+    """A site's export of the built-in heart-disease schema: validated, split, scaled."""
     frame = read_csv(data.path)
     to_schema = _schema_columns(data)
     where = site.source or "site.toml"

@@ -67,6 +67,16 @@ def _site(tmp_path: Path, text: str = SITE) -> Path:
     return path
 
 
+def test_a_site_names_its_township_and_its_institution_carries_it(tmp_path: Path) -> None:
+    plain = load_site_data(load_site(_site(tmp_path)))
+    assert plain.institution.township == ""
+    text = SITE.replace('level = "township"\n', 'level = "township"\ntownship = "township-3"\n')
+    named = load_site_data(load_site(_site(tmp_path, text)))
+    assert named.institution.township == "township-3"  # what its replies name (site.township)
+    with pytest.raises(SiteConfigError, match="township"):
+        load_site(_site(tmp_path, text.replace('township = "township-3"', 'township = "T 3!"')))
+
+
 def test_a_site_maps_its_export_onto_the_task(tmp_path: Path) -> None:
     site = load_site(_site(tmp_path))
     assert isinstance(site.data, TaskData)
