@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -102,14 +103,7 @@ def run_federated(
         num_supernodes=num_institutions,
         backend_config={
             "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-            "init_args": {
-                "num_cpus": max(1, min(num_institutions, _cpu_count())),
-                "log_to_driver": verbose,
-                # A CKKS ciphertext (8,192 values) is 127 KB, over Ray's 100 KiB inline limit:
-                # above it every message goes through the object store (5.8 ms against
-                # 1.6 ms per 130 KB message, benchmarks/he_overhead.py --ray-inline-kib).
-                "_system_config": {"max_direct_call_object_size": 1 << 20},  # type: ignore[dict-item]
-            },
+            "init_args": ray_init_args(num_institutions, verbose),
         },
     )
     if not (output / HISTORY_FILE).is_file():
@@ -118,6 +112,27 @@ def run_federated(
             f"{output}; rerun with --verbose to see Flower's log"
         )
     return FederationHistory.read(output / HISTORY_FILE)
+
+
+RAY_ADDRESS_ENV = "RAY_ADDRESS"
+"""Set (e.g. ``10.0.0.1:6379``): the simulation joins that Ray cluster (docs/ray-cluster.md)."""
+
+
+def ray_init_args(num_institutions: int, verbose: bool) -> dict[str, Any]:
+    """``ray.init`` arguments: a local Ray on this machine's cores, or the cluster at
+    ``RAY_ADDRESS``, whose size and settings are the cluster's own (``ray start``)."""
+    address = os.environ.get(RAY_ADDRESS_ENV, "").strip()
+    if address:
+        # Ray refuses num_cpus and _system_config when joining a running cluster.
+        return {"address": address, "log_to_driver": verbose}
+    return {
+        "num_cpus": max(1, min(num_institutions, _cpu_count())),
+        "log_to_driver": verbose,
+        # A CKKS ciphertext (8,192 values) is 127 KB, over Ray's 100 KiB inline limit:
+        # above it every message goes through the object store (5.8 ms against
+        # 1.6 ms per 130 KB message, benchmarks/he_overhead.py --ray-inline-kib).
+        "_system_config": {"max_direct_call_object_size": 1 << 20},
+    }
 
 
 def _cpu_count() -> int:
