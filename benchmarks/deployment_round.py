@@ -69,6 +69,22 @@ def _simulate(rounds: int, output: Path) -> float:
     return time.perf_counter() - started
 
 
+def _round_seconds(folder: Path) -> float | None:
+    """A round's time inside one run: from the end of round 1 to the end of the last, per
+    round, by the ServerApp's own event timestamps (events.jsonl), start-up excluded."""
+    from countyfl.runs import EventKind, EventReader
+
+    ends: dict[int, float] = {}
+    for path in folder.rglob("events.jsonl"):
+        for event in EventReader(path).read_new():
+            if event.kind is EventKind.ROUND_END and event.round is not None:
+                ends[event.round] = event.at.timestamp()
+    if len(ends) < 2:
+        return None
+    first, last = min(ends), max(ends)
+    return (ends[last] - ends[first]) / (last - first)
+
+
 def _median(values: list[float]) -> float:
     return sorted(values)[len(values) // 2]
 
@@ -116,6 +132,11 @@ def _county_rounds(
         county.stop()
 
 
+def prefix(engine: str) -> str:
+    """The folder prefix of an engine's runs (``sim-3``, ``deployment-3``)."""
+    return "sim" if engine == "simulation" else engine
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds-high", type=int, default=3)
@@ -137,6 +158,7 @@ def main() -> None:
         _county_rounds(root, "deployment", low, high, True, times)
         if args.cold:
             _county_rounds(root, "deployment-cold", low, high, False, times)
+        in_run = {engine: _round_seconds(root / f"{prefix(engine)}-{high}") for engine in engines}
     per_round = {
         engine: (times[(engine, high)] - times[(engine, low)]) / (high - low) for engine in engines
     }
@@ -146,6 +168,17 @@ def main() -> None:
             f"{engine:<16}{times[(engine, low)]:>14.1f}{times[(engine, high)]:>16.1f}"
             f"{per_round[engine]:>16.1f}"
         )
+    # The same round timed inside the run, by the ServerApp's event timestamps (rounds 2..n):
+    # immune to the spread of start-up between runs.
+    timed = {engine: value for engine, value in in_run.items() if value is not None}
+    if "simulation" in timed:
+        print("round time inside the run (ServerApp events, round 1 to the last):")
+        for engine, value in timed.items():
+            print(f"  {engine:<16}{value:>8.2f} s")
+        for engine in engines[1:]:
+            if engine in timed and timed["simulation"] > 0:
+                ratio = timed[engine] / timed["simulation"]
+                print(f"  round time inside the run, {engine} / simulation: {ratio:.2f}x")
     if per_round["simulation"] <= 0.1:
         # Ray's start-up varies by seconds between runs: with few rounds it hides a round.
         print(
