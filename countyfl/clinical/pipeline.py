@@ -6,7 +6,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from countyfl.clinical.adapters import ExportSource, SourceRows, read_rows
 from countyfl.clinical.dataset import federated_dataset
@@ -40,28 +40,7 @@ def simulation_dataset(
             "column naming each row's institution) to simulate it"
         )
     split_column = task.simulation.split_column
-    _check_source_mapping(source, mapping, where=where)
-    read = read_rows(source, drop=mapping.drop)
-    frame = read.frame
-    checked = check_mapping(
-        task,
-        mapping,
-        list(map(str, frame.columns)),
-        where=where,
-        extra_columns=(split_column,) if split_column else (),
-    )
-    rows = _with_unattached(
-        map_rows(
-            frame,
-            checked,
-            source=source.name(),
-            split_column=split_column,
-            row_problems=read.row_problems,
-        ),
-        read,
-        source=source.name(),
-        institution="",
-    )
+    rows = mapped_rows(task, source, mapping, where=where, split_column=split_column)
     dataset = federated_dataset(task, rows, partition_seed=partition_seed, source=source.describe())
     return replace(dataset, notes=(*task.notes, *dataset.notes))
 
@@ -163,10 +142,7 @@ def is_sites_file(path: Path) -> bool:
 def _read_toml(path: Path, model: type[ModelT], *, what: str) -> ModelT:
     import tomllib
 
-    from pydantic import ValidationError
-
     from countyfl.clinical.mapping import MappingError
-    from countyfl.clinical.task import location
 
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -175,12 +151,18 @@ def _read_toml(path: Path, model: type[ModelT], *, what: str) -> ModelT:
     try:
         return model.model_validate(raw)
     except ValidationError as error:
-        problems = "\n".join(
-            f"{path}: {location(tuple(issue['loc']))}: "
-            f"{str(issue['msg']).removeprefix('Value error, ')}"
-            for issue in error.errors()
-        )
-        raise MappingError(f"{problems}\nFix {path.name} ({what}).") from None
+        raise MappingError(f"{_problems(path, error)}\nFix {path.name} ({what}).") from None
+
+
+def _problems(path: Path, error: Any, prefix: tuple[str, ...] = ()) -> str:
+    """A pydantic ValidationError as ``FILE: key.path: message`` lines."""
+    from countyfl.clinical.task import location
+
+    return "\n".join(
+        f"{path}: {location((*prefix, *issue['loc']))}: "
+        f"{str(issue['msg']).removeprefix('Value error, ')}"
+        for issue in error.errors()
+    )
 
 
 def sites_dataset(task: TaskDefinition, path: Path, partition_seed: int) -> FederatedDataset:
@@ -220,24 +202,14 @@ def sites_dataset(task: TaskDefinition, path: Path, partition_seed: int) -> Fede
                 f"{site_path}: data.task: {task_file} is not the task being simulated "
                 f"({task.name}); the site must map its export onto the same task file"
             )
-        parsed = ExportFile.model_validate(data)
+        try:
+            parsed = ExportFile.model_validate(data)
+        except ValidationError as error:
+            problems = _problems(site_path, error, prefix=("data",))
+            raise MappingError(f"{problems}\nFix {site_path.name} (docs/site-data.md).") from None
         source, mapping = _source_and_mapping(parsed, site_path.parent)
         where = f"{site_path} [data]"
-        _check_source_mapping(source, mapping, where=where)
-        read = read_rows(source, drop=mapping.drop)
-        checked = check_mapping(task, mapping, list(map(str, read.frame.columns)), where=where)
-        rows = _with_unattached(
-            map_rows(
-                read.frame,
-                checked,
-                source=source.name(),
-                institution=site.institution_id,
-                row_problems=read.row_problems,
-            ),
-            read,
-            source=source.name(),
-            institution=site.institution_id,
-        )
+        rows = mapped_rows(task, source, mapping, where=where, institution=site.institution_id)
         if len(rows.values) < task.split.min_rows:
             raise DataError(
                 f"{site_path}: institution {site.name!r} has {len(rows.values)} valid rows; "
@@ -308,6 +280,40 @@ def _check_source_mapping(source: ExportSource, mapping: DataMapping, *, where: 
         )
 
 
+def mapped_rows(
+    task: TaskDefinition,
+    source: ExportSource,
+    mapping: DataMapping,
+    *,
+    where: str,
+    institution: str = "",
+    split_column: str | None = None,
+    pseudonymise: Any = None,
+) -> MappedRows:
+    """One export read and mapped onto the task: the mapping checked against its columns
+    before any row is read, then every row mapped or quarantined (problems of the export
+    that belong to no row as row 0)."""
+    _check_source_mapping(source, mapping, where=where)
+    read = read_rows(source, drop=mapping.drop)
+    checked = check_mapping(
+        task,
+        mapping,
+        list(map(str, read.frame.columns)),
+        where=where,
+        extra_columns=(split_column,) if split_column else (),
+    )
+    rows = map_rows(
+        read.frame,
+        checked,
+        source=source.name(),
+        institution=institution,
+        split_column=split_column,
+        pseudonymise=pseudonymise,
+        row_problems=read.row_problems,
+    )
+    return _with_unattached(rows, read, source=source.name(), institution=institution)
+
+
 def _with_unattached(
     rows: MappedRows, read: SourceRows, *, source: str, institution: str
 ) -> MappedRows:
@@ -343,27 +349,16 @@ def ingest(
     from countyfl.clinical.pseudonyms import load_or_create_secret, pseudonymiser
     from countyfl.data.quarantine import write_quarantine
 
-    _check_source_mapping(source, mapping, where=where)
-    read = read_rows(source, drop=mapping.drop)
-    frame = read.frame
-    checked = check_mapping(
-        task,
-        mapping,
-        list(map(str, frame.columns)),
-        where=where,
-        extra_columns=(split_column,) if split_column else (),
-    )
     pseudonymise = pseudonymiser(load_or_create_secret(state_dir)) if mapping.identifiers else None
-    rows = map_rows(
-        frame,
-        checked,
-        source=source.name(),
+    rows = mapped_rows(
+        task,
+        source,
+        mapping,
+        where=where,
         institution=institution_id,
         split_column=split_column,
         pseudonymise=pseudonymise,
-        row_problems=read.row_problems,
     )
-    rows = _with_unattached(rows, read, source=source.name(), institution=institution_id)
     from countyfl.files import ensure_private_directory
 
     ensure_private_directory(state_dir)

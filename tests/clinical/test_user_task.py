@@ -90,3 +90,21 @@ def test_the_documented_export_file_is_valid(tmp_path: Path) -> None:
     assert source.path == tmp_path / "export.csv"
     assert mapping.units == {"total-cholesterol": "mmol/L"}
     assert split_column == "klinik"
+
+
+def test_a_sites_file_with_a_bad_site_is_a_clear_error_naming_the_site(tmp_path: Path) -> None:
+    from countyfl.clinical.mapping import MappingError
+
+    task_path, _ = write_user_task(tmp_path, rows=60)
+    site = tmp_path / "site.toml"
+    site.write_text(
+        'institution_id = "village-1"\nname = "Village Clinic 1"\nlevel = "village"\n\n'
+        '[data]\ntask = "task.toml"\nformat = "csv"\npath = "export.csv"\ncolour = "blue"\n',
+        encoding="utf-8",
+    )
+    sites = tmp_path / "sites.toml"
+    sites.write_text('sites = ["site.toml"]\n', encoding="utf-8")
+    with pytest.raises(MappingError) as error:
+        scenarios.load(str(task_path), str(sites), 2026)
+    assert f"{site}: data.colour" in str(error.value)
+    assert "Fix site.toml" in str(error.value)
