@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from functools import lru_cache
 
@@ -18,11 +19,12 @@ from countyfl.privacy.accounting import (
     noise_multiplier_for,
     poisson_sample_rate,
     project_epsilon,
+    rdp_vectors_kept_in,
 )
 from countyfl.privacy.dp import PrivacyPlan, PrivateTrainOutcome, train_private
 from countyfl.privacy.ledger import Budget, PrivacyLedger
 from countyfl.privacy.modes import AccountantName, GradSampleMode, Mechanism
-from countyfl.privacy.noise_memo import NoiseMemo
+from countyfl.privacy.noise_memo import NoiseMemo, RdpVectorMemo
 from countyfl.privacy.randomness import GeneratorFactory, secret_generators
 from countyfl.privacy.weighting import LocalStepsPolicy, local_steps_for
 from countyfl.training.plan import TrainingPlan
@@ -196,85 +198,91 @@ def train_within_budget(
     round (:mod:`countyfl.privacy.weighting`), and the calibration composes exactly that
     schedule: ``steps_per_run / plan.local_steps`` rounds of that many steps.
     """
-    if len(x) == 0:
-        raise ConfigError(
-            f"institution {institution_id} has no training rows: nothing to train with "
-            "differential privacy (check its data export)"
-        )
-    count = release_count(
-        institution_id=institution_id,
-        ledger=ledger,
-        budget=budget,
-        run_id=run_id,
-        server_round=server_round,
-        num_rows=len(x),
-        count_noise=count_noise,
-        accountant=accountant,
-        generator=generators(Mechanism.NOISY_COUNT),
+    memo_vectors = (
+        nullcontext()
+        if noise_memo is None
+        else rdp_vectors_kept_in(RdpVectorMemo(noise_memo.folder.parent))
     )
-    sample_rate = poisson_sample_rate(count, plan.batch_size)
-    if steps_per_run % plan.local_steps:
-        raise ConfigError(
-            f"steps per run {steps_per_run} is not a whole number of rounds of "
-            f"{plan.local_steps} local steps"
+    with memo_vectors:
+        if len(x) == 0:
+            raise ConfigError(
+                f"institution {institution_id} has no training rows: nothing to train with "
+                "differential privacy (check its data export)"
+            )
+        count = release_count(
+            institution_id=institution_id,
+            ledger=ledger,
+            budget=budget,
+            run_id=run_id,
+            server_round=server_round,
+            num_rows=len(x),
+            count_noise=count_noise,
+            accountant=accountant,
+            generator=generators(Mechanism.NOISY_COUNT),
         )
-    local_steps = local_steps_for(steps_policy, plan.local_steps, count, plan.batch_size)
-    steps_per_run = steps_per_run // plan.local_steps * local_steps
-    plan = replace(plan, local_steps=local_steps)
-    calibration = (
-        target_epsilon,
-        budget.delta,
-        sample_rate,
-        steps_per_run,
-        accountant,
-        (gaussian_entry(count_noise),),
-    )
-    if noise_memo is None:
-        noise = calibrated_noise(*calibration)
-    else:
-        noise = noise_memo.calibrate(
-            [*calibration[:4], accountant.value, [list(e) for e in calibration[5]]],
-            lambda: calibrated_noise(*calibration),
-        )
-    history, projected = _check_fits(
-        (noise, sample_rate, plan.local_steps),
-        institution_id=institution_id,
-        ledger=ledger,
-        budget=budget,
-        accountant=accountant,
-        run_id=run_id,
-        server_round=server_round,
-    )
-    outcome = train_private(
-        model,
-        x,
-        y,
-        plan,
-        PrivacyPlan(
-            noise,
-            max_grad_norm,
+        sample_rate = poisson_sample_rate(count, plan.batch_size)
+        if steps_per_run % plan.local_steps:
+            raise ConfigError(
+                f"steps per run {steps_per_run} is not a whole number of rounds of "
+                f"{plan.local_steps} local steps"
+            )
+        local_steps = local_steps_for(steps_policy, plan.local_steps, count, plan.batch_size)
+        steps_per_run = steps_per_run // plan.local_steps * local_steps
+        plan = replace(plan, local_steps=local_steps)
+        calibration = (
+            target_epsilon,
+            budget.delta,
+            sample_rate,
+            steps_per_run,
             accountant,
-            grad_sample_mode,
-            sample_rate=sample_rate,
-            expected_batch_size=sample_rate * count,
-        ),
-        history,
-        generator=generators(Mechanism.DP_SGD),
-    )
-    # The projection was computed for exactly this history unless Opacus ran another
-    # number of steps than planned; then the ledger recomputes it.
-    planned = merge_history([*history, (noise, sample_rate, plan.local_steps)])
-    same = merge_history(outcome.history_after) == planned
-    epsilon_after = ledger.record_spend(
-        run_id=run_id,
-        server_round=server_round,
-        history_before=history,
-        history_after=outcome.history_after,
-        steps=outcome.steps,
-        sample_rate=outcome.sample_rate,
-        noise_multiplier=noise,
-        delta=budget.delta,
-        accountant=accountant,
-        epsilon_after=projected if same else None,
-    )
-    return RoundSpend(outcome, noise, epsilon_after, count, local_steps)
+            (gaussian_entry(count_noise),),
+        )
+        if noise_memo is None:
+            noise = calibrated_noise(*calibration)
+        else:
+            noise = noise_memo.calibrate(
+                [*calibration[:4], accountant.value, [list(e) for e in calibration[5]]],
+                lambda: calibrated_noise(*calibration),
+            )
+        history, projected = _check_fits(
+            (noise, sample_rate, plan.local_steps),
+            institution_id=institution_id,
+            ledger=ledger,
+            budget=budget,
+            accountant=accountant,
+            run_id=run_id,
+            server_round=server_round,
+        )
+        outcome = train_private(
+            model,
+            x,
+            y,
+            plan,
+            PrivacyPlan(
+                noise,
+                max_grad_norm,
+                accountant,
+                grad_sample_mode,
+                sample_rate=sample_rate,
+                expected_batch_size=sample_rate * count,
+            ),
+            history,
+            generator=generators(Mechanism.DP_SGD),
+        )
+        # The projection was computed for exactly this history unless Opacus ran another
+        # number of steps than planned; then the ledger recomputes it.
+        planned = merge_history([*history, (noise, sample_rate, plan.local_steps)])
+        same = merge_history(outcome.history_after) == planned
+        epsilon_after = ledger.record_spend(
+            run_id=run_id,
+            server_round=server_round,
+            history_before=history,
+            history_after=outcome.history_after,
+            steps=outcome.steps,
+            sample_rate=outcome.sample_rate,
+            noise_multiplier=noise,
+            delta=budget.delta,
+            accountant=accountant,
+            epsilon_after=projected if same else None,
+        )
+        return RoundSpend(outcome, noise, epsilon_after, count, local_steps)

@@ -35,6 +35,7 @@ from countyfl.files import ensure_private_directory, write_file
 
 MEMO_DIR = "noise-calibration"
 MAX_ENTRIES = 256
+MAX_RECORD_BYTES = 65536
 
 
 def memo_folder(state_dir: Path) -> Path:
@@ -55,8 +56,8 @@ class NoiseMemo:
     def _path(self, key: str) -> Path:
         return self.folder / f"{hashlib.sha256(key.encode()).hexdigest()}.json"
 
-    def get(self, parameters: Sequence[Any]) -> float | None:
-        """The noise multiplier stored for exactly these parameters, or None."""
+    def _read(self, parameters: Sequence[Any]) -> dict[str, Any] | None:
+        """The record stored for exactly these parameters, or None."""
         key = _key(parameters)
         try:
             descriptor = os.open(self._path(key), os.O_RDONLY | os.O_NOFOLLOW)
@@ -64,12 +65,28 @@ class NoiseMemo:
             return None
         try:
             with os.fdopen(descriptor, "rb") as handle:
-                stored = json.loads(handle.read(4096))
+                stored = json.loads(handle.read(MAX_RECORD_BYTES))
         except (OSError, ValueError):
             return None
         if not isinstance(stored, dict) or stored.get("parameters") != json.loads(key):
             return None
-        value = stored.get("noise_multiplier")
+        return stored
+
+    def _write(self, parameters: Sequence[Any], name: str, value: Any) -> None:
+        """Store a result (a memo: a write that fails is only a miss next time)."""
+        key = _key(parameters)
+        record = {"parameters": json.loads(key), name: value}
+        try:
+            ensure_private_directory(self.folder)
+            write_file(self._path(key), json.dumps(record).encode(), replace=True)
+            self._prune()
+        except OSError:
+            return
+
+    def get(self, parameters: Sequence[Any]) -> float | None:
+        """The noise multiplier stored for exactly these parameters, or None."""
+        stored = self._read(parameters)
+        value = None if stored is None else stored.get("noise_multiplier")
         if isinstance(value, bool) or not isinstance(value, int | float):
             return None
         if not math.isfinite(value) or value <= 0:
@@ -77,15 +94,8 @@ class NoiseMemo:
         return float(value)
 
     def put(self, parameters: Sequence[Any], noise_multiplier: float) -> None:
-        """Store a result (a memo: a write that fails is only a miss next time)."""
-        key = _key(parameters)
-        record = {"parameters": json.loads(key), "noise_multiplier": float(noise_multiplier)}
-        try:
-            ensure_private_directory(self.folder)
-            write_file(self._path(key), json.dumps(record).encode(), replace=True)
-            self._prune()
-        except OSError:
-            return
+        """Store a calibrated noise multiplier."""
+        self._write(parameters, "noise_multiplier", float(noise_multiplier))
 
     def _prune(self) -> None:
         entries = []
@@ -104,3 +114,30 @@ class NoiseMemo:
             value = compute()
             self.put(parameters, value)
         return value
+
+
+class RdpVectorMemo(NoiseMemo):
+    """One-step RDP vectors of (noise multiplier, sample rate), kept beside the noise memo.
+
+    The accountant's bounds (:func:`countyfl.privacy.accounting.keep_rdp_vectors_in`) need
+    each mechanism's RDP at every order; a deployed site's every training task needed the
+    same few vectors again. A vector is a list of non-negative numbers (``Infinity`` where
+    an order's bound is infinite) of the stored length, else a miss.
+    """
+
+    def get(self, parameters: Sequence[Any]) -> list[float] | None:  # type: ignore[override]
+        stored = self._read(parameters)
+        values = None if stored is None else stored.get("rdp")
+        if not isinstance(values, list):
+            return None
+        vector: list[float] = []
+        for value in values:
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                return None
+            if math.isnan(value) or value < 0:
+                return None
+            vector.append(float(value))
+        return vector
+
+    def put(self, parameters: Sequence[Any], values: Sequence[float]) -> None:  # type: ignore[override]
+        self._write(parameters, "rdp", [float(v) for v in values])

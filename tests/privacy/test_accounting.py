@@ -360,3 +360,30 @@ def test_the_remembered_rdp_epsilon_is_opacus_own_bit_for_bit(
     assert epsilon_of(history, delta, AccountantName.RDP) == accountant.get_epsilon(delta=delta)
     # Asked again (remembered), the same number.
     assert epsilon_of(history, delta, AccountantName.RDP) == accountant.get_epsilon(delta=delta)
+
+
+@settings(max_examples=6, deadline=None)
+@given(
+    history=st.lists(
+        st.tuples(
+            st.floats(0.6, 30.0),
+            st.floats(1e-3, 1.0),
+            st.integers(1, 300),
+        ),
+        min_size=1,
+        max_size=3,
+    ),
+    delta=st.sampled_from([1e-3, 1e-5]),
+)
+def test_the_prv_epsilon_is_opacus_own_bit_for_bit(
+    history: list[tuple[float, float, int]], delta: float
+) -> None:
+    """The PRV epsilon (with the safe domain's RDP bounds from remembered vectors) is
+    exactly Opacus's PRVAccountant.get_epsilon, a sample rate of 1 (a count) included."""
+    history = [*history, (50.0, 1.0, 1)]
+    accountant = PRVAccountant()
+    accountant.history = list(history)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        expected = accountant.get_epsilon(delta=delta)
+    assert epsilon_of(history, delta, AccountantName.PRV) == expected

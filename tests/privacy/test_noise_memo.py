@@ -9,14 +9,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from opacus.accountants.analysis import rdp as rdp_analysis
 
 from countyfl.models import LogisticRegression
+from countyfl.privacy import accounting as accounting_module
 from countyfl.privacy import budget as budget_module
 from countyfl.privacy.accounting import gaussian_entry, poisson_sample_rate
 from countyfl.privacy.budget import calibrated_noise, train_within_budget
 from countyfl.privacy.ledger import LEDGER_FILE, Budget, PrivacyLedger
 from countyfl.privacy.modes import AccountantName, DpRandomness, GradSampleMode, Mechanism
-from countyfl.privacy.noise_memo import MEMO_DIR, NoiseMemo
+from countyfl.privacy.noise_memo import MEMO_DIR, NoiseMemo, RdpVectorMemo
 from countyfl.privacy.randomness import round_generators
 from countyfl.training.plan import TrainingPlan
 
@@ -119,3 +121,54 @@ def test_the_memo_keeps_a_bounded_number_of_entries(
     for steps in range(5):
         memo.put([*PARAMETERS[:3], steps, *PARAMETERS[4:]], 1.0 + steps)
     assert len(list((tmp_path / MEMO_DIR).iterdir())) == 3
+
+
+def test_a_new_process_of_the_node_reuses_the_rdp_vectors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The accountant's one-step RDP vectors (the PRV domain's bounds, RDP's epsilon) are
+    kept in the site's state folder: a new task process computes none of them again."""
+    accounting_module._rdp_of_one_step.cache_clear()  # a fresh process
+    accounting_module._epsilon.cache_clear()
+    calibrated_noise.cache_clear()
+    first = _round(tmp_path, "run-1", NoiseMemo(tmp_path))
+    stored = [
+        json.loads(path.read_text())
+        for path in (tmp_path / MEMO_DIR).iterdir()
+        if "rdp" in json.loads(path.read_text())
+    ]
+    assert stored, "no RDP vector was kept"
+    for record in stored:
+        _, sigma, q, orders = record["parameters"]
+        expected = rdp_analysis.compute_rdp(q=q, noise_multiplier=sigma, steps=1, orders=orders)
+        assert record["rdp"] == [float(v) for v in expected]
+    # A new task process: in-process memos empty, and computing an RDP vector would fail.
+    accounting_module._rdp_of_one_step.cache_clear()
+    accounting_module._epsilon.cache_clear()
+    calibrated_noise.cache_clear()
+
+    def no_rdp(**kwargs: object) -> object:
+        raise AssertionError("computed an RDP vector again")
+
+    monkeypatch.setattr(rdp_analysis, "compute_rdp", no_rdp)
+    spends_before = len(PrivacyLedger(tmp_path / LEDGER_FILE).spends())
+    assert _round(tmp_path, "run-2", NoiseMemo(tmp_path)) == first
+    assert len(PrivacyLedger(tmp_path / LEDGER_FILE).spends()) > spends_before  # accounted
+    # Without the memo (a simulation's process), the vectors are computed as before.
+    accounting_module._rdp_of_one_step.cache_clear()
+    accounting_module._epsilon.cache_clear()
+    with pytest.raises(AssertionError, match="computed an RDP vector again"):
+        _round(tmp_path, "run-3", None)
+
+
+@pytest.mark.parametrize(
+    "values", [[1.0, "x"], [1.0, -0.5], [1.0, float("nan")], "not a list", [True]]
+)
+def test_a_stored_rdp_vector_that_is_not_one_is_a_miss(tmp_path: Path, values: object) -> None:
+    memo = RdpVectorMemo(tmp_path)
+    parameters = ["rdp-one-step", 2.0, 0.1, [2.0, 3.0]]
+    memo.put(parameters, [0.5, float("inf")])
+    assert memo.get(parameters) == [0.5, float("inf")]
+    (entry,) = (tmp_path / MEMO_DIR).iterdir()
+    entry.write_text(json.dumps({"parameters": parameters, "rdp": values}))
+    assert memo.get(parameters) is None
