@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import hashlib
 import importlib
 import json
@@ -331,6 +332,65 @@ def use_app_sources(app_dir: Path) -> bool:
     return True
 
 
+def installed_fab_path(fab: bytes) -> Path | None:
+    """Where Flower installs these exact FAB bytes (``flwr.cli.install``), if it did already.
+
+    Flower's ``install_from_fab`` unpacks the whole FAB and checks every file's hash on
+    every message, then keeps an install already at that path (the path names the FAB's
+    sha256): 0.3-1 s of each task at a node, for nothing after its first. Only the FAB's
+    pyproject.toml is read here; anything unexpected is None (Flower installs it).
+    """
+    import tomllib
+    import zipfile
+    from io import BytesIO
+
+    from flwr.common.config import get_metadata_from_config
+    from flwr.common.constant import APP_DIR, FAB_HASH_TRUNCATION
+    from flwr.supercore.utils import get_flwr_home
+
+    try:
+        with zipfile.ZipFile(BytesIO(fab)) as archive:
+            config = tomllib.loads(archive.read("pyproject.toml").decode("utf-8"))
+        fab_id, version = get_metadata_from_config(config)
+        publisher, project_name = fab_id.split("/")
+    except Exception:
+        return None
+    digest = hashlib.sha256(fab).hexdigest()[:FAB_HASH_TRUNCATION]
+    path = Path(get_flwr_home()) / APP_DIR / f"{publisher}.{project_name}.{version}.{digest}"
+    return path if path.is_dir() else None
+
+
+def install_fab_once(
+    fab_file: Path | bytes, install_dir: Path | None = None, skip_prompt: bool = False
+) -> Path:
+    """Flower's ``install_from_fab``, returning at once the install it would keep anyway."""
+    from flwr.cli.install import install_from_fab
+
+    if isinstance(fab_file, bytes) and install_dir is None and skip_prompt:
+        installed = installed_fab_path(fab_file)
+        if installed is not None:
+            return installed
+    return install_from_fab(fab_file, install_dir, skip_prompt)
+
+
+OBJECT_PULL_BACKOFF = (0.05, 0.5)
+"""A task's first wait and longest wait (s) for a message object its node is still pulling."""
+
+
+def prompt_object_pulls(pull: Callable[..., Any]) -> Callable[..., Any]:
+    """Flower's ``pull_and_inflate_object_from_tree`` retrying a missing object promptly.
+
+    A node hands a message to its task as soon as it arrives, while it is still pulling
+    the message's objects from the SuperLink; the task's first pull of an object not there
+    yet waits Flower's initial backoff of 1 s (``flwr.supercore.constant``) although the
+    object is usually there a few milliseconds later: about 1 s of every task at a node.
+    These retries go to the node's own Runtime API on 127.0.0.1; the total time allowed and
+    the number of tries are Flower's.
+    """
+    initial, cap = OBJECT_PULL_BACKOFF
+    return functools.partial(pull, initial_backoff=initial, backoff_cap=cap)
+
+
 def run_clientapp_task(
     runtime_api_address: str,
     token: str,
@@ -357,8 +417,13 @@ def run_clientapp_task(
         return _load
 
     # The FAB is installed and loaded by Flower's own code below; only the module lookup
-    # is checked against the FAB's sources first (this process is a throwaway fork).
+    # is checked against the FAB's sources first, and a FAB this node installed already is
+    # not unpacked again (this process is a throwaway fork).
     runtime.get_load_client_app_fn = load_with_fab_sources  # type: ignore[attr-defined]
+    runtime.install_from_fab = install_fab_once  # type: ignore[attr-defined]
+    runtime.pull_and_inflate_object_from_tree = prompt_object_pulls(  # type: ignore[attr-defined]
+        runtime.pull_and_inflate_object_from_tree  # type: ignore[attr-defined]
+    )
     runtime.run_clientapp(
         runtime_api_address=runtime_api_address,
         token=token,

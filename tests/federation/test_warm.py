@@ -16,7 +16,14 @@ from typing import Any
 import pytest
 
 from countyfl.deployment.processes import supervise
-from countyfl.federation.warm import Template, WarmExecutor, WarmProcessError
+from countyfl.federation.warm import (
+    Template,
+    WarmExecutor,
+    WarmProcessError,
+    install_fab_once,
+    installed_fab_path,
+    prompt_object_pulls,
+)
 
 HERE = "tests.federation.warm_tasks"
 
@@ -146,3 +153,74 @@ def test_tasks_start_cold_while_the_template_is_still_importing() -> None:
     finally:
         executor.template.process.kill()
         executor.close()
+
+
+def _fab(folder: Path, version: str) -> bytes:
+    from flwr.cli.build import build_fab_from_disk
+
+    folder.mkdir()
+    (folder / "pyproject.toml").write_text(
+        "[build-system]\nrequires = ['hatchling']\nbuild-backend = 'hatchling.build'\n"
+        f"[project]\nname = 'tinyapp'\nversion = '{version}'\ndependencies = []\n"
+        "[tool.hatch.build.targets.wheel]\npackages = ['.']\n"
+        "[tool.flwr.app]\npublisher = 'county'\n"
+        "[tool.flwr.app.components]\nserverapp = 'tinyapp.server:app'\n"
+        "clientapp = 'tinyapp.client:app'\n[tool.flwr.app.config]\nrounds = 1\n"
+    )
+    (folder / "tinyapp").mkdir()
+    for name in ("__init__", "server", "client"):
+        (folder / "tinyapp" / f"{name}.py").write_text("app = None\n")
+    return build_fab_from_disk(folder)
+
+
+def test_a_fab_installed_once_is_not_unpacked_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each task at a node installs the run's FAB with Flower's install_from_fab, which
+    unpacks and hash-checks every file before keeping the install already there: a FAB
+    this node installed is now found by its path, and Flower installs any other."""
+    import flwr.cli.install
+
+    monkeypatch.setenv("FLWR_HOME", str(tmp_path / "flwr-home"))
+    fab = _fab(tmp_path / "app", "1.0.0")
+    assert installed_fab_path(fab) is None
+    first = install_fab_once(fab, skip_prompt=True)  # Flower's own install
+    assert (first / "tinyapp" / "client.py").is_file()
+    assert installed_fab_path(fab) == first
+
+    def unpacked(*args: object, **kwargs: object) -> Path:
+        raise AssertionError("unpacked again")
+
+    monkeypatch.setattr(flwr.cli.install, "install_from_fab", unpacked)
+    assert install_fab_once(fab, skip_prompt=True) == first
+    other = _fab(tmp_path / "other", "1.0.1")  # another FAB: Flower installs it
+    with pytest.raises(AssertionError, match="unpacked again"):
+        install_fab_once(other, skip_prompt=True)
+    with pytest.raises(AssertionError, match="unpacked again"):
+        install_fab_once(b"not a zip", skip_prompt=True)
+    shutil.rmtree(first)  # an install that is gone is installed again
+    with pytest.raises(AssertionError, match="unpacked again"):
+        install_fab_once(fab, skip_prompt=True)
+
+
+def test_a_task_retries_a_message_object_its_node_is_still_pulling_promptly() -> None:
+    """Flower's first retry of a missing object waits 1 s; a task's waits are shorter, and
+    the wrapped function is Flower's own, which still takes these keywords."""
+    import inspect
+
+    from flwr.supercore.constant import PULL_INITIAL_BACKOFF
+    from flwr.supernode.runtime import run_clientapp as runtime
+
+    calls: list[dict[str, Any]] = []
+
+    def pull(*args: Any, **kwargs: Any) -> str:
+        calls.append(kwargs)
+        return "message"
+
+    assert prompt_object_pulls(pull)("tree", return_type=str) == "message"
+    assert calls == [
+        {"return_type": str, "initial_backoff": 0.05, "backoff_cap": 0.5},
+    ]
+    assert PULL_INITIAL_BACKOFF > 0.05
+    parameters = inspect.signature(runtime.pull_and_inflate_object_from_tree).parameters
+    assert {"initial_backoff", "backoff_cap", "max_time", "max_tries_per_object"} <= set(parameters)
