@@ -337,11 +337,22 @@ def node_start(
             "fresh Flower process per message (slower; for comparison)",
         ),
     ] = True,
+    relay: Annotated[
+        bool,
+        typer.Option(
+            "--relay/--direct",
+            help="reach the SuperLink through this node's relay, which takes a round's "
+            "next message as soon as it is queued (default), or directly (Flower's own "
+            "polling: up to 3 s later)",
+        ),
+    ] = True,
 ) -> None:
     """Run this institution's node in the foreground (TLS, its auth key, its site.toml).
 
     The SuperNode, and countyfl's SuperExec that answers its messages from a pre-imported
-    template process, run until either ends or the command is stopped.
+    template process, run until either ends or the command is stopped. The SuperNode
+    reaches the county through the node's relay (countyfl.deployment.relay), which holds
+    the TLS connection and checks the county's root certificate.
     """
     import os
 
@@ -363,17 +374,35 @@ def node_start(
             f"{site}: keys.root_certificate and keys.node_private_key are needed to join a "
             "county over TLS with node authentication"
         )
-    command = supernode_command(
-        site,
-        root_certificate=Path(config.keys.root_certificate),
-        private_key=Path(config.keys.node_private_key),
-        superlink=superlink,
-        port=port,
-        warm=warm,
-    )
+    root_certificate = Path(config.keys.root_certificate)
+    private_key = Path(config.keys.node_private_key)
     stderr().print(f"{config.name} ({config.institution_id}) joins {superlink}")
     if not warm:
+        command = supernode_command(
+            site,
+            root_certificate=root_certificate,
+            private_key=private_key,
+            superlink=superlink,
+            port=port,
+            warm=False,
+        )
         os.execvpe(command[0], command, flower_environment())
+    fleet_relay = None
+    if relay:
+        from countyfl.deployment.relay import FleetRelay
+
+        try:
+            fleet_relay = FleetRelay(superlink, root_certificate).start()
+        except (OSError, ValueError) as error:
+            fail(f"the node's relay to {superlink} cannot start: {error}")
+    command = supernode_command(
+        site,
+        root_certificate=fleet_relay.certificate if fleet_relay is not None else root_certificate,
+        private_key=private_key,
+        superlink=fleet_relay.address if fleet_relay is not None else superlink,
+        port=port,
+        warm=True,
+    )
     # Decrypted aggregates of runs this node saw before are of no use now: start clean,
     # and leave nothing when the node stops.
     clear(Path(config.state_dir))
@@ -384,6 +413,8 @@ def node_start(
         )
     finally:
         clear(Path(config.state_dir))
+        if fleet_relay is not None:
+            fleet_relay.close()
     raise typer.Exit(code=code)
 
 
