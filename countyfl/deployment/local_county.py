@@ -160,7 +160,18 @@ class LocalCounty:
         return process
 
     def start(self, timeout: float = 180) -> None:
-        """Start the SuperLink, register every site's key, start every SuperNode."""
+        """Start the SuperLink, register every site's key, start every SuperNode.
+
+        If any of it fails, what was started is stopped before the error goes on: a
+        county that never came up leaves no SuperLink or node running behind it.
+        """
+        try:
+            self._start(timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self, timeout: float) -> None:
         port = free_port()
         self.address = f"127.0.0.1:{port}"
         self._spawn(
