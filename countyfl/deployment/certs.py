@@ -145,7 +145,8 @@ def _write_new(path: Path, data: bytes, mode: int) -> None:
         ) from None
 
 
-def _private_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+def private_key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    """An unencrypted PKCS8 PEM of ``key`` (written only to owner-only files)."""
     return key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
@@ -315,8 +316,8 @@ def init_certificates(
         .sign(ca_key, hashes.SHA384())
     )
 
-    _write_new(paths[CA_KEY_FILE], _private_pem(ca_key), PRIVATE_KEY_MODE)
-    _write_new(paths[SERVER_KEY_FILE], _private_pem(server_key), PRIVATE_KEY_MODE)
+    _write_new(paths[CA_KEY_FILE], private_key_pem(ca_key), PRIVATE_KEY_MODE)
+    _write_new(paths[SERVER_KEY_FILE], private_key_pem(server_key), PRIVATE_KEY_MODE)
     pem = serialization.Encoding.PEM
     _write_new(paths[CA_CERT_FILE], ca_cert.public_bytes(pem), PUBLIC_FILE_MODE)
     _write_new(paths[SERVER_CERT_FILE], server_cert.public_bytes(pem), PUBLIC_FILE_MODE)

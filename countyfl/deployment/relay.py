@@ -75,6 +75,7 @@ def loopback_certificate(folder: Path) -> tuple[Path, Path]:
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
 
+    from countyfl.deployment.certs import private_key_pem
     from countyfl.files import write_file
 
     key = ec.generate_private_key(ec.SECP256R1())
@@ -97,14 +98,7 @@ def loopback_certificate(folder: Path) -> tuple[Path, Path]:
     )
     certificate_path, key_path = folder / "relay.pem", folder / "relay.key"
     write_file(certificate_path, certificate.public_bytes(serialization.Encoding.PEM))
-    write_file(
-        key_path,
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ),
-    )
+    write_file(key_path, private_key_pem(key))
     return certificate_path, key_path
 
 
