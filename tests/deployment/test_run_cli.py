@@ -9,8 +9,8 @@ tests/federation/test_deployment.py (e2e).
 
 from __future__ import annotations
 
-import re
 import threading
+import tomllib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -82,7 +82,7 @@ class StandInSuperLink:
         self.events = list(events)
         self.end = end
         self.calls: list[tuple[str, ...]] = []
-        self.run_config = ""
+        self.run_config: dict[str, Any] = {}
         self.output: Path | None = None
         self.player: threading.Thread | None = None
         self.stopped = False
@@ -99,10 +99,11 @@ class StandInSuperLink:
             nodes = [{"node-id": n, "status": s} for n, s in self.statuses.items()]
             return {"success": True, "nodes": nodes}
         if args[0] == "run":
-            self.run_config = args[args.index("--run-config") + 1]
-            match = re.search(r'output-dir="([^"]+)"', self.run_config)
-            assert match is not None
-            self.output = Path(match[1])
+            # Flower reads the overrides from a TOML file (the path is the argument).
+            config_file = Path(args[args.index("--run-config") + 1])
+            assert config_file.suffix == ".toml"
+            self.run_config = tomllib.loads(config_file.read_text(encoding="utf-8"))
+            self.output = Path(self.run_config["output-dir"])
             self.player = threading.Thread(target=self._play)
             self.player.start()
             return {"success": True, "run-id": int(RUN_ID)}
@@ -160,7 +161,7 @@ def test_run_shows_nodes_rounds_and_each_reply_as_it_happens(
     assert result.exit_code == 0, result.output
     out = result.output
     # By default the run waits for every registered node, and says so before it starts.
-    assert "min-nodes=3" in link.run_config
+    assert link.run_config["min-nodes"] == 3
     assert "nodes: 2 of 3 registered are online now; the run waits for 3" in out
     assert f"run {RUN_ID}: submitted" in out
     assert "nodes: 2 of 3 connected (min-nodes 3), waiting up to 600 s" in out
@@ -192,7 +193,7 @@ def test_a_run_stopped_for_missing_nodes_exits_1_with_the_servers_reason(
     result = _run(monkeypatch, tmp_path, link, "--min-nodes", "2")
 
     assert result.exit_code == 1, result.output
-    assert "min-nodes=2" in link.run_config
+    assert link.run_config["min-nodes"] == 2
     assert "the run waits for 2 (--min-nodes)" in result.output
     assert f"error: run {RUN_ID}: {reason}" in result.output
 
