@@ -7,7 +7,9 @@ with ``--sizes 16,64,256,1024``), in one process, one after the other:
   it answers a train message with the arrays it received and ``num-examples``, and an
   evaluate message with ``num-examples``: the same train and evaluate messages per round;
 - **countyfl**: ``countyfl simulate``'s federation on the county of that size, DP-SGD
-  (accounted, every institution's ledger) and CKKS, aggregated along the county's levels.
+  (accounted, every institution's ledger) and CKKS, aggregated along the county's levels,
+  submitted with ``flwr run`` to a local SuperLink in simulation mode (the no-op runs on
+  the same Simulation Engine in this process: the rounds timed are the engine's alone).
 
 Round 1 of each run is excluded (Ray's start-up, actors, imports, the noisy count and the
 noise calibration); the round time is the median of rounds 2..R. Peak memory is the
@@ -30,7 +32,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -89,7 +91,7 @@ def _tree_rss(root: int) -> int:
 
 
 def _backend(num_nodes: int) -> dict[str, object]:
-    from countyfl.simulations.runner import _cpu_count
+    from countyfl.simulations.engine import _cpu_count
 
     return {
         "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
@@ -172,6 +174,7 @@ def run_countyfl(
     """Round-end times, peak memory and failures of countyfl's DP + CKKS federation."""
     from countyfl import scenarios
     from countyfl.privacy.he.keys import PUBLIC_CONTEXT_FILE, SECRET_CONTEXT_FILE, init_keys
+    from countyfl.runs import EVENTS_FILE, EventKind, EventReader
     from countyfl.simulations.runner import build_config, run_federated
 
     scenario = scenarios.get(SCENARIOS[num_nodes])
@@ -192,10 +195,12 @@ def run_countyfl(
         output / scenario.name,
     )
     scenarios.load(scenario.name)  # the driver's copy; each Ray worker loads its own
-    ends: list[float] = []
-    on_end: Callable[[int], None] = lambda _: ends.append(time.perf_counter())  # noqa: E731
     with PeakMemory() as memory:
-        history = run_federated(config, num_nodes, on_end)
+        history = run_federated(config, num_nodes)
+    # The ServerApp runs in Flower's flwr-simulation process: its round ends are the
+    # times it wrote each round's end event.
+    events = EventReader(Path(config.output_dir) / EVENTS_FILE).read_new()
+    ends = [e.at.timestamp() for e in events if e.kind is EventKind.ROUND_END]
     failures = [f for record in history.rounds.values() for f in record.failures]
     return ends, memory.peak, failures
 

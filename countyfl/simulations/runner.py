@@ -1,15 +1,19 @@
-"""Runs a scenario on Flower's Simulation Engine for several seeds, with baselines and a report."""
+"""Runs a scenario on Flower's Simulation Engine for several seeds, with baselines and a report.
+
+Each seed is a ``flwr run`` to a SuperLink in simulation mode that lives as long as the
+request (:mod:`countyfl.simulations.engine`).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
-import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -26,6 +30,9 @@ from countyfl.runs import HISTORY_FILE, FederationHistory
 from countyfl.scenarios import Scenario
 from countyfl.simulations.baselines import MethodMetrics, evaluate_everywhere, train_baselines
 from countyfl.training.local import predict_proba
+
+if TYPE_CHECKING:
+    from countyfl.simulations.engine import SimulationLink
 
 logger = logging.getLogger(__name__)
 
@@ -87,60 +94,30 @@ def run_federated(
     num_institutions: int,
     on_round_end: Callable[[int], None] | None = None,
     verbose: bool = False,
+    link: SimulationLink | None = None,
 ) -> FederationHistory:
-    """Run one federation on Flower's Simulation Engine; return its per-round history."""
-    from flwr.simulation import run_simulation
+    """Run one federation on Flower's Simulation Engine; return its per-round history.
 
-    from countyfl.federation.client_app import make_client_app
-    from countyfl.federation.server_app import make_server_app
+    The run goes to ``link`` (a local SuperLink in simulation mode, shared by the seeds of
+    one request) through ``flwr run``; without one, a link is started for this run and
+    stopped after it.
+    """
+    from countyfl.simulations.engine import SimulationLink, round_ends
 
     output = Path(config.output_dir)
     output.mkdir(parents=True, exist_ok=True)
     (output / HISTORY_FILE).unlink(missing_ok=True)
-    run_simulation(
-        server_app=make_server_app(config, on_round_end),
-        client_app=make_client_app(config),
-        num_supernodes=num_institutions,
-        backend_config={
-            "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-            "init_args": ray_init_args(num_institutions, verbose),
-        },
-    )
+    on_event = round_ends(on_round_end) if on_round_end is not None else None
+    with contextlib.ExitStack() as stack:
+        if link is None:
+            link = stack.enter_context(SimulationLink(verbose))
+        link.run(config, num_institutions, on_event)
     if not (output / HISTORY_FILE).is_file():
         raise SimulationError(
             f"the federated run for seed {config.seed} ended without writing its history to "
             f"{output}; rerun with --verbose to see Flower's log"
         )
     return FederationHistory.read(output / HISTORY_FILE)
-
-
-RAY_ADDRESS_ENV = "RAY_ADDRESS"
-"""Set (e.g. ``10.0.0.1:6379``): the simulation joins that Ray cluster (docs/ray-cluster.md)."""
-
-
-def ray_init_args(num_institutions: int, verbose: bool) -> dict[str, Any]:
-    """``ray.init`` arguments: a local Ray on this machine's cores, or the cluster at
-    ``RAY_ADDRESS``, whose size and settings are the cluster's own (``ray start``)."""
-    address = os.environ.get(RAY_ADDRESS_ENV, "").strip()
-    if address:
-        # Ray refuses num_cpus and _system_config when joining a running cluster.
-        return {"address": address, "log_to_driver": verbose}
-    return {
-        "num_cpus": max(1, min(num_institutions, _cpu_count())),
-        "log_to_driver": verbose,
-        # A CKKS ciphertext (8,192 values) is 127 KB, over Ray's 100 KiB inline limit:
-        # above it every message goes through the object store (5.8 ms against
-        # 1.6 ms per 130 KB message, benchmarks/he_overhead.py --ray-inline-kib).
-        "_system_config": {"max_direct_call_object_size": 1 << 20},
-    }
-
-
-def _cpu_count() -> int:
-    import os
-
-    return (
-        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    )
 
 
 def load_final_model(config: RunConfig, num_features: int) -> torch.nn.Module:
@@ -164,71 +141,80 @@ def run_simulation_request(
     """Run every seed of the request; the caller writes the report from the result."""
     scenario = scenarios.get(request.scenario)
     seeds = list(request.seeds) or list(scenario.default_seeds)
-    request = _with_keys(request)
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"seeds must be distinct, got {seeds}")
-    base_config = build_config(scenario, seeds[0], request.overrides, request.output_dir)
-    dataset = scenarios.load(
-        base_config.scenario, base_config.data_path, base_config.partition_seed
-    )
-    if len(dataset.institutions) != scenario.num_institutions and "min-nodes" not in (
-        request.overrides
-    ):
-        # A task whose institutions come from the export's split column: the ServerApp
-        # must wait for every one of them, not for the count the task file implies.
-        request = dataclasses.replace(
-            request, overrides={**request.overrides, "min-nodes": len(dataset.institutions)}
+    from countyfl.simulations.engine import SimulationLink
+
+    # The SuperLink starts while the data loads and the keys are made.
+    with SimulationLink(request.verbose) as link:
+        request = _with_keys(request)
+        base_config = build_config(scenario, seeds[0], request.overrides, request.output_dir)
+        dataset = scenarios.load(
+            base_config.scenario, base_config.data_path, base_config.partition_seed
         )
-    request.output_dir.mkdir(parents=True, exist_ok=True)
-    write_quarantine(request.output_dir / QUARANTINE_FILE, dataset.quarantined)
-    results = []
-    rounds = base_config.num_server_rounds
-    for seed in seeds:
-        config = build_config(
-            scenario, seed, request.overrides, request.output_dir / f"seed-{seed}"
-        )
-        label = f"seed {seed}"
-        if progress:
-            progress(label, 0, rounds)
-        started = time.perf_counter()
-        history = run_federated(
-            config,
-            len(dataset.institutions),
-            _round_reporter(progress, label, rounds),
-            request.verbose,
-        )
-        elapsed = time.perf_counter() - started
-        _check_history(history, rounds, seed)
-        trained = {"federated": load_final_model(config, dataset.num_features)}
-        if request.baselines:
-            if progress:
-                progress(f"{label} baselines", 0, 1)
-            trained.update(
-                train_baselines(dataset, config.model, config.training_plan, rounds, seed)
+        if len(dataset.institutions) != scenario.num_institutions and "min-nodes" not in (
+            request.overrides
+        ):
+            # A task whose institutions come from the export's split column: the ServerApp
+            # must wait for every one of them, not for the count the task file implies.
+            request = dataclasses.replace(
+                request, overrides={**request.overrides, "min-nodes": len(dataset.institutions)}
             )
-            if progress:
-                progress(f"{label} baselines", 1, 1)
-        _, _, x_test, _ = dataset.pooled()
-        results.append(
-            SeedResult(
-                seed,
-                history,
-                {name: evaluate_everywhere(model, dataset) for name, model in trained.items()},
-                elapsed,
-                {
-                    name: predict_proba(model, x_test)
-                    for name, model in trained.items()
-                    if name in ("federated", "pooled")
-                },
-                {
-                    i.institution_id: membership_inference_auc(
-                        trained["federated"], i.x_train, i.y_train, i.x_test, i.y_test
-                    )
-                    for i in dataset.institutions
-                },
-            )
-        )
+        request.output_dir.mkdir(parents=True, exist_ok=True)
+        write_quarantine(request.output_dir / QUARANTINE_FILE, dataset.quarantined)
+        results = [_run_seed(request, scenario, dataset, seed, link, progress) for seed in seeds]
     return SimulationResult(scenario, base_config, dataset, results, request.output_dir)
+
+
+def _run_seed(
+    request: SimulationRequest,
+    scenario: Scenario,
+    dataset: FederatedDataset,
+    seed: int,
+    link: SimulationLink,
+    progress: ProgressCallback | None,
+) -> SeedResult:
+    """One seed: the federated run on ``link``, its baselines and its metrics."""
+    config = build_config(scenario, seed, request.overrides, request.output_dir / f"seed-{seed}")
+    rounds = config.num_server_rounds
+    label = f"seed {seed}"
+    if progress:
+        progress(label, 0, rounds)
+    started = time.perf_counter()
+    history = run_federated(
+        config,
+        len(dataset.institutions),
+        _round_reporter(progress, label, rounds),
+        request.verbose,
+        link,
+    )
+    elapsed = time.perf_counter() - started
+    _check_history(history, rounds, seed)
+    trained = {"federated": load_final_model(config, dataset.num_features)}
+    if request.baselines:
+        if progress:
+            progress(f"{label} baselines", 0, 1)
+        trained.update(train_baselines(dataset, config.model, config.training_plan, rounds, seed))
+        if progress:
+            progress(f"{label} baselines", 1, 1)
+    _, _, x_test, _ = dataset.pooled()
+    return SeedResult(
+        seed,
+        history,
+        {name: evaluate_everywhere(model, dataset) for name, model in trained.items()},
+        elapsed,
+        {
+            name: predict_proba(model, x_test)
+            for name, model in trained.items()
+            if name in ("federated", "pooled")
+        },
+        {
+            i.institution_id: membership_inference_auc(
+                trained["federated"], i.x_train, i.y_train, i.x_test, i.y_test
+            )
+            for i in dataset.institutions
+        },
+    )
 
 
 def _with_keys(request: SimulationRequest) -> SimulationRequest:
