@@ -32,9 +32,31 @@ from countyfl.privacy.modes import Mechanism
 from countyfl.privacy.release import Phase, Protection, ReleasedField, find, inventory
 from countyfl.privacy.weighting import aggregation_weight
 from countyfl.run_config import EncryptionName, parse_run_config
-from countyfl.simulations.runner import run_federated
 
 pytestmark = pytest.mark.e2e
+
+
+def run_in_this_process(config: Any, num_institutions: int) -> None:
+    """The federation on Flower's Simulation Engine in this process, so that the strategy's
+    replies can be kept. ``countyfl simulate`` submits it with ``flwr run`` instead, where
+    the ServerApp runs in Flower's own process; the engine and the apps are the same."""
+    import warnings
+
+    from flwr.simulation import run_simulation
+
+    from countyfl.federation.client_app import make_client_app
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # run_simulation's deprecation, on purpose here
+        run_simulation(
+            server_app=server_app.make_server_app(config),
+            client_app=make_client_app(config),
+            num_supernodes=num_institutions,
+            backend_config={
+                "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+                "init_args": {"num_cpus": 2, "log_to_driver": False},
+            },
+        )
 
 
 def _capture(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Phase, Message]]:
@@ -86,7 +108,7 @@ def test_every_reply_field_is_in_the_inventory_and_protected_as_it_says(
     config = parse_run_config(overrides)
     received = _capture(monkeypatch)
     institutions = scenarios.load("fed-heart-disease").institutions
-    run_federated(config, len(institutions))
+    run_in_this_process(config, len(institutions))
 
     fields = inventory(encrypted=config.encryption is EncryptionName.CKKS, dp=True)
     assert len(received) == 2 * len(institutions)  # a train and an evaluate reply from each
