@@ -308,8 +308,6 @@ SKIPPED_APP_DIRS = frozenset(
         ".ruff_cache",
         ".hypothesis",
         "node_modules",
-        "build",
-        "dist",
     }
 )
 """Folders never part of a FAB that ``flwr run`` would still walk file by file."""

@@ -302,7 +302,7 @@ class SimulationLink:
         return outcome.run_id
 
     def _stream_log(self, run_id: str) -> subprocess.Popen[bytes]:
-        """``flwr log --stream`` of the run to this command's stderr (``--verbose``)."""
+        """``flwr log --stream`` of the run to this command's own output (``--verbose``)."""
         from countyfl.deployment.processes import flower_environment
 
         assert self.folder is not None

@@ -26,6 +26,8 @@ def test_staging_leaves_out_environments_caches_and_symlinks(tmp_path: Path) -> 
     (app / "pkg").mkdir(parents=True)
     (app / "pyproject.toml").write_text("[project]\nname = 'x'\n", encoding="utf-8")
     (app / "pkg" / "mod.py").write_text("X = 1\n", encoding="utf-8")
+    (app / "pkg" / "build").mkdir()  # a package's own folder named build stays
+    (app / "pkg" / "build" / "steps.py").write_text("Y = 2\n", encoding="utf-8")
     for skipped in (".venv/lib/site.py", ".git/HEAD", "pkg/__pycache__/mod.pyc"):
         (app / skipped).parent.mkdir(parents=True, exist_ok=True)
         (app / skipped).write_text("skip", encoding="utf-8")
@@ -37,5 +39,5 @@ def test_staging_leaves_out_environments_caches_and_symlinks(tmp_path: Path) -> 
     staged = stage_app(app, tmp_path / "work")
 
     found = sorted(p.relative_to(staged).as_posix() for p in staged.rglob("*") if p.is_file())
-    assert found == ["pkg/mod.py", "pyproject.toml"]
+    assert found == ["pkg/build/steps.py", "pkg/mod.py", "pyproject.toml"]
     assert (staged / "pkg" / "mod.py").read_text(encoding="utf-8") == "X = 1\n"
