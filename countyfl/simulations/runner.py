@@ -80,13 +80,24 @@ class SimulationResult:
 def build_config(
     scenario: Scenario, seed: int, overrides: Mapping[str, Any], output: Path
 ) -> RunConfig:
-    """The run config of one seed: scenario defaults, then the researcher's overrides."""
+    """The run config of one seed: scenario defaults, then the researcher's overrides.
+
+    Every path in it is made absolute: the apps run in Flower's own processes, whose working
+    folder is not the researcher's.
+    """
     values = {**scenario.defaults, **overrides, "scenario": scenario.run_key, "seed": seed}
     values["output-dir"] = str(output)
     # Without --sites-dir every seed simulates its own, fresh institutions (independent
     # repetitions); with it, every seed and every later run composes in the same ledgers.
     values.setdefault("sites-dir", str(output / "sites"))
+    for key in PATH_KEYS:
+        if values.get(key):
+            values[key] = str(Path(str(values[key])).expanduser().absolute())
     return parse_run_config(values)
+
+
+PATH_KEYS = ("output-dir", "sites-dir", "data-path", "he-secret-context", "he-public-context")
+"""Run-config keys that name a file or folder of this machine."""
 
 
 def run_federated(

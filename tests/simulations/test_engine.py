@@ -11,7 +11,7 @@ import pytest
 from countyfl import scenarios
 from countyfl.errors import SimulationError
 from countyfl.simulations.engine import SimulationLink
-from countyfl.simulations.runner import build_config, run_federated
+from countyfl.simulations.runner import PATH_KEYS, build_config, run_federated
 
 
 def _alive(pid: int) -> bool:
@@ -37,6 +37,26 @@ def test_a_stopped_link_leaves_no_process_and_no_folder() -> None:
         link.wait_ready()
 
 
+def test_every_path_of_the_run_config_is_absolute(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    relative = {
+        "data-path": "exports/heart.csv",
+        "encryption": "ckks",
+        "he-secret-context": "keys/institutions-secret.ckks",
+        "he-public-context": "keys/aggregator-public.ckks",
+    }
+    config = build_config(scenarios.get("fed-heart-disease"), 42, relative, Path("runs/x"))
+    values = config.to_run_config()
+    for key in PATH_KEYS:
+        assert Path(str(values[key])).is_absolute(), key
+    assert values["output-dir"] == str(tmp_path / "runs" / "x")
+    assert values["sites-dir"] == str(tmp_path / "runs" / "x" / "sites")
+    assert values["he-secret-context"] == str(tmp_path / "keys" / "institutions-secret.ckks")
+    assert values["data-path"] == str(tmp_path / "exports" / "heart.csv")
+
+
 @pytest.mark.e2e
 def test_a_federation_runs_through_flwr_run_and_stops_its_superlink(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -48,8 +68,11 @@ def test_a_federation_runs_through_flwr_run_and_stops_its_superlink(
 
     monkeypatch.setattr(flwr.simulation, "run_simulation", deprecated)
     scenario = scenarios.get("fed-heart-disease")
+    # A relative output folder, as `countyfl simulate -o runs/x` gives: the ServerApp runs
+    # in Flower's process, elsewhere, and must still write the run here.
+    monkeypatch.chdir(tmp_path)
     config = build_config(
-        scenario, 42, {"num-server-rounds": 2, "local-steps": 2, "dp": False}, tmp_path / "run"
+        scenario, 42, {"num-server-rounds": 2, "local-steps": 2, "dp": False}, Path("run")
     )
     ends: list[int] = []
     started: list[SimulationLink] = []
@@ -65,6 +88,7 @@ def test_a_federation_runs_through_flwr_run_and_stops_its_superlink(
 
     assert sorted(history.rounds) == [1, 2]
     assert ends == [1, 2]  # the progress view saw each round end
+    assert (tmp_path / "run" / "history.json").is_file()
     (link,) = started
     assert link.process is None and link.folder is None  # stopped with the run
 
