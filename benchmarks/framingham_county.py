@@ -44,6 +44,20 @@ MECHANISMS: dict[str, dict[str, Any]] = {
     "noise-aware": {"aggregation-weight": "noise-aware", "local-steps-policy": "fixed"},
     "epoch-steps": {"aggregation-weight": "examples", "local-steps-policy": "epoch"},
     "noise-aware+epoch": {"aggregation-weight": "noise-aware", "local-steps-policy": "epoch"},
+    # The intercept recalibrated from two noisy sums per site (countyfl.privacy.calibration)
+    "noise-aware+calib": {
+        "aggregation-weight": "noise-aware",
+        "local-steps-policy": "fixed",
+        "calibration": "intercept",
+    },
+    # The same, with plain SGD: no momentum (whose buffer restarts every round), lr 0.5
+    "noise-aware+calib+sgd": {
+        "aggregation-weight": "noise-aware",
+        "local-steps-policy": "fixed",
+        "calibration": "intercept",
+        "momentum": 0.0,
+        "learning-rate": 0.5,
+    },
 }
 LEVELS = ("county", "township", "village")
 

@@ -37,6 +37,11 @@ BUDGET_EPSILON = "budget-epsilon"
 DELTA = "delta"
 NOISE_MULTIPLIER = "noise-multiplier"
 SAMPLE_RATE = "sample-rate"
+# The final evaluation's calibration sums over a site's TRAINING rows (DP, ledger-paid) and
+# the run's noisy count they are taken over (countyfl.privacy.calibration)
+CALIBRATION_POSITIVES = "calibration-positives"
+CALIBRATION_RISK = "calibration-risk"
+CALIBRATION_ROWS = "calibration-rows"
 
 # Error code of a reply in which an institution refuses a task (privacy budget, policy)
 REFUSED_ERROR_CODE = 4030

@@ -41,6 +41,7 @@ from countyfl.runs import (
     FINAL_MODEL_FILE,
     HISTORY_FILE,
     RUN_FILE,
+    CalibrationRecord,
     FederationHistory,
     RunFolderError,
     RunRecord,
@@ -126,6 +127,30 @@ def final_state(run_dir: Path, secret_context_path: Path | None) -> dict[str, np
     return _load_arrays(plain)
 
 
+def _calibration(run_dir: Path) -> CalibrationRecord | None:
+    try:
+        return CalibrationRecord.read(run_dir)
+    except RunFolderError as error:
+        raise PublishError(str(error)) from None
+
+
+def calibrated_state(state: dict[str, np.ndarray], shift: float) -> dict[str, np.ndarray]:
+    """The state with ``shift`` added to the output's bias (the state's last entry).
+
+    Every registered model ends in one logit, so its last entry is that logit's bias.
+    """
+    if not shift:
+        return state
+    name = list(state)[-1]
+    bias = np.asarray(state[name])
+    if bias.size != 1:
+        raise PublishError(
+            f"the run's calibration shifts the output's bias, but the model's last entry "
+            f"{name!r} has shape {bias.shape}, not one value"
+        )
+    return {**state, name: (bias + np.float32(shift)).astype(bias.dtype)}
+
+
 def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
@@ -142,16 +167,20 @@ def summarise_history(history: FederationHistory) -> dict[str, Any]:
     def name(partition: int) -> str:
         return names.get(partition, f"partition-{partition}")
 
+    spent = {p: v[protocol.EPSILON] for p, v in trained.items() if protocol.EPSILON in v}
+    # A calibrated run's last evaluation reports the spend after its calibration sums.
+    spent |= {p: v[protocol.EPSILON] for p, v in last_eval.items() if protocol.EPSILON in v}
     privacy = {
         name(p): {
-            "epsilon": _finite(float(v[protocol.EPSILON])),
-            "delta": _finite(float(v.get(protocol.DELTA, math.nan))),
+            "epsilon": _finite(float(spent[p])),
+            "delta": _finite(float(trained.get(p, {}).get(protocol.DELTA, math.nan))),
         }
-        for p, v in sorted(trained.items())
-        if protocol.EPSILON in v
+        for p in sorted(spent)
     }
+    shown = {protocol.NUM_EXAMPLES, *protocol.EVALUATION_METRICS}
     per_institution = {
-        name(p): {k: _finite(float(x)) for k, x in v.items()} for p, v in sorted(last_eval.items())
+        name(p): {k: _finite(float(x)) for k, x in v.items() if k in shown}
+        for p, v in sorted(last_eval.items())
     }
     federated: dict[str, float | None] = {}
     weights = {p: float(v.get(protocol.NUM_EXAMPLES, 0.0)) for p, v in last_eval.items()}
@@ -246,6 +275,9 @@ def publish(
     except RunFolderError as error:
         raise PublishError(str(error)) from None
     state = final_state(run_dir, secret_context_path)
+    calibration = _calibration(run_dir)
+    if calibration is not None:
+        state = calibrated_state(state, calibration.shift)
     out = out_dir or run_dir / PUBLISHED_DIR
     out.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
@@ -274,6 +306,7 @@ def publish(
         "artifact": {"path": ARTIFACT_FILE, "sha256": sha256_of(out / ARTIFACT_FILE)},
         "created_at": datetime.now(UTC).isoformat(),
         "features": input_transform(config["scenario"]),
+        "calibration": calibration,
     }
     # One definition of model.json: the registry's reader checks what this writes.
     try:

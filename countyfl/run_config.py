@@ -22,7 +22,7 @@ from pydantic import (
 
 from countyfl.errors import ConfigError, describe_validation_error
 from countyfl.naming import kebab_case
-from countyfl.privacy.modes import AccountantName, DpRandomness, GradSampleMode
+from countyfl.privacy.modes import AccountantName, CalibrationName, DpRandomness, GradSampleMode
 from countyfl.privacy.weighting import AggregationWeight, LocalStepsPolicy
 from countyfl.training.plan import OptimizerName, TrainingPlan
 
@@ -80,6 +80,12 @@ class RunConfig(BaseModel):
     # count and public settings, so post-processing that costs no epsilon.
     aggregation_weight: AggregationWeight = AggregationWeight.EXAMPLES
     local_steps_policy: LocalStepsPolicy = LocalStepsPolicy.FIXED
+    # After the last round, shift the model's intercept so that its mean predicted risk
+    # matches the prevalence, from two noisy sums per site over its training rows
+    # (countyfl.privacy.calibration); the noise is the standard deviation, in records, of
+    # each sum, and the release is accounted with DP-SGD within target-epsilon.
+    calibration: CalibrationName = CalibrationName.NONE
+    calibration_noise: float = Field(default=10.0, gt=0, le=1e6)
     # secret: DP draws from the OS CSPRNG; seeded: from `seed` (reproducible, simulation only)
     dp_randomness: DpRandomness = DpRandomness.SECRET
     # Simulated sites: each institution's folder (privacy ledger) and total budget.
@@ -141,6 +147,11 @@ class RunConfig(BaseModel):
                 f"min-nodes {self.min_nodes} is below min-contributors "
                 f"{self.min_contributors}: every aggregate of that few institutions would be "
                 f"discarded; set min-nodes to at least {self.min_contributors}"
+            )
+        if self.calibration is not CalibrationName.NONE and not self.dp:
+            raise ValueError(
+                f"calibration {self.calibration.value!r} releases sums over the training rows "
+                "and needs differential privacy (dp = true) to pay for them"
             )
         if self.dp and self.target_epsilon > self.budget_epsilon:
             raise ValueError(

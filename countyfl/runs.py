@@ -32,6 +32,7 @@ HISTORY_FILE = "history.json"
 FINAL_MODEL_FILE = "final-model.npz"
 FINAL_AGGREGATE_FILE = "final-aggregate.npz"
 EVENTS_FILE = "events.jsonl"
+CALIBRATION_FILE = "calibration.json"
 MAX_EVENT_LINE = 64 * 1024
 """The longest line :class:`EventReader` accepts (an event is a few hundred bytes)."""
 
@@ -78,6 +79,46 @@ class RunRecord(BaseModel):
         except ValidationError as error:
             problems = describe_validation_error(error, whole="file")
             raise RunFolderError(f"{path} is not a run record: {problems}") from None
+
+
+class CalibrationRecord(BaseModel):
+    """``calibration.json``: the intercept shift the county computed after the last round.
+
+    A function of the sites' noisy calibration sums (:mod:`countyfl.privacy.calibration`);
+    whoever publishes the model adds ``shift`` to the output's bias. ``skipped`` says why
+    no shift was computed (then ``shift`` is 0).
+    """
+
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", alias_generator=kebab_case, populate_by_name=True
+    )
+
+    method: str = Field(default="intercept", pattern="^intercept$")
+    shift: float = Field(default=0.0, ge=-10, le=10, allow_inf_nan=False)
+    contributors: int = Field(default=0, ge=0, le=1_000_000)
+    positives: float = Field(default=0.0, allow_inf_nan=False)
+    risk: float = Field(default=0.0, allow_inf_nan=False)
+    rows: float = Field(default=0.0, allow_inf_nan=False)
+    skipped: str = Field(default="", max_length=2000)
+
+    def write(self, folder: Path) -> Path:
+        path = folder / CALIBRATION_FILE
+        path.write_text(
+            json.dumps(self.model_dump(mode="json", by_alias=True), indent=1), encoding="utf-8"
+        )
+        return path
+
+    @classmethod
+    def read(cls, folder: Path) -> CalibrationRecord | None:
+        """The run's calibration, or None if the run has none (RunFolderError if broken)."""
+        path = folder / CALIBRATION_FILE
+        if not path.exists():
+            return None
+        try:
+            return cls.model_validate(read_json(path))
+        except ValidationError as error:
+            problems = describe_validation_error(error, whole="file")
+            raise RunFolderError(f"{path} is not a calibration record: {problems}") from None
 
 
 def read_json(path: Path) -> Any:

@@ -61,6 +61,39 @@ def test_a_plaintext_run_publishes_with_its_sha256(tmp_path: Path) -> None:
     assert metadata["artifact"]["sha256"] == hashlib.sha256(written).hexdigest()
 
 
+def _plain_model(bias: float = 0.0) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    np.savez(
+        buffer,
+        **{
+            "linear.weight": np.ones((1, 13), np.float32),
+            "linear.bias": np.full(1, bias, np.float32),
+        },
+    )
+    return buffer.getvalue()
+
+
+def test_a_calibrated_run_publishes_its_model_with_the_shifted_intercept(tmp_path: Path) -> None:
+    from countyfl.runs import CALIBRATION_FILE, CalibrationRecord
+
+    folder = _run_dir(tmp_path, {"config": {"dp": False}, "run-id": "8"}, _plain_model(-1.5))
+    record = CalibrationRecord(shift=0.75, contributors=4, positives=30, risk=12, rows=200)
+    record.write(folder)
+    metadata = publish(folder)
+    with np.load(folder / "published" / "model.npz") as arrays:
+        assert arrays["linear.bias"].tolist() == [-0.75]  # -1.5 + 0.75
+        assert arrays["linear.weight"].tolist() == [[1.0] * 13]  # nothing else moves
+    written = json.loads((folder / "published" / "model.json").read_text())
+    assert written["calibration"]["shift"] == 0.75 and written["calibration"]["contributors"] == 4
+    assert metadata["calibration"] == record
+    # A damaged calibration record is named, not published around.
+    (folder / CALIBRATION_FILE).write_text('{"shift": 99}')
+    result = runner.invoke(app, ["model", "publish", str(folder)])
+    assert result.exit_code == 2 and "calibration.json" in result.output, result.output
+
+
 def test_a_county_models_transform_is_framinghams_and_an_unknown_scenario_is_named() -> None:
     from countyfl.publishing import PublishError, input_transform
 

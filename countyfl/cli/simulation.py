@@ -119,6 +119,17 @@ def simulate(
             "count per round (small sites run fewer DP steps and need less noise)"
         ),
     ] = None,
+    calibration: Annotated[
+        str | None,
+        typer.Option(
+            help="none, or intercept: after the last round shift the model's intercept to the "
+            "prevalence, from two noisy sums per site (accounted within --epsilon)"
+        ),
+    ] = None,
+    calibration_noise: Annotated[
+        float | None,
+        typer.Option(help="noise (records) on each calibration sum, per run", min=0),
+    ] = None,
     dp_randomness: Annotated[
         str | None,
         typer.Option(
@@ -211,6 +222,8 @@ def simulate(
             "count-noise": count_noise,
             "aggregation-weight": aggregation_weight,
             "local-steps-policy": local_steps_policy,
+            "calibration": calibration,
+            "calibration-noise": calibration_noise,
             "dp-randomness": dp_randomness,
             "encryption": encryption,
             "min-contributors": min_contributors,

@@ -21,7 +21,15 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    model_serializer,
+    model_validator,
+)
 
 from countyfl.errors import ConfigError
 
@@ -184,6 +192,18 @@ class PrivacyDefaults(BaseModel):
     delta: float = Field(default=1e-3, gt=0, lt=1)
     max_grad_norm: float = Field(default=1.0, gt=0, le=1e6)
     encryption: Literal["none", "ckks"] = "none"
+    # After the last round, shift the intercept to the prevalence (countyfl.privacy.calibration)
+    calibration: Literal["none", "intercept"] = "none"
+
+    @model_serializer(mode="wrap")
+    def _without_default_calibration(
+        self, handler: SerializerFunctionWrapHandler
+    ) -> dict[str, Any]:
+        # A task written before calibration existed keeps its digest (and sites' approvals).
+        data: dict[str, Any] = handler(self)
+        if data.get("calibration") == "none":
+            del data["calibration"]
+        return data
 
 
 class Split(BaseModel):
@@ -370,6 +390,7 @@ class TaskDefinition(BaseModel):
             "delta": self.privacy.delta,
             "max-grad-norm": self.privacy.max_grad_norm,
             "encryption": self.privacy.encryption,
+            "calibration": self.privacy.calibration,
         }
 
 

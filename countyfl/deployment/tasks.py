@@ -50,7 +50,7 @@ from countyfl.errors import (
     describe_validation_error,
 )
 from countyfl.naming import kebab_case
-from countyfl.privacy.modes import AccountantName, DpRandomness
+from countyfl.privacy.modes import AccountantName, CalibrationName, DpRandomness
 from countyfl.privacy.release import describe, inventory
 from countyfl.privacy.weighting import AggregationWeight, LocalStepsPolicy
 from countyfl.run_config import (
@@ -117,6 +117,10 @@ class DifferentialPrivacyTerms(BaseModel):
     # these choices existed keeps its hash); else the choice (countyfl.privacy.weighting).
     aggregation_weight: AggregationWeight | None = None
     local_steps_policy: LocalStepsPolicy | None = None
+    # None: no recalibration (a manifest written before it existed keeps its hash); else
+    # the method and the noise, in records, on each calibration sum.
+    calibration: CalibrationName | None = None
+    calibration_noise: float | None = Field(default=None, gt=0)
 
     @model_serializer(mode="wrap")
     def _without_defaults(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
@@ -126,6 +130,9 @@ class DifferentialPrivacyTerms(BaseModel):
             "aggregation_weight",
             "local-steps-policy",
             "local_steps_policy",
+            "calibration",
+            "calibration-noise",
+            "calibration_noise",
         ):
             if key in data and data[key] is None:
                 del data[key]
@@ -193,15 +200,24 @@ def leaves_site(
             if privacy.dp_randomness is DpRandomness.SECRET
             else "the run's seed (NO privacy against whoever knows it)"
         )
+        calibrated = privacy.calibration is not None
         summary = (
-            f"DP-SGD and the noisy example count together spend epsilon "
+            f"DP-SGD, the noisy example count{' and the calibration sums' if calibrated else ''}"
+            f" together spend epsilon "
             f"{privacy.target_epsilon} per run at delta {privacy.delta} (gradients clipped to "
-            f"norm {privacy.max_grad_norm}, count noise {privacy.count_noise} records, every "
-            f"draw from {source})"
+            f"norm {privacy.max_grad_norm}, count noise {privacy.count_noise} records"
+            + (f", calibration noise {privacy.calibration_noise} records" if calibrated else "")
+            + f", every draw from {source})"
         )
     return (
         summary,
-        *describe(inventory(encrypted=encryption is EncryptionName.CKKS, dp=privacy is not None)),
+        *describe(
+            inventory(
+                encrypted=encryption is EncryptionName.CKKS,
+                dp=privacy is not None,
+                calibration=privacy is not None and privacy.calibration is not None,
+            )
+        ),
     )
 
 
@@ -224,6 +240,12 @@ def manifest_for(config: RunConfig) -> TaskManifest:
                 None
                 if config.local_steps_policy is LocalStepsPolicy.FIXED
                 else config.local_steps_policy
+            ),
+            calibration=(
+                None if config.calibration is CalibrationName.NONE else config.calibration
+            ),
+            calibration_noise=(
+                None if config.calibration is CalibrationName.NONE else config.calibration_noise
             ),
         )
         if config.dp

@@ -20,8 +20,9 @@ from countyfl.deployment.site_data import load_site_data
 from countyfl.deployment.tasks import TaskNotApprovedError, enforce_approval
 from countyfl.errors import ConfigError, CountyflError
 from countyfl.federation.records import arrays_of, load_arrays, model_to_arrays, server_round_of
-from countyfl.federation.release_guard import release_guard_mod
-from countyfl.privacy.budget import BudgetExceededError, train_within_budget
+from countyfl.federation.release_guard import release_guard
+from countyfl.privacy.budget import BudgetExceededError, release_count, train_within_budget
+from countyfl.privacy.calibration import release_calibration, reserved_entries
 from countyfl.privacy.he.cache import DecryptionCache
 from countyfl.privacy.he.codec import (
     MAX_ABS_WEIGHT,
@@ -32,7 +33,7 @@ from countyfl.privacy.he.codec import (
 from countyfl.privacy.he.keys import load_secret_context
 from countyfl.privacy.he.wire import arrays_to_update, is_encrypted, update_to_arrays
 from countyfl.privacy.ledger import LEDGER_FILE, Budget, PrivacyLedger
-from countyfl.privacy.modes import DpRandomness
+from countyfl.privacy.modes import CalibrationName, DpRandomness, Mechanism
 from countyfl.privacy.noise_memo import NoiseMemo
 from countyfl.privacy.randomness import round_generators
 from countyfl.privacy.weighting import aggregation_weight
@@ -267,10 +268,63 @@ def _site_record(institution: InstitutionData) -> ConfigRecord:
     return record
 
 
+def _calibration_sums(
+    cfg: RunConfig, site: Site, model: torch.nn.Module, context: Context, msg: Message
+) -> dict[str, float]:
+    """The final model's calibration sums over the site's training rows, paid for in its
+    ledger (:mod:`countyfl.privacy.calibration`); none if its budget cannot pay for them."""
+    institution = site.institution
+    server_round = server_round_of(msg.content)
+    generators = round_generators(
+        cfg.dp_randomness,
+        seed=cfg.seed,
+        institution=institution.institution_id,
+        server_round=server_round,
+    )
+    ledger = PrivacyLedger(site.ledger_path)
+    run_id = str(context.run_id)
+    try:
+        rows = release_count(  # the run's count: released already if the site trained
+            institution_id=institution.institution_id,
+            ledger=ledger,
+            budget=site.budget,
+            run_id=run_id,
+            server_round=server_round,
+            num_rows=institution.num_train,
+            count_noise=cfg.count_noise,
+            accountant=cfg.accountant,
+            generator=generators(Mechanism.NOISY_COUNT),
+        )
+        release = release_calibration(
+            institution_id=institution.institution_id,
+            ledger=ledger,
+            budget=site.budget,
+            run_id=run_id,
+            server_round=server_round,
+            model=model,
+            x=institution.x_train,
+            y=institution.y_train,
+            rows=rows,
+            noise=cfg.calibration_noise,
+            accountant=cfg.accountant,
+            generator=generators(Mechanism.CALIBRATION),
+        )
+    except BudgetExceededError:
+        # Recorded in the ledger; the evaluation still goes back, without the sums.
+        return {}
+    return {
+        protocol.CALIBRATION_POSITIVES: release.sums.positives,
+        protocol.CALIBRATION_RISK: release.sums.risk,
+        protocol.CALIBRATION_ROWS: release.sums.rows,
+        # The run's whole spend, the sums included (the training replies' stops before them)
+        protocol.EPSILON: release.epsilon_after,
+    }
+
+
 def make_client_app(config: RunConfig | None = None) -> ClientApp:
     """Build the ClientApp; ``config`` None means: parse it from Flower's run config."""
     # The release guard is outermost: it sees every reply, refusals included.
-    app = ClientApp(mods=[release_guard_mod, site_policy_mod])
+    app = ClientApp(mods=[release_guard(config), site_policy_mod])
 
     def resolve(context: Context) -> RunConfig:
         return config if config is not None else parse_run_config(context.run_config)
@@ -312,6 +366,9 @@ def make_client_app(config: RunConfig | None = None) -> ClientApp:
                     ),
                     noise_memo=site.noise_memo(),
                     steps_policy=cfg.local_steps_policy,
+                    reserved=reserved_entries(
+                        cfg.count_noise, cfg.calibration, cfg.calibration_noise
+                    ),
                 )
             except BudgetExceededError as refusal:
                 # A refusal is a reply, not a crash: the server records it and goes on.
@@ -369,7 +426,8 @@ def make_client_app(config: RunConfig | None = None) -> ClientApp:
         cache = site.decryption_cache(context.run_id)
         receive_model(model, msg.content, cfg, site.secret_context, cache)
         result = evaluate(model, institution.x_test, institution.y_test)
-        if cache is not None and server_round_of(msg.content) >= cfg.num_server_rounds:
+        last_round = server_round_of(msg.content) >= cfg.num_server_rounds
+        if cache is not None and last_round:
             cache.clear_run()  # the run's last message: its decrypted models go
         metrics = MetricRecord(
             {
@@ -378,6 +436,8 @@ def make_client_app(config: RunConfig | None = None) -> ClientApp:
                 **result,
             }
         )
+        if last_round and cfg.dp and cfg.calibration is not CalibrationName.NONE:
+            metrics.update(_calibration_sums(cfg, site, model, context, msg))
         return Message(
             content=RecordDict(
                 {protocol.METRICS: metrics, protocol.SITE: _site_record(institution)}

@@ -14,11 +14,12 @@ from __future__ import annotations
 import logging
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord
-from flwr.clientapp.typing import ClientAppCallable
+from flwr.clientapp.typing import ClientAppCallable, Mod
 
 from countyfl import protocol
 from countyfl.errors import CountyflError
 from countyfl.privacy.he.wire import CHUNK_PREFIX, META_KEY
+from countyfl.privacy.modes import CalibrationName
 from countyfl.privacy.release import (
     ERROR_CODE,
     ERROR_REASON,
@@ -75,40 +76,56 @@ def _ciphertexts_only(record: ArrayRecord) -> bool:
 
 
 def _fields(config: RunConfig) -> tuple[ReleasedField, ...]:
-    return inventory(encrypted=config.encryption is EncryptionName.CKKS, dp=config.dp)
-
-
-def release_guard_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
-    """Send the reply only if every field of it is in the release inventory."""
-    try:
-        config = parse_run_config(context.run_config)
-        reply = call_next(msg, context)
-    except CountyflError as error:
-        logger.warning("refusing %s: %s", msg.metadata.message_type, error)
-        return Message(
-            error=Error(code=protocol.SITE_FAILURE_ERROR_CODE, reason=str(error)), reply_to=msg
-        )
-    except Exception as error:
-        # The message of a foreign exception may hold anything: only its kind leaves.
-        logger.exception("the ClientApp failed on a %s message", msg.metadata.message_type)
-        reason = (
-            f"the site's ClientApp failed ({type(error).__name__}); the site's log has the details"
-        )
-        return Message(
-            error=Error(code=protocol.SITE_FAILURE_ERROR_CODE, reason=reason), reply_to=msg
-        )
-    phase = _PHASES.get(msg.metadata.message_type.split(".")[0])
-    if phase is None:
-        problems = [f"message type {msg.metadata.message_type!r} has no release inventory"]
-    else:
-        problems = release_problems(reply, phase, _fields(config))
-    if not problems:
-        return reply
-    logger.error("release refused: %s", "; ".join(problems))
-    return Message(
-        error=Error(
-            code=protocol.SITE_FAILURE_ERROR_CODE,
-            reason="the site refused to send its reply: " + "; ".join(problems),
-        ),
-        reply_to=msg,
+    return inventory(
+        encrypted=config.encryption is EncryptionName.CKKS,
+        dp=config.dp,
+        calibration=config.calibration is not CalibrationName.NONE,
     )
+
+
+def release_guard(config: RunConfig | None = None) -> Mod:
+    """The mod that sends a reply only if every field of it is in the release inventory.
+
+    ``config``: the run config the ClientApp was built with; None means Flower's run
+    config of the message (so that the guard checks the task the app really runs).
+    """
+
+    def guard(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+        try:
+            cfg = config if config is not None else parse_run_config(context.run_config)
+            reply = call_next(msg, context)
+        except CountyflError as error:
+            logger.warning("refusing %s: %s", msg.metadata.message_type, error)
+            return Message(
+                error=Error(code=protocol.SITE_FAILURE_ERROR_CODE, reason=str(error)), reply_to=msg
+            )
+        except Exception as error:
+            # The message of a foreign exception may hold anything: only its kind leaves.
+            logger.exception("the ClientApp failed on a %s message", msg.metadata.message_type)
+            reason = (
+                f"the site's ClientApp failed ({type(error).__name__}); the site's log has "
+                "the details"
+            )
+            return Message(
+                error=Error(code=protocol.SITE_FAILURE_ERROR_CODE, reason=reason), reply_to=msg
+            )
+        phase = _PHASES.get(msg.metadata.message_type.split(".")[0])
+        if phase is None:
+            problems = [f"message type {msg.metadata.message_type!r} has no release inventory"]
+        else:
+            problems = release_problems(reply, phase, _fields(cfg))
+        if not problems:
+            return reply
+        logger.error("release refused: %s", "; ".join(problems))
+        return Message(
+            error=Error(
+                code=protocol.SITE_FAILURE_ERROR_CODE,
+                reason="the site refused to send its reply: " + "; ".join(problems),
+            ),
+            reply_to=msg,
+        )
+
+    return guard
+
+
+release_guard_mod = release_guard()

@@ -31,12 +31,14 @@ from countyfl.federation.strategies.recording import (
 )
 from countyfl.federation.strategies.weighted import WeightedFedAvg, WeightedFedProx
 from countyfl.privacy.he.wire import is_encrypted
+from countyfl.privacy.modes import CalibrationName
 from countyfl.run_config import EncryptionName, RunConfig, StrategyName, parse_run_config
 from countyfl.runs import (
     EVENTS_FILE,
     FINAL_AGGREGATE_FILE,
     FINAL_MODEL_FILE,
     HISTORY_FILE,
+    CalibrationRecord,
     EventLog,
     FederationHistory,
     RunRecord,
@@ -178,7 +180,35 @@ def run_federation(
             arrays: dict[str, Any] = {k: v.numpy() for k, v in state.items()}
             np.savez(output / FINAL_MODEL_FILE, **arrays)
         logger.info("wrote %s and %s to %s", HISTORY_FILE, FINAL_MODEL_FILE, output)
+        if config.dp and config.calibration is not CalibrationName.NONE:
+            record = calibrate(strategy.history, config.min_contributors)
+            record.write(output)
+            if record.skipped:
+                strategy.history.round(config.num_server_rounds).failures.append(
+                    f"calibration: {record.skipped}"
+                )
+                strategy.history.write(output / HISTORY_FILE)
     progress.finished()
+
+
+def calibrate(history: FederationHistory, min_contributors: int) -> CalibrationRecord:
+    """The intercept shift from the last round's calibration sums (or why there is none)."""
+    from countyfl.privacy.calibration import intercept_shift, sums_of
+
+    rounds = sorted(history.rounds)
+    replies = history.rounds[rounds[-1]].evaluate.values() if rounds else []
+    sums = [s for s in map(sums_of, replies) if s is not None]
+    try:
+        shift = intercept_shift(sums, min_contributors)
+    except ValueError as error:
+        return CalibrationRecord(contributors=len(sums), skipped=f"no shift applied: {error}")
+    return CalibrationRecord(
+        shift=shift.shift,
+        contributors=shift.contributors,
+        positives=shift.positives,
+        risk=shift.risk,
+        rows=shift.rows,
+    )
 
 
 def _write_history(

@@ -75,7 +75,7 @@ def noisy_count(num_rows: int, noise: float, generator: torch.Generator) -> int:
     return max(1, round(num_rows + noise * draw))
 
 
-def _check_fits(
+def check_fits(
     entry: HistoryEntry,
     *,
     institution_id: str,
@@ -132,7 +132,7 @@ def release_count(
     if released is not None:
         return int(released[NUM_EXAMPLES_RELEASE])
     entry = gaussian_entry(count_noise)
-    history, projected = _check_fits(
+    history, projected = check_fits(
         entry,
         institution_id=institution_id,
         ledger=ledger,
@@ -179,6 +179,7 @@ def train_within_budget(
     generators: GeneratorFactory = secret_generators,
     noise_memo: NoiseMemo | None = None,
     steps_policy: LocalStepsPolicy = LocalStepsPolicy.FIXED,
+    reserved: tuple[HistoryEntry, ...] | None = None,
 ) -> RoundSpend:
     """Release the run's noisy count, check this round against the budget, train, record.
 
@@ -197,6 +198,8 @@ def train_within_budget(
     ``steps_policy`` EPOCH runs ``min(local steps, ceil(noisy count / batch))`` steps a
     round (:mod:`countyfl.privacy.weighting`), and the calibration composes exactly that
     schedule: ``steps_per_run / plan.local_steps`` rounds of that many steps.
+    ``reserved``: every other release of the run, for the calibration to leave room for
+    (default: the noisy count alone; :func:`countyfl.privacy.calibration.reserved_entries`).
     """
     memo_vectors = (
         nullcontext()
@@ -235,7 +238,7 @@ def train_within_budget(
             sample_rate,
             steps_per_run,
             accountant,
-            (gaussian_entry(count_noise),),
+            reserved if reserved is not None else (gaussian_entry(count_noise),),
         )
         if noise_memo is None:
             noise = calibrated_noise(*calibration)
@@ -244,7 +247,7 @@ def train_within_budget(
                 [*calibration[:4], accountant.value, [list(e) for e in calibration[5]]],
                 lambda: calibrated_noise(*calibration),
             )
-        history, projected = _check_fits(
+        history, projected = check_fits(
             (noise, sample_rate, plan.local_steps),
             institution_id=institution_id,
             ledger=ledger,

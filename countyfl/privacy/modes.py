@@ -39,3 +39,13 @@ class Mechanism(StrEnum):
 
     DP_SGD = "dp-sgd"
     NOISY_COUNT = "noisy-count"
+    CALIBRATION = "calibration"
+
+
+class CalibrationName(StrEnum):
+    """How the federated model's predicted risks are recalibrated after the last round."""
+
+    NONE = "none"
+    INTERCEPT = "intercept"
+    """Shift the output's bias so that the mean predicted risk over every site's training
+    rows matches their prevalence, from two noisy sums per site (countyfl.privacy.calibration)."""

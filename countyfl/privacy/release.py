@@ -110,8 +110,12 @@ def _update(encrypted: bool, dp: bool) -> ReleasedField:
     )
 
 
-def inventory(*, encrypted: bool, dp: bool) -> tuple[ReleasedField, ...]:
-    """Every field a ClientApp may send in a run with this encryption and DP setting."""
+def inventory(*, encrypted: bool, dp: bool, calibration: bool = False) -> tuple[ReleasedField, ...]:
+    """Every field a ClientApp may send in a run with this encryption and DP setting.
+
+    ``calibration``: the run recalibrates the model's intercept from noisy sums over each
+    site's training rows (:mod:`countyfl.privacy.calibration`; DP runs only).
+    """
     derived = (
         "a function of the noisy count (which sets the sample rate) and of public settings "
         "only: post-processing"
@@ -223,6 +227,45 @@ def inventory(*, encrypted: bool, dp: bool) -> tuple[ReleasedField, ...]:
         ReleasedField(Phase.EVALUATE, protocol.METRICS, metric, Protection.POLICY, held_out)
         for metric in protocol.EVALUATION_METRICS
     ]
+    if dp and calibration:
+        last = "with the last round's evaluation, once per run"
+        fields += [
+            ReleasedField(
+                Phase.EVALUATE,
+                protocol.METRICS,
+                protocol.CALIBRATION_POSITIVES,
+                Protection.DP_ACCOUNTED,
+                f"the number of positive training rows plus Gaussian noise, {last} (with the "
+                "sum of predicted risks: one Gaussian mechanism of sensitivity sqrt(2), drawn "
+                "from a secret generator)",
+                "calibration",
+            ),
+            ReleasedField(
+                Phase.EVALUATE,
+                protocol.METRICS,
+                protocol.CALIBRATION_RISK,
+                Protection.DP_ACCOUNTED,
+                f"the final model's predicted risks summed over the training rows plus "
+                f"Gaussian noise, {last} (the same mechanism as calibration-positives)",
+                "calibration",
+            ),
+            ReleasedField(
+                Phase.EVALUATE,
+                protocol.METRICS,
+                protocol.CALIBRATION_ROWS,
+                Protection.DP_ACCOUNTED,
+                "the run's noisy count of training rows, sent again with the sums: post-processing",
+                "noisy-count",
+            ),
+            ReleasedField(
+                Phase.EVALUATE,
+                protocol.METRICS,
+                protocol.EPSILON,
+                Protection.DP_ACCOUNTED,
+                "the epsilon the site's ledger has spent after the sums, computed from the "
+                "noise multipliers, sample rates and steps of its releases: post-processing",
+            ),
+        ]
     fields += [
         ReleasedField(
             Phase.REFUSAL,

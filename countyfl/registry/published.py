@@ -52,6 +52,7 @@ from countyfl.registry.schemas import (
     Text128,
 )
 from countyfl.registry.versions import describe_validation_error, register_version
+from countyfl.runs import CalibrationRecord
 
 METADATA_FILE = "model.json"
 ARTIFACT_FILE = "model.npz"
@@ -86,6 +87,8 @@ class PublishedModel(BaseModel):
     artifact: PublishedArtifact
     created_at: datetime
     features: FeatureTransform | None = None
+    # The intercept shift applied to the artifact's output bias (countyfl.privacy.calibration)
+    calibration: CalibrationRecord | None = None
 
 
 def read_published(folder: Path) -> tuple[PublishedModel, Path]:

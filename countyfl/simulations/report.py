@@ -13,6 +13,7 @@ import numpy as np
 
 from countyfl import __version__, protocol
 from countyfl.data import InstitutionData
+from countyfl.privacy.modes import CalibrationName
 from countyfl.privacy.weighting import local_steps_for
 from countyfl.run_config import RunConfig
 from countyfl.simulations import plots
@@ -134,6 +135,12 @@ def summarize(result: SimulationResult) -> dict[str, Any]:
             "by-level": by_level,
             "by-township": by_township,
             "privacy": privacy,
+            # Per seed: the intercept shift the federated model was published with
+            "calibration": {
+                str(s.seed): s.calibration.model_dump(mode="json", by_alias=True)
+                for s in result.seeds
+                if s.calibration is not None
+            },
             "rounds": rounds,
             "wall-seconds-per-seed": {str(s.seed): s.wall_seconds for s in result.seeds},
             "reference": {"source": scenario.reference_source, "values": scenario.reference},
@@ -230,9 +237,15 @@ def _privacy_summary(result: SimulationResult, ids: list[str]) -> dict[str, Any]
             ]
             if trained_rounds and protocol.AGGREGATION_WEIGHT in trained_rounds[-1]:
                 weights.append(trained_rounds[-1][protocol.AGGREGATION_WEIGHT])
+            rounds = seed_result.history.rounds
+            last = rounds[max(rounds)].evaluate if rounds else {}
+            calibrated = last.get(partition, {}).get(protocol.EPSILON)
             if trained_rounds and protocol.EPSILON in trained_rounds[-1]:
                 counts.append(int(trained_rounds[-1][protocol.NUM_EXAMPLES]))
-                finals.append(trained_rounds[-1][protocol.EPSILON])
+                # A calibrated run's last evaluation reports the spend after its sums.
+                finals.append(
+                    calibrated if calibrated is not None else trained_rounds[-1][protocol.EPSILON]
+                )
                 noises.append(trained_rounds[-1][protocol.NOISE_MULTIPLIER])
                 rates.append(trained_rounds[-1][protocol.SAMPLE_RATE])
             refusals += sum(
@@ -258,6 +271,11 @@ def _privacy_summary(result: SimulationResult, ids: list[str]) -> dict[str, Any]
         "enabled": config.dp,
         "randomness": config.dp_randomness.value if config.dp else None,
         "count-noise": config.count_noise if config.dp else None,
+        "calibration-noise": (
+            config.calibration_noise
+            if config.dp and config.calibration is not CalibrationName.NONE
+            else None
+        ),
         "target-epsilon-per-run": config.target_epsilon if config.dp else None,
         "delta": config.delta if config.dp else None,
         "budget-epsilon": config.budget_epsilon if config.dp else None,
@@ -288,16 +306,20 @@ def _budget_split(
     """
     if not config.dp or not noises:
         return None
-    from countyfl.privacy.accounting import epsilon_of, gaussian_entry
+    from countyfl.privacy.accounting import epsilon_of
+    from countyfl.privacy.calibration import reserved_entries
 
-    count = gaussian_entry(config.count_noise)
+    reserved = reserved_entries(config.count_noise, config.calibration, config.calibration_noise)
     steps = _steps_per_round(config, counts) or config.local_steps
     training = (noises[0], rates[0], steps * config.num_server_rounds)
-    return {
-        "noisy-count": epsilon_of([count], config.delta, config.accountant),
+    split = {
+        "noisy-count": epsilon_of([reserved[0]], config.delta, config.accountant),
         "training": epsilon_of([training], config.delta, config.accountant),
-        "run": epsilon_of([count, training], config.delta, config.accountant),
     }
+    if len(reserved) > 1:
+        split["calibration"] = epsilon_of([reserved[1]], config.delta, config.accountant)
+    split["run"] = epsilon_of([*reserved, training], config.delta, config.accountant)
+    return split
 
 
 def _fmt(value: float | None, spread: float | None = None) -> str:
@@ -468,8 +490,10 @@ def render_markdown(summary: dict[str, Any]) -> str:
             ]
     else:
         lines += ["Differential privacy was off for this run (`--no-dp`).", ""]
+    calibrated = privacy.get("calibration-noise") is not None
+    parts = "count / training / calibration / run" if calibrated else "count / training / run"
     lines += [
-        "| institution | noise multiplier | epsilon: count / training / run | "
+        f"| institution | noise multiplier | epsilon: {parts} | "
         "epsilon after the run | refused rounds | membership-inference AUC |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
@@ -479,7 +503,11 @@ def render_markdown(summary: dict[str, Any]) -> str:
         attack = entry["membership-inference-auc"]
         split = entry["budget-split"]
         shares = (
-            f"{split['noisy-count']:.3f} / {split['training']:.3f} / {split['run']:.3f}"
+            " / ".join(
+                f"{split[k]:.3f}"
+                for k in ("noisy-count", "training", "calibration", "run")
+                if k in split
+            )
             if split
             else "n/a"
         )
@@ -491,8 +519,9 @@ def render_markdown(summary: dict[str, Any]) -> str:
     if privacy["enabled"]:
         lines += [
             "",
-            "Epsilons of the count and of training alone, and of both composed (the run's "
-            "total): composition is tighter than their sum.",
+            "Epsilons of the count and of training alone"
+            + (", of the calibration sums alone," if calibrated else "")
+            + " and of all composed (the run's total): composition is tighter than their sum.",
         ]
     attack_mean = privacy["membership-inference-auc-mean"]
     lines += [
@@ -506,6 +535,24 @@ def render_markdown(summary: dict[str, Any]) -> str:
     ]
     if privacy["enabled"]:
         lines += ["", f"![epsilon per round]({PRIVACY_PLOT})"]
+    calibration = summary.get("calibration") or {}
+    if calibration:
+        shifts = ", ".join(
+            f"seed {seed}: "
+            + (
+                f"{record['shift']:+.3f} from {record['contributors']} institutions"
+                if not record["skipped"]
+                else record["skipped"]
+            )
+            for seed, record in calibration.items()
+        )
+        lines += [
+            "",
+            "Intercept calibration: after the last round every site sent two noisy sums over "
+            "its training rows (positives and predicted risk, paid for in its ledger), and the "
+            "federated model's output bias was shifted by logit(prevalence) - logit(mean "
+            f"predicted risk) before it was evaluated above ({shifts}).",
+        ]
     failures = [
         f"seed {seed} round {number}: {message}"
         for seed, rounds in summary["rounds"].items()

@@ -26,7 +26,7 @@ from countyfl.privacy.membership_inference import membership_inference_auc
 from countyfl.publishing import PUBLISHED_DIR, publish
 from countyfl.registry.published import ARTIFACT_FILE
 from countyfl.run_config import EncryptionName, RunConfig, parse_run_config
-from countyfl.runs import HISTORY_FILE, FederationHistory
+from countyfl.runs import HISTORY_FILE, CalibrationRecord, FederationHistory
 from countyfl.scenarios import Scenario
 from countyfl.simulations.baselines import MethodMetrics, evaluate_everywhere, train_baselines
 from countyfl.training.local import predict_proba
@@ -64,6 +64,8 @@ class SeedResult:
     pooled_test_predictions: dict[str, np.ndarray] = field(default_factory=dict)
     # institution id -> membership-inference AUC against the final federated model
     membership_inference: dict[str, float] = field(default_factory=dict)
+    # The intercept shift the published model carries (calibrated runs; countyfl.runs)
+    calibration: CalibrationRecord | None = None
 
 
 @dataclass
@@ -225,6 +227,7 @@ def _run_seed(
             )
             for i in dataset.institutions
         },
+        CalibrationRecord.read(Path(config.output_dir)),
     )
 
 

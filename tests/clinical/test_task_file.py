@@ -33,6 +33,25 @@ def test_template_is_a_valid_task() -> None:
     check_units(task, where="task.toml")
 
 
+def test_calibration_is_a_task_default_that_leaves_older_tasks_digests_alone() -> None:
+    from countyfl.scenarios import task_digest
+
+    def task(**privacy: str):  # type: ignore[no-untyped-def]
+        raw = _template()
+        raw.setdefault("privacy", {}).update(privacy)
+        return parse_task(raw, source=Path("task.toml"))
+
+    plain = task()
+    assert "calibration" not in plain.model_dump(mode="json")["privacy"]
+    assert plain.run_defaults()["calibration"] == "none"
+    assert task_digest(task(calibration="none")) == task_digest(plain)  # says nothing new
+    calibrated = task(calibration="intercept")
+    assert calibrated.run_defaults()["calibration"] == "intercept"
+    assert task_digest(calibrated) != task_digest(plain)
+    with pytest.raises(TaskFileError, match="calibration"):
+        task(calibration="platt")
+
+
 def test_a_task_without_a_label_names_the_file_and_key() -> None:
     raw = _template()
     del raw["label"]

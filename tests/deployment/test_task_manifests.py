@@ -60,6 +60,8 @@ IN_MANIFEST = {
     "count_noise",
     "aggregation_weight",
     "local_steps_policy",
+    "calibration",
+    "calibration_noise",
     "dp_randomness",
     "encryption",
 }
@@ -85,6 +87,8 @@ CHANGES: dict[str, dict[str, Any]] = {
     "count_noise": {"count-noise": 12.0},
     "aggregation_weight": {"aggregation-weight": "noise-aware"},
     "local_steps_policy": {"local-steps-policy": "epoch"},
+    "calibration": {"calibration": "intercept"},
+    "calibration_noise": {"calibration": "intercept", "calibration-noise": 5.0},
     "dp_randomness": {"dp-randomness": "seeded"},
     "encryption": CKKS,
     "min_contributors": {"min-contributors": 3},
@@ -125,6 +129,20 @@ def test_the_hash_is_sha256_of_canonical_json_recomputable_from_the_file(tmp_pat
 def test_changing_any_manifest_field_changes_the_hash(field: str) -> None:
     base, changed = manifest_for(_config()), manifest_for(run_config_from_overrides(CHANGES[field]))
     assert manifest_hash(changed) != manifest_hash(base)
+
+
+def test_the_calibration_noise_is_part_of_a_calibrated_task_and_listed_as_leaving() -> None:
+    calibrated = {"calibration": "intercept"}
+    assert _hash(calibrated) != _hash({**calibrated, "calibration-noise": 5.0})
+    # Without calibration the noise setting computes nothing: the task is the same.
+    assert _hash({}) == _hash({"calibration-noise": 5.0})
+    manifest = manifest_for(run_config_from_overrides(calibrated))
+    assert manifest.differential_privacy is not None
+    assert manifest.differential_privacy.calibration_noise == 10.0
+    leaving = "\n".join(manifest.leaves_site)
+    assert "evaluate:metrics.calibration-positives: dp-accounted" in leaving
+    assert "calibration noise 10.0 records" in leaving
+    assert "calibration" not in "\n".join(manifest_for(_config()).leaves_site)
 
 
 @pytest.mark.parametrize(

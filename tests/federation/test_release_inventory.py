@@ -19,6 +19,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 
 from countyfl import models, protocol, scenarios
 from countyfl.federation import server_app
+from countyfl.privacy.calibration import intercept_shift, sums_of
 from countyfl.privacy.he.codec import deserialize
 from countyfl.privacy.he.keys import (
     PUBLIC_CONTEXT_FILE,
@@ -28,10 +29,11 @@ from countyfl.privacy.he.keys import (
 )
 from countyfl.privacy.he.wire import arrays_to_update
 from countyfl.privacy.ledger import LEDGER_FILE, PrivacyLedger
-from countyfl.privacy.modes import Mechanism
+from countyfl.privacy.modes import CalibrationName, Mechanism
 from countyfl.privacy.release import Phase, Protection, ReleasedField, find, inventory
 from countyfl.privacy.weighting import aggregation_weight
 from countyfl.run_config import EncryptionName, parse_run_config
+from countyfl.runs import CalibrationRecord
 
 pytestmark = pytest.mark.e2e
 
@@ -100,6 +102,8 @@ def test_every_reply_field_is_in_the_inventory_and_protected_as_it_says(
         "encryption": encryption,
         # The noise-aware weight under CKKS (it is the ciphertext's factor), FedAvg's in plaintext
         "aggregation-weight": "noise-aware" if encryption == "ckks" else "examples",
+        # The last evaluation's calibration sums in one case (its own mechanism)
+        "calibration": "intercept" if encryption == "ckks" else "none",
     }
     if encryption == "ckks":
         init_keys(tmp_path / "keys")
@@ -110,7 +114,11 @@ def test_every_reply_field_is_in_the_inventory_and_protected_as_it_says(
     institutions = scenarios.load("fed-heart-disease").institutions
     run_in_this_process(config, len(institutions))
 
-    fields = inventory(encrypted=config.encryption is EncryptionName.CKKS, dp=True)
+    fields = inventory(
+        encrypted=config.encryption is EncryptionName.CKKS,
+        dp=True,
+        calibration=config.calibration is not CalibrationName.NONE,
+    )
     assert len(received) == 2 * len(institutions)  # a train and an evaluate reply from each
     seen: set[str] = set()
     for phase, reply in received:
@@ -137,6 +145,18 @@ def test_every_reply_field_is_in_the_inventory_and_protected_as_it_says(
         if f.phase is not Phase.REFUSAL and (has_townships or f.key != protocol.TOWNSHIP)
     }
     assert seen == listed
+    if config.calibration is not CalibrationName.NONE:
+        # The county's shift is computed from exactly the sums the sites sent and paid for.
+        sent = [
+            sums_of(dict(reply.content[protocol.METRICS]))
+            for phase, reply in received
+            if phase is Phase.EVALUATE
+        ]
+        record = CalibrationRecord.read(tmp_path / "run")
+        assert record is not None and not record.skipped
+        expected = intercept_shift([s for s in sent if s is not None], config.min_contributors)
+        assert record.contributors == len(institutions) == expected.contributors
+        assert record.shift == pytest.approx(expected.shift)
 
 
 def _expected_weight(ledger: PrivacyLedger, run_id: str, config: Any, institution: Any) -> int:
@@ -189,12 +209,25 @@ def _check(
             assert paid is not None and value == paid[protocol.NUM_EXAMPLES]
         elif key == protocol.AGGREGATION_WEIGHT:
             assert value == _expected_weight(ledger, run_id, config, institution)
+        elif key == protocol.EPSILON and field.phase is Phase.EVALUATE:
+            # After the calibration sums: the ledger's whole spend for the run
+            calibration = [s for s in spends if s.mechanism == Mechanism.CALIBRATION.value]
+            assert len(calibration) == 1 and spends[-1] is not training[-1]
+            assert value == pytest.approx(calibration[0].epsilon_after)
+            assert value == pytest.approx(ledger.spent_epsilon(config.delta, config.accountant))
         elif key == protocol.EPSILON:
             assert value == pytest.approx(training[-1].epsilon_after)
         elif key == protocol.NOISE_MULTIPLIER:
             assert value == training[-1].noise_multiplier
         elif key == protocol.SAMPLE_RATE:
             assert value == training[-1].sample_rate
+        elif key in (protocol.CALIBRATION_POSITIVES, protocol.CALIBRATION_RISK):
+            paid = ledger.released(run_id, Mechanism.CALIBRATION)
+            assert paid is not None, "calibration sums sent but not paid for"
+            assert value == paid[key.removeprefix("calibration-")]
+        elif key == protocol.CALIBRATION_ROWS:
+            paid = ledger.released(run_id, Mechanism.NOISY_COUNT)
+            assert paid is not None and value == paid[protocol.NUM_EXAMPLES]
         else:
             pytest.fail(f"no check for {field.path}")
         return

@@ -1,0 +1,221 @@
+"""Intercept calibration of the federated model: two noisy sums per site, paid for in its ledger.
+
+DP-SGD clips every per-example gradient to ``max_grad_norm``. On a rare outcome the
+positives' gradients are the large ones (Framingham: median norm 2.9 against 0.11 for the
+negatives under the final model), so clipping shrinks their pull far more than the
+negatives' and the model settles on an intercept that predicts too little risk (a mean
+predicted risk of 0.06 against a prevalence of 0.15): the ranking (AUC) is unharmed, the
+calibration (ECE) is not.
+
+With ``calibration = "intercept"`` in the run config, every site that evaluates the last
+round's model also releases, over its TRAINING rows ``i``:
+
+- ``positives = sum y_i + N(0, s^2)`` and
+- ``risk = sum p_i + N(0, s^2)``, with ``p_i`` the model's predicted risk,
+
+rounded to whole records, and with them the run's noisy example count it already
+released (post-processing). Adding or removing one row changes the pair by ``(y_i, p_i)``,
+of L2 norm at most sqrt(2): the pair is the Gaussian mechanism with noise multiplier
+``s / sqrt(2)`` (``s`` is ``calibration-noise``, in records). It is drawn once per run from
+the site's secret generator, recorded in its ledger before it is sent, and composed with
+the run's count and DP-SGD steps: the DP-SGD noise is calibrated from the first round so
+that all three together stay within the run's target epsilon.
+
+The county adds the sums of the sites that sent them (at least ``min-contributors``, else
+nothing is applied and the run says why) and shifts the output's bias by
+
+    delta = logit(sum positives / sum rows) - logit(sum risk / sum rows),
+
+which moves the model's mean predicted logit-odds to the prevalence's. A function of the
+noisy sums and public settings only: post-processing, it costs nothing more. The shift is
+kept in the run folder (``calibration.json``) and applied by whoever publishes the model
+(:mod:`countyfl.publishing`), so a CKKS run's aggregate needs no decryption at the county.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from countyfl import protocol
+from countyfl.data.federated import FloatArray
+from countyfl.privacy.accounting import HistoryEntry, gaussian_entry, merge_history
+from countyfl.privacy.budget import check_fits
+from countyfl.privacy.ledger import Budget, PrivacyLedger
+from countyfl.privacy.modes import AccountantName, CalibrationName, Mechanism
+
+SENSITIVITY = math.sqrt(2.0)
+"""L2 sensitivity of (sum y, sum p) to one row: y and p both lie in [0, 1]."""
+
+MAX_SHIFT = 4.0
+"""The largest intercept shift applied (logit-odds); a larger one is clipped to it."""
+
+POSITIVES = "positives"
+RISK = "risk"
+
+
+def calibration_entry(noise: float) -> HistoryEntry:
+    """The ledger entry of the calibration sums with noise ``noise`` records on each."""
+    return gaussian_entry(noise / SENSITIVITY)
+
+
+def reserved_entries(
+    count_noise: float, calibration: CalibrationName, calibration_noise: float
+) -> tuple[HistoryEntry, ...]:
+    """What a run releases besides its DP-SGD steps, for the noise calibration to reserve."""
+    entries = [gaussian_entry(count_noise)]
+    if calibration is not CalibrationName.NONE:
+        entries.append(calibration_entry(calibration_noise))
+    return tuple(entries)
+
+
+@torch.no_grad()
+def training_sums(model: nn.Module, x: FloatArray, y: FloatArray) -> tuple[float, float]:
+    """The exact (sum of labels, sum of predicted risks) over the rows: never released."""
+    model.eval()
+    logits = model(torch.from_numpy(np.ascontiguousarray(x)))
+    return float(np.sum(y)), float(torch.sigmoid(logits).double().sum())
+
+
+@dataclass(frozen=True)
+class CalibrationSums:
+    """A site's released calibration sums and the noisy count they are taken over."""
+
+    positives: float
+    risk: float
+    rows: float
+
+
+@dataclass(frozen=True)
+class CalibrationRelease:
+    """The sums a site released, and the epsilon its ledger has spent after them."""
+
+    sums: CalibrationSums
+    epsilon_after: float
+
+
+def release_calibration(
+    *,
+    institution_id: str,
+    ledger: PrivacyLedger,
+    budget: Budget,
+    run_id: str,
+    server_round: int,
+    model: nn.Module,
+    x: FloatArray,
+    y: FloatArray,
+    rows: int,
+    noise: float,
+    accountant: AccountantName,
+    generator: torch.Generator,
+) -> CalibrationRelease:
+    """Draw, record and return the site's calibration sums for run ``run_id`` (once a run).
+
+    ``rows`` is the run's noisy count (already released). A second call in the same run
+    returns what the first released. Raises :class:`BudgetExceededError` (recorded in the
+    ledger) if the release would exceed the site's budget; whether it fits depends on the
+    ledger only, never on the data.
+    """
+    released = ledger.released(run_id, Mechanism.CALIBRATION)
+    if released is not None:
+        return CalibrationRelease(
+            CalibrationSums(float(released[POSITIVES]), float(released[RISK]), float(rows)),
+            ledger.spent_epsilon(budget.delta, accountant),
+        )
+    entry = calibration_entry(noise)
+    history, projected = check_fits(
+        entry,
+        institution_id=institution_id,
+        ledger=ledger,
+        budget=budget,
+        accountant=accountant,
+        run_id=run_id,
+        server_round=server_round,
+    )
+    positives, risk = training_sums(model, x, y)
+    draws = torch.normal(0.0, 1.0, size=(2,), generator=generator, dtype=torch.float64)
+    # Rounded to whole records: post-processing that also drops the noise's low bits.
+    values = {
+        POSITIVES: float(round(positives + noise * float(draws[0]))),
+        RISK: float(round(risk + noise * float(draws[1]))),
+    }
+    epsilon_after = ledger.record_spend(
+        run_id=run_id,
+        server_round=server_round,
+        history_before=history,
+        history_after=merge_history([*history, entry]),
+        steps=1,
+        sample_rate=1.0,
+        noise_multiplier=entry[0],
+        delta=budget.delta,
+        accountant=accountant,
+        epsilon_after=projected,
+        mechanism=Mechanism.CALIBRATION,
+        released=values,
+    )
+    return CalibrationRelease(
+        CalibrationSums(values[POSITIVES], values[RISK], float(rows)), epsilon_after
+    )
+
+
+def _logit(share: float, total: float) -> float:
+    # A share pulled half a record inside (0, 1): noisy sums can fall outside it.
+    low = 0.5 / total
+    share = min(max(share, low), 1.0 - low)
+    return math.log(share / (1.0 - share))
+
+
+@dataclass(frozen=True)
+class InterceptShift:
+    """The county's shift of the output's bias, and what it was computed from."""
+
+    shift: float
+    contributors: int
+    positives: float
+    risk: float
+    rows: float
+
+
+def intercept_shift(sums: Iterable[CalibrationSums], min_contributors: int) -> InterceptShift:
+    """The intercept shift from the sites' sums (see the module docstring).
+
+    Raises
+    ------
+    ValueError
+        If fewer than ``min_contributors`` sites sent sums, or their rows sum to less than 2.
+    """
+    sums = list(sums)
+    if len(sums) < min_contributors:
+        raise ValueError(
+            f"{len(sums)} institution(s) sent calibration sums; the task's minimum is "
+            f"{min_contributors} contributors"
+        )
+    positives = sum(s.positives for s in sums)
+    risk = sum(s.risk for s in sums)
+    rows = sum(s.rows for s in sums)
+    if rows < 2:
+        raise ValueError(f"the calibration sums cover {rows:g} noisy rows; at least 2 are needed")
+    shift = _logit(positives / rows, rows) - _logit(risk / rows, rows)
+    return InterceptShift(
+        shift=max(-MAX_SHIFT, min(MAX_SHIFT, shift)),
+        contributors=len(sums),
+        positives=positives,
+        risk=risk,
+        rows=rows,
+    )
+
+
+def sums_of(metrics: Mapping[str, float]) -> CalibrationSums | None:
+    """A reply's calibration sums, if it has them."""
+    keys = (protocol.CALIBRATION_POSITIVES, protocol.CALIBRATION_RISK, protocol.CALIBRATION_ROWS)
+    if not all(k in metrics for k in keys):
+        return None
+    values = [float(metrics[k]) for k in keys]
+    if not all(math.isfinite(v) for v in values) or values[2] < 1:
+        return None
+    return CalibrationSums(*values)
