@@ -55,6 +55,7 @@ class RunProgress:
         wait_seconds: float,
         run_id: str = "",
         clock: Callable[[], float] = time.monotonic,
+        simulated: bool = False,
     ) -> None:
         self.log = log
         self.rounds = rounds
@@ -62,6 +63,8 @@ class RunProgress:
         self.wait_seconds = wait_seconds
         self.run_id = run_id
         self._clock = clock
+        # A simulation's nodes are the Simulation Engine's: the advice differs.
+        self.simulated = simulated
         self._connected: int | None = None
         self._short_since: float | None = None
         # The round whose replies are coming in (Flower 1.42 leaves messages' group id
@@ -95,13 +98,24 @@ class RunProgress:
             self._short_since = now
             logger.info("waiting for nodes: %d connected of %d needed", connected, self.needed)
         elif now - self._short_since >= self.wait_seconds:
-            reason = (
+            shortfall = (
                 f"waited {self.wait_seconds:.0f} s for nodes: {connected} connected, "
-                f"{self.needed} needed (min-nodes). Start the missing institutions' nodes "
-                "(`countyfl node start --site site.toml --superlink HOST:PORT`; `flwr "
-                "supernode list` shows which are online), or run with fewer (`countyfl run "
-                "--min-nodes N`, at least min-contributors)"
+                f"{self.needed} needed (min-nodes)."
             )
+            if self.simulated:
+                advice = (
+                    " The Simulation Engine starts one node per institution of the scenario: "
+                    "set min-nodes to at most the scenario's institutions (or leave it at 0, "
+                    "all of them)"
+                )
+            else:
+                advice = (
+                    " Start the missing institutions' nodes (`countyfl node start --site "
+                    "site.toml --superlink HOST:PORT`; `flwr supernode list` shows which are "
+                    "online), or run with fewer (`countyfl run --min-nodes N`, at least "
+                    "min-contributors)"
+                )
+            reason = shortfall + advice
             self.failed(reason)
             raise NodesMissingError(reason)
 

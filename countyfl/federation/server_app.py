@@ -103,8 +103,12 @@ def run_federation(
     config: RunConfig,
     on_round_end: RoundCallback | None = None,
     run_id: str = "",
+    simulated: bool = False,
 ) -> None:
-    """Run ``config.num_server_rounds`` rounds; write the run, its history and final model."""
+    """Run ``config.num_server_rounds`` rounds; write the run, its history and final model.
+
+    ``simulated``: the nodes are the Simulation Engine's (messages are worded for it).
+    """
     started = datetime.now(UTC)
     scenario = scenarios.get(config.scenario)
     num_features, num_institutions = scenario.num_features, scenario.num_institutions
@@ -122,6 +126,7 @@ def run_federation(
         needed=num_institutions,
         wait_seconds=config.node_wait_seconds,
         run_id=run_id,
+        simulated=simulated,
     )
     strategy.progress = progress
     prompt = isinstance(grid, PromptGrid)
@@ -233,7 +238,15 @@ def make_server_app(
         cfg = config if config is not None else parse_run_config(context.run_config)
         # Flower's deployment grid pulls replies every 3 s; ours as soon as they arrive,
         # and a round's evaluation goes out with the next round's training (rounds.py).
-        run_federation(PromptGrid(grid), cfg, on_round_end, run_id=str(context.run_id))
+        from flwr.superlink.grid import InMemoryGrid  # the Simulation Engine's grid
+
+        run_federation(
+            PromptGrid(grid),
+            cfg,
+            on_round_end,
+            run_id=str(context.run_id),
+            simulated=isinstance(grid, InMemoryGrid),
+        )
 
     return app
 

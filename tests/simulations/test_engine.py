@@ -106,3 +106,6 @@ def test_a_run_that_fails_says_why(tmp_path: Path) -> None:
     with pytest.raises(SimulationError, match="seed 42") as raised:
         run_federated(config, scenario.num_institutions)
     assert "4 connected, 5 needed (min-nodes)" in str(raised.value)
+    # Worded for a simulation: its nodes are the engine's, not a site's to start.
+    assert "one node per institution of the scenario" in str(raised.value)
+    assert "countyfl node start" not in str(raised.value)
