@@ -40,11 +40,33 @@ TARGET_GAP = 0.02
 TARGET_ECE = 0.03
 # name -> run-config switches (on top of the task's defaults, CKKS and epsilon 1)
 MECHANISMS: dict[str, dict[str, Any]] = {
-    "fedavg": {"aggregation-weight": "examples", "local-steps-policy": "fixed"},
-    "noise-aware": {"aggregation-weight": "noise-aware", "local-steps-policy": "fixed"},
-    "epoch-steps": {"aggregation-weight": "examples", "local-steps-policy": "epoch"},
-    "noise-aware+epoch": {"aggregation-weight": "noise-aware", "local-steps-policy": "epoch"},
-    # The intercept recalibrated from two noisy sums per site (countyfl.privacy.calibration)
+    "fedavg": {
+        "aggregation-weight": "examples",
+        "local-steps-policy": "fixed",
+        "calibration": "none",
+    },
+    "noise-aware": {
+        "aggregation-weight": "noise-aware",
+        "local-steps-policy": "fixed",
+        "calibration": "none",
+    },
+    "epoch-steps": {
+        "aggregation-weight": "examples",
+        "local-steps-policy": "epoch",
+        "calibration": "none",
+    },
+    "noise-aware+epoch": {
+        "aggregation-weight": "noise-aware",
+        "local-steps-policy": "epoch",
+        "calibration": "none",
+    },
+    # The intercept recalibrated from two noisy sums per site (countyfl.privacy.calibration):
+    # the task's defaults
+    "calib": {
+        "aggregation-weight": "examples",
+        "local-steps-policy": "fixed",
+        "calibration": "intercept",
+    },
     "noise-aware+calib": {
         "aggregation-weight": "noise-aware",
         "local-steps-policy": "fixed",

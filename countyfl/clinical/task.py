@@ -390,7 +390,12 @@ class TaskDefinition(BaseModel):
             "delta": self.privacy.delta,
             "max-grad-norm": self.privacy.max_grad_norm,
             "encryption": self.privacy.encryption,
-            "calibration": self.privacy.calibration,
+            # Only when chosen: the run config's default is "none"
+            **(
+                {"calibration": self.privacy.calibration}
+                if self.privacy.calibration != "none"
+                else {}
+            ),
         }
 
 

@@ -72,6 +72,9 @@ def test_built_in_scenarios_keep_their_constants_and_defaults() -> None:
     assert county.num_institutions == 13
     assert county.registry_name == "coronary-risk-10y"
     assert county.defaults["local-steps"] == 20
+    # The risk model is recalibrated after the run (docs/privacy.md, "Intercept calibration")
+    assert county.defaults["calibration"] == "intercept"
+    assert scenarios.get("county").defaults["calibration"] == "intercept"
 
 
 def test_framingham_fill_rules_match_the_hand_written_ones() -> None:
