@@ -41,6 +41,7 @@ SAMPLE_RATE = "sample-rate"
 # the run's noisy count they are taken over (countyfl.privacy.calibration)
 CALIBRATION_POSITIVES = "calibration-positives"
 CALIBRATION_RISK = "calibration-risk"
+CALIBRATION_SPREAD = "calibration-spread"
 CALIBRATION_ROWS = "calibration-rows"
 
 # Error code of a reply in which an institution refuses a task (privacy budget, policy)

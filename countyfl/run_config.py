@@ -81,11 +81,11 @@ class RunConfig(BaseModel):
     aggregation_weight: AggregationWeight = AggregationWeight.EXAMPLES
     local_steps_policy: LocalStepsPolicy = LocalStepsPolicy.FIXED
     # After the last round, shift the model's intercept so that its mean predicted risk
-    # matches the prevalence, from two noisy sums per site over its training rows
+    # matches the prevalence, from three noisy sums per site over its training rows
     # (countyfl.privacy.calibration); the noise is the standard deviation, in records, of
     # each sum, and the release is accounted with DP-SGD within target-epsilon.
     calibration: CalibrationName = CalibrationName.NONE
-    calibration_noise: float = Field(default=10.0, gt=0, le=1e6)
+    calibration_noise: float = Field(default=12.5, gt=0, le=1e6)
     # secret: DP draws from the OS CSPRNG; seeded: from `seed` (reproducible, simulation only)
     dp_randomness: DpRandomness = DpRandomness.SECRET
     # Simulated sites: each institution's folder (privacy ledger) and total budget.

@@ -98,6 +98,7 @@ class CalibrationRecord(BaseModel):
     contributors: int = Field(default=0, ge=0, le=1_000_000)
     positives: float = Field(default=0.0, allow_inf_nan=False)
     risk: float = Field(default=0.0, allow_inf_nan=False)
+    spread: float = Field(default=0.0, allow_inf_nan=False)
     rows: float = Field(default=0.0, allow_inf_nan=False)
     skipped: str = Field(default="", max_length=2000)
 

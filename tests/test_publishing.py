@@ -79,7 +79,9 @@ def test_a_calibrated_run_publishes_its_model_with_the_shifted_intercept(tmp_pat
     from countyfl.runs import CALIBRATION_FILE, CalibrationRecord
 
     folder = _run_dir(tmp_path, {"config": {"dp": False}, "run-id": "8"}, _plain_model(-1.5))
-    record = CalibrationRecord(shift=0.75, contributors=4, positives=30, risk=12, rows=200)
+    record = CalibrationRecord(
+        shift=0.75, contributors=4, positives=30, risk=12, spread=40, rows=200
+    )
     record.write(folder)
     metadata = publish(folder)
     with np.load(folder / "published" / "model.npz") as arrays:

@@ -315,6 +315,7 @@ def _calibration_sums(
     return {
         protocol.CALIBRATION_POSITIVES: release.sums.positives,
         protocol.CALIBRATION_RISK: release.sums.risk,
+        protocol.CALIBRATION_SPREAD: release.sums.spread,
         protocol.CALIBRATION_ROWS: release.sums.rows,
         # The run's whole spend, the sums included (the training replies' stops before them)
         protocol.EPSILON: release.epsilon_after,

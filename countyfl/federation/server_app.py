@@ -212,6 +212,7 @@ def calibrate(history: FederationHistory, min_contributors: int) -> CalibrationR
         contributors=shift.contributors,
         positives=shift.positives,
         risk=shift.risk,
+        spread=shift.spread,
         rows=shift.rows,
     )
 

@@ -8,28 +8,36 @@ predicted risk of 0.06 against a prevalence of 0.15): the ranking (AUC) is unhar
 calibration (ECE) is not.
 
 With ``calibration = "intercept"`` in the run config, every site that evaluates the last
-round's model also releases, over its TRAINING rows ``i``:
+round's model also releases, over its TRAINING rows ``i``, with ``p_i`` the model's
+predicted risk:
 
-- ``positives = sum y_i + N(0, s^2)`` and
-- ``risk = sum p_i + N(0, s^2)``, with ``p_i`` the model's predicted risk,
+- ``positives = sum y_i + N(0, s^2)``,
+- ``risk = sum p_i + N(0, s^2)`` and
+- ``spread = sum 4 p_i (1 - p_i) + N(0, s^2)``,
 
 rounded to whole records, and with them the run's noisy example count it already
-released (post-processing). Adding or removing one row changes the pair by ``(y_i, p_i)``,
-of L2 norm at most sqrt(2): the pair is the Gaussian mechanism with noise multiplier
-``s / sqrt(2)`` (``s`` is ``calibration-noise``, in records). It is drawn once per run from
-the site's secret generator, recorded in its ledger before it is sent, and composed with
-the run's count and DP-SGD steps: the DP-SGD noise is calibrated from the first round so
-that all three together stay within the run's target epsilon.
+released (post-processing). Adding or removing one row changes the triple by
+``(y_i, p_i, 4 p_i (1 - p_i))``, each in [0, 1], of L2 norm at most sqrt(3): the triple is
+the Gaussian mechanism with noise multiplier ``s / sqrt(3)`` (``s`` is
+``calibration-noise``, in records). It is drawn once per run from the site's secret
+generator, recorded in its ledger before it is sent, and composed with the run's count and
+DP-SGD steps: the DP-SGD noise is calibrated from the first round so that all of them
+together stay within the run's target epsilon.
 
 The county adds the sums of the sites that sent them (at least ``min-contributors``, else
-nothing is applied and the run says why) and shifts the output's bias by
+nothing is applied and the run says why) and shifts the output's bias by one Newton step
+on the logit-odds of the mean predicted risk:
 
-    delta = logit(sum positives / sum rows) - logit(sum risk / sum rows),
+    m = sum risk / sum rows,   slope = (sum spread / 4 / sum rows) / (m (1 - m)),
+    delta = (logit(sum positives / sum rows) - logit(m)) / slope,
 
-which moves the model's mean predicted logit-odds to the prevalence's. A function of the
-noisy sums and public settings only: post-processing, it costs nothing more. The shift is
-kept in the run folder (``calibration.json``) and applied by whoever publishes the model
-(:mod:`countyfl.publishing`), so a CKKS run's aggregate needs no decryption at the county.
+``slope`` being the derivative of logit(mean risk) in the shift (at most 1: the mean of
+p (1 - p) is m (1 - m) minus the variance of p). Matching the mean risk rather than the
+mean logit-odds (slope 1) is what brings a model's mean risk to the prevalence when its
+risks spread. A function of the noisy sums and public settings only: post-processing, it
+costs nothing more. The shift is kept in the run folder (``calibration.json``) and applied
+by whoever publishes the model (:mod:`countyfl.publishing`), so a CKKS run's aggregate
+needs no decryption at the county.
 """
 
 from __future__ import annotations
@@ -49,14 +57,18 @@ from countyfl.privacy.budget import check_fits
 from countyfl.privacy.ledger import Budget, PrivacyLedger
 from countyfl.privacy.modes import AccountantName, CalibrationName, Mechanism
 
-SENSITIVITY = math.sqrt(2.0)
-"""L2 sensitivity of (sum y, sum p) to one row: y and p both lie in [0, 1]."""
+SENSITIVITY = math.sqrt(3.0)
+"""L2 sensitivity of (sum y, sum p, sum 4 p (1 - p)) to one row: each term lies in [0, 1]."""
 
 MAX_SHIFT = 4.0
 """The largest intercept shift applied (logit-odds); a larger one is clipped to it."""
 
+MIN_SLOPE = 0.1
+"""The smallest slope used (the noisy sums can make it look smaller than it is)."""
+
 POSITIVES = "positives"
 RISK = "risk"
+SPREAD = "spread"
 
 
 def calibration_entry(noise: float) -> HistoryEntry:
@@ -75,11 +87,11 @@ def reserved_entries(
 
 
 @torch.no_grad()
-def training_sums(model: nn.Module, x: FloatArray, y: FloatArray) -> tuple[float, float]:
-    """The exact (sum of labels, sum of predicted risks) over the rows: never released."""
+def training_sums(model: nn.Module, x: FloatArray, y: FloatArray) -> tuple[float, float, float]:
+    """The exact sums of labels, of predicted risks and of 4 p (1 - p): never released."""
     model.eval()
-    logits = model(torch.from_numpy(np.ascontiguousarray(x)))
-    return float(np.sum(y)), float(torch.sigmoid(logits).double().sum())
+    risk = torch.sigmoid(model(torch.from_numpy(np.ascontiguousarray(x)))).double()
+    return float(np.sum(y)), float(risk.sum()), float((4 * risk * (1 - risk)).sum())
 
 
 @dataclass(frozen=True)
@@ -88,6 +100,7 @@ class CalibrationSums:
 
     positives: float
     risk: float
+    spread: float
     rows: float
 
 
@@ -124,7 +137,12 @@ def release_calibration(
     released = ledger.released(run_id, Mechanism.CALIBRATION)
     if released is not None:
         return CalibrationRelease(
-            CalibrationSums(float(released[POSITIVES]), float(released[RISK]), float(rows)),
+            CalibrationSums(
+                float(released[POSITIVES]),
+                float(released[RISK]),
+                float(released[SPREAD]),
+                float(rows),
+            ),
             ledger.spent_epsilon(budget.delta, accountant),
         )
     entry = calibration_entry(noise)
@@ -137,12 +155,12 @@ def release_calibration(
         run_id=run_id,
         server_round=server_round,
     )
-    positives, risk = training_sums(model, x, y)
-    draws = torch.normal(0.0, 1.0, size=(2,), generator=generator, dtype=torch.float64)
+    exact = training_sums(model, x, y)
+    draws = torch.normal(0.0, 1.0, size=(3,), generator=generator, dtype=torch.float64)
     # Rounded to whole records: post-processing that also drops the noise's low bits.
     values = {
-        POSITIVES: float(round(positives + noise * float(draws[0]))),
-        RISK: float(round(risk + noise * float(draws[1]))),
+        key: float(round(value + noise * float(draw)))
+        for key, value, draw in zip((POSITIVES, RISK, SPREAD), exact, draws, strict=True)
     }
     epsilon_after = ledger.record_spend(
         run_id=run_id,
@@ -159,7 +177,8 @@ def release_calibration(
         released=values,
     )
     return CalibrationRelease(
-        CalibrationSums(values[POSITIVES], values[RISK], float(rows)), epsilon_after
+        CalibrationSums(values[POSITIVES], values[RISK], values[SPREAD], float(rows)),
+        epsilon_after,
     )
 
 
@@ -178,6 +197,7 @@ class InterceptShift:
     contributors: int
     positives: float
     risk: float
+    spread: float
     rows: float
 
 
@@ -197,25 +217,35 @@ def intercept_shift(sums: Iterable[CalibrationSums], min_contributors: int) -> I
         )
     positives = sum(s.positives for s in sums)
     risk = sum(s.risk for s in sums)
+    spread = sum(s.spread for s in sums)
     rows = sum(s.rows for s in sums)
     if rows < 2:
         raise ValueError(f"the calibration sums cover {rows:g} noisy rows; at least 2 are needed")
-    shift = _logit(positives / rows, rows) - _logit(risk / rows, rows)
+    low = 0.5 / rows
+    mean = min(max(risk / rows, low), 1.0 - low)
+    slope = min(1.0, max(MIN_SLOPE, spread / 4.0 / rows / (mean * (1.0 - mean))))
+    shift = (_logit(positives / rows, rows) - _logit(mean, rows)) / slope
     return InterceptShift(
         shift=max(-MAX_SHIFT, min(MAX_SHIFT, shift)),
         contributors=len(sums),
         positives=positives,
         risk=risk,
+        spread=spread,
         rows=rows,
     )
 
 
 def sums_of(metrics: Mapping[str, float]) -> CalibrationSums | None:
     """A reply's calibration sums, if it has them."""
-    keys = (protocol.CALIBRATION_POSITIVES, protocol.CALIBRATION_RISK, protocol.CALIBRATION_ROWS)
+    keys = (
+        protocol.CALIBRATION_POSITIVES,
+        protocol.CALIBRATION_RISK,
+        protocol.CALIBRATION_SPREAD,
+        protocol.CALIBRATION_ROWS,
+    )
     if not all(k in metrics for k in keys):
         return None
     values = [float(metrics[k]) for k in keys]
-    if not all(math.isfinite(v) for v in values) or values[2] < 1:
+    if not all(math.isfinite(v) for v in values) or values[3] < 1:
         return None
     return CalibrationSums(*values)

@@ -229,26 +229,26 @@ def inventory(*, encrypted: bool, dp: bool, calibration: bool = False) -> tuple[
     ]
     if dp and calibration:
         last = "with the last round's evaluation, once per run"
+        mechanism = (
+            "one Gaussian mechanism of sensitivity sqrt(3) on the three sums, drawn from a "
+            "secret generator"
+        )
         fields += [
             ReleasedField(
                 Phase.EVALUATE,
                 protocol.METRICS,
-                protocol.CALIBRATION_POSITIVES,
+                key,
                 Protection.DP_ACCOUNTED,
-                f"the number of positive training rows plus Gaussian noise, {last} (with the "
-                "sum of predicted risks: one Gaussian mechanism of sensitivity sqrt(2), drawn "
-                "from a secret generator)",
+                f"{what} over the training rows plus Gaussian noise, {last} ({mechanism})",
                 "calibration",
-            ),
-            ReleasedField(
-                Phase.EVALUATE,
-                protocol.METRICS,
-                protocol.CALIBRATION_RISK,
-                Protection.DP_ACCOUNTED,
-                f"the final model's predicted risks summed over the training rows plus "
-                f"Gaussian noise, {last} (the same mechanism as calibration-positives)",
-                "calibration",
-            ),
+            )
+            for key, what in (
+                (protocol.CALIBRATION_POSITIVES, "the number of positive rows"),
+                (protocol.CALIBRATION_RISK, "the final model's predicted risks summed"),
+                (protocol.CALIBRATION_SPREAD, "4 p (1 - p) of those risks summed"),
+            )
+        ]
+        fields += [
             ReleasedField(
                 Phase.EVALUATE,
                 protocol.METRICS,

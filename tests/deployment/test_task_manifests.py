@@ -138,10 +138,10 @@ def test_the_calibration_noise_is_part_of_a_calibrated_task_and_listed_as_leavin
     assert _hash({}) == _hash({"calibration-noise": 5.0})
     manifest = manifest_for(run_config_from_overrides(calibrated))
     assert manifest.differential_privacy is not None
-    assert manifest.differential_privacy.calibration_noise == 10.0
+    assert manifest.differential_privacy.calibration_noise == 12.5
     leaving = "\n".join(manifest.leaves_site)
     assert "evaluate:metrics.calibration-positives: dp-accounted" in leaving
-    assert "calibration noise 10.0 records" in leaving
+    assert "calibration noise 12.5 records" in leaving
     assert "calibration" not in "\n".join(manifest_for(_config()).leaves_site)
 
 

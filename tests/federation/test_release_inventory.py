@@ -221,7 +221,11 @@ def _check(
             assert value == training[-1].noise_multiplier
         elif key == protocol.SAMPLE_RATE:
             assert value == training[-1].sample_rate
-        elif key in (protocol.CALIBRATION_POSITIVES, protocol.CALIBRATION_RISK):
+        elif key in (
+            protocol.CALIBRATION_POSITIVES,
+            protocol.CALIBRATION_RISK,
+            protocol.CALIBRATION_SPREAD,
+        ):
             paid = ledger.released(run_id, Mechanism.CALIBRATION)
             assert paid is not None, "calibration sums sent but not paid for"
             assert value == paid[key.removeprefix("calibration-")]

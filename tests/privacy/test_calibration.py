@@ -78,27 +78,31 @@ def test_the_sums_are_the_gaussian_mechanism_of_sensitivity_sqrt2_paid_once_a_ru
     ledger = PrivacyLedger(tmp_path / LEDGER_FILE)
     budget = Budget(epsilon=5.0, delta=DELTA)
     model = LogisticRegression(3)
-    positives, risk = training_sums(model, X, Y)
+    positives, risk, spread = training_sums(model, X, Y)
     assert positives == Y.sum()
     with torch.no_grad():
-        assert risk == pytest.approx(float(torch.sigmoid(model(torch.from_numpy(X))).sum()))
+        p = torch.sigmoid(model(torch.from_numpy(X))).double()
+    assert risk == pytest.approx(float(p.sum()))
+    assert spread == pytest.approx(float((4 * p * (1 - p)).sum()))
     release = _release(ledger, budget, model)
     first = release.sums
     # The noise is the generator's draw, times the noise in records, rounded to a record.
     draws = torch.normal(
-        0.0, 1.0, size=(2,), generator=_generators()(Mechanism.CALIBRATION), dtype=torch.float64
+        0.0, 1.0, size=(3,), generator=_generators()(Mechanism.CALIBRATION), dtype=torch.float64
     )
     assert first.positives == round(positives + 10.0 * float(draws[0]))
     assert first.risk == round(risk + 10.0 * float(draws[1]))
+    assert first.spread == round(spread + 10.0 * float(draws[2]))
     assert first.rows == 200
     # Paid for in the ledger, once: a second call in the run returns what was released.
     spends = [s for s in ledger.spends() if s.mechanism == Mechanism.CALIBRATION.value]
     assert len(spends) == 1
-    assert spends[0].noise_multiplier == pytest.approx(10.0 / math.sqrt(2))
+    assert spends[0].noise_multiplier == pytest.approx(10.0 / math.sqrt(3))
     assert ledger.history() == [calibration_entry(10.0)]
     assert ledger.released("run-1", Mechanism.CALIBRATION) == {
         "positives": first.positives,
         "risk": first.risk,
+        "spread": first.spread,
     }
     assert release.epsilon_after == pytest.approx(ledger.spent_epsilon(DELTA, RDP))
     again = _release(ledger, budget, model, generator=_generators(seed=99)(Mechanism.CALIBRATION))
@@ -187,42 +191,72 @@ def test_dp_sgd_leaves_room_for_the_sums_and_the_whole_run_stays_within_target(
     assert spends[0].noise_multiplier > alone
 
 
-def test_the_shift_moves_the_mean_logit_odds_to_the_prevalence() -> None:
-    # Noise-free sums: the oracle is logit(prevalence) - logit(mean predicted risk).
-    sums = [CalibrationSums(30, 12, 200), CalibrationSums(15, 6, 100)]
-    shift = intercept_shift(sums, min_contributors=2)
-    expected = math.log(0.15 / 0.85) - math.log(0.06 / 0.94)
-    assert shift.shift == pytest.approx(expected)
+def _bisected_shift(model: torch.nn.Module, prevalence: float) -> float:
+    """The shift that makes the mean predicted risk the prevalence (the oracle)."""
+    low, high = -MAX_SHIFT, MAX_SHIFT
+    with torch.no_grad():
+        logits = model(torch.from_numpy(X)).double()
+    for _ in range(60):
+        middle = (low + high) / 2
+        if float(torch.sigmoid(logits + middle).mean()) < prevalence:
+            low = middle
+        else:
+            high = middle
+    return (low + high) / 2
+
+
+def test_the_shift_brings_the_mean_predicted_risk_to_the_prevalence() -> None:
+    # Noise-free sums of risks that do not spread: one Newton step in the logit-odds of the
+    # mean risk is exactly logit(prevalence) - logit(mean risk) (slope 1).
+    flat = [CalibrationSums(30, 12, 4 * 12 * 0.94, 200), CalibrationSums(15, 6, 4 * 6 * 0.94, 100)]
+    shift = intercept_shift(flat, min_contributors=2)
+    assert shift.shift == pytest.approx(math.log(0.15 / 0.85) - math.log(0.06 / 0.94))
     assert (shift.contributors, shift.positives, shift.risk, shift.rows) == (2, 45, 18, 300)
-    # A model whose intercept is too low: the shift brings its mean risk near prevalence.
+    # A model whose intercept is too low and whose risks spread: the shift from its exact
+    # sums matches the bisected oracle, where the logit-odds of the means (slope 1) falls short.
     model = LogisticRegression(3)
     with torch.no_grad():
-        model.linear.weight.mul_(0.1)
+        model.linear.weight.copy_(torch.tensor([[1.2, -0.8, 0.5]]))
         model.linear.bias.fill_(-3.0)
-    positives, risk = training_sums(model, X, Y)
-    shifted = intercept_shift([CalibrationSums(positives, risk, len(X))], 1).shift
-    with torch.no_grad():
-        model.linear.bias.add_(shifted)
-        mean_risk = float(torch.sigmoid(model(torch.from_numpy(X))).mean())
-    assert abs(risk / len(X) - Y.mean()) > 0.1
-    assert mean_risk == pytest.approx(float(Y.mean()), abs=0.01)
+    positives, risk, spread = training_sums(model, X, Y)
+    oracle = _bisected_shift(model, float(Y.mean()))
+    newton = intercept_shift([CalibrationSums(positives, risk, spread, len(X))], 1).shift
+    means_only = math.log(Y.mean() / (1 - Y.mean())) - math.log(risk / (len(X) - risk))
+    assert abs(newton - oracle) < 0.5 * abs(means_only - oracle)
+
+    def mean_risk(shift: float) -> float:
+        with torch.no_grad():
+            return float(torch.sigmoid(model(torch.from_numpy(X)) + shift).mean())
+
+    assert abs(mean_risk(0.0) - Y.mean()) > 0.05  # far off before
+    assert mean_risk(newton) == pytest.approx(float(Y.mean()), abs=0.02)
+    assert abs(mean_risk(newton) - Y.mean()) < 0.5 * abs(mean_risk(means_only) - Y.mean())
 
 
 def test_too_few_contributors_or_rows_give_no_shift_and_extremes_are_clipped() -> None:
     with pytest.raises(ValueError, match=r"1 institution.*minimum is 2"):
-        intercept_shift([CalibrationSums(3, 1, 20)], min_contributors=2)
+        intercept_shift([CalibrationSums(3, 1, 4, 20)], min_contributors=2)
     with pytest.raises(ValueError, match="at least 2"):
-        intercept_shift([CalibrationSums(0, 0, 1)], min_contributors=1)
-    # Noisy sums may leave [0, rows]: the shares are pulled inside, the shift is bounded.
-    far = intercept_shift([CalibrationSums(-40, 500, 100)], 1)
+        intercept_shift([CalibrationSums(0, 0, 0, 1)], min_contributors=1)
+    # Noisy sums may leave [0, rows]: the shares are pulled inside, the slope into
+    # [MIN_SLOPE, 1], and the shift is bounded.
+    far = intercept_shift([CalibrationSums(-40, 500, -30, 100)], 1)
     assert far.shift == -MAX_SHIFT
-    assert intercept_shift([CalibrationSums(100, 0, 100)], 1).shift == MAX_SHIFT
+    assert intercept_shift([CalibrationSums(100, 0, 0, 100)], 1).shift == MAX_SHIFT
+    # A noisy spread above its maximum cannot make the step smaller than the means' step.
+    capped = intercept_shift([CalibrationSums(20, 10, 500, 100)], 1)
+    assert capped.shift == pytest.approx(math.log(0.2 / 0.8) - math.log(0.1 / 0.9))
 
 
 def test_a_reply_has_sums_only_if_all_three_are_there_and_finite() -> None:
-    full = {"calibration-positives": 3.0, "calibration-risk": 2.0, "calibration-rows": 20.0}
-    assert sums_of(full) == CalibrationSums(3.0, 2.0, 20.0)
+    full = {
+        "calibration-positives": 3.0,
+        "calibration-risk": 2.0,
+        "calibration-spread": 6.0,
+        "calibration-rows": 20.0,
+    }
+    assert sums_of(full) == CalibrationSums(3.0, 2.0, 6.0, 20.0)
     assert sums_of({k: v for k, v in full.items() if k != "calibration-risk"}) is None
     assert sums_of({**full, "calibration-risk": math.nan}) is None
     assert sums_of({**full, "calibration-rows": 0.0}) is None
-    assert pytest.approx(math.sqrt(2)) == SENSITIVITY
+    assert pytest.approx(math.sqrt(3)) == SENSITIVITY
