@@ -123,7 +123,7 @@ def simulate(
         str | None,
         typer.Option(
             help="none, or intercept: after the last round shift the model's intercept to the "
-            "prevalence, from two noisy sums per site (accounted within --epsilon)"
+            "prevalence, from three noisy sums per site (accounted within --epsilon)"
         ),
     ] = None,
     calibration_noise: Annotated[

@@ -1,4 +1,4 @@
-"""Intercept calibration of the federated model: two noisy sums per site, paid for in its ledger.
+"""Intercept calibration of the federated model: three noisy sums per site, paid for in its ledger.
 
 DP-SGD clips every per-example gradient to ``max_grad_norm``. On a rare outcome the
 positives' gradients are the large ones (Framingham: median norm 2.9 against 0.11 for the

@@ -48,4 +48,4 @@ class CalibrationName(StrEnum):
     NONE = "none"
     INTERCEPT = "intercept"
     """Shift the output's bias so that the mean predicted risk over every site's training
-    rows matches their prevalence, from two noisy sums per site (countyfl.privacy.calibration)."""
+    rows matches their prevalence, from three noisy sums per site (countyfl.privacy.calibration)."""

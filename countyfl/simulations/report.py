@@ -548,10 +548,11 @@ def render_markdown(summary: dict[str, Any]) -> str:
         )
         lines += [
             "",
-            "Intercept calibration: after the last round every site sent two noisy sums over "
-            "its training rows (positives and predicted risk, paid for in its ledger), and the "
-            "federated model's output bias was shifted by logit(prevalence) - logit(mean "
-            f"predicted risk) before it was evaluated above ({shifts}).",
+            "Intercept calibration: after the last round every site sent three noisy sums "
+            "over its training rows (positives, predicted risk and its spread, paid for in its "
+            "ledger), and the federated model's output bias was shifted so that its mean "
+            "predicted risk meets the prevalence (one Newton step on the logit-odds) before it "
+            f"was evaluated above ({shifts}).",
         ]
     failures = [
         f"seed {seed} round {number}: {message}"
