@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from functools import lru_cache
@@ -110,6 +111,57 @@ def check_fits(
     )
 
 
+def release_once(
+    *,
+    mechanism: Mechanism,
+    entry: HistoryEntry,
+    draw: Callable[[], dict[str, float]],
+    institution_id: str,
+    ledger: PrivacyLedger,
+    budget: Budget,
+    run_id: str,
+    server_round: int,
+    accountant: AccountantName,
+) -> tuple[dict[str, float], float | None]:
+    """A Gaussian release paid for once per run: what it released and the epsilon after it.
+
+    A later call in the same run returns the first release, without drawing, and None for
+    the epsilon (computing it is the caller's choice: it costs an accountant run). ``draw``
+    reads the data and draws the noise, and runs only once the release fits the budget
+    (:func:`check_fits` records a refusal and raises BudgetExceededError, so whether it fits
+    depends on the ledger only, never on the data). The release is recorded in the ledger,
+    in its own transaction, before anything derived from it is used or released.
+    """
+    released = ledger.released(run_id, mechanism)
+    if released is not None:
+        return dict(released), None
+    history, projected = check_fits(
+        entry,
+        institution_id=institution_id,
+        ledger=ledger,
+        budget=budget,
+        accountant=accountant,
+        run_id=run_id,
+        server_round=server_round,
+    )
+    values = draw()
+    epsilon_after = ledger.record_spend(
+        run_id=run_id,
+        server_round=server_round,
+        history_before=history,
+        history_after=merge_history([*history, entry]),
+        steps=1,
+        sample_rate=1.0,
+        noise_multiplier=entry[0],
+        delta=budget.delta,
+        accountant=accountant,
+        epsilon_after=projected,
+        mechanism=mechanism,
+        released=values,
+    )
+    return values, epsilon_after
+
+
 def release_count(
     *,
     institution_id: str,
@@ -122,41 +174,20 @@ def release_count(
     accountant: AccountantName,
     generator: torch.Generator,
 ) -> int:
-    """The run's noisy example count: drawn and paid for once per run, then reused.
-
-    The count is recorded in the ledger (its own transaction) before anything derived
-    from it is used or released. Whether it fits the budget depends on the ledger only,
-    never on the data.
-    """
-    released = ledger.released(run_id, Mechanism.NOISY_COUNT)
-    if released is not None:
-        return int(released[NUM_EXAMPLES_RELEASE])
-    entry = gaussian_entry(count_noise)
-    history, projected = check_fits(
-        entry,
+    """The run's noisy example count: drawn and paid for once per run, then reused
+    (:func:`release_once`)."""
+    values, _ = release_once(
+        mechanism=Mechanism.NOISY_COUNT,
+        entry=gaussian_entry(count_noise),
+        draw=lambda: {NUM_EXAMPLES_RELEASE: noisy_count(num_rows, count_noise, generator)},
         institution_id=institution_id,
         ledger=ledger,
         budget=budget,
-        accountant=accountant,
         run_id=run_id,
         server_round=server_round,
-    )
-    value = noisy_count(num_rows, count_noise, generator)
-    ledger.record_spend(
-        run_id=run_id,
-        server_round=server_round,
-        history_before=history,
-        history_after=merge_history([*history, entry]),
-        steps=1,
-        sample_rate=1.0,
-        noise_multiplier=count_noise,
-        delta=budget.delta,
         accountant=accountant,
-        epsilon_after=projected,
-        mechanism=Mechanism.NOISY_COUNT,
-        released={NUM_EXAMPLES_RELEASE: value},
     )
-    return value
+    return int(values[NUM_EXAMPLES_RELEASE])
 
 
 def train_within_budget(

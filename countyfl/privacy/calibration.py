@@ -52,8 +52,8 @@ from torch import nn
 
 from countyfl import protocol
 from countyfl.data.federated import FloatArray
-from countyfl.privacy.accounting import HistoryEntry, gaussian_entry, merge_history
-from countyfl.privacy.budget import check_fits
+from countyfl.privacy.accounting import HistoryEntry, gaussian_entry
+from countyfl.privacy.budget import release_once
 from countyfl.privacy.ledger import Budget, PrivacyLedger
 from countyfl.privacy.modes import AccountantName, CalibrationName, Mechanism
 
@@ -134,52 +134,33 @@ def release_calibration(
     ledger) if the release would exceed the site's budget; whether it fits depends on the
     ledger only, never on the data.
     """
-    released = ledger.released(run_id, Mechanism.CALIBRATION)
-    if released is not None:
-        return CalibrationRelease(
-            CalibrationSums(
-                float(released[POSITIVES]),
-                float(released[RISK]),
-                float(released[SPREAD]),
-                float(rows),
-            ),
-            ledger.spent_epsilon(budget.delta, accountant),
-        )
-    entry = calibration_entry(noise)
-    history, projected = check_fits(
-        entry,
+
+    def draw() -> dict[str, float]:
+        exact = training_sums(model, x, y)
+        draws = torch.normal(0.0, 1.0, size=(3,), generator=generator, dtype=torch.float64)
+        # Rounded to whole records: post-processing that also drops the noise's low bits.
+        return {
+            key: float(round(value + noise * float(d)))
+            for key, value, d in zip((POSITIVES, RISK, SPREAD), exact, draws, strict=True)
+        }
+
+    values, epsilon_after = release_once(
+        mechanism=Mechanism.CALIBRATION,
+        entry=calibration_entry(noise),
+        draw=draw,
         institution_id=institution_id,
         ledger=ledger,
         budget=budget,
-        accountant=accountant,
         run_id=run_id,
         server_round=server_round,
-    )
-    exact = training_sums(model, x, y)
-    draws = torch.normal(0.0, 1.0, size=(3,), generator=generator, dtype=torch.float64)
-    # Rounded to whole records: post-processing that also drops the noise's low bits.
-    values = {
-        key: float(round(value + noise * float(draw)))
-        for key, value, draw in zip((POSITIVES, RISK, SPREAD), exact, draws, strict=True)
-    }
-    epsilon_after = ledger.record_spend(
-        run_id=run_id,
-        server_round=server_round,
-        history_before=history,
-        history_after=merge_history([*history, entry]),
-        steps=1,
-        sample_rate=1.0,
-        noise_multiplier=entry[0],
-        delta=budget.delta,
         accountant=accountant,
-        epsilon_after=projected,
-        mechanism=Mechanism.CALIBRATION,
-        released=values,
     )
-    return CalibrationRelease(
-        CalibrationSums(values[POSITIVES], values[RISK], values[SPREAD], float(rows)),
-        epsilon_after,
+    if epsilon_after is None:  # released earlier in this run
+        epsilon_after = ledger.spent_epsilon(budget.delta, accountant)
+    sums = CalibrationSums(
+        float(values[POSITIVES]), float(values[RISK]), float(values[SPREAD]), float(rows)
     )
+    return CalibrationRelease(sums, epsilon_after)
 
 
 def _logit(share: float, total: float) -> float:
