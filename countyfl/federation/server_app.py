@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import random
@@ -207,14 +208,7 @@ def calibrate(history: FederationHistory, min_contributors: int) -> CalibrationR
         shift = intercept_shift(sums, min_contributors)
     except ValueError as error:
         return CalibrationRecord(contributors=len(sums), skipped=f"no shift applied: {error}")
-    return CalibrationRecord(
-        shift=shift.shift,
-        contributors=shift.contributors,
-        positives=shift.positives,
-        risk=shift.risk,
-        spread=shift.spread,
-        rows=shift.rows,
-    )
+    return CalibrationRecord(**dataclasses.asdict(shift))
 
 
 def _write_history(

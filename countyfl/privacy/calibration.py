@@ -66,6 +66,9 @@ MAX_SHIFT = 4.0
 MIN_SLOPE = 0.1
 """The smallest slope used (the noisy sums can make it look smaller than it is)."""
 
+MAX_SUM = 1e9
+"""The largest calibration sum a reply may carry (records; guards the county's sums)."""
+
 POSITIVES = "positives"
 RISK = "risk"
 SPREAD = "spread"
@@ -227,6 +230,7 @@ def sums_of(metrics: Mapping[str, float]) -> CalibrationSums | None:
     if not all(k in metrics for k in keys):
         return None
     values = [float(metrics[k]) for k in keys]
-    if not all(math.isfinite(v) for v in values) or values[3] < 1:
+    # A reply's sums are of records: none is beyond a billion (a bad reply is left out).
+    if not all(math.isfinite(v) and abs(v) <= MAX_SUM for v in values) or values[3] < 1:
         return None
     return CalibrationSums(*values)

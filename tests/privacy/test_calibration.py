@@ -259,4 +259,6 @@ def test_a_reply_has_sums_only_if_all_three_are_there_and_finite() -> None:
     assert sums_of({k: v for k, v in full.items() if k != "calibration-risk"}) is None
     assert sums_of({**full, "calibration-risk": math.nan}) is None
     assert sums_of({**full, "calibration-rows": 0.0}) is None
+    # A bad reply's absurd sums are left out rather than overflow the county's sum.
+    assert sums_of({**full, "calibration-positives": 1e300, "calibration-rows": 1e300}) is None
     assert pytest.approx(math.sqrt(3)) == SENSITIVITY
