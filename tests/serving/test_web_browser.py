@@ -125,15 +125,34 @@ class Browser:
 
     def press(self, key: str, wait: str) -> None:
         """Press ``key`` in the focused element and wait for the next page's ``wait``."""
-        old = self.driver.find_element(By.TAG_NAME, "html")
+        self.mark_page()
         self.driver.switch_to.active_element.send_keys(key)
-        self.next_page(old, wait)
+        self.next_page(wait)
 
-    def next_page(self, old: Any, wait: str) -> None:
-        from selenium.webdriver.support import expected_conditions
+    def mark_page(self) -> None:
+        """Mark the current document's window, so the next one can be told apart."""
+        self.driver.execute_script("window.countyflOldPage = true;")
+
+    def next_page(self, wait: str) -> None:
+        """Wait until a new document has replaced the marked one, then for ``wait``.
+
+        Selenium's ``staleness_of`` asks the old ``<html>`` element whether it is
+        enabled; mid-navigation chromium can answer neither "stale" nor "fine" but
+        "Node with given id does not belong to the document", which failed a CI run.
+        A flag on the old window is gone in the new one whatever state the old
+        element is in, and errors while the page is swapped are retried.
+        """
+        from selenium.common.exceptions import WebDriverException
         from selenium.webdriver.support.ui import WebDriverWait
 
-        WebDriverWait(self.driver, 60).until(expected_conditions.staleness_of(old))
+        def replaced(driver: WebDriver) -> bool:
+            return bool(
+                driver.execute_script(
+                    "return window.countyflOldPage !== true && document.readyState !== 'loading';"
+                )
+            )
+
+        WebDriverWait(self.driver, 60, ignored_exceptions=(WebDriverException,)).until(replaced)
         self.wait_for(wait)
         self.record()
 
@@ -150,9 +169,9 @@ class Browser:
 
     def submit(self, css: str, wait: str) -> None:
         """Click a button and wait for an element of the page that answers."""
-        old = self.driver.find_element(By.TAG_NAME, "html")
+        self.mark_page()
         self.driver.find_element(By.CSS_SELECTOR, css).click()
-        self.next_page(old, wait)
+        self.next_page(wait)
 
     def screenshot(self, name: str, height: int | None = None) -> None:
         folder = os.environ.get("COUNTYFL_SCREENSHOTS")
