@@ -186,10 +186,8 @@ def simulate(
     a simulation) and, with --registry-token, registered as a candidate version with its
     lineage, by the user the token belongs to.
     """
-    from countyfl.simulations.report import write_report
-    from countyfl.simulations.runner import SimulationRequest, run_simulation_request
-
     quiet_flower(verbose)
+    # The arguments are checked before torch, Flower and the rest are imported (seconds).
     if (scenario is None) == (task is None):
         fail("give a scenario (countyfl scenarios lists them) or --task TASK.toml, not both")
     if site and (task is None or data is not None):
@@ -243,6 +241,9 @@ def simulate(
     folder = output or Path("runs") / run_name / datetime.now().strftime("%Y%m%d-%H%M%S")
     if site:
         overrides["data-path"] = str(_sites_file(folder, site))
+    from countyfl.simulations.report import write_report
+    from countyfl.simulations.runner import SimulationRequest, run_simulation_request
+
     request = SimulationRequest(
         scenario=scenario,
         output_dir=folder,

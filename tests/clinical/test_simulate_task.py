@@ -56,41 +56,39 @@ def test_simulate_a_users_task_and_publish_it_under_its_registry_name(tmp_path: 
     assert "FR-0000" not in quarantine and "Patient Name" not in quarantine
 
 
-def test_simulate_refuses_a_scenario_and_a_task_together(tmp_path: Path) -> None:
-    task_path, export_path = write_user_task(tmp_path, rows=30)
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "countyfl.cli",
-            "simulate",
-            "fed-heart-disease",
-            "--task",
-            str(task_path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+HEAVY = ("torch", "opacus", "tenseal", "flwr", "ray", "sklearn")
+
+
+def _countyfl_without_heavy_libraries(*args: str) -> subprocess.CompletedProcess[str]:
+    """``countyfl ARGS`` in a process where importing torch, Flower and the rest fails."""
+    probe = (
+        "import runpy, sys\n"
+        f"sys.modules.update(dict.fromkeys({HEAVY!r}))\n"
+        f"sys.argv = ['countyfl', *{list(args)!r}]\n"
+        "runpy.run_module('countyfl.cli', run_name='__main__')\n"
     )
-    assert done.returncode == 2
+    return subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def test_simulate_refuses_bad_arguments_at_once(tmp_path: Path) -> None:
+    """Bad arguments are refused before torch, Flower and the rest are imported (seconds)."""
+    task_path, export_path = write_user_task(tmp_path, rows=30)
+    done = _countyfl_without_heavy_libraries(
+        "simulate", "fed-heart-disease", "--task", str(task_path)
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
     assert "not both" in done.stderr
     task_path.write_text(task_path.read_text().replace("[label]", "[labels]"))
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "countyfl.cli",
-            "simulate",
-            "--task",
-            str(task_path),
-            "--data",
-            str(export_path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+    done = _countyfl_without_heavy_libraries(
+        "simulate", "--task", str(task_path), "--data", str(export_path)
     )
-    assert done.returncode == 2
+    assert done.returncode == 2, done.stderr[-2000:]
     assert "label: required key is missing" in done.stderr
+    task_path.write_text(task_path.read_text().replace("[labels]", "[label]"))
+    done = _countyfl_without_heavy_libraries(
+        "simulate", "--task", str(task_path), "--site", str(tmp_path / "missing.toml")
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "--site: no such file" in done.stderr
