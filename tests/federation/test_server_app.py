@@ -202,6 +202,40 @@ def test_a_run_writes_its_history_record_and_final_model(tmp_path: Path, encrypt
         assert all(np.isfinite(model[name]).all() for name in model.files)
 
 
+@pytest.mark.parametrize(
+    "strategy",
+    [{"strategy": "fedavg"}, {"strategy": "fedprox", "proximal-mu": 0.5}],
+    ids=["fedavg", "fedprox"],
+)
+def test_ckks_aggregation_gives_the_plaintext_model_round_after_round(
+    tmp_path: Path, strategy: dict[str, Any]
+) -> None:
+    """Oracle: the same run, aggregated encrypted and in plaintext, publishes the same model
+    (within CKKS's error), and every institution evaluates the same global model each round.
+    (``tests/test_cli.py`` runs the same oracle through ``countyfl simulate``.)"""
+    models: dict[str, dict[str, np.ndarray]] = {}
+    histories: dict[str, FederationHistory] = {}
+    for name, encryption in (("plain", {}), ("ckks", _ckks(tmp_path))):
+        config = _config(tmp_path / name, dp=False, seed=42, **strategy, **encryption)
+        run_federation(InProcessGrid(config, 4), config, lambda _: None, run_id="3")
+        output = Path(config.output_dir)
+        assert (output / FINAL_AGGREGATE_FILE).is_file() == bool(encryption)
+        secret = Path(config.he_secret_context) if encryption else None
+        publish(output, secret_context_path=secret)
+        with np.load(output / "published" / "model.npz") as model:
+            models[name] = {key: model[key] for key in model.files}
+        histories[name] = FederationHistory.read(output / "history.json")
+    assert models["plain"] and models["plain"].keys() == models["ckks"].keys()
+    assert sorted(histories["plain"].rounds) == [1, 2]
+    for key, expected in models["plain"].items():
+        np.testing.assert_allclose(models["ckks"][key], expected, atol=1e-4)
+    for server_round, record in histories["plain"].rounds.items():
+        encrypted = histories["ckks"].rounds[server_round]
+        assert sorted(encrypted.evaluate) == sorted(record.evaluate)
+        for site, metrics in record.evaluate.items():
+            assert encrypted.evaluate[site]["loss"] == pytest.approx(metrics["loss"], abs=1e-4)
+
+
 def test_the_history_is_on_disk_after_every_round(tmp_path: Path) -> None:
     # The console follows a live run through history.json: after round r it holds rounds
     # 1..r, already complete, and no temporary file is left beside it.
