@@ -315,39 +315,53 @@ def test_keys_init_and_show_print_fingerprints_never_key_bytes(tmp_path: Path) -
 
 
 @pytest.mark.e2e
-def test_ckks_aggregation_gives_the_plaintext_model(tmp_path: Path) -> None:
-    # Through the CLI and Flower's processes, with FedAvg; FedProx's oracle (and FedAvg's,
-    # round by round) runs in process: tests/federation/test_server_app.py.
-    common = [
-        "--strategy",
-        "fedavg",
-        "fed-heart-disease",
-        "--rounds",
-        "2",
-        "--seeds",
-        "42",
-        "--local-steps",
-        "2",
-        "--no-dp",
-        "--no-baselines",
-    ]
-    plain, encrypted = tmp_path / "plain", tmp_path / "ckks"
-    assert _simulate(*common, "-o", str(plain)).returncode == 0
-    done = _simulate(*common, "--encryption", "ckks", "-o", str(encrypted))
+def test_ckks_aggregation_gives_the_plaintext_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Oracle: the CLI's CKKS run through Flower's processes publishes the model that the
+    same run config gives in plaintext, run in this process against the same ClientApp.
+    (FedProx's oracle, and FedAvg's round by round: tests/federation/test_server_app.py.)"""
+    from countyfl.federation.server_app import run_federation
+    from countyfl.publishing import publish
+    from countyfl.run_config import parse_run_config
+    from countyfl.runs import RunRecord
+    from tests.federation.support import InProcessGrid, act_as_server_task
+
+    encrypted = tmp_path / "ckks"
+    done = _simulate(
+        *("--strategy", "fedavg", "fed-heart-disease", "--rounds", "2", "--seeds", "42"),
+        *("--local-steps", "2", "--no-dp", "--no-baselines", "--encryption", "ckks"),
+        *("-o", str(encrypted)),
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     # The server only ever held the public context and ended with an aggregate it cannot
     # read; the runner, as key holder, published the model from it.
     assert (encrypted / "seed-42" / "final-aggregate.npz").is_file()
     assert not (encrypted / "seed-42" / "final-model.npz").exists()
-    metrics = {
-        name: json.loads((folder / "metrics.json").read_text())["methods"]["federated"]["per-seed"][
-            "42"
-        ]["per-institution"]
-        for name, folder in (("plain", plain), ("ckks", encrypted))
-    }
-    for hospital, expected in metrics["plain"].items():
-        assert metrics["ckks"][hospital]["loss"] == pytest.approx(expected["loss"], abs=1e-4)
-        assert metrics["ckks"][hospital]["accuracy"] == expected["accuracy"]
+
+    recorded = RunRecord.read(encrypted / "seed-42").config
+    assert recorded["encryption"] == "ckks" and recorded["strategy"] == "fedavg"
+    plain = tmp_path / "plain"
+    config = parse_run_config(
+        {
+            **recorded,
+            "encryption": "none",
+            "he-secret-context": "",
+            "he-public-context": "",
+            "output-dir": str(plain),
+            "sites-dir": str(plain / "sites"),
+        }
+    )
+    act_as_server_task(monkeypatch)
+    run_federation(InProcessGrid(config, 4), config, lambda _: None, run_id="3")
+    publish(plain)
+    with (
+        np.load(plain / "published" / "model.npz") as expected,
+        np.load(encrypted / "seed-42" / "published" / "model.npz") as got,
+    ):
+        assert expected.files and sorted(expected.files) == sorted(got.files)
+        for name in expected.files:
+            np.testing.assert_allclose(got[name], expected[name], atol=1e-4)
 
     # A key holder publishes the encrypted aggregate by hand; without the key it cannot.
     run_dir, republished = encrypted / "seed-42", tmp_path / "republished"
