@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import zlib
 from dataclasses import dataclass
 from functools import lru_cache
@@ -40,8 +39,6 @@ from countyfl.privacy.randomness import round_generators
 from countyfl.privacy.weighting import aggregation_weight
 from countyfl.run_config import EncryptionName, RunConfig, parse_run_config
 from countyfl.training.local import evaluate, get_weights, set_weights, train
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -244,38 +241,13 @@ def _secret_path(config: RunConfig, secret_context: str) -> str:
 def send_model(
     model: torch.nn.Module, num_examples: int, config: RunConfig, secret_context: str = ""
 ) -> ArrayRecord:
-    """The local model as it leaves the institution: plaintext, or Enc(n w).
-
-    Every weight is first clipped to ±:data:`MAX_ABS_WEIGHT`, the bound within which the
-    county can sum a whole county's encrypted updates. A village clinic whose DP noise
-    pushed a weight beyond it used to fail here after paying for its round, and its update
-    was lost; clipping the released model is post-processing of the DP mechanism, costs no
-    epsilon, and is done under both encryptions so that CKKS and plaintext runs agree.
-    """
-    clipped = clip_weights(model, MAX_ABS_WEIGHT)
-    if clipped:
-        logger.warning(
-            "%d weight(s) beyond ±%g were clipped before the update left the site",
-            clipped,
-            MAX_ABS_WEIGHT,
-        )
+    """The local model as it leaves the institution: plaintext, or Enc(n w)."""
     if config.encryption is EncryptionName.CKKS:
         secret = _secret_context(_secret_path(config, secret_context))
         return update_to_arrays(
             encrypt_update(get_weights(model), num_examples, secret, max_abs_weight=MAX_ABS_WEIGHT)
         )
     return model_to_arrays(model)
-
-
-def clip_weights(model: torch.nn.Module, bound: float) -> int:
-    """Clip every floating-point weight of ``model`` to ±``bound`` in place; how many moved."""
-    moved = 0
-    with torch.no_grad():
-        for tensor in model.state_dict().values():
-            if tensor.is_floating_point():
-                moved += int((tensor.abs() > bound).sum())
-                tensor.clamp_(-bound, bound)
-    return moved
 
 
 def _empty_model(config: RunConfig, num_features: int) -> torch.nn.Module:

@@ -51,10 +51,9 @@ MAX_INSTITUTIONS = 64
 MAX_ABS_VALUE = 2.0**22 / (MAX_INSTITUTIONS * 8)
 # Beyond MAX_INSTITUTIONS updates (a whole county), the bound above no longer keeps the sum
 # in range. Institutions then also keep every weight within MAX_ABS_WEIGHT (ClientApps
-# clip their released model to it, post-processing of DP), so
-# |sum n_i w_i| <= MAX_ABS_WEIGHT x sum n_i, which the aggregator knows (the noisy counts)
-# and checks against the same range, 2^22 / 8, before adding (:func:`range_problem`):
-# 32,768 training rows in all at MAX_ABS_WEIGHT 16.
+# always do), so |sum n_i w_i| <= MAX_ABS_WEIGHT x sum n_i, which the aggregator knows
+# (the noisy counts) and checks against the same range, 2^22 / 8, before adding
+# (:func:`range_problem`): 32,768 training rows in all at MAX_ABS_WEIGHT 16.
 MAX_ABS_WEIGHT = 16.0
 SUM_RANGE = 2.0**22 / 8
 
