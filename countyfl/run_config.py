@@ -22,7 +22,13 @@ from pydantic import (
 
 from countyfl.errors import ConfigError, describe_validation_error
 from countyfl.naming import kebab_case
-from countyfl.privacy.modes import AccountantName, CalibrationName, DpRandomness, GradSampleMode
+from countyfl.privacy.modes import (
+    AccountantName,
+    CalibrationName,
+    DpNoise,
+    DpRandomness,
+    GradSampleMode,
+)
 from countyfl.privacy.weighting import AggregationWeight, LocalStepsPolicy
 from countyfl.training.plan import OptimizerName, TrainingPlan
 
@@ -80,6 +86,14 @@ class RunConfig(BaseModel):
     # count and public settings, so post-processing that costs no epsilon.
     aggregation_weight: AggregationWeight = AggregationWeight.EXAMPLES
     local_steps_policy: LocalStepsPolicy = LocalStepsPolicy.FIXED
+    # DP-SGD's Poisson rate, the same at every site; 0: each site's 1 / ceil(noisy count /
+    # batch-size). Distributed noise needs it: every site must calibrate the same sigma.
+    dp_sample_rate: float = Field(default=0.0, ge=0, le=1)
+    # Where DP-SGD's noise is added (countyfl.privacy.modes.DpNoise): "local", each update
+    # carries all of it; "distributed", each site a share sigma / sqrt(min-contributors) and
+    # only the CKKS sum of at least min-contributors updates, which carries all of it, is
+    # ever decrypted (docs/privacy.md, "Distributed noise").
+    dp_noise: DpNoise = DpNoise.LOCAL
     # After the last round, shift the model's intercept so that its mean predicted risk
     # matches the prevalence, from three noisy sums per site over its training rows
     # (countyfl.privacy.calibration); the noise is the standard deviation, in records, of
@@ -153,12 +167,46 @@ class RunConfig(BaseModel):
                 f"calibration {self.calibration.value!r} releases sums over the training rows "
                 "and needs differential privacy (dp = true) to pay for them"
             )
+        if self.dp_noise is DpNoise.DISTRIBUTED:
+            self._check_distributed()
         if self.dp and self.target_epsilon > self.budget_epsilon:
             raise ValueError(
                 f"target-epsilon {self.target_epsilon} of one run exceeds the institutions' "
                 f"whole budget-epsilon {self.budget_epsilon}"
             )
         return self
+
+    def _check_distributed(self) -> None:
+        """Distributed noise is sound only where the released sum is one DP-SGD step of the
+        county: see docs/privacy.md, "Distributed noise"."""
+        needs = {
+            "dp = true": self.dp,
+            "encryption = ckks (the server must not read a share-noised update)": (
+                self.encryption is EncryptionName.CKKS
+            ),
+            "min-contributors >= 2 (the shares of fewer sites do not add up)": (
+                self.min_contributors >= 2
+            ),
+            "local-steps = 1 (only one noisy step is linear in the shares)": (
+                self.local_steps == 1
+            ),
+            "dp-sample-rate > 0 (every site must calibrate the same noise)": (
+                self.dp_sample_rate > 0
+            ),
+            'aggregation-weight = "batch" (the weight must undo the step\'s divisor)': (
+                self.aggregation_weight is AggregationWeight.BATCH
+            ),
+            'local-steps-policy = "fixed"': self.local_steps_policy is LocalStepsPolicy.FIXED,
+            'strategy = "fedavg"': self.strategy is StrategyName.FEDAVG,
+        }
+        missing = [need for need, met in needs.items() if not met]
+        if missing:
+            raise ValueError("dp-noise distributed needs " + "; ".join(missing))
+
+    @property
+    def dp_noise_shares(self) -> int:
+        """How many shares of sigma^2 the county's sum holds at least (1: local noise)."""
+        return self.min_contributors if self.dp_noise is DpNoise.DISTRIBUTED else 1
 
     @property
     def dp_steps_per_run(self) -> int:

@@ -109,7 +109,8 @@ def simulate(
         str | None,
         typer.Option(
             help="examples: each update weighted by its noisy count (FedAvg); noise-aware: by "
-            "its inverse variance, DP noise included (no epsilon: post-processing)"
+            "its inverse variance, DP noise included (no epsilon: post-processing); batch: by "
+            "its expected DP batch (what --dp-noise distributed needs)"
         ),
     ] = None,
     local_steps_policy: Annotated[
@@ -129,6 +130,23 @@ def simulate(
     calibration_noise: Annotated[
         float | None,
         typer.Option(help="noise (records) on each calibration sum, per run", min=0),
+    ] = None,
+    dp_sample_rate: Annotated[
+        float | None,
+        typer.Option(
+            help="DP-SGD's Poisson rate, the same at every site (default: each site's "
+            "batch-size / noisy count)",
+            min=0,
+            max=1,
+        ),
+    ] = None,
+    dp_noise: Annotated[
+        str | None,
+        typer.Option(
+            help="local (default): each update carries all its DP noise; distributed: each "
+            "site adds a share and only the CKKS sum of >= --min-contributors carries it all "
+            "(assumes the server shows no key holder a smaller sum; docs/privacy.md)"
+        ),
     ] = None,
     dp_randomness: Annotated[
         str | None,
@@ -222,6 +240,8 @@ def simulate(
             "local-steps-policy": local_steps_policy,
             "calibration": calibration,
             "calibration-noise": calibration_noise,
+            "dp-sample-rate": dp_sample_rate,
+            "dp-noise": dp_noise,
             "dp-randomness": dp_randomness,
             "encryption": encryption,
             "min-contributors": min_contributors,

@@ -111,6 +111,15 @@ def _check_privacy(check: SiteCheck) -> None:
             check.add("privacy", "ledger", str(error), Status.PROBLEM)
             return
         check.add("privacy", "ledger", f"{site.ledger_path} ({len(spends)} rounds recorded)")
+        shared = [spend for spend in spends if spend.noise_shares > 1]
+        if shared:
+            check.add(
+                "privacy",
+                "distributed noise",
+                f"{len(shared)} rounds drew a share of their noise; their epsilon assumes the "
+                f"county decrypted only sums of at least {min(s.noise_shares for s in shared)} "
+                'updates (docs/privacy.md, "Distributed noise")',
+            )
     check.spent_epsilon = spent
     left = budget.epsilon - spent
     check.add("privacy", "epsilon spent", f"{spent:.4f}")

@@ -50,7 +50,7 @@ from countyfl.errors import (
     describe_validation_error,
 )
 from countyfl.naming import kebab_case
-from countyfl.privacy.modes import AccountantName, CalibrationName, DpRandomness
+from countyfl.privacy.modes import AccountantName, CalibrationName, DpNoise, DpRandomness
 from countyfl.privacy.release import describe, inventory
 from countyfl.privacy.weighting import AggregationWeight, LocalStepsPolicy
 from countyfl.run_config import (
@@ -121,6 +121,10 @@ class DifferentialPrivacyTerms(BaseModel):
     # the method and the noise, in records, on each calibration sum.
     calibration: CalibrationName | None = None
     calibration_noise: float | None = Field(default=None, gt=0)
+    # None: each site's own rate and local noise (a manifest written before these existed
+    # keeps its hash); else the run's Poisson rate and where the noise is added.
+    dp_sample_rate: float | None = Field(default=None, gt=0, le=1)
+    dp_noise: DpNoise | None = None
 
     @model_serializer(mode="wrap")
     def _without_defaults(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
@@ -133,6 +137,10 @@ class DifferentialPrivacyTerms(BaseModel):
             "calibration",
             "calibration-noise",
             "calibration_noise",
+            "dp-sample-rate",
+            "dp_sample_rate",
+            "dp-noise",
+            "dp_noise",
         ):
             if key in data and data[key] is None:
                 del data[key]
@@ -209,6 +217,12 @@ def leaves_site(
             + (f", calibration noise {privacy.calibration_noise} records" if calibrated else "")
             + f", every draw from {source})"
         )
+        if privacy.dp_noise is DpNoise.DISTRIBUTED:
+            summary += (
+                "; DISTRIBUTED noise: each update carries only a share of the noise, and the "
+                "guarantee assumes the county server never lets a key holder decrypt an "
+                "aggregate of fewer than min-contributors updates"
+            )
     return (
         summary,
         *describe(
@@ -247,6 +261,8 @@ def manifest_for(config: RunConfig) -> TaskManifest:
             calibration_noise=(
                 None if config.calibration is CalibrationName.NONE else config.calibration_noise
             ),
+            dp_sample_rate=config.dp_sample_rate or None,
+            dp_noise=None if config.dp_noise is DpNoise.LOCAL else config.dp_noise,
         )
         if config.dp
         else None

@@ -370,6 +370,10 @@ def make_client_app(config: RunConfig | None = None) -> ClientApp:
                     reserved=reserved_entries(
                         cfg.count_noise, cfg.calibration, cfg.calibration_noise
                     ),
+                    sample_rate=cfg.dp_sample_rate or None,
+                    noise_shares=cfg.dp_noise_shares,
+                    # Distributed noise: every site calibrates the same sigma, the run's.
+                    calibration_delta=cfg.delta if cfg.dp_noise_shares > 1 else None,
                 )
             except BudgetExceededError as refusal:
                 # A refusal is a reply, not a crash: the server records it and goes on.

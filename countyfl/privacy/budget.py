@@ -27,7 +27,7 @@ from countyfl.privacy.ledger import Budget, PrivacyLedger
 from countyfl.privacy.modes import AccountantName, GradSampleMode, Mechanism
 from countyfl.privacy.noise_memo import NoiseMemo, RdpVectorMemo
 from countyfl.privacy.randomness import GeneratorFactory, secret_generators
-from countyfl.privacy.weighting import LocalStepsPolicy, local_steps_for
+from countyfl.privacy.weighting import LocalStepsPolicy, expected_batch, local_steps_for
 from countyfl.training.plan import TrainingPlan
 
 # The key under which the ledger keeps the noisy count a run released
@@ -211,6 +211,9 @@ def train_within_budget(
     noise_memo: NoiseMemo | None = None,
     steps_policy: LocalStepsPolicy = LocalStepsPolicy.FIXED,
     reserved: tuple[HistoryEntry, ...] | None = None,
+    sample_rate: float | None = None,
+    noise_shares: int = 1,
+    calibration_delta: float | None = None,
 ) -> RoundSpend:
     """Release the run's noisy count, check this round against the budget, train, record.
 
@@ -231,7 +234,21 @@ def train_within_budget(
     schedule: ``steps_per_run / plan.local_steps`` rounds of that many steps.
     ``reserved``: every other release of the run, for the calibration to leave room for
     (default: the noisy count alone; :func:`countyfl.privacy.calibration.reserved_entries`).
+
+    ``sample_rate``: the run's Poisson rate, the same at every site (None: from the noisy
+    count and batch size); the divisor of each noisy sum is then the whole expected batch
+    :func:`countyfl.privacy.weighting.expected_batch`. ``noise_shares`` > 1 is distributed
+    noise: the noise multiplier ``sigma`` is calibrated and accounted as always, but this
+    site draws only ``sigma / sqrt(noise_shares)``; the caller guarantees that only a sum
+    of at least ``noise_shares`` such updates is ever decrypted (docs/privacy.md,
+    "Distributed noise"). ``calibration_delta``: the delta the noise is calibrated for
+    (None: the budget's); with distributed noise the run's, so that every site computes the
+    same ``sigma``. The ledger always accounts with the budget's own delta.
     """
+    if noise_shares < 1:
+        raise ConfigError(f"noise shares {noise_shares} must be >= 1")
+    if noise_shares > 1 and sample_rate is None:
+        raise ConfigError("distributed noise needs the run's sample rate, the same at every site")
     memo_vectors = (
         nullcontext()
         if noise_memo is None
@@ -254,7 +271,12 @@ def train_within_budget(
             accountant=accountant,
             generator=generators(Mechanism.NOISY_COUNT),
         )
-        sample_rate = poisson_sample_rate(count, plan.batch_size)
+        divisor: float
+        if sample_rate is None:
+            sample_rate = poisson_sample_rate(count, plan.batch_size)
+            divisor = sample_rate * count
+        else:
+            divisor = expected_batch(count, sample_rate)
         if steps_per_run % plan.local_steps:
             raise ConfigError(
                 f"steps per run {steps_per_run} is not a whole number of rounds of "
@@ -265,7 +287,7 @@ def train_within_budget(
         plan = replace(plan, local_steps=local_steps)
         calibration = (
             target_epsilon,
-            budget.delta,
+            budget.delta if calibration_delta is None else calibration_delta,
             sample_rate,
             steps_per_run,
             accountant,
@@ -298,7 +320,8 @@ def train_within_budget(
                 accountant,
                 grad_sample_mode,
                 sample_rate=sample_rate,
-                expected_batch_size=sample_rate * count,
+                expected_batch_size=divisor,
+                noise_shares=noise_shares,
             ),
             history,
             generator=generators(Mechanism.DP_SGD),
@@ -318,5 +341,6 @@ def train_within_budget(
             delta=budget.delta,
             accountant=accountant,
             epsilon_after=projected if same else None,
+            noise_shares=noise_shares,
         )
         return RoundSpend(outcome, noise, epsilon_after, count, local_steps)

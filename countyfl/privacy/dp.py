@@ -8,6 +8,7 @@ that the caller can store it in the ledger: epsilon composes over rounds and run
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -49,6 +50,15 @@ class PrivacyPlan:
     grad_sample_mode: GradSampleMode = GradSampleMode.HOOKS
     sample_rate: float | None = None
     expected_batch_size: float | None = None
+    noise_shares: int = 1
+    """Distributed noise: this site draws ``noise_multiplier / sqrt(noise_shares)`` and the
+    sum of at least ``noise_shares`` updates carries ``noise_multiplier``, which is what the
+    history records (docs/privacy.md, "Distributed noise"). 1: local noise, all of it here."""
+
+    @property
+    def noise_drawn(self) -> float:
+        """The noise multiplier this site's optimizer draws with."""
+        return self.noise_multiplier / math.sqrt(self.noise_shares)
 
 
 @dataclass(frozen=True)
@@ -112,6 +122,8 @@ def train_private(
         if privacy.expected_batch_size is not None
         else sample_rate * len(rows)
     )
+    if privacy.noise_shares < 1:
+        raise ConfigError(f"noise shares {privacy.noise_shares} must be >= 1")
     if not 0 < sample_rate <= 1 or expected_batch_size <= 0:
         raise ConfigError(
             f"DP-SGD needs a sample rate in (0, 1] and a positive expected batch size; got "
@@ -130,7 +142,7 @@ def train_private(
         # Opacus's own Poisson loader would draw from torch's global generator and at
         # 1 / len(loader): countyfl samples below, at the planned rate, from ``generator``.
         data_loader=DataLoader(rows, batch_size=plan.batch_size),
-        noise_multiplier=privacy.noise_multiplier,
+        noise_multiplier=privacy.noise_drawn,
         max_grad_norm=privacy.max_grad_norm,
         poisson_sampling=False,
         noise_generator=generator,

@@ -36,7 +36,8 @@ CREATE TABLE IF NOT EXISTS spends (
     history_after TEXT NOT NULL,
     recorded_at TEXT NOT NULL,
     mechanism TEXT NOT NULL DEFAULT 'dp-sgd',
-    released TEXT
+    released TEXT,
+    noise_shares INTEGER NOT NULL DEFAULT 1
 );
 CREATE TABLE IF NOT EXISTS refusals (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -53,6 +54,8 @@ CREATE TABLE IF NOT EXISTS refusals (
 _ADDED_COLUMNS = {
     "mechanism": "ALTER TABLE spends ADD COLUMN mechanism TEXT NOT NULL DEFAULT 'dp-sgd'",
     "released": "ALTER TABLE spends ADD COLUMN released TEXT",
+    # Ledgers written before distributed noise: every row's noise was all the site's own.
+    "noise_shares": "ALTER TABLE spends ADD COLUMN noise_shares INTEGER NOT NULL DEFAULT 1",
 }
 
 
@@ -75,6 +78,9 @@ class Spend:
     mechanism: str = Mechanism.DP_SGD.value
     # What the mechanism released, for those whose output is a value (the noisy count)
     released: Mapping[str, float] | None = None
+    # Distributed noise (docs/privacy.md): the site drew noise_multiplier / sqrt(shares), and
+    # the accounted noise_multiplier is that of the decrypted sum of >= shares updates.
+    noise_shares: int = 1
 
 
 @dataclass(frozen=True)
@@ -128,7 +134,8 @@ class PrivacyLedger:
         with self._connect() as connection:
             rows = connection.execute(
                 "SELECT run_id, server_round, steps, sample_rate, noise_multiplier, delta, "
-                "accountant, epsilon_after, mechanism, released FROM spends ORDER BY id"
+                "accountant, epsilon_after, mechanism, released, noise_shares "
+                "FROM spends ORDER BY id"
             ).fetchall()
         return [
             Spend(
@@ -142,6 +149,7 @@ class PrivacyLedger:
                 epsilon_after=row[7],
                 mechanism=row[8],
                 released=json.loads(row[9]) if row[9] is not None else None,
+                noise_shares=row[10],
             )
             for row in rows
         ]
@@ -179,11 +187,14 @@ class PrivacyLedger:
         epsilon_after: float | None = None,
         mechanism: Mechanism = Mechanism.DP_SGD,
         released: Mapping[str, float] | None = None,
+        noise_shares: int = 1,
     ) -> float:
         """Record one round's spend atomically; return the epsilon after it.
 
         ``mechanism`` names what ran (DP-SGD steps, or the noisy count with the value it
-        ``released``), so that every release is paid for in this ledger.
+        ``released``), so that every release is paid for in this ledger. ``noise_shares``
+        > 1 records distributed noise: the site drew a share of ``noise_multiplier``, and
+        the epsilon assumes only a sum of at least that many updates was decrypted.
 
         ``epsilon_after`` may be passed when the caller already computed it for exactly
         ``history_after`` (PRV's epsilon costs about a second); otherwise it is computed.
@@ -215,8 +226,8 @@ class PrivacyLedger:
                 connection.execute(
                     "INSERT INTO spends (run_id, server_round, steps, sample_rate, "
                     "noise_multiplier, delta, accountant, epsilon_after, history_after, "
-                    "recorded_at, mechanism, released) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "recorded_at, mechanism, released, noise_shares) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         run_id,
                         server_round,
@@ -230,6 +241,7 @@ class PrivacyLedger:
                         _now(),
                         mechanism.value,
                         json.dumps(dict(released)) if released is not None else None,
+                        noise_shares,
                     ),
                 )
                 connection.execute("COMMIT")

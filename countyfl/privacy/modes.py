@@ -49,3 +49,15 @@ class CalibrationName(StrEnum):
     INTERCEPT = "intercept"
     """Shift the output's bias so that the mean predicted risk over every site's training
     rows matches their prevalence, from three noisy sums per site (countyfl.privacy.calibration)."""
+
+
+class DpNoise(StrEnum):
+    """Where DP-SGD's noise is added (docs/privacy.md, "Distributed noise")."""
+
+    LOCAL = "local"
+    """Each site's update carries the whole noise its epsilon needs (the default): the
+    guarantee holds whoever reads the update, another key holder included."""
+    DISTRIBUTED = "distributed"
+    """Each site adds a share ``sigma / sqrt(min-contributors)``; only a CKKS sum of at
+    least min-contributors updates is ever decrypted, and it carries the whole ``sigma``.
+    Assumes the county server never hands one site's ciphertext to a key holder."""

@@ -140,9 +140,10 @@ def inventory(*, encrypted: bool, dp: bool, calibration: bool = False) -> tuple[
             for key, why, mechanism in (
                 (
                     protocol.AGGREGATION_WEIGHT,
-                    "the update's weight in the county's average: the noisy count, or its "
+                    "the update's weight in the county's average: the noisy count, its "
                     "noise-aware weight computed from the noisy count, the noise multiplier, "
-                    f"the sample rate and public settings; {derived}",
+                    "the sample rate and public settings, or its expected DP batch (the run's "
+                    f"sample rate times the noisy count); {derived}",
                     "noisy-count",
                 ),
                 (

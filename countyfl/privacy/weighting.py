@@ -23,6 +23,11 @@ weight); with much noise it falls towards ``T B^2 / (d sigma^2)``. Every input i
 count, a function of it (``sigma`` and ``q`` are calibrated from it) or a public setting,
 so the weight is post-processing of an accounted release, like the count itself.
 
+``aggregation-weight = "batch"`` weights each update by the divisor of its DP-SGD step,
+the expected batch ``max(1, round(q n))`` (:func:`expected_batch`), so that the weighted sum
+of one-step updates is the county's sum of noisy gradient sums: what distributed noise
+releases (docs/privacy.md, "Distributed noise").
+
 ``local-steps-policy = "epoch"`` makes a site take at most one pass over its (noisy)
 count of rows per round: ``min(local-steps, ceil(n / batch))`` steps. A village of 100
 rows then runs 4 steps a round instead of 20, and its calibration needs less noise for
@@ -45,6 +50,10 @@ class AggregationWeight(StrEnum):
     """FedAvg: the (noisy) example count."""
     NOISE_AWARE = "noise-aware"
     """Inverse variance of the update, in examples (:func:`effective_examples`)."""
+    BATCH = "batch"
+    """The divisor of the site's DP-SGD step, its expected batch (:func:`expected_batch`):
+    the weighted sum is then the county's sum of noisy gradient sums, which distributed
+    noise needs (docs/privacy.md, "Distributed noise")."""
 
 
 class LocalStepsPolicy(StrEnum):
@@ -89,6 +98,17 @@ def effective_examples(
     return 1.0 / (1.0 / count + noise)
 
 
+def expected_batch(count: int, sample_rate: float) -> int:
+    """A site's expected Poisson batch, in whole rows: ``max(1, round(q * noisy count))``.
+
+    With a sample rate fixed by the run (``dp-sample-rate``) it is the divisor of every
+    noisy gradient sum, so that the weight :attr:`AggregationWeight.BATCH` undoes it exactly.
+    """
+    if count < 1 or not 0 < sample_rate <= 1:
+        raise ConfigError(f"count {count} must be >= 1 and sample rate {sample_rate} in (0, 1]")
+    return max(1, round(sample_rate * count))
+
+
 def aggregation_weight(
     scheme: AggregationWeight,
     count: int,
@@ -100,5 +120,7 @@ def aggregation_weight(
     """The integer weight a site encrypts its update with (at least 1)."""
     if scheme is AggregationWeight.EXAMPLES:
         return max(1, count)
+    if scheme is AggregationWeight.BATCH:
+        return expected_batch(count, sample_rate)
     weight = effective_examples(count, noise_multiplier, sample_rate, local_steps, num_values)
     return max(1, round(weight))

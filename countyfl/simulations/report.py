@@ -281,6 +281,8 @@ def _privacy_summary(result: SimulationResult, ids: list[str]) -> dict[str, Any]
         "budget-epsilon": config.budget_epsilon if config.dp else None,
         "accountant": config.accountant.value if config.dp else None,
         "max-grad-norm": config.max_grad_norm if config.dp else None,
+        "noise": config.dp_noise.value if config.dp else None,
+        "noise-shares": config.dp_noise_shares if config.dp else None,
         "per-institution": per_institution,
         "membership-inference-auc-mean": _stats(
             [float(np.nanmean(list(s.membership_inference.values()))) for s in result.seeds]
@@ -473,6 +475,17 @@ def render_markdown(summary: dict[str, Any]) -> str:
             "(docs/privacy.md) lists every field a site sends and what protects it.",
             "",
         ]
+        if privacy.get("noise") == "distributed":
+            lines += [
+                f"**Distributed noise.** Every institution drew only a share (1 / "
+                f"{privacy['noise-shares']} of the variance) of DP-SGD's noise; only the "
+                f"encrypted sum of at least {privacy['noise-shares']} updates, which carries "
+                "all of it, was decrypted, and the epsilons below are those of that sum. They "
+                "assume the county server never let a key holder decrypt a smaller aggregate: "
+                "one institution's update alone carries only its share (docs/privacy.md, "
+                '"Distributed noise").',
+                "",
+            ]
         if privacy["randomness"] == "seeded":
             lines += [
                 "**Reproducible noise: this run asked for `--dp-randomness seeded`.** Every "

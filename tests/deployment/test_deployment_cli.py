@@ -126,6 +126,24 @@ def test_node_check_reads_the_sites_ledger(make_site: MakeSite) -> None:
     assert f"{spent:.4f}" in result.stdout
     assert f"{site.privacy.budget_epsilon - spent:.4f}" in result.stdout
     assert "1 rounds recorded" in result.stdout
+    assert "distributed noise" not in result.stdout
+    # A round under distributed noise is named with the assumption its epsilon rests on.
+    ledger.record_spend(
+        run_id="r2",
+        server_round=1,
+        history_before=[entry],
+        history_after=[entry, (4.1, 0.1, 1)],
+        steps=1,
+        sample_rate=0.1,
+        noise_multiplier=4.1,
+        delta=site.privacy.delta,
+        accountant=AccountantName.RDP,
+        noise_shares=13,
+    )
+    result = _run("node", "check", "--site", str(site.source))
+    assert result.exit_code == 0, result.output
+    assert "distributed noise" in result.stdout
+    assert "1 rounds drew a share" in result.stdout and "at least 13" in result.stdout
 
 
 def test_node_check_broken_site_toml_exits_2_naming_the_field(make_site: MakeSite) -> None:

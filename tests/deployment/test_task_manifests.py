@@ -62,6 +62,8 @@ IN_MANIFEST = {
     "local_steps_policy",
     "calibration",
     "calibration_noise",
+    "dp_sample_rate",
+    "dp_noise",
     "dp_randomness",
     "encryption",
 }
@@ -89,6 +91,14 @@ CHANGES: dict[str, dict[str, Any]] = {
     "local_steps_policy": {"local-steps-policy": "epoch"},
     "calibration": {"calibration": "intercept"},
     "calibration_noise": {"calibration": "intercept", "calibration-noise": 5.0},
+    "dp_sample_rate": {"dp-sample-rate": 0.1},
+    "dp_noise": {
+        **CKKS,
+        "dp-noise": "distributed",
+        "dp-sample-rate": 0.1,
+        "local-steps": 1,
+        "aggregation-weight": "batch",
+    },
     "dp_randomness": {"dp-randomness": "seeded"},
     "encryption": CKKS,
     "min_contributors": {"min-contributors": 3},

@@ -525,3 +525,45 @@ def test_a_rounds_evaluation_goes_out_with_the_next_rounds_training(tmp_path: Pa
         np.load(Path(sequential.output_dir) / FINAL_MODEL_FILE) as b,
     ):
         assert all(np.allclose(a[name], b[name], rtol=1e-6) for name in a.files)
+
+
+def test_a_distributed_noise_run_sums_every_sites_share_under_ckks(tmp_path: Path) -> None:
+    """Distributed noise end to end (docs/privacy.md, "Distributed noise"): every site
+    calibrates the same sigma at the run's rate, draws its share, and weights its update by
+    its expected batch; every aggregate the sites decrypt holds all four of them."""
+    from countyfl import protocol
+    from countyfl.privacy.ledger import LEDGER_FILE, PrivacyLedger
+    from countyfl.privacy.weighting import expected_batch
+
+    config = _config(
+        tmp_path,
+        **_ckks(tmp_path),
+        **{
+            "dp-noise": "distributed",
+            "dp-sample-rate": 0.2,
+            "local-steps": 1,
+            "momentum": 0.0,
+            "aggregation-weight": "batch",
+            "min-contributors": 4,
+        },
+    )
+    run_federation(InProcessGrid(config, 4), config, lambda _: None, run_id="3")
+    history = FederationHistory.read(Path(config.output_dir) / "history.json")
+    sigmas = set()
+    for record in history.rounds.values():
+        assert record.failures == [] and len(record.train) == 4
+        for metrics in record.train.values():
+            assert metrics[protocol.SAMPLE_RATE] == 0.2
+            assert metrics[protocol.AGGREGATION_WEIGHT] == expected_batch(
+                int(metrics[protocol.NUM_EXAMPLES]), 0.2
+            )
+            sigmas.add(metrics[protocol.NOISE_MULTIPLIER])
+    assert len(sigmas) == 1  # the same sigma at every site and round: the shares add up
+    for name in history.institution_names().values():
+        ledger = PrivacyLedger(Path(config.sites_dir) / name / LEDGER_FILE)
+        assert ledger.spent_epsilon(config.delta, config.accountant) == pytest.approx(
+            config.target_epsilon, abs=0.01
+        )
+    publish(Path(config.output_dir), secret_context_path=Path(config.he_secret_context))
+    with np.load(Path(config.output_dir) / "published" / "model.npz") as model:
+        assert all(np.isfinite(model[name]).all() for name in model.files)

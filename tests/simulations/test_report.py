@@ -90,6 +90,24 @@ def test_seeded_randomness_is_stated_in_the_report(tmp_path: Path) -> None:
     assert "does NOT hold against anyone who knows the seed" in text
 
 
+def test_distributed_noise_and_its_assumption_are_stated_in_the_report(tmp_path: Path) -> None:
+    distributed = {
+        "encryption": "ckks",
+        "he-public-context": "p.ckks",
+        "dp-noise": "distributed",
+        "dp-sample-rate": 0.1,
+        "local-steps": 1,
+        "aggregation-weight": "batch",
+        "min-contributors": 4,
+    }
+    summary = summarize(_result(tmp_path, **distributed))
+    assert summary["privacy"]["noise"] == "distributed"
+    assert summary["privacy"]["noise-shares"] == 4
+    text = render_markdown(summary)
+    assert "**Distributed noise.**" in text and "at least 4 updates" in text
+    assert "**Distributed noise.**" not in render_markdown(summarize(_result(tmp_path)))
+
+
 def test_without_dp_the_report_says_so_and_splits_nothing(tmp_path: Path) -> None:
     summary = summarize(_result(tmp_path, dp=False))
     assert summary["privacy"]["per-institution"]["cleveland"]["budget-split"] is None
