@@ -40,7 +40,9 @@ TEXT_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]*$"
 MAX_VERSION = 2**31 - 1
 """The largest version number (a 32-bit integer in every supported database)."""
 MAX_ROUNDS = 100_000
-MAX_INSTITUTIONS = 1_000
+MAX_INSTITUTIONS = 4_096
+"""The most institutions one model version may name: a county of 1 + 31 + 992 (county-1024)
+fits four times over."""
 MAX_METRICS = 32
 MAX_FEATURES = 1_024
 MAX_ENCRYPTION_ENTRIES = 32

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -107,6 +108,36 @@ def test_registration_without_privacy_stores_null_epsilon(
     version = register_candidate(engine, **arguments, principal=RESEARCHER, audit=sink)
     assert [(item.epsilon, item.delta) for item in version.institutions] == [(None, None)] * 3
     assert version.encryption is None
+
+
+def _county_of(size: int) -> dict[str, Any]:
+    names = ["county-hospital", *(f"village-{i:04d}" for i in range(1, size))]
+    return {
+        "institutions": names,
+        "institution_metrics": {name: {"auc": 0.7} for name in names},
+        "privacy": {name: {"epsilon": 1.0, "delta": 1e-3} for name in names},
+    }
+
+
+def test_a_county_of_1024_institutions_is_registered_whole(
+    engine: Engine, sink: RecordingSink, tmp_path: Path
+) -> None:
+    version = register_candidate(
+        engine, **(lineage(tmp_path) | _county_of(1024)), principal=RESEARCHER, audit=sink
+    )
+    stored = get_version(engine, NAME, version.version, principal=REGULATOR, audit=sink)
+    assert len(stored.institutions) == 1024
+    assert stored.institutions[-1].institution == "village-1023"
+    assert {item.epsilon for item in stored.institutions} == {1.0}
+
+
+def test_a_lineage_beyond_the_institution_cap_is_refused(
+    engine: Engine, sink: RecordingSink, tmp_path: Path
+) -> None:
+    with pytest.raises(InvalidInputError, match="institutions"):
+        register_candidate(
+            engine, **(lineage(tmp_path) | _county_of(4097)), principal=RESEARCHER, audit=sink
+        )
 
 
 @pytest.mark.parametrize(
