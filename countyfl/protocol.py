@@ -43,6 +43,9 @@ CALIBRATION_POSITIVES = "calibration-positives"
 CALIBRATION_RISK = "calibration-risk"
 CALIBRATION_SPREAD = "calibration-spread"
 CALIBRATION_ROWS = "calibration-rows"
+# Distributed noise: the three sums travel as one CKKS vector in this ArrayRecord
+CALIBRATION_SUMS = "calibration-sums"
+CIPHERTEXT = "ciphertext"
 
 # Error code of a reply in which an institution refuses a task (privacy budget, policy)
 REFUSED_ERROR_CODE = 4030

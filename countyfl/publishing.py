@@ -37,6 +37,7 @@ from countyfl.errors import CountyflError, describe_validation_error
 # The published folder's file names are defined once, by the registry that reads it.
 from countyfl.registry.published import ARTIFACT_FILE, METADATA_FILE, PublishedModel
 from countyfl.runs import (
+    CALIBRATION_AGGREGATE_FILE,
     FINAL_AGGREGATE_FILE,
     FINAL_MODEL_FILE,
     HISTORY_FILE,
@@ -132,6 +133,38 @@ def _calibration(run_dir: Path) -> CalibrationRecord | None:
         return CalibrationRecord.read(run_dir)
     except RunFolderError as error:
         raise PublishError(str(error)) from None
+
+
+def decrypted_calibration(
+    run_dir: Path, record: CalibrationRecord, secret_context_path: Path | None
+) -> CalibrationRecord:
+    """Distributed noise: decrypt the county's summed calibration sums, compute the shift.
+
+    Only the sum of at least min-contributors sites is ever decrypted (the ServerApp adds
+    nothing below that), and it carries the whole noise (docs/privacy.md).
+    """
+    from countyfl.privacy.calibration import decrypt_sums, intercept_shift
+    from countyfl.privacy.he.codec import CodecError
+    from countyfl.privacy.he.keys import load_secret_context
+
+    if secret_context_path is None:
+        raise PublishError(
+            f"{run_dir}'s calibration sums are encrypted: publishing needs the institutions' "
+            "secret context (--secret-context)"
+        )
+    path = run_dir / CALIBRATION_AGGREGATE_FILE
+    try:
+        sums = decrypt_sums(
+            load_secret_context(secret_context_path), path.read_bytes(), rows=record.rows
+        )
+        shift = intercept_shift([sums], 1)
+    except (OSError, CodecError, ValueError) as error:
+        raise PublishError(
+            f"{path}: the encrypted calibration sums cannot be used: {error}"
+        ) from None
+    return CalibrationRecord(
+        **{**asdict(shift), "contributors": record.contributors}, encrypted=True
+    )
 
 
 def calibrated_state(state: dict[str, np.ndarray], shift: float) -> dict[str, np.ndarray]:
@@ -276,6 +309,8 @@ def publish(
         raise PublishError(str(error)) from None
     state = final_state(run_dir, secret_context_path)
     calibration = _calibration(run_dir)
+    if calibration is not None and calibration.encrypted and not calibration.skipped:
+        calibration = decrypted_calibration(run_dir, calibration, secret_context_path)
     if calibration is not None:
         state = calibrated_state(state, calibration.shift)
     out = out_dir or run_dir / PUBLISHED_DIR

@@ -33,6 +33,8 @@ FINAL_MODEL_FILE = "final-model.npz"
 FINAL_AGGREGATE_FILE = "final-aggregate.npz"
 EVENTS_FILE = "events.jsonl"
 CALIBRATION_FILE = "calibration.json"
+# Distributed noise: the county's sum of the sites' encrypted calibration sums
+CALIBRATION_AGGREGATE_FILE = "calibration-aggregate.ckks"
 MAX_EVENT_LINE = 64 * 1024
 """The longest line :class:`EventReader` accepts (an event is a few hundred bytes)."""
 
@@ -101,6 +103,9 @@ class CalibrationRecord(BaseModel):
     spread: float = Field(default=0.0, allow_inf_nan=False)
     rows: float = Field(default=0.0, allow_inf_nan=False)
     skipped: str = Field(default="", max_length=2000)
+    # Distributed noise: the sums are in CALIBRATION_AGGREGATE_FILE, encrypted; the key
+    # holder who publishes decrypts them and computes the shift (countyfl.publishing).
+    encrypted: bool = False
 
     def write(self, folder: Path) -> Path:
         path = folder / CALIBRATION_FILE

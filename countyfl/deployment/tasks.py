@@ -230,6 +230,7 @@ def leaves_site(
                 encrypted=encryption is EncryptionName.CKKS,
                 dp=privacy is not None,
                 calibration=privacy is not None and privacy.calibration is not None,
+                distributed=privacy is not None and privacy.dp_noise is DpNoise.DISTRIBUTED,
             )
         ),
     )

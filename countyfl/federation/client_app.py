@@ -9,7 +9,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Error,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import ClientAppCallable
 
@@ -22,7 +31,7 @@ from countyfl.errors import ConfigError, CountyflError
 from countyfl.federation.records import arrays_of, load_arrays, model_to_arrays, server_round_of
 from countyfl.federation.release_guard import release_guard
 from countyfl.privacy.budget import BudgetExceededError, release_count, train_within_budget
-from countyfl.privacy.calibration import release_calibration, reserved_entries
+from countyfl.privacy.calibration import encrypt_sums, release_calibration, reserved_entries
 from countyfl.privacy.he.cache import DecryptionCache
 from countyfl.privacy.he.codec import (
     MAX_ABS_WEIGHT,
@@ -270,9 +279,12 @@ def _site_record(institution: InstitutionData) -> ConfigRecord:
 
 def _calibration_sums(
     cfg: RunConfig, site: Site, model: torch.nn.Module, context: Context, msg: Message
-) -> dict[str, float]:
+) -> tuple[dict[str, float], ArrayRecord | None]:
     """The final model's calibration sums over the site's training rows, paid for in its
-    ledger (:mod:`countyfl.privacy.calibration`); none if its budget cannot pay for them."""
+    ledger (:mod:`countyfl.privacy.calibration`); none if its budget cannot pay for them.
+
+    Under distributed noise the sums carry a share of the noise and go encrypted (the
+    ArrayRecord); only the metrics' row count, released already, is in plaintext."""
     institution = site.institution
     server_round = server_round_of(msg.content)
     generators = round_generators(
@@ -308,18 +320,26 @@ def _calibration_sums(
             noise=cfg.calibration_noise,
             accountant=cfg.accountant,
             generator=generators(Mechanism.CALIBRATION),
+            noise_shares=cfg.dp_noise_shares,
         )
     except BudgetExceededError:
         # Recorded in the ledger; the evaluation still goes back, without the sums.
-        return {}
-    return {
-        protocol.CALIBRATION_POSITIVES: release.sums.positives,
-        protocol.CALIBRATION_RISK: release.sums.risk,
-        protocol.CALIBRATION_SPREAD: release.sums.spread,
+        return {}, None
+    released = {
         protocol.CALIBRATION_ROWS: release.sums.rows,
         # The run's whole spend, the sums included (the training replies' stops before them)
         protocol.EPSILON: release.epsilon_after,
     }
+    if cfg.dp_noise_shares > 1:
+        secret = _secret_context(_secret_path(cfg, site.secret_context))
+        ciphertext = encrypt_sums(secret, release.sums)
+        return released, ArrayRecord({protocol.CIPHERTEXT: Array(ciphertext)})
+    return {
+        protocol.CALIBRATION_POSITIVES: release.sums.positives,
+        protocol.CALIBRATION_RISK: release.sums.risk,
+        protocol.CALIBRATION_SPREAD: release.sums.spread,
+        **released,
+    }, None
 
 
 def make_client_app(config: RunConfig | None = None) -> ClientApp:
@@ -441,14 +461,13 @@ def make_client_app(config: RunConfig | None = None) -> ClientApp:
                 **result,
             }
         )
+        content = RecordDict({protocol.METRICS: metrics, protocol.SITE: _site_record(institution)})
         if last_round and cfg.dp and cfg.calibration is not CalibrationName.NONE:
-            metrics.update(_calibration_sums(cfg, site, model, context, msg))
-        return Message(
-            content=RecordDict(
-                {protocol.METRICS: metrics, protocol.SITE: _site_record(institution)}
-            ),
-            reply_to=msg,
-        )
+            released, encrypted = _calibration_sums(cfg, site, model, context, msg)
+            metrics.update(released)
+            if encrypted is not None:
+                content[protocol.CALIBRATION_SUMS] = encrypted
+        return Message(content=content, reply_to=msg)
 
     return app
 

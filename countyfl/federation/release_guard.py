@@ -55,7 +55,7 @@ def release_problems(reply: Message, phase: Phase, fields: tuple[ReleasedField, 
             except KeyError:
                 problems.append(f"{phase.value}:{name} (arrays) is not in the release inventory")
                 continue
-            if field.protection is Protection.ENCRYPTED and not _ciphertexts_only(record):
+            if field.protection is Protection.ENCRYPTED and not _ciphertexts_only(name, record):
                 problems.append(
                     f"{field.path} must be CKKS ciphertexts, but the reply holds plaintext arrays"
                 )
@@ -70,8 +70,10 @@ def release_problems(reply: Message, phase: Phase, fields: tuple[ReleasedField, 
     return problems
 
 
-def _ciphertexts_only(record: ArrayRecord) -> bool:
+def _ciphertexts_only(name: str, record: ArrayRecord) -> bool:
     names = list(record)
+    if name == protocol.CALIBRATION_SUMS:  # one serialized CKKS vector, as bytes
+        return names == [protocol.CIPHERTEXT] and record[protocol.CIPHERTEXT].dtype == "uint8"
     return META_KEY in names and all(n == META_KEY or n.startswith(CHUNK_PREFIX) for n in names)
 
 
@@ -80,6 +82,7 @@ def _fields(config: RunConfig) -> tuple[ReleasedField, ...]:
         encrypted=config.encryption is EncryptionName.CKKS,
         dp=config.dp,
         calibration=config.calibration is not CalibrationName.NONE,
+        distributed=config.dp_noise_shares > 1,
     )
 
 

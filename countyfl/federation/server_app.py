@@ -17,8 +17,9 @@ from flwr.app import ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 
-from countyfl import models, scenarios
+from countyfl import models, protocol, scenarios
 from countyfl.deployment.tasks import manifest_for, manifest_hash
+from countyfl.errors import CountyflError
 from countyfl.federation.grid import PromptGrid
 from countyfl.federation.progress import NodesMissingError, ReportingGrid, RunProgress
 from countyfl.federation.records import model_to_arrays
@@ -31,10 +32,12 @@ from countyfl.federation.strategies.recording import (
     record_rejection,
 )
 from countyfl.federation.strategies.weighted import WeightedFedAvg, WeightedFedProx
+from countyfl.files import write_file
 from countyfl.privacy.he.wire import is_encrypted
 from countyfl.privacy.modes import CalibrationName
 from countyfl.run_config import EncryptionName, RunConfig, StrategyName, parse_run_config
 from countyfl.runs import (
+    CALIBRATION_AGGREGATE_FILE,
     EVENTS_FILE,
     FINAL_AGGREGATE_FILE,
     FINAL_MODEL_FILE,
@@ -187,7 +190,10 @@ def run_federation(
             np.savez(output / FINAL_MODEL_FILE, **arrays)
         logger.info("wrote %s and %s to %s", HISTORY_FILE, FINAL_MODEL_FILE, output)
         if config.dp and config.calibration is not CalibrationName.NONE:
-            record = calibrate(strategy.history, config.min_contributors)
+            if config.dp_noise_shares > 1:
+                record = calibrate_encrypted(strategy, config, output)
+            else:
+                record = calibrate(strategy.history, config.min_contributors)
             record.write(output)
             if record.skipped:
                 strategy.history.round(config.num_server_rounds).failures.append(
@@ -209,6 +215,44 @@ def calibrate(history: FederationHistory, min_contributors: int) -> CalibrationR
     except ValueError as error:
         return CalibrationRecord(contributors=len(sums), skipped=f"no shift applied: {error}")
     return CalibrationRecord(**dataclasses.asdict(shift))
+
+
+def calibrate_encrypted(
+    strategy: RecordingStrategy, config: RunConfig, output: Path
+) -> CalibrationRecord:
+    """Distributed noise: add the last round's encrypted calibration sums with the public
+    context and keep their sum for the key holder who publishes (or say why there is none).
+
+    The county never reads a sum: it only adds ciphertexts, and only if at least
+    min-contributors sites sent theirs (their shares of the noise add up only then).
+    """
+    from countyfl.privacy.calibration import sum_encrypted_sums
+    from countyfl.privacy.he.keys import load_public_context
+
+    rounds = sorted(strategy.history.rounds)
+    last = rounds[-1] if rounds else 0
+    ciphertexts = strategy.calibration_ciphertexts.get(last, {})
+    evaluate = strategy.history.rounds[last].evaluate if rounds else {}
+    rows = sum(float(evaluate[p].get(protocol.CALIBRATION_ROWS, 0.0)) for p in ciphertexts)
+    if len(ciphertexts) < config.min_contributors:
+        return CalibrationRecord(
+            contributors=len(ciphertexts),
+            encrypted=True,
+            skipped=(
+                f"no shift applied: {len(ciphertexts)} institution(s) sent encrypted "
+                f"calibration sums; the task's minimum is {config.min_contributors} "
+                "contributors, so nothing was added or decrypted"
+            ),
+        )
+    try:
+        public = load_public_context(Path(config.he_public_context))
+        total = sum_encrypted_sums(public, [ciphertexts[p] for p in sorted(ciphertexts)])
+    except (CountyflError, ValueError) as error:
+        return CalibrationRecord(
+            contributors=len(ciphertexts), encrypted=True, skipped=f"no shift applied: {error}"
+        )
+    write_file(output / CALIBRATION_AGGREGATE_FILE, total, replace=True)
+    return CalibrationRecord(contributors=len(ciphertexts), rows=rows, encrypted=True)
 
 
 def _write_history(

@@ -122,6 +122,7 @@ def release_once(
     run_id: str,
     server_round: int,
     accountant: AccountantName,
+    noise_shares: int = 1,
 ) -> tuple[dict[str, float], float | None]:
     """A Gaussian release paid for once per run: what it released and the epsilon after it.
 
@@ -158,6 +159,7 @@ def release_once(
         epsilon_after=projected,
         mechanism=mechanism,
         released=values,
+        noise_shares=noise_shares,
     )
     return values, epsilon_after
 

@@ -43,8 +43,9 @@ needs no decryption at the county.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -129,21 +130,26 @@ def release_calibration(
     noise: float,
     accountant: AccountantName,
     generator: torch.Generator,
+    noise_shares: int = 1,
 ) -> CalibrationRelease:
     """Draw, record and return the site's calibration sums for run ``run_id`` (once a run).
 
     ``rows`` is the run's noisy count (already released). A second call in the same run
     returns what the first released. Raises :class:`BudgetExceededError` (recorded in the
     ledger) if the release would exceed the site's budget; whether it fits depends on the
-    ledger only, never on the data.
+    ledger only, never on the data. ``noise_shares`` > 1 is distributed noise: the site
+    draws ``noise / sqrt(noise_shares)``, the ledger accounts ``noise`` (that of the sum of
+    at least ``noise_shares`` sites), and the caller must send the sums encrypted
+    (:func:`encrypt_sums`), never in plaintext.
     """
+    drawn = noise / math.sqrt(noise_shares)
 
     def draw() -> dict[str, float]:
         exact = training_sums(model, x, y)
         draws = torch.normal(0.0, 1.0, size=(3,), generator=generator, dtype=torch.float64)
         # Rounded to whole records: post-processing that also drops the noise's low bits.
         return {
-            key: float(round(value + noise * float(d)))
+            key: float(round(value + drawn * float(d)))
             for key, value, d in zip((POSITIVES, RISK, SPREAD), exact, draws, strict=True)
         }
 
@@ -157,6 +163,7 @@ def release_calibration(
         run_id=run_id,
         server_round=server_round,
         accountant=accountant,
+        noise_shares=noise_shares,
     )
     if epsilon_after is None:  # released earlier in this run
         epsilon_after = ledger.spent_epsilon(budget.delta, accountant)
@@ -234,3 +241,40 @@ def sums_of(metrics: Mapping[str, float]) -> CalibrationSums | None:
     if not all(math.isfinite(v) and abs(v) <= MAX_SUM for v in values) or values[3] < 1:
         return None
     return CalibrationSums(*values)
+
+
+# -- distributed noise: the sums travel encrypted and only their county sum is decrypted --
+
+
+def encrypt_sums(secret_context: Any, sums: CalibrationSums) -> np.ndarray:
+    """The site's three share-noised sums as one serialized CKKS vector (bytes as uint8)."""
+    import tenseal as ts
+
+    vector = ts.ckks_vector(secret_context, [sums.positives, sums.risk, sums.spread])
+    return np.frombuffer(vector.serialize(), dtype=np.uint8).copy()
+
+
+def sum_encrypted_sums(public_context: Any, ciphertexts: Sequence[bytes]) -> bytes:
+    """Add the sites' encrypted sums with the public context (the county holds no key)."""
+    from countyfl.privacy.he.codec import load_vector
+
+    if not ciphertexts:
+        raise ValueError("no encrypted calibration sums to add")
+    vectors = [load_vector(public_context, data) for data in ciphertexts]
+    if any(v.size() != 3 for v in vectors):
+        raise ValueError("an encrypted calibration reply does not hold exactly three sums")
+    total = vectors[0]
+    for vector in vectors[1:]:
+        total = total + vector
+    return bytes(total.serialize())
+
+
+def decrypt_sums(secret_context: Any, ciphertext: bytes, rows: float) -> CalibrationSums:
+    """A key holder's decryption of the county's summed calibration sums."""
+    from countyfl.privacy.he.codec import load_vector
+
+    values = [float(v) for v in load_vector(secret_context, ciphertext).decrypt()]
+    if len(values) != 3 or not all(math.isfinite(v) and abs(v) <= MAX_SUM for v in values):
+        raise ValueError("the encrypted calibration aggregate does not decrypt to three sums")
+    positives, risk, spread = values
+    return CalibrationSums(positives, risk, spread, rows)

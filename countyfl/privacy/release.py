@@ -110,11 +110,15 @@ def _update(encrypted: bool, dp: bool) -> ReleasedField:
     )
 
 
-def inventory(*, encrypted: bool, dp: bool, calibration: bool = False) -> tuple[ReleasedField, ...]:
+def inventory(
+    *, encrypted: bool, dp: bool, calibration: bool = False, distributed: bool = False
+) -> tuple[ReleasedField, ...]:
     """Every field a ClientApp may send in a run with this encryption and DP setting.
 
     ``calibration``: the run recalibrates the model's intercept from noisy sums over each
     site's training rows (:mod:`countyfl.privacy.calibration`; DP runs only).
+    ``distributed``: distributed noise (CKKS runs only): the sums carry a share of their
+    noise and travel as one CKKS vector, never in plaintext.
     """
     derived = (
         "a function of the noisy count (which sets the sample rate) and of public settings "
@@ -234,21 +238,37 @@ def inventory(*, encrypted: bool, dp: bool, calibration: bool = False) -> tuple[
             "one Gaussian mechanism of sensitivity sqrt(3) on the three sums, drawn from a "
             "secret generator"
         )
-        fields += [
-            ReleasedField(
-                Phase.EVALUATE,
-                protocol.METRICS,
-                key,
-                Protection.DP_ACCOUNTED,
-                f"{what} over the training rows plus Gaussian noise, {last} ({mechanism})",
-                "calibration",
+        if distributed and encrypted:
+            fields.append(
+                ReleasedField(
+                    Phase.EVALUATE,
+                    protocol.CALIBRATION_SUMS,
+                    ANY_KEY,
+                    Protection.ENCRYPTED,
+                    "the number of positive rows, the final model's predicted risks summed "
+                    "and 4 p (1 - p) of those summed, over the training rows, each plus a "
+                    f"share of the Gaussian noise, {last}, as one CKKS vector: only the "
+                    "county's sum of at least min-contributors of them, which carries all the "
+                    f"noise, is decrypted ({mechanism}; distributed noise)",
+                    "calibration",
+                )
             )
-            for key, what in (
-                (protocol.CALIBRATION_POSITIVES, "the number of positive rows"),
-                (protocol.CALIBRATION_RISK, "the final model's predicted risks summed"),
-                (protocol.CALIBRATION_SPREAD, "4 p (1 - p) of those risks summed"),
-            )
-        ]
+        else:
+            fields += [
+                ReleasedField(
+                    Phase.EVALUATE,
+                    protocol.METRICS,
+                    key,
+                    Protection.DP_ACCOUNTED,
+                    f"{what} over the training rows plus Gaussian noise, {last} ({mechanism})",
+                    "calibration",
+                )
+                for key, what in (
+                    (protocol.CALIBRATION_POSITIVES, "the number of positive rows"),
+                    (protocol.CALIBRATION_RISK, "the final model's predicted risks summed"),
+                    (protocol.CALIBRATION_SPREAD, "4 p (1 - p) of those risks summed"),
+                )
+            ]
         fields += [
             ReleasedField(
                 Phase.EVALUATE,

@@ -24,7 +24,7 @@ from countyfl.data.quarantine import write_quarantine
 from countyfl.errors import ConfigError, SimulationError
 from countyfl.privacy.membership_inference import membership_inference_auc
 from countyfl.publishing import PUBLISHED_DIR, publish
-from countyfl.registry.published import ARTIFACT_FILE
+from countyfl.registry.published import ARTIFACT_FILE, read_published
 from countyfl.run_config import EncryptionName, RunConfig, parse_run_config
 from countyfl.runs import HISTORY_FILE, CalibrationRecord, FederationHistory
 from countyfl.scenarios import Scenario
@@ -227,7 +227,9 @@ def _run_seed(
             )
             for i in dataset.institutions
         },
-        CalibrationRecord.read(Path(config.output_dir)),
+        # The shift the published model carries (under distributed noise only the key
+        # holder who published could compute it; the run folder holds the ciphertext).
+        read_published(Path(config.output_dir) / PUBLISHED_DIR)[0].calibration,
     )
 
 

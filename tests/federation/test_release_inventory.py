@@ -19,13 +19,14 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 
 from countyfl import models, protocol, scenarios
 from countyfl.federation import server_app
-from countyfl.privacy.calibration import intercept_shift, sums_of
+from countyfl.privacy.calibration import decrypt_sums, intercept_shift, sums_of
 from countyfl.privacy.he.codec import deserialize
 from countyfl.privacy.he.keys import (
     PUBLIC_CONTEXT_FILE,
     SECRET_CONTEXT_FILE,
     init_keys,
     load_public_context,
+    load_secret_context,
 )
 from countyfl.privacy.he.wire import arrays_to_update
 from countyfl.privacy.ledger import LEDGER_FILE, PrivacyLedger
@@ -88,10 +89,21 @@ def _capture(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Phase, Message]]:
     return received
 
 
-@pytest.mark.parametrize("encryption", ["none", "ckks"])
+DISTRIBUTED = {
+    "dp-noise": "distributed",
+    "dp-sample-rate": 0.2,
+    "local-steps": 1,
+    "aggregation-weight": "batch",
+    "min-contributors": 4,
+}
+
+
+@pytest.mark.parametrize("encryption", ["none", "ckks", "ckks-distributed"])
 def test_every_reply_field_is_in_the_inventory_and_protected_as_it_says(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, encryption: str
 ) -> None:
+    distributed = encryption == "ckks-distributed"
+    encryption = encryption.removesuffix("-distributed")
     overrides: dict[str, Any] = {
         **scenarios.get("fed-heart-disease").defaults,
         "num-server-rounds": 1,
@@ -109,6 +121,8 @@ def test_every_reply_field_is_in_the_inventory_and_protected_as_it_says(
         init_keys(tmp_path / "keys")
         overrides["he-secret-context"] = str(tmp_path / "keys" / SECRET_CONTEXT_FILE)
         overrides["he-public-context"] = str(tmp_path / "keys" / PUBLIC_CONTEXT_FILE)
+    if distributed:  # the calibration sums then travel encrypted, a share of noise each
+        overrides |= DISTRIBUTED
     config = parse_run_config(overrides)
     received = _capture(monkeypatch)
     institutions = scenarios.load("fed-heart-disease").institutions
@@ -118,6 +132,7 @@ def test_every_reply_field_is_in_the_inventory_and_protected_as_it_says(
         encrypted=config.encryption is EncryptionName.CKKS,
         dp=True,
         calibration=config.calibration is not CalibrationName.NONE,
+        distributed=distributed,
     )
     assert len(received) == 2 * len(institutions)  # a train and an evaluate reply from each
     seen: set[str] = set()
@@ -145,7 +160,11 @@ def test_every_reply_field_is_in_the_inventory_and_protected_as_it_says(
         if f.phase is not Phase.REFUSAL and (has_townships or f.key != protocol.TOWNSHIP)
     }
     assert seen == listed
-    if config.calibration is not CalibrationName.NONE:
+    if distributed:
+        record = CalibrationRecord.read(tmp_path / "run")
+        assert record is not None and record.encrypted and not record.skipped
+        assert record.contributors == len(institutions)
+    elif config.calibration is not CalibrationName.NONE:
         # The county's shift is computed from exactly the sums the sites sent and paid for.
         sent = [
             sums_of(dict(reply.content[protocol.METRICS]))
@@ -186,6 +205,26 @@ def _check(
     tmp_path: Path,
 ) -> None:
     """What the field's protection promises, checked on the value that was sent."""
+    if (
+        field.protection is Protection.ENCRYPTED
+        and key == "*"
+        and field.mechanism == (Mechanism.CALIBRATION.value)
+    ):
+        # One CKKS vector: the county cannot read it, the key holds the ledger's sums.
+        data = record[protocol.CIPHERTEXT].numpy().tobytes()
+        public = load_public_context(tmp_path / "keys" / PUBLIC_CONTEXT_FILE)
+        with pytest.raises(ValueError):
+            decrypt_sums(public, data, rows=1.0)
+        secret = load_secret_context(tmp_path / "keys" / SECRET_CONTEXT_FILE)
+        sums = decrypt_sums(secret, data, rows=1.0)
+        paid = ledger.released(run_id, Mechanism.CALIBRATION)
+        assert paid is not None, "calibration sums sent but not paid for"
+        assert sums.positives == pytest.approx(paid["positives"], abs=1e-3)
+        assert sums.risk == pytest.approx(paid["risk"], abs=1e-3)
+        assert sums.spread == pytest.approx(paid["spread"], abs=1e-3)
+        (spend,) = [s for s in ledger.spends() if s.mechanism == Mechanism.CALIBRATION.value]
+        assert spend.noise_shares == config.min_contributors
+        return
     if field.protection is Protection.ENCRYPTED:
         assert isinstance(record, ArrayRecord)
         update = arrays_to_update(record)

@@ -27,7 +27,7 @@ from countyfl.federation.strategies.encrypted import EncryptedFedAvg, EncryptedF
 from countyfl.federation.strategies.recording import RecordingStrategy
 from countyfl.federation.strategies.weighted import WeightedFedAvg, WeightedFedProx
 from countyfl.privacy.he.keys import PUBLIC_CONTEXT_FILE, SECRET_CONTEXT_FILE, init_keys
-from countyfl.publishing import publish
+from countyfl.publishing import PublishError, publish
 from countyfl.run_config import RunConfig, parse_run_config
 from countyfl.runs import (
     EVENTS_FILE,
@@ -545,6 +545,7 @@ def test_a_distributed_noise_run_sums_every_sites_share_under_ckks(tmp_path: Pat
             "momentum": 0.0,
             "aggregation-weight": "batch",
             "min-contributors": 4,
+            "calibration": "intercept",
         },
     )
     run_federation(InProcessGrid(config, 4), config, lambda _: None, run_id="3")
@@ -564,6 +565,45 @@ def test_a_distributed_noise_run_sums_every_sites_share_under_ckks(tmp_path: Pat
         assert ledger.spent_epsilon(config.delta, config.accountant) == pytest.approx(
             config.target_epsilon, abs=0.01
         )
-    publish(Path(config.output_dir), secret_context_path=Path(config.he_secret_context))
-    with np.load(Path(config.output_dir) / "published" / "model.npz") as model:
+    # The calibration sums went encrypted: the county kept only their sum, which the key
+    # holder who publishes decrypts; it is the sum of what each site's ledger released.
+    from countyfl.privacy.calibration import CalibrationSums, intercept_shift
+    from countyfl.privacy.modes import Mechanism
+    from countyfl.runs import CALIBRATION_AGGREGATE_FILE, CalibrationRecord
+
+    output = Path(config.output_dir)
+    record = CalibrationRecord.read(output)
+    assert record is not None and record.encrypted and not record.skipped
+    assert record.contributors == 4 and record.shift == 0.0 and record.positives == 0.0
+    assert (output / CALIBRATION_AGGREGATE_FILE).stat().st_mode & 0o777 == 0o600
+    for metrics in history.rounds[2].evaluate.values():
+        assert protocol.CALIBRATION_POSITIVES not in metrics  # never in plaintext
+    released = [
+        PrivacyLedger(Path(config.sites_dir) / name / LEDGER_FILE).released(
+            "3", Mechanism.CALIBRATION
+        )
+        for name in history.institution_names().values()
+    ]
+    assert all(r is not None for r in released)
+    expected = intercept_shift(
+        [
+            CalibrationSums(
+                sum(r["positives"] for r in released if r),
+                sum(r["risk"] for r in released if r),
+                sum(r["spread"] for r in released if r),
+                record.rows,
+            )
+        ],
+        1,
+    )
+    metadata = publish(output, secret_context_path=Path(config.he_secret_context))
+    published = metadata["calibration"]
+    assert published.encrypted and published.contributors == 4
+    assert published.positives == pytest.approx(expected.positives, abs=0.01)
+    assert published.risk == pytest.approx(expected.risk, abs=0.01)
+    assert published.shift == pytest.approx(expected.shift, abs=1e-4)
+    with np.load(output / "published" / "model.npz") as model:
         assert all(np.isfinite(model[name]).all() for name in model.files)
+    # Without the key, nothing is published: the sums stay encrypted.
+    with pytest.raises(PublishError, match="secret context"):
+        publish(output, output / "keyless")

@@ -244,3 +244,72 @@ def test_a_ledger_from_before_distributed_noise_reads_as_local_noise(tmp_path: P
         )
     (spend,) = PrivacyLedger(path).spends()
     assert spend.noise_shares == 1 and spend.noise_multiplier == 2.0
+
+
+def test_encrypted_calibration_sums_add_up_to_the_plaintext_sums_and_only_the_key_reads_them() -> (
+    None
+):
+    from countyfl.privacy.calibration import (
+        CalibrationSums,
+        decrypt_sums,
+        encrypt_sums,
+        sum_encrypted_sums,
+    )
+    from countyfl.privacy.he.keys import create_secret_context, public_copy
+
+    secret = create_secret_context()
+    public = public_copy(secret)
+    sites = [CalibrationSums(12.0 + i, 40.5 - i, 100.25 * i, 300.0) for i in range(5)]
+    ciphertexts = [encrypt_sums(secret, s).tobytes() for s in sites]
+    total = sum_encrypted_sums(public, ciphertexts)
+    decrypted = decrypt_sums(secret, total, rows=1500.0)
+    assert decrypted.positives == pytest.approx(sum(s.positives for s in sites), abs=1e-3)
+    assert decrypted.risk == pytest.approx(sum(s.risk for s in sites), abs=1e-3)
+    assert decrypted.spread == pytest.approx(sum(s.spread for s in sites), abs=1e-3)
+    assert decrypted.rows == 1500.0
+    with pytest.raises(ValueError):  # the county's context cannot read the sum
+        decrypt_sums(public, total, rows=1500.0)
+    with pytest.raises(ValueError, match="no encrypted calibration sums"):
+        sum_encrypted_sums(public, [])
+
+
+def test_the_guard_lets_encrypted_calibration_sums_out_only_as_one_ciphertext() -> None:
+    from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
+
+    from countyfl import protocol
+    from countyfl.federation.release_guard import release_problems
+    from countyfl.privacy.release import Phase, inventory
+
+    fields = inventory(encrypted=True, dp=True, calibration=True, distributed=True)
+
+    def reply(record: ArrayRecord, **metrics: float) -> Any:
+        from flwr.app import DEFAULT_TTL, Message, Metadata
+
+        content = RecordDict(
+            {
+                protocol.METRICS: MetricRecord({protocol.NUM_EXAMPLES: 10, **metrics}),
+                protocol.CALIBRATION_SUMS: record,
+            }
+        )
+        metadata = Metadata(
+            run_id=7,
+            message_id="evaluate-1",
+            src_node_id=11,
+            dst_node_id=0,
+            reply_to_message_id="",
+            group_id="1",
+            created_at=0.0,
+            ttl=DEFAULT_TTL,
+            message_type="evaluate",
+        )
+        return Message(content=content, metadata=metadata)
+
+    good = ArrayRecord({protocol.CIPHERTEXT: Array(np.zeros(64, dtype=np.uint8))})
+    assert release_problems(reply(good), Phase.EVALUATE, fields) == []
+    plain = ArrayRecord({protocol.CIPHERTEXT: Array(np.zeros(3, dtype=np.float64))})
+    assert "must be CKKS ciphertexts" in release_problems(reply(plain), Phase.EVALUATE, fields)[0]
+    # Under distributed noise the plaintext sums are not in the inventory at all.
+    leaked = release_problems(
+        reply(good, **{protocol.CALIBRATION_POSITIVES: 40.0}), Phase.EVALUATE, fields
+    )
+    assert leaked == ["evaluate:metrics.calibration-positives is not in the release inventory"]

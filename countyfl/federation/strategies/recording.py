@@ -57,6 +57,21 @@ def record_rejection(
         record.train.pop(parsed[0], None)
 
 
+MAX_CALIBRATION_BYTES = 4 * 1024 * 1024
+"""The largest encrypted calibration reply kept (one CKKS vector of three values: ~130 KB)."""
+
+
+def _calibration_ciphertext(record: ArrayRecord) -> bytes | None:
+    """The serialized CKKS vector of a reply's calibration sums, if well formed."""
+    if list(record) != [protocol.CIPHERTEXT]:
+        return None
+    array = record[protocol.CIPHERTEXT]
+    if array.dtype != "uint8" or len(array.shape) != 1:
+        return None
+    data = array.numpy().tobytes()
+    return data if 0 < len(data) <= MAX_CALIBRATION_BYTES else None
+
+
 class RecordingStrategy(Strategy):
     """Wraps ``strategy``; records every reply in ``history`` and calls ``on_round_end``."""
 
@@ -75,6 +90,9 @@ class RecordingStrategy(Strategy):
         self.progress: RunProgress | None = None
         # (server round, phase) -> node ids a task was sent to
         self._sent: dict[tuple[int, str], set[int]] = {}
+        # server round -> partition id -> a site's encrypted calibration sums (distributed
+        # noise: the county adds them with the public context and never reads one)
+        self.calibration_ciphertexts: dict[int, dict[int, bytes]] = {}
 
     def __repr__(self) -> str:
         return f"RecordingStrategy({self.strategy!r})"
@@ -165,6 +183,18 @@ class RecordingStrategy(Strategy):
                 continue
             partition_id, values = parsed
             getattr(record, phase)[partition_id] = values
+            encrypted = message.content.get(protocol.CALIBRATION_SUMS)
+            if phase == "evaluate" and isinstance(encrypted, ArrayRecord):
+                ciphertext = _calibration_ciphertext(encrypted)
+                if ciphertext is None:
+                    record.failures.append(
+                        f"{phase}: node {node}: encrypted calibration sums that are not one "
+                        f"ciphertext of at most {MAX_CALIBRATION_BYTES} bytes (left out)"
+                    )
+                else:
+                    self.calibration_ciphertexts.setdefault(server_round, {})[partition_id] = (
+                        ciphertext
+                    )
             site = message.content.get(protocol.SITE)
             name = site.get(protocol.INSTITUTION_ID) if isinstance(site, ConfigRecord) else None
             if isinstance(name, str):

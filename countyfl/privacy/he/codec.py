@@ -546,6 +546,11 @@ def _decrypt(update: EncryptedUpdate, secret_context: Any) -> np.ndarray:
     return np.concatenate(parts)[: update.num_values]
 
 
+def load_vector(context: Any, data: bytes) -> Any:
+    """A serialized CKKS vector under ``context`` (CodecError if the bytes are not one)."""
+    return _load_vector(context, data)
+
+
 def _load_vector(context: Any, data: bytes) -> Any:
     try:
         return ts.ckks_vector_from(context, data)
