@@ -24,6 +24,10 @@ generator, recorded in its ledger before it is sent, and composed with the run's
 DP-SGD steps: the DP-SGD noise is calibrated from the first round so that all of them
 together stay within the run's target epsilon.
 
+Under distributed noise (docs/privacy.md) each site adds only a share of the noise and sends
+its sums encrypted (:func:`encrypt_sums`); the county adds the ciphertexts and the key
+holder who publishes decrypts their sum (:func:`decrypt_sums`) before the step below.
+
 The county adds the sums of the sites that sent them (at least ``min-contributors``, else
 nothing is applied and the run says why) and shifts the output's bias by one Newton step
 on the logit-odds of the mean predicted risk:
