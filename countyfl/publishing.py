@@ -152,6 +152,12 @@ def decrypted_calibration(
             f"{run_dir}'s calibration sums are encrypted: publishing needs the institutions' "
             "secret context (--secret-context)"
         )
+    minimum = int(_run_record(run_dir)[1].get("min-contributors", 2))
+    if record.contributors < minimum:
+        raise PublishError(
+            f"{run_dir}'s encrypted calibration sums hold {record.contributors} institution(s), "
+            f"fewer than the task's min-contributors {minimum}: they are not decrypted"
+        )
     path = run_dir / CALIBRATION_AGGREGATE_FILE
     try:
         sums = decrypt_sums(

@@ -198,6 +198,8 @@ class RunConfig(BaseModel):
             ),
             'local-steps-policy = "fixed"': self.local_steps_policy is LocalStepsPolicy.FIXED,
             'strategy = "fedavg"': self.strategy is StrategyName.FEDAVG,
+            # Adam's first step is about lr x sign(gradient): not linear in the shares
+            'optimizer = "sgd"': self.optimizer is OptimizerName.SGD,
         }
         missing = [need for need, met in needs.items() if not met]
         if missing:

@@ -73,7 +73,9 @@ def release_problems(reply: Message, phase: Phase, fields: tuple[ReleasedField, 
 def _ciphertexts_only(name: str, record: ArrayRecord) -> bool:
     names = list(record)
     if name == protocol.CALIBRATION_SUMS:  # one serialized CKKS vector, as bytes
-        return names == [protocol.CIPHERTEXT] and record[protocol.CIPHERTEXT].dtype == "uint8"
+        array = record[protocol.CIPHERTEXT] if names == [protocol.CIPHERTEXT] else None
+        # A ciphertext is ~130 KB; three plaintext floats are 24 bytes.
+        return array is not None and array.dtype == "uint8" and len(array.data) >= 1024
     return META_KEY in names and all(n == META_KEY or n.startswith(CHUNK_PREFIX) for n in names)
 
 

@@ -99,7 +99,13 @@ def build_strategy(
         inner = WeightedFedProx(proximal_mu=config.proximal_mu, **common)
     else:
         inner = WeightedFedAvg(**common)
-    return RecordingStrategy(inner, history, on_round_end, config.min_contributors)
+    return RecordingStrategy(
+        inner,
+        history,
+        on_round_end,
+        config.min_contributors,
+        keep_calibration_ciphertexts=config.dp_noise_shares > 1,
+    )
 
 
 def run_federation(
@@ -224,35 +230,55 @@ def calibrate_encrypted(
     context and keep their sum for the key holder who publishes (or say why there is none).
 
     The county never reads a sum: it only adds ciphertexts, and only if at least
-    min-contributors sites sent theirs (their shares of the noise add up only then).
+    min-contributors sites sent a valid one (their shares of the noise add up only then).
+    A reply whose row count or ciphertext is malformed is left out and recorded.
     """
-    from countyfl.privacy.calibration import sum_encrypted_sums
+    from countyfl.privacy.calibration import MAX_SUM, check_encrypted_sums, sum_encrypted_sums
     from countyfl.privacy.he.keys import load_public_context
 
     rounds = sorted(strategy.history.rounds)
-    last = rounds[-1] if rounds else 0
-    ciphertexts = strategy.calibration_ciphertexts.get(last, {})
-    evaluate = strategy.history.rounds[last].evaluate if rounds else {}
-    rows = sum(float(evaluate[p].get(protocol.CALIBRATION_ROWS, 0.0)) for p in ciphertexts)
-    if len(ciphertexts) < config.min_contributors:
+    if not rounds:
+        return CalibrationRecord(encrypted=True, skipped="no shift applied: no round ran")
+    record = strategy.history.rounds[rounds[-1]]
+    try:
+        public = load_public_context(Path(config.he_public_context))
+    except CountyflError as error:
+        return CalibrationRecord(encrypted=True, skipped=f"no shift applied: {error}")
+    valid: list[bytes] = []
+    rows = 0.0
+    for partition_id, ciphertext in sorted(strategy.calibration_ciphertexts.items()):
+        count = record.evaluate.get(partition_id, {}).get(protocol.CALIBRATION_ROWS)
+        name = record.institutions.get(partition_id, f"partition {partition_id}")
+        if count is None or not math.isfinite(count) or not 1 <= count <= MAX_SUM:
+            record.failures.append(
+                f"calibration: {name}: encrypted sums without a valid row count (left out)"
+            )
+            continue
+        try:
+            check_encrypted_sums(public, ciphertext)
+        except ValueError as error:
+            record.failures.append(f"calibration: {name}: {error} (left out)")
+            continue
+        valid.append(ciphertext)
+        rows += float(count)
+    if len(valid) < config.min_contributors:
         return CalibrationRecord(
-            contributors=len(ciphertexts),
+            contributors=len(valid),
             encrypted=True,
             skipped=(
-                f"no shift applied: {len(ciphertexts)} institution(s) sent encrypted "
+                f"no shift applied: {len(valid)} institution(s) sent valid encrypted "
                 f"calibration sums; the task's minimum is {config.min_contributors} "
                 "contributors, so nothing was added or decrypted"
             ),
         )
     try:
-        public = load_public_context(Path(config.he_public_context))
-        total = sum_encrypted_sums(public, [ciphertexts[p] for p in sorted(ciphertexts)])
-    except (CountyflError, ValueError) as error:
+        total = sum_encrypted_sums(public, valid)
+    except (ValueError, RuntimeError, TypeError) as error:  # TenSEAL's mismatched vectors
         return CalibrationRecord(
-            contributors=len(ciphertexts), encrypted=True, skipped=f"no shift applied: {error}"
+            contributors=len(valid), encrypted=True, skipped=f"no shift applied: {error}"
         )
     write_file(output / CALIBRATION_AGGREGATE_FILE, total, replace=True)
-    return CalibrationRecord(contributors=len(ciphertexts), rows=rows, encrypted=True)
+    return CalibrationRecord(contributors=len(valid), rows=rows, encrypted=True)
 
 
 def _write_history(

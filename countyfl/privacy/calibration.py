@@ -151,11 +151,12 @@ def release_calibration(
     def draw() -> dict[str, float]:
         exact = training_sums(model, x, y)
         draws = torch.normal(0.0, 1.0, size=(3,), generator=generator, dtype=torch.float64)
+        noisy = [value + drawn * float(d) for value, d in zip(exact, draws, strict=True)]
         # Rounded to whole records: post-processing that also drops the noise's low bits.
-        return {
-            key: float(round(value + drawn * float(d)))
-            for key, value, d in zip((POSITIVES, RISK, SPREAD), exact, draws, strict=True)
-        }
+        # A share is not rounded: the sum of rounded shares would not be post-processing of
+        # the sum; the key holder rounds the decrypted sum (decrypt_sums).
+        values = noisy if noise_shares > 1 else [float(round(v)) for v in noisy]
+        return dict(zip((POSITIVES, RISK, SPREAD), values, strict=True))
 
     values, epsilon_after = release_once(
         mechanism=Mechanism.CALIBRATION,
@@ -258,15 +259,22 @@ def encrypt_sums(secret_context: Any, sums: CalibrationSums) -> np.ndarray:
     return np.frombuffer(vector.serialize(), dtype=np.uint8).copy()
 
 
-def sum_encrypted_sums(public_context: Any, ciphertexts: Sequence[bytes]) -> bytes:
-    """Add the sites' encrypted sums with the public context (the county holds no key)."""
+def check_encrypted_sums(public_context: Any, ciphertext: bytes) -> Any:
+    """One site's encrypted sums as a CKKS vector (ValueError if it is not three sums under
+    this context and its parameters)."""
     from countyfl.privacy.he.codec import load_vector
 
+    vector = load_vector(public_context, ciphertext)  # CodecError is a ValueError
+    if vector.size() != 3:
+        raise ValueError(f"encrypted calibration sums hold {vector.size()} values, not 3")
+    return vector
+
+
+def sum_encrypted_sums(public_context: Any, ciphertexts: Sequence[bytes]) -> bytes:
+    """Add the sites' encrypted sums with the public context (the county holds no key)."""
     if not ciphertexts:
         raise ValueError("no encrypted calibration sums to add")
-    vectors = [load_vector(public_context, data) for data in ciphertexts]
-    if any(v.size() != 3 for v in vectors):
-        raise ValueError("an encrypted calibration reply does not hold exactly three sums")
+    vectors = [check_encrypted_sums(public_context, data) for data in ciphertexts]
     total = vectors[0]
     for vector in vectors[1:]:
         total = total + vector
@@ -280,5 +288,8 @@ def decrypt_sums(secret_context: Any, ciphertext: bytes, rows: float) -> Calibra
     values = [float(v) for v in load_vector(secret_context, ciphertext).decrypt()]
     if len(values) != 3 or not all(math.isfinite(v) and abs(v) <= MAX_SUM for v in values):
         raise ValueError("the encrypted calibration aggregate does not decrypt to three sums")
+    # Whole records, as a site rounds its own sums under local noise: post-processing of
+    # the decrypted sum, which also drops the low bits of the noise and of CKKS's error.
+    values = [float(round(v)) for v in values]
     positives, risk, spread = values
     return CalibrationSums(positives, risk, spread, rows)

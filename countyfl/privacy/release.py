@@ -78,17 +78,25 @@ class ReleasedField:
         return f"{self.path}: {self.protection.value}{paid}: {self.justification}"
 
 
-def _update(encrypted: bool, dp: bool) -> ReleasedField:
+def _update(encrypted: bool, dp: bool, distributed: bool = False) -> ReleasedField:
     if encrypted:
         return ReleasedField(
             Phase.TRAIN,
             protocol.ARRAYS,
             ANY_KEY,
             Protection.ENCRYPTED,
-            "CKKS ciphertexts of the model weights times the noisy example count, with the key "
-            "fingerprint, packing and sizes; the county node can only add them, and key holders "
-            "decrypt only the sum over institutions"
-            + ("; the weights are DP-SGD outputs" if dp else "; trained WITHOUT DP"),
+            "CKKS ciphertexts of the model weights times the update's aggregation weight, "
+            "with the key fingerprint, packing and sizes; the county node can only add them, "
+            "and key holders decrypt only the sum over institutions"
+            + (
+                "; the weights are the output of one DP-SGD step that carries only a share of "
+                "the noise (distributed noise: only the sum of at least min-contributors "
+                "updates carries all of it)"
+                if dp and distributed
+                else "; the weights are DP-SGD outputs"
+                if dp
+                else "; trained WITHOUT DP"
+            ),
             "dp-sgd" if dp else "",
         )
     if dp:
@@ -124,7 +132,7 @@ def inventory(
         "a function of the noisy count (which sets the sample rate) and of public settings "
         "only: post-processing"
     )
-    fields: list[ReleasedField] = [_update(encrypted, dp)]
+    fields: list[ReleasedField] = [_update(encrypted, dp, distributed)]
     if dp:
         fields.append(
             ReleasedField(

@@ -19,7 +19,12 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 
 from countyfl import models, protocol, scenarios
 from countyfl.federation import server_app
-from countyfl.privacy.calibration import decrypt_sums, intercept_shift, sums_of
+from countyfl.privacy.calibration import (
+    check_encrypted_sums,
+    decrypt_sums,
+    intercept_shift,
+    sums_of,
+)
 from countyfl.privacy.he.codec import deserialize
 from countyfl.privacy.he.keys import (
     PUBLIC_CONTEXT_FILE,
@@ -216,12 +221,12 @@ def _check(
         with pytest.raises(ValueError):
             decrypt_sums(public, data, rows=1.0)
         secret = load_secret_context(tmp_path / "keys" / SECRET_CONTEXT_FILE)
-        sums = decrypt_sums(secret, data, rows=1.0)
+        positives, risk, spread = check_encrypted_sums(secret, data).decrypt()
         paid = ledger.released(run_id, Mechanism.CALIBRATION)
         assert paid is not None, "calibration sums sent but not paid for"
-        assert sums.positives == pytest.approx(paid["positives"], abs=1e-3)
-        assert sums.risk == pytest.approx(paid["risk"], abs=1e-3)
-        assert sums.spread == pytest.approx(paid["spread"], abs=1e-3)
+        assert positives == pytest.approx(paid["positives"], abs=1e-3)
+        assert risk == pytest.approx(paid["risk"], abs=1e-3)
+        assert spread == pytest.approx(paid["spread"], abs=1e-3)
         (spend,) = [s for s in ledger.spends() if s.mechanism == Mechanism.CALIBRATION.value]
         assert spend.noise_shares == config.min_contributors
         return

@@ -585,12 +585,13 @@ def test_a_distributed_noise_run_sums_every_sites_share_under_ckks(tmp_path: Pat
         for name in history.institution_names().values()
     ]
     assert all(r is not None for r in released)
+    # Shares are sent unrounded; the key holder rounds their decrypted sum to whole records.
     expected = intercept_shift(
         [
             CalibrationSums(
-                sum(r["positives"] for r in released if r),
-                sum(r["risk"] for r in released if r),
-                sum(r["spread"] for r in released if r),
+                round(sum(r["positives"] for r in released if r)),
+                round(sum(r["risk"] for r in released if r)),
+                round(sum(r["spread"] for r in released if r)),
                 record.rows,
             )
         ],
@@ -599,11 +600,68 @@ def test_a_distributed_noise_run_sums_every_sites_share_under_ckks(tmp_path: Pat
     metadata = publish(output, secret_context_path=Path(config.he_secret_context))
     published = metadata["calibration"]
     assert published.encrypted and published.contributors == 4
-    assert published.positives == pytest.approx(expected.positives, abs=0.01)
-    assert published.risk == pytest.approx(expected.risk, abs=0.01)
+    assert published.positives == expected.positives and published.risk == expected.risk
     assert published.shift == pytest.approx(expected.shift, abs=1e-4)
     with np.load(output / "published" / "model.npz") as model:
         assert all(np.isfinite(model[name]).all() for name in model.files)
     # Without the key, nothing is published: the sums stay encrypted.
     with pytest.raises(PublishError, match="secret context"):
         publish(output, output / "keyless")
+    # A record claiming fewer contributors than the task's minimum is not decrypted.
+    record.model_copy(update={"contributors": 3}).write(output)
+    with pytest.raises(PublishError, match="fewer than the task's min-contributors 4"):
+        publish(output, output / "few", secret_context_path=Path(config.he_secret_context))
+
+
+def test_encrypted_calibration_leaves_out_bad_replies_and_decrypts_nothing_below_the_minimum(
+    tmp_path: Path,
+) -> None:
+    """A node's malformed encrypted sums or row count are left out and recorded, never a
+    crash; with fewer valid sites than min-contributors nothing is added or decrypted."""
+    from flwr.app import Array, ArrayRecord
+
+    from countyfl import protocol
+    from countyfl.federation.server_app import calibrate_encrypted
+    from countyfl.federation.strategies.recording import _calibration_ciphertext
+    from countyfl.privacy.calibration import CalibrationSums, encrypt_sums
+    from countyfl.privacy.he.keys import load_secret_context
+    from countyfl.runs import CALIBRATION_AGGREGATE_FILE
+
+    keys = _ckks(tmp_path)
+    config = _config(
+        tmp_path,
+        **keys,
+        **{
+            "dp-noise": "distributed",
+            "dp-sample-rate": 0.2,
+            "local-steps": 1,
+            "aggregation-weight": "batch",
+            "min-contributors": 3,
+            "calibration": "intercept",
+        },
+    )
+    strategy = build_strategy(config, 4, 14)
+    secret = load_secret_context(Path(keys["he-secret-context"]))
+    good = [encrypt_sums(secret, CalibrationSums(10.0, 8.0, 20.0, 100.0)).tobytes()] * 3
+    record = strategy.history.round(2)
+    strategy.history.round(1)
+    for partition, rows in enumerate((100.0, 100.0, float("nan"), 100.0)):
+        record.evaluate[partition] = {protocol.CALIBRATION_ROWS: rows}
+        record.institutions[partition] = f"site-{partition}"
+    # A ciphertext that is not one, and a row count that is not a number
+    strategy.calibration_ciphertexts = {0: good[0], 1: good[1], 2: good[2], 3: b"not ckks"}
+    output = tmp_path / "out"
+    output.mkdir()
+    skipped = calibrate_encrypted(strategy, config, output)
+    assert skipped.contributors == 2 and "minimum is 3" in skipped.skipped
+    assert not (output / CALIBRATION_AGGREGATE_FILE).exists()
+    assert any("site-2: encrypted sums without a valid row count" in f for f in record.failures)
+    assert any(f.startswith("calibration: site-3:") for f in record.failures)
+    # Three valid sites: summed, kept for the key holder, never read by the county
+    record.evaluate[2] = {protocol.CALIBRATION_ROWS: 100.0}
+    done = calibrate_encrypted(strategy, config, output)
+    assert done.contributors == 3 and done.rows == 300.0 and not done.skipped
+    assert (output / CALIBRATION_AGGREGATE_FILE).is_file()
+    # A reply whose array is not the bytes it claims is left out by the strategy, no crash
+    garbage = Array(dtype="uint8", shape=(5,), stype="numpy.ndarray", data=b"\x00\x01")
+    assert _calibration_ciphertext(ArrayRecord({protocol.CIPHERTEXT: garbage})) is None

@@ -185,6 +185,7 @@ def test_a_distributed_run_config_holds_as_many_shares_as_min_contributors() -> 
         ({"local-steps-policy": "epoch"}, 'local-steps-policy = "fixed"'),
         ({"strategy": "fedprox", "proximal-mu": 0.01}, 'strategy = "fedavg"'),
         ({"dp": False}, "dp = true"),
+        ({"optimizer": "adam"}, 'optimizer = "sgd"'),
     ],
 )
 def test_distributed_noise_refuses_a_run_where_the_shares_would_not_add_up(
@@ -259,13 +260,14 @@ def test_encrypted_calibration_sums_add_up_to_the_plaintext_sums_and_only_the_ke
 
     secret = create_secret_context()
     public = public_copy(secret)
-    sites = [CalibrationSums(12.0 + i, 40.5 - i, 100.25 * i, 300.0) for i in range(5)]
+    sites = [CalibrationSums(12.4 + i, 40.25 - i, 100.2 * i, 300.0) for i in range(5)]
     ciphertexts = [encrypt_sums(secret, s).tobytes() for s in sites]
     total = sum_encrypted_sums(public, ciphertexts)
     decrypted = decrypt_sums(secret, total, rows=1500.0)
-    assert decrypted.positives == pytest.approx(sum(s.positives for s in sites), abs=1e-3)
-    assert decrypted.risk == pytest.approx(sum(s.risk for s in sites), abs=1e-3)
-    assert decrypted.spread == pytest.approx(sum(s.spread for s in sites), abs=1e-3)
+    # The key holder rounds the decrypted sums to whole records (72.0, 191.25, 1002.0)
+    assert decrypted.positives == round(sum(s.positives for s in sites)) == 72
+    assert decrypted.risk == round(sum(s.risk for s in sites)) == 191
+    assert decrypted.spread == round(sum(s.spread for s in sites)) == 1002
     assert decrypted.rows == 1500.0
     with pytest.raises(ValueError):  # the county's context cannot read the sum
         decrypt_sums(public, total, rows=1500.0)
@@ -304,12 +306,85 @@ def test_the_guard_lets_encrypted_calibration_sums_out_only_as_one_ciphertext() 
         )
         return Message(content=content, metadata=metadata)
 
-    good = ArrayRecord({protocol.CIPHERTEXT: Array(np.zeros(64, dtype=np.uint8))})
+    good = ArrayRecord({protocol.CIPHERTEXT: Array(np.zeros(130_000, dtype=np.uint8))})
     assert release_problems(reply(good), Phase.EVALUATE, fields) == []
     plain = ArrayRecord({protocol.CIPHERTEXT: Array(np.zeros(3, dtype=np.float64))})
     assert "must be CKKS ciphertexts" in release_problems(reply(plain), Phase.EVALUATE, fields)[0]
+    # Three plaintext floats seen as bytes are 24 bytes, not a ciphertext
+    raw = np.array([40.0, 12.0, 30.0]).view(np.uint8)
+    as_bytes = ArrayRecord({protocol.CIPHERTEXT: Array(raw)})
+    assert (
+        "must be CKKS ciphertexts" in release_problems(reply(as_bytes), Phase.EVALUATE, fields)[0]
+    )
     # Under distributed noise the plaintext sums are not in the inventory at all.
     leaked = release_problems(
         reply(good, **{protocol.CALIBRATION_POSITIVES: 40.0}), Phase.EVALUATE, fields
     )
     assert leaked == ["evaluate:metrics.calibration-positives is not in the release inventory"]
+
+
+def test_one_step_weighted_by_its_divisor_is_minus_lr_times_the_clipped_gradient_sum() -> None:
+    """The linearity the analysis rests on, with real gradients: without noise, at rate 1
+    (every row in the batch), ``b (w' - w) = -lr sum_j clip(grad_j)`` exactly, whatever the
+    momentum setting (a fresh optimizer's first step has no momentum) and for a divisor
+    ``b`` other than the batch."""
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(20, 6)).astype(np.float32) * 3
+    y = (rng.random(20) < 0.4).astype(np.float32)
+    model = nn.Linear(6, 1)
+    start_w = model.weight.detach().numpy().astype(np.float64).ravel().copy()
+    start_b = float(model.bias.detach().numpy()[0])
+
+    class Squeezed(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear = model
+
+        def forward(self, rows: torch.Tensor) -> torch.Tensor:
+            return self.linear(rows).squeeze(-1)
+
+    plan = TrainingPlan(local_steps=1, batch_size=20, learning_rate=0.5, momentum=0.9)
+    privacy = PrivacyPlan(0.0, 1.0, AccountantName.RDP, sample_rate=1.0, expected_batch_size=7)
+    train_private(Squeezed(), x, y, plan, privacy, [])
+    # Per-example gradients of the logistic loss, clipped to norm 1, summed
+    p = 1 / (1 + np.exp(-(x.astype(np.float64) @ start_w + start_b)))
+    grads = np.hstack([(p - y)[:, None] * x, (p - y)[:, None]])
+    grads /= np.maximum(1.0, np.linalg.norm(grads, axis=1))[:, None]
+    expected = -0.5 * grads.sum(axis=0)
+    moved = np.append(model.weight.detach().numpy().ravel() - start_w, model.bias.item() - start_b)
+    np.testing.assert_allclose(7 * moved, expected, atol=1e-5)
+
+
+def test_sites_with_their_own_delta_still_calibrate_the_runs_sigma(tmp_path: Path) -> None:
+    x, y = _zero_rows(40)
+    spends = []
+    for site, delta in enumerate((1e-3, 1e-5)):
+        ledger = PrivacyLedger(tmp_path / f"site-{site}" / "ledger.sqlite")
+        spend = train_within_budget(
+            institution_id=f"site-{site}",
+            ledger=ledger,
+            budget=Budget(10.0, delta),
+            run_id="1",
+            server_round=1,
+            model=BiasFree(),
+            x=x,
+            y=y,
+            plan=ONE_STEP,
+            target_epsilon=1.0,
+            steps_per_run=1,
+            max_grad_norm=1.0,
+            accountant=AccountantName.RDP,
+            grad_sample_mode=GradSampleMode.HOOKS,
+            count_noise=10.0,
+            sample_rate=0.2,
+            noise_shares=2,
+            calibration_delta=1e-3,
+        )
+        spends.append(spend)
+        # Each ledger accounts at the site's own delta: the stricter site spends more.
+        history = [gaussian_entry(10.0), (spend.noise_multiplier, 0.2, 1)]
+        assert spend.epsilon_after == pytest.approx(
+            epsilon_of(history, delta, AccountantName.RDP), rel=1e-6
+        )
+    assert spends[0].noise_multiplier == spends[1].noise_multiplier
+    assert spends[1].epsilon_after > spends[0].epsilon_after

@@ -68,7 +68,10 @@ def _calibration_ciphertext(record: ArrayRecord) -> bytes | None:
     array = record[protocol.CIPHERTEXT]
     if array.dtype != "uint8" or len(array.shape) != 1:
         return None
-    data = array.numpy().tobytes()
+    try:
+        data = array.numpy().tobytes()
+    except (TypeError, ValueError):  # bytes that are not what the array says it holds
+        return None
     return data if 0 < len(data) <= MAX_CALIBRATION_BYTES else None
 
 
@@ -81,18 +84,21 @@ class RecordingStrategy(Strategy):
         history: FederationHistory | None = None,
         on_round_end: RoundCallback | None = None,
         min_contributors: int = 1,
+        keep_calibration_ciphertexts: bool = False,
     ) -> None:
         self.strategy = strategy
         self.min_contributors = min_contributors
+        self.keep_calibration_ciphertexts = keep_calibration_ciphertexts
         self.history = history if history is not None else FederationHistory()
         self.on_round_end = on_round_end
         # Reports rounds and each reply's fate as they happen (set by the ServerApp).
         self.progress: RunProgress | None = None
         # (server round, phase) -> node ids a task was sent to
         self._sent: dict[tuple[int, str], set[int]] = {}
-        # server round -> partition id -> a site's encrypted calibration sums (distributed
-        # noise: the county adds them with the public context and never reads one)
-        self.calibration_ciphertexts: dict[int, dict[int, bytes]] = {}
+        # Distributed noise only: partition id -> a site's encrypted calibration sums, of the
+        # latest round that had any (the county adds them and never reads one)
+        self.calibration_ciphertexts: dict[int, bytes] = {}
+        self._calibration_round = 0
 
     def __repr__(self) -> str:
         return f"RecordingStrategy({self.strategy!r})"
@@ -184,23 +190,37 @@ class RecordingStrategy(Strategy):
             partition_id, values = parsed
             getattr(record, phase)[partition_id] = values
             encrypted = message.content.get(protocol.CALIBRATION_SUMS)
-            if phase == "evaluate" and isinstance(encrypted, ArrayRecord):
-                ciphertext = _calibration_ciphertext(encrypted)
-                if ciphertext is None:
-                    record.failures.append(
-                        f"{phase}: node {node}: encrypted calibration sums that are not one "
-                        f"ciphertext of at most {MAX_CALIBRATION_BYTES} bytes (left out)"
-                    )
-                else:
-                    self.calibration_ciphertexts.setdefault(server_round, {})[partition_id] = (
-                        ciphertext
-                    )
+            if phase == "evaluate" and encrypted is not None:
+                self._keep_calibration(server_round, node, partition_id, encrypted)
             site = message.content.get(protocol.SITE)
             name = site.get(protocol.INSTITUTION_ID) if isinstance(site, ConfigRecord) else None
             if isinstance(name, str):
                 record.institutions[partition_id] = name
             forwarded.append(message)
         return forwarded
+
+    def _keep_calibration(
+        self, server_round: int, node: int, partition_id: int, encrypted: object
+    ) -> None:
+        """Keep a reply's encrypted calibration sums (distributed noise), or say why not."""
+        record = self.history.round(server_round)
+        ciphertext = (
+            _calibration_ciphertext(encrypted) if isinstance(encrypted, ArrayRecord) else None
+        )
+        if not self.keep_calibration_ciphertexts:
+            record.failures.append(
+                f"evaluate: node {node}: encrypted calibration sums the task does not ask for "
+                "(left out)"
+            )
+        elif ciphertext is None:
+            record.failures.append(
+                f"evaluate: node {node}: encrypted calibration sums that are not one "
+                f"ciphertext of at most {MAX_CALIBRATION_BYTES} bytes (left out)"
+            )
+        else:
+            if server_round != self._calibration_round:
+                self.calibration_ciphertexts, self._calibration_round = {}, server_round
+            self.calibration_ciphertexts[partition_id] = ciphertext
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
