@@ -56,6 +56,30 @@ def _step(model: nn.Module) -> np.ndarray:
     return model.linear.weight.detach().numpy().ravel().astype(np.float64)
 
 
+def _one_round(ledger: PrivacyLedger, rows: int, **settings: Any) -> Any:
+    """Round 1 of run "1" at a site of ``rows`` zero-feature rows: one step, epsilon 1,
+    RDP, count noise 10 (``settings`` overrides any of it)."""
+    x, y = _zero_rows(rows)
+    arguments: dict[str, Any] = {
+        "institution_id": "site",
+        "ledger": ledger,
+        "budget": Budget(10.0, 1e-3),
+        "run_id": "1",
+        "server_round": 1,
+        "model": BiasFree(),
+        "x": x,
+        "y": y,
+        "plan": ONE_STEP,
+        "target_epsilon": 1.0,
+        "steps_per_run": 1,
+        "max_grad_norm": 1.0,
+        "accountant": AccountantName.RDP,
+        "grad_sample_mode": GradSampleMode.HOOKS,
+        "count_noise": 10.0,
+    }
+    return train_within_budget(**(arguments | settings))
+
+
 @pytest.mark.parametrize("shares", [1, 9])
 def test_a_site_draws_its_share_and_its_history_records_the_whole_sigma(shares: int) -> None:
     model = BiasFree()
@@ -83,30 +107,17 @@ def test_the_countys_sum_of_shares_carries_the_whole_sigma(tmp_path: Path) -> No
     by their expected batches add up to the county's noisy gradient sum, whose noise is
     sigma; every site calibrated the same sigma and its ledger spends the run's epsilon."""
     sites, rate, target = 8, 0.1, 1.0
-    budget = Budget(10.0, 1e-3)
     total = np.zeros(WEIGHTS)
     sigmas, singles = set(), []
     for site in range(sites):
-        rows = 60 + 50 * site
-        x, y = _zero_rows(rows)
         model = BiasFree()
         ledger = PrivacyLedger(tmp_path / f"site-{site}" / "ledger.sqlite")
-        spend = train_within_budget(
+        spend = _one_round(
+            ledger,
+            60 + 50 * site,
             institution_id=f"site-{site}",
-            ledger=ledger,
-            budget=budget,
-            run_id="1",
-            server_round=1,
             model=model,
-            x=x,
-            y=y,
-            plan=ONE_STEP,
             target_epsilon=target,
-            steps_per_run=1,
-            max_grad_norm=1.0,
-            accountant=AccountantName.RDP,
-            grad_sample_mode=GradSampleMode.HOOKS,
-            count_noise=10.0,
             sample_rate=rate,
             noise_shares=sites,
             calibration_delta=1e-3,
@@ -134,26 +145,8 @@ def test_the_countys_sum_of_shares_carries_the_whole_sigma(tmp_path: Path) -> No
 
 
 def test_distributed_noise_without_its_rate_is_refused(tmp_path: Path) -> None:
-    x, y = _zero_rows(10)
     with pytest.raises(ConfigError, match="sample rate"):
-        train_within_budget(
-            institution_id="site",
-            ledger=PrivacyLedger(tmp_path / "ledger.sqlite"),
-            budget=Budget(10.0, 1e-3),
-            run_id="1",
-            server_round=1,
-            model=BiasFree(),
-            x=x,
-            y=y,
-            plan=ONE_STEP,
-            target_epsilon=1.0,
-            steps_per_run=1,
-            max_grad_norm=1.0,
-            accountant=AccountantName.RDP,
-            grad_sample_mode=GradSampleMode.HOOKS,
-            count_noise=10.0,
-            noise_shares=4,
-        )
+        _one_round(PrivacyLedger(tmp_path / "ledger.sqlite"), 10, noise_shares=4)
 
 
 DISTRIBUTED = {
@@ -198,25 +191,8 @@ def test_distributed_noise_refuses_a_run_where_the_shares_would_not_add_up(
 
 def test_the_ledger_says_which_spends_assumed_distributed_noise(tmp_path: Path) -> None:
     ledger = PrivacyLedger(tmp_path / "ledger.sqlite")
-    x, y = _zero_rows(30)
-    common: dict[str, Any] = {
-        "institution_id": "site",
-        "ledger": ledger,
-        "budget": Budget(10.0, 1e-3),
-        "model": BiasFree(),
-        "x": x,
-        "y": y,
-        "plan": ONE_STEP,
-        "target_epsilon": 1.0,
-        "steps_per_run": 1,
-        "max_grad_norm": 1.0,
-        "accountant": AccountantName.RDP,
-        "grad_sample_mode": GradSampleMode.HOOKS,
-        "count_noise": 10.0,
-        "sample_rate": 0.2,
-    }
-    train_within_budget(run_id="1", server_round=1, noise_shares=5, **common)
-    train_within_budget(run_id="2", server_round=1, **common)
+    _one_round(ledger, 30, sample_rate=0.2, noise_shares=5)
+    _one_round(ledger, 30, sample_rate=0.2, run_id="2")
     shares = [(s.run_id, s.mechanism, s.noise_shares) for s in ledger.spends()]
     assert shares == [
         ("1", "noisy-count", 1),
@@ -356,26 +332,12 @@ def test_one_step_weighted_by_its_divisor_is_minus_lr_times_the_clipped_gradient
 
 
 def test_sites_with_their_own_delta_still_calibrate_the_runs_sigma(tmp_path: Path) -> None:
-    x, y = _zero_rows(40)
     spends = []
     for site, delta in enumerate((1e-3, 1e-5)):
-        ledger = PrivacyLedger(tmp_path / f"site-{site}" / "ledger.sqlite")
-        spend = train_within_budget(
-            institution_id=f"site-{site}",
-            ledger=ledger,
+        spend = _one_round(
+            PrivacyLedger(tmp_path / f"site-{site}" / "ledger.sqlite"),
+            40,
             budget=Budget(10.0, delta),
-            run_id="1",
-            server_round=1,
-            model=BiasFree(),
-            x=x,
-            y=y,
-            plan=ONE_STEP,
-            target_epsilon=1.0,
-            steps_per_run=1,
-            max_grad_norm=1.0,
-            accountant=AccountantName.RDP,
-            grad_sample_mode=GradSampleMode.HOOKS,
-            count_noise=10.0,
             sample_rate=0.2,
             noise_shares=2,
             calibration_delta=1e-3,
