@@ -136,12 +136,13 @@ def _calibration(run_dir: Path) -> CalibrationRecord | None:
 
 
 def decrypted_calibration(
-    run_dir: Path, record: CalibrationRecord, secret_context_path: Path | None
+    run_dir: Path, record: CalibrationRecord, secret_context_path: Path | None, minimum: int
 ) -> CalibrationRecord:
     """Distributed noise: decrypt the county's summed calibration sums, compute the shift.
 
-    Only the sum of at least min-contributors sites is ever decrypted (the ServerApp adds
-    nothing below that), and it carries the whole noise (docs/privacy.md).
+    Only the sum of at least ``minimum`` (the run's min-contributors) sites is ever
+    decrypted (the ServerApp adds nothing below that), and it carries the whole noise
+    (docs/privacy.md).
     """
     from countyfl.privacy.calibration import decrypt_sums, intercept_shift
     from countyfl.privacy.he.codec import CodecError
@@ -152,7 +153,6 @@ def decrypted_calibration(
             f"{run_dir}'s calibration sums are encrypted: publishing needs the institutions' "
             "secret context (--secret-context)"
         )
-    minimum = int(_run_record(run_dir)[1].get("min-contributors", 2))
     if record.contributors < minimum:
         raise PublishError(
             f"{run_dir}'s encrypted calibration sums hold {record.contributors} institution(s), "
@@ -316,7 +316,9 @@ def publish(
     state = final_state(run_dir, secret_context_path)
     calibration = _calibration(run_dir)
     if calibration is not None and calibration.encrypted and not calibration.skipped:
-        calibration = decrypted_calibration(run_dir, calibration, secret_context_path)
+        calibration = decrypted_calibration(
+            run_dir, calibration, secret_context_path, int(config["min-contributors"])
+        )
     if calibration is not None:
         state = calibrated_state(state, calibration.shift)
     out = out_dir or run_dir / PUBLISHED_DIR

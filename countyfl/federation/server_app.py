@@ -246,7 +246,9 @@ def calibrate_encrypted(
         return CalibrationRecord(encrypted=True, skipped=f"no shift applied: {error}")
     valid: list[bytes] = []
     rows = 0.0
-    for partition_id, ciphertext in sorted(strategy.calibration_ciphertexts.items()):
+    # Only the last round's sums are of the final model: a node's earlier ones are stale.
+    sent = strategy.calibration_ciphertexts if strategy.calibration_round == rounds[-1] else {}
+    for partition_id, ciphertext in sorted(sent.items()):
         count = record.evaluate.get(partition_id, {}).get(protocol.CALIBRATION_ROWS)
         name = record.institutions.get(partition_id, f"partition {partition_id}")
         if count is None or not math.isfinite(count) or not 1 <= count <= MAX_SUM:

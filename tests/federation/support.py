@@ -14,6 +14,17 @@ from flwr.serverapp import Grid
 from countyfl.federation.client_app import make_client_app
 from countyfl.run_config import RunConfig
 
+DISTRIBUTED_NOISE: dict[str, Any] = {
+    "encryption": "ckks",
+    "he-public-context": "p.ckks",
+    "dp-noise": "distributed",
+    "dp-sample-rate": 0.1,
+    "local-steps": 1,
+    "aggregation-weight": "batch",
+    "min-contributors": 4,
+}
+"""A run config with distributed noise that parses (docs/privacy.md, "Distributed noise")."""
+
 
 def act_as_server_task(monkeypatch: pytest.MonkeyPatch) -> None:
     """What a ServerApp process knows of itself (Flower's strategies address messages with it)."""

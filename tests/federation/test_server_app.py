@@ -652,6 +652,11 @@ def test_encrypted_calibration_leaves_out_bad_replies_and_decrypts_nothing_below
     strategy.calibration_ciphertexts = {0: good[0], 1: good[1], 2: good[2], 3: b"not ckks"}
     output = tmp_path / "out"
     output.mkdir()
+    # Sums sent in an earlier round are not of the final model: none is used
+    strategy.calibration_round = 1
+    stale = calibrate_encrypted(strategy, config, output)
+    assert stale.contributors == 0 and "minimum is 3" in stale.skipped
+    strategy.calibration_round = 2
     skipped = calibrate_encrypted(strategy, config, output)
     assert skipped.contributors == 2 and "minimum is 3" in skipped.skipped
     assert not (output / CALIBRATION_AGGREGATE_FILE).exists()

@@ -27,6 +27,7 @@ from countyfl.privacy.modes import AccountantName, GradSampleMode
 from countyfl.privacy.weighting import AggregationWeight, aggregation_weight, expected_batch
 from countyfl.run_config import parse_run_config
 from countyfl.training.plan import TrainingPlan
+from tests.federation.support import DISTRIBUTED_NOISE
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:Full backward hook is firing", "ignore:Optimal order is the largest alpha"
@@ -149,16 +150,7 @@ def test_distributed_noise_without_its_rate_is_refused(tmp_path: Path) -> None:
         _one_round(PrivacyLedger(tmp_path / "ledger.sqlite"), 10, noise_shares=4)
 
 
-DISTRIBUTED = {
-    "scenario": "fed-heart-disease",
-    "encryption": "ckks",
-    "he-public-context": "p.ckks",
-    "dp-noise": "distributed",
-    "dp-sample-rate": 0.1,
-    "local-steps": 1,
-    "aggregation-weight": "batch",
-    "min-contributors": 4,
-}
+DISTRIBUTED = {"scenario": "fed-heart-disease", **DISTRIBUTED_NOISE}
 
 
 def test_a_distributed_run_config_holds_as_many_shares_as_min_contributors() -> None:

@@ -91,16 +91,9 @@ def test_seeded_randomness_is_stated_in_the_report(tmp_path: Path) -> None:
 
 
 def test_distributed_noise_and_its_assumption_are_stated_in_the_report(tmp_path: Path) -> None:
-    distributed = {
-        "encryption": "ckks",
-        "he-public-context": "p.ckks",
-        "dp-noise": "distributed",
-        "dp-sample-rate": 0.1,
-        "local-steps": 1,
-        "aggregation-weight": "batch",
-        "min-contributors": 4,
-    }
-    summary = summarize(_result(tmp_path, **distributed))
+    from tests.federation.support import DISTRIBUTED_NOISE
+
+    summary = summarize(_result(tmp_path, **DISTRIBUTED_NOISE))
     assert summary["privacy"]["noise"] == "distributed"
     assert summary["privacy"]["noise-shares"] == 4
     text = render_markdown(summary)

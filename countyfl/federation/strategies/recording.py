@@ -95,10 +95,11 @@ class RecordingStrategy(Strategy):
         self.progress: RunProgress | None = None
         # (server round, phase) -> node ids a task was sent to
         self._sent: dict[tuple[int, str], set[int]] = {}
-        # Distributed noise only: partition id -> a site's encrypted calibration sums, of the
-        # latest round that had any (the county adds them and never reads one)
+        # Distributed noise only: partition id -> a site's encrypted calibration sums, of
+        # calibration_round, the latest round that had any (the county adds them and never
+        # reads one)
         self.calibration_ciphertexts: dict[int, bytes] = {}
-        self._calibration_round = 0
+        self.calibration_round = 0
 
     def __repr__(self) -> str:
         return f"RecordingStrategy({self.strategy!r})"
@@ -218,8 +219,8 @@ class RecordingStrategy(Strategy):
                 f"ciphertext of at most {MAX_CALIBRATION_BYTES} bytes (left out)"
             )
         else:
-            if server_round != self._calibration_round:
-                self.calibration_ciphertexts, self._calibration_round = {}, server_round
+            if server_round != self.calibration_round:
+                self.calibration_ciphertexts, self.calibration_round = {}, server_round
             self.calibration_ciphertexts[partition_id] = ciphertext
 
     def aggregate_train(
