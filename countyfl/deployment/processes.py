@@ -228,6 +228,90 @@ def _flwr(state_dir: Path, *args: str, timeout: float = 120) -> Any:
     return answer
 
 
+class RunStatusReader:
+    """A run's status from the SuperLink's Control API, over one connection kept open.
+
+    ``flwr ls`` is a new interpreter importing Flower and a new TLS connection every
+    call: about 1.5 CPU-seconds at the caller and a handshake at the SuperLink. A
+    deployment polls every 2 s, so on a 2-core county machine the polls took a quarter of
+    a round's CPU (measured in docs/deployment.md). This asks the same question Flower's
+    ``flwr ls --run-id`` asks (``ListRuns``), with Flower's own client and status text,
+    from this process. If Flower's client cannot be made here (a connection this process
+    cannot read), it asks ``flwr ls`` as before.
+    """
+
+    def __init__(self, state_dir: Path, connection: str = CONNECTION) -> None:
+        self.state_dir = state_dir
+        self.connection = connection
+        self._client: Any = None
+        self._fallback = False
+
+    def _home(self) -> Any:
+        """FLWR_HOME set to the county's while Flower's client reads its configuration."""
+        import contextlib
+
+        @contextlib.contextmanager
+        def home() -> Any:
+            previous = os.environ.get("FLWR_HOME")
+            os.environ["FLWR_HOME"] = str(flwr_home(self.state_dir))
+            try:
+                yield
+            finally:
+                if previous is None:
+                    os.environ.pop("FLWR_HOME", None)
+                else:
+                    os.environ["FLWR_HOME"] = previous
+
+        return home()
+
+    def _connect(self) -> Any:
+        if self._client is None and not self._fallback:
+            import contextlib
+            import io
+
+            try:
+                from flwr.cli.flower_config import read_superlink_connection
+                from flwr.cli.utils import init_http_client_from_connection
+
+                # Flower's helper prints "Using SuperLink: ..." for its CLI's user
+                with self._home(), contextlib.redirect_stdout(io.StringIO()):
+                    self._client = init_http_client_from_connection(
+                        read_superlink_connection(self.connection)
+                    )
+            except Exception:  # any failure: Flower's own CLI, which says what is wrong
+                self._fallback = True
+        return self._client
+
+    def status(self, run_id: str) -> tuple[str, str]:
+        """The run's status text (``running``, ``finished:completed``...) and its details."""
+        client = self._connect()
+        if client is None:
+            runs = _flwr(self.state_dir, "ls", self.connection, "--run-id", run_id).get("runs", [])
+            if not runs:
+                raise DeploymentError(f"the SuperLink knows no run {run_id}")
+            return str(runs[0]["status"]), str(runs[0].get("status-details", ""))
+        from flwr.cli.run_utils import format_runs
+        from flwr.common.serde import run_from_proto
+        from flwr.proto.control_pb2 import ListRunsRequest
+
+        try:
+            with self._home():
+                answer = client.ListRuns(ListRunsRequest(run_id=int(run_id)))
+        except Exception as error:  # Flower's client raises its transport's errors
+            raise DeploymentError(
+                f"the SuperLink did not say how run {run_id} stands: {error}"
+            ) from None
+        rows = format_runs([run_from_proto(run) for run in answer.run_dict.values()], answer.now)
+        if not rows:
+            raise DeploymentError(f"the SuperLink knows no run {run_id}")
+        return rows[0].status_text, rows[0].details
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+
 def register_node(state_dir: Path, public_key: Path) -> str:
     """Register a SuperNode's public key with the SuperLink; returns Flower's node id."""
     answer = _flwr(state_dir, "supernode", "register", str(public_key.resolve()), CONNECTION)
@@ -406,24 +490,26 @@ def submit_run(
             if on_event is not None:
                 on_event(event)
 
-    while True:
-        follow()
-        now = time.monotonic()
-        if now - started >= deadline_seconds:
-            break
-        if now >= next_poll:
-            runs = _flwr(state_dir, "ls", connection, "--run-id", run_id).get("runs", [])
-            status = str(runs[0]["status"]) if runs else status
-            if on_status is not None:
-                on_status(run_id, status)
-            if status.startswith("finished"):
-                follow()
-                details = str(runs[0].get("status-details", "")) if runs else ""
-                if not reason and status != "finished:completed" and details != "N/A":
-                    reason = details
-                return RunOutcome(run_id, status, time.monotonic() - started, reason)
-            next_poll = now + (min(poll_seconds, 1.0) if ended else poll_seconds)
-        time.sleep(tick_seconds)
+    statuses = RunStatusReader(state_dir, connection)
+    try:
+        while True:
+            follow()
+            now = time.monotonic()
+            if now - started >= deadline_seconds:
+                break
+            if now >= next_poll:
+                status, details = statuses.status(run_id)
+                if on_status is not None:
+                    on_status(run_id, status)
+                if status.startswith("finished"):
+                    follow()
+                    if not reason and status != "finished:completed" and details != "N/A":
+                        reason = details
+                    return RunOutcome(run_id, status, time.monotonic() - started, reason)
+                next_poll = now + (min(poll_seconds, 1.0) if ended else poll_seconds)
+            time.sleep(tick_seconds)
+    finally:
+        statuses.close()
     _flwr(state_dir, "stop", run_id, connection)
     return RunOutcome(
         run_id,

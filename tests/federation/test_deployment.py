@@ -27,10 +27,11 @@ from countyfl.deployment import (
     approve_task,
     load_site,
     load_site_data,
+    processes,
     read_refusals,
 )
 from countyfl.deployment.local_county import LocalCounty, task_manifest, wait_for
-from countyfl.deployment.processes import online_nodes
+from countyfl.deployment.processes import RunStatusReader, online_nodes
 from countyfl.federation.client_app import deployed_partition_id
 from countyfl.privacy.he.cache import CACHE_DIR
 from countyfl.privacy.he.keys import SECRET_CONTEXT_FILE
@@ -97,11 +98,12 @@ def test_four_sites_train_under_dp_and_ckks_over_tls(county: LocalCounty) -> Non
     history = _history(output)
     assert sorted(history) == ["1", "2"]
     names = _names(history)
+    run = json.loads((output / "run.json").read_text())
+    _status_is_read_in_process(county, str(run["run-id"]))
     assert sorted(names.values()) == sorted(county.sites)
     # The county only ever held the encrypted aggregate.
     assert (output / "final-aggregate.npz").is_file()
     assert not (output / "final-model.npz").exists()
-    run = json.loads((output / "run.json").read_text())
     published = output / "published"
     publish(output, published, secret_context_path=county.keys / SECRET_CONTEXT_FILE)
     for institution, site_file in county.sites.items():
@@ -134,6 +136,31 @@ def test_four_sites_train_under_dp_and_ckks_over_tls(county: LocalCounty) -> Non
         assert result["loss"] == pytest.approx(
             history["2"]["evaluate"][partition]["loss"], abs=1e-4
         )
+
+
+def _status_is_read_in_process(county: LocalCounty, run_id: str) -> None:
+    """countyfl run asks a run's status over one Control API connection, no `flwr ls`.
+
+    Oracle: Flower's own CLI says the same. Every `flwr ls` was a new interpreter (about
+    1.5 CPU-seconds) every 2 s of a run, a quarter of a deployment round's CPU.
+    """
+    expected = processes._flwr(county.state, "ls", processes.CONNECTION, "--run-id", run_id)
+    reader = RunStatusReader(county.state)
+    spawned: list[object] = []
+    original = subprocess.Popen.__init__
+
+    def record(self: subprocess.Popen[bytes], *args: Any, **kwargs: Any) -> None:
+        spawned.append(args[0] if args else kwargs.get("args"))
+        original(self, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(subprocess.Popen, "__init__", record)
+        answers = [reader.status(run_id) for _ in range(3)]
+    reader.close()
+    assert spawned == []
+    status = expected["runs"][0]
+    assert answers == [(status["status"], status["status-details"])] * 3
+    assert answers[0][0] == "finished:completed"
 
 
 def test_faults_refusals_and_a_killed_node(county: LocalCounty) -> None:
