@@ -28,6 +28,7 @@ from countyfl.deployment.site import SiteConfig, load_site
 from countyfl.deployment.site_data import load_site_data
 from countyfl.deployment.tasks import TaskNotApprovedError, enforce_approval
 from countyfl.errors import ConfigError, CountyflError
+from countyfl.federation.fused import handle_fused
 from countyfl.federation.records import arrays_of, load_arrays, model_to_arrays, server_round_of
 from countyfl.federation.release_guard import release_guard
 from countyfl.privacy.budget import BudgetExceededError, release_count, train_within_budget
@@ -468,6 +469,12 @@ def make_client_app(config: RunConfig | None = None) -> ClientApp:
             if encrypted is not None:
                 content[protocol.CALIBRATION_SUMS] = encrypted
         return Message(content=content, reply_to=msg)
+
+    @app.train("fused")
+    def fused_handler(msg: Message, context: Context) -> Message:
+        # A round's evaluation and the next round's training in one message: each part
+        # goes through this app (its release guard and site policy) as if it came alone.
+        return handle_fused(msg, context, app)
 
     return app
 

@@ -18,6 +18,9 @@ from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 
+from countyfl.federation.fused import pair as pair_instructions
+from countyfl.federation.fused import split as split_reply
+
 FIRST_WAIT = 0.02
 """Seconds before the first pull after a push (replies of warm sites come in tens of ms)."""
 LONGEST_WAIT = 0.25
@@ -63,10 +66,14 @@ class WrappedGrid(Grid):
         return self.grid.send_and_receive(messages, timeout=timeout)
 
     def send_and_receive_batches(
-        self, batches: Sequence[Iterable[Message]], *, timeout: float | None = None
+        self,
+        batches: Sequence[Iterable[Message]],
+        *,
+        timeout: float | None = None,
+        fuse: bool = False,
     ) -> list[list[Message]]:
-        """The replies to each batch; here one batch after the other (PromptGrid sends
-        them together)."""
+        """The replies to each batch; here one batch after the other, never fused
+        (PromptGrid sends them together)."""
         return [list(self.send_and_receive(batch, timeout=timeout)) for batch in batches]
 
 
@@ -104,30 +111,51 @@ class PromptGrid(WrappedGrid):
         *,
         timeout: float | None = None,
         on_reply: Callable[[Message], None] | None = None,
+        fuse: bool = False,
     ) -> list[list[Message]]:
         """Push every batch at once, in order; the replies to each batch, as
         :meth:`send_and_receive` collects them (one deadline for all).
 
         A node answers its messages one after the other, so two batches sent together
         (a round's evaluation and the next round's training, :mod:`countyfl.federation.
-        rounds`) cost a node one wait for work instead of two.
+        rounds`) cost a node one wait for work instead of two. With ``fuse`` (two
+        batches: evaluate, then train), a node asked both with the same model gets them
+        as one message (:mod:`countyfl.federation.fused`), whose reply is split back into
+        the reply to each.
         """
+        batches = [list(batch) for batch in batches]
+        fused: list[tuple[Message, Message, Message]] = []
+        if fuse and len(batches) == 2:
+            fused, evaluate, train = pair_instructions(batches[0], batches[1])
+            batches = [evaluate, train]
         batch_of: dict[str, int] = {}
+        parts_of: dict[str, tuple[Message, Message]] = {}
+        if fused:
+            for message_id, (_, evaluate_part, train_part) in zip(
+                self.grid.push_messages([both for both, _, _ in fused]), fused, strict=True
+            ):
+                parts_of[message_id] = (evaluate_part, train_part)
         for index, batch in enumerate(batches):
             for message_id in self.grid.push_messages(batch):
                 batch_of[message_id] = index
-        waiting = set(batch_of)
+        waiting = set(batch_of) | set(parts_of)
         deadline = None if timeout is None else self._clock() + timeout
         replies: list[list[Message]] = [[] for _ in batches]
         wait = FIRST_WAIT
         while waiting:
             for reply in self.grid.pull_messages(set(waiting)):
                 answered = reply.metadata.reply_to_message_id
-                if answered in waiting:
-                    waiting.discard(answered)
-                    replies[batch_of[answered]].append(reply)
+                if answered not in waiting:
+                    continue
+                waiting.discard(answered)
+                if answered in parts_of:
+                    received = list(enumerate(split_reply(reply, *parts_of[answered])))
+                else:
+                    received = [(batch_of[answered], reply)]
+                for index, message in received:
+                    replies[index].append(message)
                     if on_reply is not None:
-                        on_reply(reply)
+                        on_reply(message)
             if not waiting:
                 break
             if deadline is not None and self._clock() >= deadline:

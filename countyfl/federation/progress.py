@@ -209,10 +209,14 @@ class ReportingGrid(WrappedGrid):
         return replies
 
     def send_and_receive_batches(
-        self, batches: Sequence[Iterable[Message]], *, timeout: float | None = None
+        self,
+        batches: Sequence[Iterable[Message]],
+        *,
+        timeout: float | None = None,
+        fuse: bool = False,
     ) -> list[list[Message]]:
         if isinstance(self.grid, PromptGrid):
             return self.grid.send_and_receive_batches(
-                batches, timeout=timeout, on_reply=self.progress.reply
+                batches, timeout=timeout, on_reply=self.progress.reply, fuse=fuse
             )
-        return super().send_and_receive_batches(batches, timeout=timeout)
+        return super().send_and_receive_batches(batches, timeout=timeout, fuse=fuse)

@@ -12,12 +12,15 @@ of countyfl's own errors, whose messages never hold patient values.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
+from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord
 from flwr.clientapp.typing import ClientAppCallable, Mod
 
 from countyfl import protocol
 from countyfl.errors import CountyflError
+from countyfl.federation import fused
 from countyfl.privacy.he.wire import CHUNK_PREFIX, META_KEY
 from countyfl.privacy.modes import CalibrationName
 from countyfl.privacy.release import (
@@ -42,13 +45,49 @@ _PHASES = {"train": Phase.TRAIN, "evaluate": Phase.EVALUATE}
 def release_problems(reply: Message, phase: Phase, fields: tuple[ReleasedField, ...]) -> list[str]:
     """Why ``reply`` must not leave the site (empty when everything is in the inventory)."""
     if reply.has_error():
-        find(fields, Phase.REFUSAL, ERROR_RECORD, ERROR_CODE)
-        find(fields, Phase.REFUSAL, ERROR_RECORD, ERROR_REASON)
-        if reply.error.code not in REPLY_ERROR_CODES:
-            return [f"error code {reply.error.code} is not a refusal the inventory lists"]
-        return []
-    problems = []
+        return _error_problems(reply.error.code, fields)
+    return _record_problems(reply.content.items(), phase, fields)
+
+
+def _error_problems(code: int, fields: tuple[ReleasedField, ...]) -> list[str]:
+    find(fields, Phase.REFUSAL, ERROR_RECORD, ERROR_CODE)
+    find(fields, Phase.REFUSAL, ERROR_RECORD, ERROR_REASON)
+    if code not in REPLY_ERROR_CODES:
+        return [f"error code {code} is not a refusal the inventory lists"]
+    return []
+
+
+def fused_release_problems(reply: Message, fields: tuple[ReleasedField, ...]) -> list[str]:
+    """:func:`release_problems` of a fused reply (:mod:`countyfl.federation.fused`): each
+    record ``<phase>.<name>`` checked in its own phase, ``<phase>.error`` as a refusal."""
+    if reply.has_error():
+        return _error_problems(reply.error.code, fields)
+    problems: list[str] = []
+    parts: dict[str, list[tuple[str, Any]]] = {}
     for name, record in reply.content.items():
+        phase, _, key = name.partition(".")
+        if phase not in fused.PHASES or not key:
+            problems.append(f"{name} is a record of neither phase of a fused reply")
+            continue
+        parts.setdefault(phase, []).append((key, record))
+    for phase, records in parts.items():
+        if [key for key, _ in records] == [fused.ERROR]:
+            code = (
+                records[0][1].get(fused.ERROR_CODE)
+                if isinstance(records[0][1], ConfigRecord)
+                else None
+            )
+            problems += _error_problems(code if isinstance(code, int) else -1, fields)
+        else:
+            problems += _record_problems(records, _PHASES[phase], fields)
+    return problems
+
+
+def _record_problems(
+    records: Iterable[tuple[str, Any]], phase: Phase, fields: tuple[ReleasedField, ...]
+) -> list[str]:
+    problems = []
+    for name, record in records:
         if isinstance(record, ArrayRecord):
             try:
                 field = find(fields, phase, name, "*")
@@ -115,7 +154,9 @@ def release_guard(config: RunConfig | None = None) -> Mod:
                 error=Error(code=protocol.SITE_FAILURE_ERROR_CODE, reason=reason), reply_to=msg
             )
         phase = _PHASES.get(msg.metadata.message_type.split(".")[0])
-        if phase is None:
+        if msg.metadata.message_type == fused.FUSED:
+            problems = fused_release_problems(reply, _fields(cfg))
+        elif phase is None:
             problems = [f"message type {msg.metadata.message_type!r} has no release inventory"]
         else:
             problems = release_problems(reply, phase, _fields(cfg))

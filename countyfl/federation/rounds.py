@@ -10,7 +10,9 @@ A round's evaluation and the next round's training carry the same global model, 
 neither depends on the other's replies, so :func:`run_rounds` sends them in one batch
 (:meth:`~countyfl.federation.grid.PromptGrid.send_and_receive_batches`): a SuperNode takes
 one, answers it and finds the other waiting at once, so a round costs one such wait
-instead of two. Everything else is Flower's loop: the same messages, aggregates and
+instead of two. A node asked both gets them as one message and answers once
+(:mod:`countyfl.federation.fused`): each message costs a node a task and the SuperLink a
+dozen requests. Everything else is Flower's loop: the same messages, aggregates and
 history, and the strategy's calls in Flower's order but one (configure train r + 1 comes
 before aggregate evaluate r, which samples nothing), so the same nodes are sampled. A
 node that connects while round r is evaluated is asked to train from round r + 2.
@@ -39,8 +41,10 @@ def run_rounds(
     train_config: ConfigRecord,
     evaluate_config: ConfigRecord,
     timeout: float = DEFAULT_TIMEOUT,
+    fuse: bool = True,
 ) -> Result:
-    """``strategy.start`` for ``num_rounds`` rounds, evaluation r sent with training r + 1."""
+    """``strategy.start`` for ``num_rounds`` rounds, evaluation r sent with training r + 1
+    (with ``fuse``, to a node asked both, as one message: :mod:`countyfl.federation.fused`)."""
     result = Result()
     if num_rounds < 1:
         return result
@@ -60,7 +64,7 @@ def run_rounds(
             batches.append(
                 list(strategy.configure_train(server_round + 1, arrays, train_config, grid))
             )
-        replies = grid.send_and_receive_batches(batches, timeout=timeout)
+        replies = grid.send_and_receive_batches(batches, timeout=timeout, fuse=fuse)
         evaluate_metrics = strategy.aggregate_evaluate(server_round, replies[0])
         if evaluate_metrics is not None:
             result.evaluate_metrics_clientapp[server_round] = evaluate_metrics

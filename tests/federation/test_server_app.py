@@ -491,8 +491,8 @@ class PushPullGrid(InProcessGrid):
 
 
 def test_a_rounds_evaluation_goes_out_with_the_next_rounds_training(tmp_path: Path) -> None:
-    # The ServerApp's own grid (PromptGrid) sends evaluate r and train r + 1 in one batch,
-    # so a SuperNode that answers one finds the other waiting; the run is Flower's loop's.
+    # The ServerApp's own grid (PromptGrid) sends evaluate r and train r + 1 together, to
+    # each node as one message (countyfl.federation.fused); the run is Flower's loop's.
     plain = {"dp": False, "num-server-rounds": 3}
     pipelined = _config(tmp_path / "pipelined", **plain)
     grid = PushPullGrid(pipelined, 4)
@@ -503,12 +503,16 @@ def test_a_rounds_evaluation_goes_out_with_the_next_rounds_training(tmp_path: Pa
 
     assert ended == [1, 2, 3]
     pushes = grid.events
-    for server_round in (1, 2):
-        last_evaluate = max(i for i, e in enumerate(pushes) if e == f"push evaluate {server_round}")
-        first_train = pushes.index(f"push train {server_round + 1}")
-        # Nothing was pulled between the round's evaluation and the next training.
-        assert "pull" not in pushes[last_evaluate:first_train]
-    assert pushes.count("push train 1") == pushes.count("push evaluate 3") == 4
+    # One message per node and round: evaluate r travels inside train r + 1's message,
+    # only the first training and the last evaluation go alone.
+    assert sorted(set(pushes) - {"pull"}) == [
+        "push evaluate 3",
+        "push train 1",
+        "push train.fused 2",
+        "push train.fused 3",
+    ]
+    for push in set(pushes) - {"pull"}:
+        assert pushes.count(push) == 4
     got = FederationHistory.read(Path(pipelined.output_dir) / "history.json")
     expected = FederationHistory.read(Path(sequential.output_dir) / "history.json")
     assert sorted(got.rounds) == sorted(expected.rounds) == [1, 2, 3]

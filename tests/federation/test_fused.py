@@ -1,0 +1,283 @@
+"""A round's evaluation and the next round's training as one message per node.
+
+Oracle: what a node answers to the fused message, split back at the county, equals what
+it answers to the two messages sent apart; the release guard checks every part of a fused
+reply in its own phase; a reply that is not two well-formed parts is an error for both.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Error,
+    Message,
+    Metadata,
+    MetricRecord,
+    RecordDict,
+)
+from flwr.app.message.message import make_message
+
+from countyfl import models, protocol, scenarios
+from countyfl.federation import fused
+from countyfl.federation.records import model_to_arrays
+from countyfl.federation.release_guard import _fields, fused_release_problems, release_guard
+from countyfl.run_config import RunConfig, parse_run_config
+from tests.federation.support import InProcessGrid, act_as_server_task
+
+NODE = 1000  # partition 0 of InProcessGrid
+
+
+@pytest.fixture(autouse=True)
+def _server_task(monkeypatch: pytest.MonkeyPatch) -> None:
+    act_as_server_task(monkeypatch)  # instructions are made as a ServerApp makes them
+
+
+def make_config(tmp_path: Path, **overrides: Any) -> RunConfig:
+    return parse_run_config(
+        {
+            **scenarios.get("fed-heart-disease").defaults,
+            "num-server-rounds": 3,
+            "local-steps": 2,
+            "accountant": "rdp",
+            "output-dir": str(tmp_path / "run"),
+            "sites-dir": str(tmp_path / "sites"),
+            **overrides,
+        }
+    )
+
+
+def _instruction(phase: str, arrays: ArrayRecord, server_round: int, node: int = NODE) -> Message:
+    return Message(
+        content=RecordDict(
+            {
+                protocol.ARRAYS: arrays,
+                protocol.CONFIG: ConfigRecord({protocol.SERVER_ROUND: server_round}),
+            }
+        ),
+        dst_node_id=node,
+        message_type=phase,
+        group_id=str(server_round),
+    )
+
+
+def _delivered(message: Message) -> Message:
+    """The message as a node receives it (the SuperLink sets its id and source)."""
+    md = message.metadata
+    return make_message(
+        Metadata(
+            run_id=3,
+            message_id=uuid.uuid4().hex,
+            src_node_id=0,
+            dst_node_id=md.dst_node_id,
+            reply_to_message_id="",
+            group_id=md.group_id,
+            created_at=time.time(),
+            ttl=md.ttl,
+            message_type=md.message_type,
+        ),
+        content=message.content,
+    )
+
+
+def _arrays(config: RunConfig) -> ArrayRecord:
+    torch_model = models.build(config.model, 13)
+    return model_to_arrays(torch_model)
+
+
+def _records(message: Message) -> dict[str, Any]:
+    """Every value of a reply's records, arrays as lists (for comparing two replies)."""
+    out: dict[str, Any] = {}
+    for name, record in message.content.items():
+        if isinstance(record, ArrayRecord):
+            out[name] = {k: v.numpy().tolist() for k, v in record.items()}
+        else:
+            out[name] = dict(record)
+    return out
+
+
+def test_a_fused_message_is_answered_as_the_two_messages_apart(tmp_path: Path) -> None:
+    config = make_config(tmp_path, dp=False)
+    arrays = _arrays(config)
+    evaluate, train = _instruction("evaluate", arrays, 1), _instruction("train", arrays, 2)
+    ((both, evaluate_part, train_part),), alone_evaluate, alone_train = fused.pair(
+        [evaluate], [train]
+    )
+    assert alone_evaluate == alone_train == []
+    assert (evaluate_part, train_part) == (evaluate, train)
+    assert both.metadata.message_type == fused.FUSED
+    assert both.metadata.dst_node_id == NODE
+
+    grid = InProcessGrid(config, 1)
+    node = grid.contexts[NODE]
+    reply = grid.app(_delivered(both), node)
+    assert not reply.has_error()
+    assert sorted(reply.content) == [
+        "evaluate.metrics",
+        "evaluate.site",
+        "train.arrays",
+        "train.metrics",
+        "train.site",
+    ]
+    # Every part passed the release guard, and the fused reply does as a whole.
+    assert fused_release_problems(reply, _fields(config)) == []
+    got_evaluate, got_train = fused.split(reply, evaluate, train)
+    assert got_evaluate.metadata.message_type == "evaluate"
+    assert got_train.metadata.message_type == "train"
+    assert got_evaluate.metadata.group_id == "1" and got_train.metadata.group_id == "2"
+
+    apart = InProcessGrid(config, 1)
+    want_evaluate = apart.app(_delivered(evaluate), apart.contexts[NODE])
+    want_train = apart.app(_delivered(train), apart.contexts[NODE])
+    assert _records(got_evaluate) == _records(want_evaluate)
+    assert _records(got_train) == _records(want_train)
+
+
+def test_only_a_node_asked_both_with_one_model_gets_one_message(tmp_path: Path) -> None:
+    config = make_config(tmp_path, dp=False)
+    arrays = _arrays(config)
+    other = ArrayRecord({"w": Array(np.ones(3, dtype=np.float32))})
+    evaluate = [_instruction("evaluate", arrays, 1, node) for node in (1, 2, 3)]
+    train = [
+        _instruction("train", arrays, 2, 1),
+        _instruction("train", other, 2, 2),  # another model: not fused
+        _instruction("train", arrays, 2, 4),  # not asked to evaluate
+    ]
+    pairs, alone_evaluate, alone_train = fused.pair(evaluate, train)
+    assert [p[0].metadata.dst_node_id for p in pairs] == [1]
+    assert [m.metadata.dst_node_id for m in alone_evaluate] == [2, 3]
+    assert sorted(m.metadata.dst_node_id for m in alone_train) == [2, 4]
+
+
+def _reply(content: RecordDict | None = None, error: Error | None = None) -> Message:
+    metadata = Metadata(
+        run_id=3,
+        message_id="r",
+        src_node_id=NODE,
+        dst_node_id=0,
+        reply_to_message_id="f",
+        group_id="2",
+        created_at=time.time(),
+        ttl=60.0,
+        message_type=fused.FUSED,
+    )
+    return make_message(metadata, content=content, error=error)
+
+
+def _metrics() -> MetricRecord:
+    return MetricRecord({protocol.NUM_EXAMPLES: 10, protocol.LOSS: 0.5})
+
+
+def test_a_refused_training_still_delivers_the_evaluation() -> None:
+    arrays = ArrayRecord({"w": Array(np.zeros(3, dtype=np.float32))})
+    evaluate, train = _instruction("evaluate", arrays, 1), _instruction("train", arrays, 2)
+    (both, _, _), *_ = fused.pair([evaluate], [train])[0]
+    evaluated = Message(content=RecordDict({protocol.METRICS: _metrics()}), reply_to=both)
+    refused = Message(
+        error=Error(code=protocol.REFUSED_ERROR_CODE, reason="budget spent"), reply_to=both
+    )
+    combined = fused.combine(both, evaluated, refused)
+    assert sorted(combined.content) == ["evaluate.metrics", "train.error"]
+    got_evaluate, got_train = fused.split(_reply(combined.content), evaluate, train)
+    assert dict(got_evaluate.content[protocol.METRICS]) == dict(_metrics())
+    assert got_train.has_error()
+    assert (got_train.error.code, got_train.error.reason) == (
+        protocol.REFUSED_ERROR_CODE,
+        "budget spent",
+    )
+
+
+@pytest.mark.parametrize(
+    ("records", "evaluate_error", "train_error"),
+    [
+        # a record of neither phase: both parts are errors
+        ({"metrics": _metrics()}, "neither phase", "neither phase"),
+        # one part missing: that part is an error, the other is used
+        ({"evaluate.metrics": _metrics()}, None, "lacks its train part"),
+        # an error part that is not a code and a reason
+        (
+            {"evaluate.error": ConfigRecord({"code": "x"}), "train.metrics": _metrics()},
+            "malformed",
+            None,
+        ),
+    ],
+)
+def test_a_malformed_fused_reply_is_an_error_for_the_parts_it_spoils(
+    records: dict[str, Any], evaluate_error: str | None, train_error: str | None
+) -> None:
+    arrays = ArrayRecord({"w": Array(np.zeros(3, dtype=np.float32))})
+    evaluate, train = _instruction("evaluate", arrays, 1), _instruction("train", arrays, 2)
+    got = fused.split(_reply(RecordDict(records)), evaluate, train)
+    for message, expected in zip(got, (evaluate_error, train_error), strict=True):
+        if expected is None:
+            assert not message.has_error()
+        else:
+            assert message.has_error() and expected in message.error.reason
+            assert message.error.code == protocol.SITE_FAILURE_ERROR_CODE
+
+
+def test_a_whole_fused_reply_that_is_an_error_is_that_error_for_both() -> None:
+    arrays = ArrayRecord({"w": Array(np.zeros(3, dtype=np.float32))})
+    evaluate, train = _instruction("evaluate", arrays, 1), _instruction("train", arrays, 2)
+    error = Error(code=protocol.REFUSED_ERROR_CODE, reason="task not approved")
+    for part in fused.split(_reply(error=error), evaluate, train):
+        assert part.has_error() and part.error.reason == "task not approved"
+
+
+def test_the_guard_checks_each_part_of_a_fused_reply_in_its_own_phase(tmp_path: Path) -> None:
+    config = make_config(tmp_path, dp=False)
+    fields = _fields(config)
+    site = ConfigRecord({protocol.INSTITUTION_ID: "a"})
+    good = RecordDict({"evaluate.metrics": _metrics(), "evaluate.site": site})
+    assert fused_release_problems(_reply(good), fields) == []
+    # A plaintext model is a train field, never an evaluate one.
+    leaked = RecordDict(
+        {"evaluate.arrays": ArrayRecord({"w": Array(np.zeros(3, dtype=np.float32))})}
+    )
+    assert fused_release_problems(_reply(leaked), fields) == [
+        "evaluate:arrays (arrays) is not in the release inventory"
+    ]
+    stray = RecordDict({"train.metrics": MetricRecord({"exact-rows": 12})})
+    assert fused_release_problems(_reply(stray), fields) == [
+        "train:metrics.exact-rows is not in the release inventory"
+    ]
+    bad_code = RecordDict({"train.error": ConfigRecord({"code": 1, "reason": "x"})})
+    assert fused_release_problems(_reply(bad_code), fields) == [
+        "error code 1 is not a refusal the inventory lists"
+    ]
+    unnamed = RecordDict({"metrics": _metrics()})
+    assert fused_release_problems(_reply(unnamed), fields) == [
+        "metrics is a record of neither phase of a fused reply"
+    ]
+    # The guard itself refuses such a reply: nothing of it leaves the site.
+    guard = release_guard(config)
+    refused = guard(_delivered_fused(), _context(config), lambda m, c: _reply(leaked))
+    assert refused.has_error() and "evaluate:arrays" in refused.error.reason
+
+
+def _delivered_fused() -> Message:
+    arrays = ArrayRecord({"w": Array(np.zeros(3, dtype=np.float32))})
+    (both, _, _), *_ = fused.pair(
+        [_instruction("evaluate", arrays, 1)], [_instruction("train", arrays, 2)]
+    )[0]
+    return _delivered(both)
+
+
+def _context(config: RunConfig) -> Any:
+    from flwr.app import Context
+
+    return Context(
+        run_id=3,
+        node_id=NODE,
+        node_config={},
+        state=RecordDict(),
+        run_config=config.to_run_config(),
+    )
