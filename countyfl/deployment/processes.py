@@ -20,15 +20,19 @@ is Flower's. Facts this relies on (checked with flwr 1.42):
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import logging
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,11 +41,15 @@ from countyfl.errors import CountyflError
 from countyfl.lifetime import die_with_parent
 from countyfl.runs import EventKind, EventReader, RunEvent
 
+logger = logging.getLogger(__name__)
+
 CONNECTION = "county"
 DEFAULT_PORT = 8000
 DEFAULT_NODE_PORT = 9094
 FLWR_HOME_DIR = "flwr"
 SUPERLINK_DATABASE = "superlink.db"
+STATUS_ATTEMPTS = 3
+"""Polls of a run's status in a row that may go unanswered before following it fails."""
 
 
 class DeploymentError(CountyflError):
@@ -237,8 +245,13 @@ class RunStatusReader:
     a round's CPU (measured in docs/deployment.md). This asks the same question Flower's
     ``flwr ls --run-id`` asks (``ListRuns``), with Flower's own client and status text,
     from this process. If Flower's client cannot be made here (a connection this process
-    cannot read), it asks ``flwr ls`` as before.
+    cannot read, another Flower), it says so once on the log and asks ``flwr ls``.
+
+    Flower's client reads ``FLWR_HOME`` from the environment, which is the process's:
+    the reader sets it under a lock while Flower reads it, and callers poll from one thread.
     """
+
+    _environment = threading.Lock()
 
     def __init__(self, state_dir: Path, connection: str = CONNECTION) -> None:
         self.state_dir = state_dir
@@ -246,12 +259,10 @@ class RunStatusReader:
         self._client: Any = None
         self._fallback = False
 
-    def _home(self) -> Any:
+    @contextlib.contextmanager
+    def _home(self) -> Iterator[None]:
         """FLWR_HOME set to the county's while Flower's client reads its configuration."""
-        import contextlib
-
-        @contextlib.contextmanager
-        def home() -> Any:
+        with self._environment:
             previous = os.environ.get("FLWR_HOME")
             os.environ["FLWR_HOME"] = str(flwr_home(self.state_dir))
             try:
@@ -262,23 +273,27 @@ class RunStatusReader:
                 else:
                     os.environ["FLWR_HOME"] = previous
 
-        return home()
-
     def _connect(self) -> Any:
         if self._client is None and not self._fallback:
-            import contextlib
-            import io
-
             try:
                 from flwr.cli.flower_config import read_superlink_connection
+                from flwr.cli.run_utils import format_runs  # noqa: F401  (status() needs them)
                 from flwr.cli.utils import init_http_client_from_connection
+                from flwr.common.serde import run_from_proto  # noqa: F401
+                from flwr.proto.control_pb2 import ListRunsRequest  # noqa: F401
 
                 # Flower's helper prints "Using SuperLink: ..." for its CLI's user
                 with self._home(), contextlib.redirect_stdout(io.StringIO()):
                     self._client = init_http_client_from_connection(
                         read_superlink_connection(self.connection)
                     )
-            except Exception:  # any failure: Flower's own CLI, which says what is wrong
+            except Exception as error:  # any failure: Flower's own CLI, which says what is wrong
+                logger.warning(
+                    "asking run statuses with `flwr ls` (Flower's Control API client could "
+                    "not be made here: %s: %s)",
+                    type(error).__name__,
+                    error,
+                )
                 self._fallback = True
         return self._client
 
@@ -297,11 +312,13 @@ class RunStatusReader:
         try:
             with self._home():
                 answer = client.ListRuns(ListRunsRequest(run_id=int(run_id)))
+            runs = [run_from_proto(run) for run in answer.run_dict.values()]
+            rows = format_runs(runs, answer.now)
         except Exception as error:  # Flower's client raises its transport's errors
             raise DeploymentError(
-                f"the SuperLink did not say how run {run_id} stands: {error}"
+                f"the SuperLink did not say how run {run_id} stands: "
+                f"{type(error).__name__}: {error}"
             ) from None
-        rows = format_runs([run_from_proto(run) for run in answer.run_dict.values()], answer.now)
         if not rows:
             raise DeploymentError(f"the SuperLink knows no run {run_id}")
         return rows[0].status_text, rows[0].details
@@ -491,6 +508,7 @@ def submit_run(
                 on_event(event)
 
     statuses = RunStatusReader(state_dir, connection)
+    unanswered = 0
     try:
         while True:
             follow()
@@ -498,7 +516,17 @@ def submit_run(
             if now - started >= deadline_seconds:
                 break
             if now >= next_poll:
-                status, details = statuses.status(run_id)
+                try:
+                    status, details = statuses.status(run_id)
+                    unanswered = 0
+                except DeploymentError:
+                    # A poll lost (a timeout, a reset connection) is asked again; the
+                    # SuperLink not answering for STATUS_ATTEMPTS polls in a row ends it.
+                    unanswered += 1
+                    if unanswered >= STATUS_ATTEMPTS:
+                        raise
+                    next_poll = now + poll_seconds
+                    continue
                 if on_status is not None:
                     on_status(run_id, status)
                 if status.startswith("finished"):

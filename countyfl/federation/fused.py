@@ -19,7 +19,10 @@ messages to one node travel as one:
 - the grid splits the reply back into the two replies the strategy expects
   (:func:`split`). A reply that is not two well-formed parts is an error for both.
 
-Nothing else changes: the same records leave the site, each checked by the release guard
+One thing does change: a node's evaluation of round r comes back with its training of
+round r + 1, so a node that trains past the round's timeout, or whose task dies while
+training, loses that evaluation too (both phases are recorded as unanswered). Nothing
+else changes: the same records leave the site, each checked by the release guard
 in its own phase (and again, prefixed, as the fused reply), the same strategy calls, the
 same ledger entries. A node that is asked only to evaluate (the last round) or only to
 train (a node sampled for one phase) gets the plain message.
@@ -44,6 +47,8 @@ ERROR = "error"
 ERROR_CODE = "code"
 ERROR_REASON = "reason"
 MALFORMED_REPLY_CODE = protocol.SITE_FAILURE_ERROR_CODE
+MAX_REASON = 2000
+"""The longest reason of a part's error the county keeps (a site's reasons are a line)."""
 
 
 def _same_records(one: RecordDict, other: RecordDict, key: str) -> bool:
@@ -125,6 +130,8 @@ def _part_metadata(reply: Message, instruction: Message) -> Metadata:
         created_at=md.created_at,
         ttl=md.ttl,
         message_type=instruction.metadata.message_type,
+        src_task_id=md.src_task_id,
+        dst_task_id=md.dst_task_id,
     )
 
 
@@ -136,9 +143,10 @@ def split(reply: Message, evaluate: Message, train: Message) -> tuple[Message, M
     """
     instructions = {"evaluate": evaluate, "train": train}
     if reply.has_error():
+        whole = Error(code=reply.error.code, reason=str(reply.error.reason)[:MAX_REASON])
         return (
-            make_message(_part_metadata(reply, evaluate), error=reply.error),
-            make_message(_part_metadata(reply, train), error=reply.error),
+            make_message(_part_metadata(reply, evaluate), error=whole),
+            make_message(_part_metadata(reply, train), error=whole),
         )
     parts: dict[str, dict[str, Any]] = {phase: {} for phase in PHASES}
     problem = ""
@@ -172,9 +180,9 @@ def _error_of(records: dict[str, Any]) -> Error | None:
     record = records[ERROR]
     code = record.get(ERROR_CODE) if isinstance(record, ConfigRecord) else None
     reason = record.get(ERROR_REASON) if isinstance(record, ConfigRecord) else None
-    if len(records) != 1 or not isinstance(code, int) or not isinstance(reason, str):
+    if len(records) != 1 or type(code) is not int or not isinstance(reason, str):
         return Error(code=MALFORMED_REPLY_CODE, reason="a fused reply's error part is malformed")
-    return Error(code=code, reason=reason[:2000])
+    return Error(code=code, reason=reason[:MAX_REASON])
 
 
 def _instruction(fused: Message, phase: str, content: RecordDict) -> Message:
@@ -215,7 +223,10 @@ def combine(fused: Message, evaluate: Message, train: Message) -> Message:
     for phase, reply in zip(PHASES, (evaluate, train), strict=True):
         if reply.has_error():
             content[f"{phase}.{ERROR}"] = ConfigRecord(
-                {ERROR_CODE: int(reply.error.code), ERROR_REASON: str(reply.error.reason)}
+                {
+                    ERROR_CODE: int(reply.error.code),
+                    ERROR_REASON: str(reply.error.reason)[:MAX_REASON],
+                }
             )
             continue
         for name, record in reply.content.items():

@@ -123,20 +123,19 @@ class PromptGrid(WrappedGrid):
         as one message (:mod:`countyfl.federation.fused`), whose reply is split back into
         the reply to each.
         """
-        batches = [list(batch) for batch in batches]
+        lists = [list(batch) for batch in batches]
         fused: list[tuple[Message, Message, Message]] = []
-        if fuse and len(batches) == 2:
-            fused, evaluate, train = pair_instructions(batches[0], batches[1])
-            batches = [evaluate, train]
+        if fuse and len(lists) == 2:
+            fused, evaluate, train = pair_instructions(lists[0], lists[1])
+            lists = [evaluate, train]
         batch_of: dict[str, int] = {}
         parts_of: dict[str, tuple[Message, Message]] = {}
         if fused:
-            for message_id, (_, evaluate_part, train_part) in zip(
-                self.grid.push_messages([both for both, _, _ in fused]), fused, strict=True
-            ):
-                parts_of[message_id] = (evaluate_part, train_part)
-        for index, batch in enumerate(batches):
-            for message_id in self.grid.push_messages(batch):
+            pushed = self._push([both for both, _, _ in fused])
+            for message_id, position in pushed:
+                parts_of[message_id] = (fused[position][1], fused[position][2])
+        for index, batch in enumerate(lists):
+            for message_id, _ in self._push(batch):
                 batch_of[message_id] = index
         waiting = set(batch_of) | set(parts_of)
         deadline = None if timeout is None else self._clock() + timeout
@@ -164,3 +163,22 @@ class PromptGrid(WrappedGrid):
             self._sleep(pause)
             wait = min(wait * 2, LONGEST_WAIT)
         return replies
+
+    def _push(self, messages: list[Message]) -> list[tuple[str, int]]:
+        """Push ``messages``; the id of each one pushed, with its position.
+
+        Flower's grids return the ids of the messages they stored, leaving out any they
+        could not (a node not in the run, a request the SuperLink refused): such a message
+        gets no reply, as with Flower's own ``send_and_receive``.
+        """
+        if not messages:
+            return []
+        ids = [str(i) for i in self.grid.push_messages(messages)]
+        if len(ids) == len(messages) and all(ids):
+            return [(message_id, n) for n, message_id in enumerate(ids)]
+        stored = {i for i in ids if i}
+        return [
+            (m.metadata.message_id, n)
+            for n, m in enumerate(messages)
+            if m.metadata.message_id and m.metadata.message_id in stored
+        ]

@@ -71,16 +71,29 @@ def fused_release_problems(reply: Message, fields: tuple[ReleasedField, ...]) ->
             continue
         parts.setdefault(phase, []).append((key, record))
     for phase, records in parts.items():
-        if [key for key, _ in records] == [fused.ERROR]:
-            code = (
-                records[0][1].get(fused.ERROR_CODE)
-                if isinstance(records[0][1], ConfigRecord)
-                else None
-            )
-            problems += _error_problems(code if isinstance(code, int) else -1, fields)
+        if any(key == fused.ERROR for key, _ in records):
+            problems += _error_record_problems(phase, records, fields)
         else:
             problems += _record_problems(records, _PHASES[phase], fields)
     return problems
+
+
+def _error_record_problems(
+    phase: str, records: list[tuple[str, Any]], fields: tuple[ReleasedField, ...]
+) -> list[str]:
+    """A fused reply's ``<phase>.error``: alone, and exactly what an error reply holds."""
+    record = records[0][1] if len(records) == 1 else None
+    if not isinstance(record, ConfigRecord) or set(record) != {
+        fused.ERROR_CODE,
+        fused.ERROR_REASON,
+    }:
+        return [f"{phase}.{fused.ERROR} must be alone and hold only a code and a reason"]
+    code, reason = record[fused.ERROR_CODE], record[fused.ERROR_REASON]
+    if type(code) is not int or not isinstance(reason, str):
+        return [f"{phase}.{fused.ERROR} must be an integer code and a text reason"]
+    if len(reason) > fused.MAX_REASON:
+        return [f"{phase}.{fused.ERROR} has a reason longer than {fused.MAX_REASON} characters"]
+    return _error_problems(code, fields)
 
 
 def _record_problems(

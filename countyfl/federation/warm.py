@@ -152,7 +152,10 @@ def serve_template(
     die_with_parent()
     started = time.perf_counter()
     for module in imports:
-        importlib.import_module(module)
+        try:
+            importlib.import_module(module)
+        except ImportError as error:  # a library without it: tasks import what they need
+            _log(f"not preloaded: {module} ({error})")
     if site_file:
         from countyfl.federation.client_app import warm_site
 

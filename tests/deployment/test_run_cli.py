@@ -181,6 +181,42 @@ def test_run_shows_nodes_rounds_and_each_reply_as_it_happens(
     )
 
 
+class FlakySuperLink(StandInSuperLink):
+    """A stand-in whose status polls fail ``failures`` times before answering."""
+
+    def __init__(self, failures: int, *args: Any) -> None:
+        super().__init__(*args)
+        self.failures = failures
+        self.polls = 0
+
+    def __call__(self, state_dir: Path, *args: str, timeout: float = 120) -> Any:
+        if args and args[0] == "ls":
+            self.polls += 1
+            if self.polls <= self.failures:
+                raise processes.DeploymentError("`flwr ls` did not answer in 120 s")
+        return super().__call__(state_dir, *args, timeout=timeout)
+
+
+def test_a_lost_status_poll_is_asked_again_and_a_superlink_that_never_answers_ends_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    events = [*_round(1, 1), RunEvent(kind=EventKind.FINISHED, run_id=RUN_ID, rounds=1)]
+    monkeypatch.setattr(processes.time, "sleep", lambda _: None)  # polls without waiting
+    flaky = FlakySuperLink(processes.STATUS_ATTEMPTS - 1, REGISTERED, events, "finished:completed")
+    (tmp_path / "flaky").mkdir()
+    result = _run(monkeypatch, tmp_path / "flaky", flaky)
+    assert result.exit_code == 0, result.output
+    assert flaky.polls == processes.STATUS_ATTEMPTS
+    assert f"run {RUN_ID}: finished:completed" in result.output
+
+    gone = FlakySuperLink(10**6, REGISTERED, events, "finished:completed")
+    (tmp_path / "gone").mkdir()
+    result = _run(monkeypatch, tmp_path / "gone", gone)
+    assert result.exit_code != 0
+    assert gone.polls == processes.STATUS_ATTEMPTS
+    assert "did not answer" in result.output
+
+
 def test_a_run_stopped_for_missing_nodes_exits_1_with_the_servers_reason(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

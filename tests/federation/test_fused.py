@@ -281,3 +281,91 @@ def _context(config: RunConfig) -> Any:
         state=RecordDict(),
         run_config=config.to_run_config(),
     )
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        ConfigRecord({"code": protocol.REFUSED_ERROR_CODE, "reason": "x", "leak": [1.5, 2.5]}),
+        ConfigRecord({"code": protocol.REFUSED_ERROR_CODE, "reason": [0.25, 0.5]}),
+        ConfigRecord({"code": protocol.REFUSED_ERROR_CODE}),
+        ConfigRecord({"code": True, "reason": "x"}),
+        ConfigRecord({"code": protocol.REFUSED_ERROR_CODE, "reason": "x" * 5000}),
+        MetricRecord({"code": protocol.REFUSED_ERROR_CODE}),
+    ],
+)
+def test_a_fused_error_part_holds_a_code_and_a_reason_and_nothing_else(
+    tmp_path: Path, record: Any
+) -> None:
+    # An error reply of Flower's holds only a code and a reason: so must its fused form.
+    fields = _fields(make_config(tmp_path, dp=False))
+    good = ConfigRecord({"code": protocol.REFUSED_ERROR_CODE, "reason": "budget spent"})
+    assert fused_release_problems(_reply(RecordDict({"train.error": good})), fields) == []
+    problems = fused_release_problems(_reply(RecordDict({"train.error": record})), fields)
+    assert len(problems) == 1 and problems[0].startswith("train.error")
+    beside = RecordDict({"train.error": good, "train.metrics": _metrics()})
+    assert fused_release_problems(_reply(beside), fields) == [
+        "train.error must be alone and hold only a code and a reason"
+    ]
+
+
+def test_a_node_asked_twice_in_one_phase_is_never_fused(tmp_path: Path) -> None:
+    arrays = _arrays(make_config(tmp_path, dp=False))
+    evaluate = [_instruction("evaluate", arrays, 1, 1), _instruction("evaluate", arrays, 1, 1)]
+    train = [_instruction("train", arrays, 2, 1), _instruction("train", arrays, 2, 1)]
+    pairs, alone_evaluate, alone_train = fused.pair(evaluate, train)
+    # One evaluate pairs with the first train; the others go alone, nothing is lost.
+    assert len(pairs) + len(alone_evaluate) == 2 and len(pairs) + len(alone_train) == 2
+    assert len(pairs) == 1
+
+
+class DroppingGrid(InProcessGrid):
+    """Answers through push and pull, as a SuperLink does, but stores no message to
+    ``dropped`` (a node not in the run): Flower's grids leave such a message's id out."""
+
+    def __init__(self, config: RunConfig, num_nodes: int, dropped: int) -> None:
+        super().__init__(config, num_nodes)
+        self.dropped = dropped
+        self._replies: dict[str, Message] = {}
+
+    def push_messages(self, messages: Any) -> list[str]:
+        ids = []
+        for message in messages:
+            message.metadata.__dict__["_message_id"] = uuid.uuid4().hex
+            if message.metadata.dst_node_id == self.dropped:
+                continue
+            (reply,) = super().send_and_receive([message])
+            reply.metadata.__dict__["_reply_to_message_id"] = message.metadata.message_id
+            self._replies[message.metadata.message_id] = reply
+            ids.append(message.metadata.message_id)
+        return ids
+
+    def pull_messages(self, message_ids: Any) -> list[Message]:
+        return [self._replies.pop(i) for i in list(message_ids) if i in self._replies]
+
+
+def test_the_grid_splits_fused_replies_and_a_message_it_could_not_push_gets_none(
+    tmp_path: Path,
+) -> None:
+    from countyfl.federation.grid import PromptGrid
+
+    config = make_config(tmp_path, dp=False)
+    arrays = _arrays(config)
+    nodes = [NODE, NODE + 1, NODE + 2]
+    grid = DroppingGrid(config, 3, dropped=NODE + 1)
+    seen: list[Message] = []
+    evaluate, train = PromptGrid(grid).send_and_receive_batches(
+        [
+            [_instruction("evaluate", arrays, 1, node) for node in nodes],
+            [_instruction("train", arrays, 2, node) for node in nodes],
+        ],
+        timeout=5,
+        on_reply=seen.append,
+        fuse=True,
+    )
+    assert grid.delivered == [fused.FUSED, fused.FUSED]  # one message per node it reached
+    assert sorted(m.metadata.src_node_id for m in evaluate) == [NODE, NODE + 2]
+    assert sorted(m.metadata.src_node_id for m in train) == [NODE, NODE + 2]
+    assert all(m.metadata.message_type == "evaluate" for m in evaluate)
+    assert all(m.metadata.message_type == "train" and not m.has_error() for m in train)
+    assert len(seen) == 4  # each part reported as it arrived
