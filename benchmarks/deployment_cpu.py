@@ -25,16 +25,10 @@ from pathlib import Path
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
 
+from deployment_round import TASK  # the same task (benchmarks/ is this script's folder)
+
 from countyfl.deployment.local_county import LocalCounty
 
-TASK = {
-    "scenario": "fed-heart-disease",
-    "local-steps": 5,
-    "dp": True,
-    "target-epsilon": 1.0,
-    "encryption": "ckks",
-    "seed": 42,
-}
 KINDS = (
     ("flower-superlink", "SuperLink"),
     ("flower-superexec", "ServerApp (and the SuperExec running it)"),

@@ -5,14 +5,32 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import pytest
 from flwr.app import DEFAULT_TTL, Context, Message, Metadata, RecordDict
 from flwr.serverapp import Grid
 
+from countyfl import scenarios
 from countyfl.federation.client_app import make_client_app
-from countyfl.run_config import RunConfig
+from countyfl.run_config import RunConfig, parse_run_config
+
+
+def heart_config(tmp_path: Path, **overrides: Any) -> RunConfig:
+    """A small Fed-Heart-Disease run (2 rounds of 2 steps, RDP) writing under ``tmp_path``."""
+    return parse_run_config(
+        {
+            **scenarios.get("fed-heart-disease").defaults,
+            "num-server-rounds": 2,
+            "local-steps": 2,
+            "accountant": "rdp",
+            "output-dir": str(tmp_path / "run"),
+            "sites-dir": str(tmp_path / "sites"),
+            **overrides,
+        }
+    )
+
 
 DISTRIBUTED_NOISE: dict[str, Any] = {
     "encryption": "ckks",

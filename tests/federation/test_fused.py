@@ -26,12 +26,12 @@ from flwr.app import (
 )
 from flwr.app.message.message import make_message
 
-from countyfl import models, protocol, scenarios
+from countyfl import models, protocol
 from countyfl.federation import fused
 from countyfl.federation.records import model_to_arrays
 from countyfl.federation.release_guard import _fields, fused_release_problems, release_guard
-from countyfl.run_config import RunConfig, parse_run_config
-from tests.federation.support import InProcessGrid, act_as_server_task
+from countyfl.run_config import RunConfig
+from tests.federation.support import InProcessGrid, act_as_server_task, heart_config
 
 NODE = 1000  # partition 0 of InProcessGrid
 
@@ -39,20 +39,6 @@ NODE = 1000  # partition 0 of InProcessGrid
 @pytest.fixture(autouse=True)
 def _server_task(monkeypatch: pytest.MonkeyPatch) -> None:
     act_as_server_task(monkeypatch)  # instructions are made as a ServerApp makes them
-
-
-def make_config(tmp_path: Path, **overrides: Any) -> RunConfig:
-    return parse_run_config(
-        {
-            **scenarios.get("fed-heart-disease").defaults,
-            "num-server-rounds": 3,
-            "local-steps": 2,
-            "accountant": "rdp",
-            "output-dir": str(tmp_path / "run"),
-            "sites-dir": str(tmp_path / "sites"),
-            **overrides,
-        }
-    )
 
 
 def _instruction(phase: str, arrays: ArrayRecord, server_round: int, node: int = NODE) -> Message:
@@ -105,7 +91,7 @@ def _records(message: Message) -> dict[str, Any]:
 
 
 def test_a_fused_message_is_answered_as_the_two_messages_apart(tmp_path: Path) -> None:
-    config = make_config(tmp_path, dp=False)
+    config = heart_config(tmp_path, dp=False)
     arrays = _arrays(config)
     evaluate, train = _instruction("evaluate", arrays, 1), _instruction("train", arrays, 2)
     ((both, evaluate_part, train_part),), alone_evaluate, alone_train = fused.pair(
@@ -142,7 +128,7 @@ def test_a_fused_message_is_answered_as_the_two_messages_apart(tmp_path: Path) -
 
 
 def test_only_a_node_asked_both_with_one_model_gets_one_message(tmp_path: Path) -> None:
-    config = make_config(tmp_path, dp=False)
+    config = heart_config(tmp_path, dp=False)
     arrays = _arrays(config)
     other = ArrayRecord({"w": Array(np.ones(3, dtype=np.float32))})
     evaluate = [_instruction("evaluate", arrays, 1, node) for node in (1, 2, 3)]
@@ -233,7 +219,7 @@ def test_a_whole_fused_reply_that_is_an_error_is_that_error_for_both() -> None:
 
 
 def test_the_guard_checks_each_part_of_a_fused_reply_in_its_own_phase(tmp_path: Path) -> None:
-    config = make_config(tmp_path, dp=False)
+    config = heart_config(tmp_path, dp=False)
     fields = _fields(config)
     site = ConfigRecord({protocol.INSTITUTION_ID: "a"})
     good = RecordDict({"evaluate.metrics": _metrics(), "evaluate.site": site})
@@ -298,7 +284,7 @@ def test_a_fused_error_part_holds_a_code_and_a_reason_and_nothing_else(
     tmp_path: Path, record: Any
 ) -> None:
     # An error reply of Flower's holds only a code and a reason: so must its fused form.
-    fields = _fields(make_config(tmp_path, dp=False))
+    fields = _fields(heart_config(tmp_path, dp=False))
     good = ConfigRecord({"code": protocol.REFUSED_ERROR_CODE, "reason": "budget spent"})
     assert fused_release_problems(_reply(RecordDict({"train.error": good})), fields) == []
     problems = fused_release_problems(_reply(RecordDict({"train.error": record})), fields)
@@ -310,7 +296,7 @@ def test_a_fused_error_part_holds_a_code_and_a_reason_and_nothing_else(
 
 
 def test_a_node_asked_twice_in_one_phase_is_never_fused(tmp_path: Path) -> None:
-    arrays = _arrays(make_config(tmp_path, dp=False))
+    arrays = _arrays(heart_config(tmp_path, dp=False))
     evaluate = [_instruction("evaluate", arrays, 1, 1), _instruction("evaluate", arrays, 1, 1)]
     train = [_instruction("train", arrays, 2, 1), _instruction("train", arrays, 2, 1)]
     pairs, alone_evaluate, alone_train = fused.pair(evaluate, train)
@@ -349,7 +335,7 @@ def test_the_grid_splits_fused_replies_and_a_message_it_could_not_push_gets_none
 ) -> None:
     from countyfl.federation.grid import PromptGrid
 
-    config = make_config(tmp_path, dp=False)
+    config = heart_config(tmp_path, dp=False)
     arrays = _arrays(config)
     nodes = [NODE, NODE + 1, NODE + 2]
     grid = DroppingGrid(config, 3, dropped=NODE + 1)

@@ -28,7 +28,7 @@ from countyfl.federation.strategies.recording import RecordingStrategy
 from countyfl.federation.strategies.weighted import WeightedFedAvg, WeightedFedProx
 from countyfl.privacy.he.keys import PUBLIC_CONTEXT_FILE, SECRET_CONTEXT_FILE, init_keys
 from countyfl.publishing import PublishError, publish
-from countyfl.run_config import RunConfig, parse_run_config
+from countyfl.run_config import RunConfig
 from countyfl.runs import (
     EVENTS_FILE,
     FINAL_AGGREGATE_FILE,
@@ -38,7 +38,7 @@ from countyfl.runs import (
     FederationHistory,
     RunRecord,
 )
-from tests.federation.support import InProcessGrid, act_as_server_task
+from tests.federation.support import InProcessGrid, act_as_server_task, heart_config
 
 pytestmark = pytest.mark.filterwarnings("ignore:Optimal order is the largest alpha")
 
@@ -48,18 +48,7 @@ def server_task(monkeypatch: pytest.MonkeyPatch) -> None:
     act_as_server_task(monkeypatch)
 
 
-def _config(tmp_path: Path, **overrides: Any) -> RunConfig:
-    return parse_run_config(
-        {
-            **scenarios.get("fed-heart-disease").defaults,
-            "num-server-rounds": 2,
-            "local-steps": 2,
-            "accountant": "rdp",
-            "output-dir": str(tmp_path / "run"),
-            "sites-dir": str(tmp_path / "sites"),
-            **overrides,
-        }
-    )
+_config = heart_config
 
 
 def _ckks(tmp_path: Path) -> dict[str, str]:
