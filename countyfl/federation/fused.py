@@ -51,13 +51,6 @@ MAX_REASON = 2000
 """The longest reason of a part's error the county keeps (a site's reasons are a line)."""
 
 
-def _same_records(one: RecordDict, other: RecordDict, key: str) -> bool:
-    first, second = one.get(key), other.get(key)
-    if first is None or second is None:
-        return first is second
-    return first is second or first.object_id == second.object_id
-
-
 def fuse(evaluate: Message, train: Message) -> Message | None:
     """One ``train.fused`` instruction for both, or None when they cannot travel as one
     (another node, another model, records other than the model and a config)."""
@@ -74,7 +67,8 @@ def fuse(evaluate: Message, train: Message) -> Message | None:
         evaluate.content[protocol.ARRAYS], ArrayRecord
     ):
         return None
-    if not _same_records(evaluate.content, train.content, protocol.ARRAYS):
+    model, other = evaluate.content[protocol.ARRAYS], train.content[protocol.ARRAYS]
+    if model is not other and model.object_id != other.object_id:
         return None
     content = RecordDict(
         {
@@ -118,21 +112,27 @@ def pair(
     return fused, alone_evaluate, alone_train + list(by_node.values())
 
 
-def _part_metadata(reply: Message, instruction: Message) -> Metadata:
-    md = reply.metadata
+def _retyped(md: Metadata, message_type: str, group_id: str) -> Metadata:
+    """``md`` as it would read for one phase: another message type and group."""
     return Metadata(
         run_id=md.run_id,
         message_id=md.message_id,
         src_node_id=md.src_node_id,
         dst_node_id=md.dst_node_id,
         reply_to_message_id=md.reply_to_message_id,
-        group_id=instruction.metadata.group_id,
+        group_id=group_id,
         created_at=md.created_at,
         ttl=md.ttl,
-        message_type=instruction.metadata.message_type,
+        message_type=message_type,
         src_task_id=md.src_task_id,
         dst_task_id=md.dst_task_id,
     )
+
+
+def _part_metadata(reply: Message, instruction: Message) -> Metadata:
+    """A split reply's metadata: the fused reply's, typed and grouped as its instruction."""
+    md = instruction.metadata
+    return _retyped(reply.metadata, md.message_type, md.group_id)
 
 
 def split(reply: Message, evaluate: Message, train: Message) -> tuple[Message, Message]:
@@ -187,22 +187,7 @@ def _error_of(records: dict[str, Any]) -> Error | None:
 
 def _instruction(fused: Message, phase: str, content: RecordDict) -> Message:
     md = fused.metadata
-    return make_message(
-        Metadata(
-            run_id=md.run_id,
-            message_id=md.message_id,
-            src_node_id=md.src_node_id,
-            dst_node_id=md.dst_node_id,
-            reply_to_message_id=md.reply_to_message_id,
-            group_id=md.group_id,
-            created_at=md.created_at,
-            ttl=md.ttl,
-            message_type=phase,
-            src_task_id=md.src_task_id,
-            dst_task_id=md.dst_task_id,
-        ),
-        content=content,
-    )
+    return make_message(_retyped(md, phase, md.group_id), content=content)
 
 
 def unfuse(fused: Message) -> tuple[Message, Message]:
