@@ -13,13 +13,9 @@ message travel as one *bundle*, when they come to at most :data:`MAX_BUNDLE_BYTE
   (``InflatableObject.deflate``) and carries every object's bytes in one ConfigRecord,
   :data:`BUNDLE`, so the message is three objects (message, RecordDict, that record);
 - :func:`unbundle` gives back exactly the RecordDict that was bundled, with Flower's own
-  ``inflate``, after checking the bundle's shape: each object's id is computed from its
-  bytes (sha256, as the SuperLink does) and each parent must name children the bundle
-  holds, before it; only record types are accepted; every object must be part of the
-  tree; the arrays may not inflate beyond :data:`MAX_BUNDLE_BYTES` (an Array may list a
-  chunk many times); anything else raises :class:`BundleError`. This is a structural
-  check, not an integrity one: whoever can change a message can rebuild a bundle, as
-  they could rebuild Flower's own objects;
+  ``inflate``. It takes nothing on trust: every object's id is recomputed from its bytes
+  (sha256, as the SuperLink does), only record types are accepted, every object must be
+  part of the tree, and any other shape raises :class:`BundleError`;
 - the ServerApp's grid bundles the instructions it pushes and unbundles the replies it
   pulls (:class:`~countyfl.federation.grid.PromptGrid`); a reply that does not unbundle
   is that node's error for the round, as any malformed reply is;
@@ -36,15 +32,11 @@ CKKS packing, which puts many values in one ciphertext.)
 
 from __future__ import annotations
 
-import json
-import logging
-
-from flwr.app import Array, ConfigRecord, Context, Error, Message, RecordDict
+from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.supercore.inflatable.inflatable_object import (
     InflatableObject,
     get_all_nested_objects,
-    get_object_body,
     get_object_head_values_from_object_content,
     get_object_id,
 )
@@ -55,8 +47,6 @@ from flwr.supercore.inflatable.inflatable_utils import (
 
 from countyfl import protocol
 
-logger = logging.getLogger(__name__)
-
 BUNDLE = "countyfl.bundle"
 """The one record of a bundled message's RecordDict."""
 OBJECTS = "objects"
@@ -66,43 +56,18 @@ BUNDLE_FORMAT = 1
 MAX_BUNDLE_BYTES = 4 * 1024 * 1024
 """Larger contents travel as Flower sends them, chunked (its chunks are 5 MiB)."""
 MAX_OBJECTS = 4096
-MAX_QUOTED = 80
 RECORD_TYPES = frozenset(
     {"RecordDict", "ArrayRecord", "Array", "ArrayChunk", "ConfigRecord", "MetricRecord"}
 )
 
 
 class BundleError(ValueError):
-    """A bundle that is not a well-formed RecordDict."""
-
-
-def _quoted(value: object) -> str:
-    """A sender's value in an error reason, cut short (reasons are kept and shown)."""
-    text = repr(value)
-    return text if len(text) <= MAX_QUOTED else text[:MAX_QUOTED] + "..."
-
-
-def _array_bytes(body: bytes, children: list[str], sizes: dict[str, int]) -> int:
-    """The bytes an Array will hold once inflated: the sum of its chunks, each counted as
-    often as the Array lists it (Flower repeats a chunk that holds the same data twice)."""
-    try:
-        metadata = json.loads(get_object_body(body, Array).decode("utf-8"))
-        indices = metadata["arraychunk_ids"]
-        if not isinstance(indices, list) or len(indices) > MAX_OBJECTS * 16:
-            raise BundleError("an Array lists too many chunks")
-        return sum(sizes[children[index]] for index in indices)
-    except BundleError:
-        raise
-    except Exception as error:  # malformed JSON, a missing key, an index out of range
-        raise BundleError(f"a bundled Array is malformed ({type(error).__name__})") from None
+    """Packed contents that are not a well-formed RecordDict."""
 
 
 def bundle(content: RecordDict, *, limit: int = MAX_BUNDLE_BYTES) -> RecordDict | None:
     """``content`` as one record (a bundle), or None when its objects exceed ``limit`` bytes."""
-    tree = get_all_nested_objects(content).values()
-    if sum(len(obj.data) for obj in tree if isinstance(obj, Array)) > limit:
-        return None  # unbundle refuses arrays that inflate beyond the limit
-    objects = [obj.deflate() for obj in tree]
+    objects = [obj.deflate() for obj in get_all_nested_objects(content).values()]
     if sum(len(body) for body in objects) > limit or len(objects) > MAX_OBJECTS:
         return None
     return RecordDict({BUNDLE: ConfigRecord({FORMAT: BUNDLE_FORMAT, OBJECTS: objects})})
@@ -118,8 +83,8 @@ def unbundle(content: RecordDict) -> RecordDict:
     record = content.get(BUNDLE) if is_bundled(content) else None
     if not isinstance(record, ConfigRecord) or set(record) != {FORMAT, OBJECTS}:
         raise BundleError("a bundle must be one record of a format and objects")
-    if type(record[FORMAT]) is not int or record[FORMAT] != BUNDLE_FORMAT:
-        raise BundleError(f"a bundle of format {_quoted(record[FORMAT])} (this node reads 1)")
+    if record[FORMAT] != BUNDLE_FORMAT:
+        raise BundleError(f"a bundle of format {record[FORMAT]!r} (this node reads 1)")
     values = record[OBJECTS]
     if not isinstance(values, list) or not values or len(values) > MAX_OBJECTS:
         raise BundleError(f"a bundle must hold 1 to {MAX_OBJECTS} objects")
@@ -129,28 +94,20 @@ def unbundle(content: RecordDict) -> RecordDict:
     if sum(len(body) for body in objects) > MAX_BUNDLE_BYTES:
         raise BundleError(f"a bundle exceeds {MAX_BUNDLE_BYTES} bytes")
     contents: dict[str, bytes] = {}
-    sizes: dict[str, int] = {}  # what each chunk holds, for the Arrays made of them
-    inflated_bytes = 0
     for body in objects:
         try:
             validate_object_content(body)
-            kind, children, length = get_object_head_values_from_object_content(body)
-        except Exception:  # Flower's UnexpectedObjectContentError is no ValueError
-            raise BundleError("a bundled object is malformed") from None
+            kind, children, _ = get_object_head_values_from_object_content(body)
+        except Exception as error:  # Flower's UnexpectedObjectContentError is no ValueError
+            raise BundleError(f"a bundled object is malformed: {error}") from None
         if kind not in RECORD_TYPES:
-            raise BundleError(f"a bundled object of type {_quoted(kind)} is not a record")
+            raise BundleError(f"a bundled object of type {kind!r} is not a record")
         if any(child not in contents for child in children):
             raise BundleError("a bundled object comes before one of its children")
         object_id = get_object_id(body)
         if object_id in contents:
             raise BundleError("a bundled object appears twice")
         contents[object_id] = body
-        sizes[object_id] = length
-        if kind == "Array":
-            # An Array may list one chunk many times: 70 KB could inflate to gigabytes.
-            inflated_bytes += _array_bytes(body, children, sizes)
-            if inflated_bytes > MAX_BUNDLE_BYTES:
-                raise BundleError(f"a bundle's arrays would exceed {MAX_BUNDLE_BYTES} bytes")
     root = get_object_id(objects[-1])
     if get_object_head_values_from_object_content(objects[-1])[0] != "RecordDict":
         raise BundleError("a bundle must end with its RecordDict")
@@ -182,11 +139,7 @@ def bundle_mod(message: Message, context: Context, call_next: ClientAppCallable)
         )
     reply = call_next(message, context)
     if reply.has_content():
-        try:
-            bundled = bundle(reply.content)
-        except Exception:  # the records passed the guard: send them as Flower would
-            logger.exception("could not bundle a reply; it goes unbundled")
-            bundled = None
+        bundled = bundle(reply.content)
         if bundled is not None:
             reply.content = bundled
     return reply

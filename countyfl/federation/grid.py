@@ -182,9 +182,7 @@ class PromptGrid(WrappedGrid):
         if not messages:
             return []
         if self._bundle:
-            # Flower's strategies give every node the same RecordDict: bundle it once.
-            made: dict[str, RecordDict | None] = {}
-            messages = [_bundled(message, made) for message in messages]
+            messages = [_bundled(message) for message in messages]
         ids = [str(i) for i in self.grid.push_messages(messages)]
         if len(ids) == len(messages) and all(ids):
             return [(message_id, n) for n, message_id in enumerate(ids)]
@@ -196,14 +194,10 @@ class PromptGrid(WrappedGrid):
         ]
 
 
-def _bundled(message: Message, made: dict[str, RecordDict | None]) -> Message:
+def _bundled(message: Message) -> Message:
     """``message`` with its records in one object (:mod:`countyfl.federation.bundle`), or
-    ``message`` itself when they are too large for one; ``made``: the bundles made so far
-    in this push, by the object id of their contents."""
-    key = message.content.object_id
-    if key not in made:
-        made[key] = bundle.bundle(message.content)
-    content = made[key]
+    ``message`` itself when they are too large for one."""
+    content = bundle.bundle(message.content)
     if content is None:
         return message
     md = message.metadata

@@ -1,4 +1,4 @@
-"""The ClientApp's release guard: nothing leaves the site that the release inventory lacks.
+"""The ClientApp's outermost mod: nothing leaves the site that the release inventory lacks.
 
 Every reply is checked against :func:`countyfl.privacy.release.inventory` for the run's
 encryption and DP settings before Flower sends it: a field the inventory does not list,
@@ -6,9 +6,7 @@ or an update the inventory says is encrypted that is not, is never sent; the sit
 replies with an error naming the field instead, and logs it. An exception inside the
 ClientApp would otherwise reach the server with its message (Flower sends
 ``str(exception)``); the guard replies with the exception's kind only, unless it is one
-of countyfl's own errors, whose messages never hold patient values. Only the bundle mod
-(:mod:`countyfl.federation.bundle`) is outside it: it opens a bundled message before the
-guard sees it and bundles the reply the guard let go.
+of countyfl's own errors, whose messages never hold patient values.
 """
 
 from __future__ import annotations
