@@ -28,7 +28,6 @@ from countyfl.deployment.site import SiteConfig, load_site
 from countyfl.deployment.site_data import load_site_data
 from countyfl.deployment.tasks import TaskNotApprovedError, enforce_approval
 from countyfl.errors import ConfigError, CountyflError
-from countyfl.federation.bundle import bundle_mod
 from countyfl.federation.fused import handle_fused
 from countyfl.federation.records import arrays_of, load_arrays, model_to_arrays, server_round_of
 from countyfl.federation.release_guard import release_guard
@@ -346,9 +345,8 @@ def _calibration_sums(
 
 def make_client_app(config: RunConfig | None = None) -> ClientApp:
     """Build the ClientApp; ``config`` None means: parse it from Flower's run config."""
-    # The bundle mod is outermost, so the guard checks the records as they leave (bundled
-    # only after it); inside it, the release guard sees every reply, refusals included.
-    app = ClientApp(mods=[bundle_mod, release_guard(config), site_policy_mod])
+    # The release guard is outermost: it sees every reply, refusals included.
+    app = ClientApp(mods=[release_guard(config), site_policy_mod])
 
     def resolve(context: Context) -> RunConfig:
         return config if config is not None else parse_run_config(context.run_config)

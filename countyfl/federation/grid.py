@@ -7,8 +7,6 @@ grid and implements ``send_and_receive`` with the grid's own public ``push_messa
 and ``pull_messages``, polling quickly at first and backing off to a quarter of a second
 while institutions are still training: the same messages, the same timeout, replies
 seen within a fraction of a second. Every other call goes to the wrapped grid unchanged.
-In deployment (``bundle``) each message's records travel as one Flower object
-(:mod:`countyfl.federation.bundle`).
 """
 
 from __future__ import annotations
@@ -16,13 +14,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Sequence
 
-from flwr.app import Error, Message, RecordDict
-from flwr.app.message.message import make_message  # Flower's own: a message from metadata
+from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 
-from countyfl import protocol
-from countyfl.federation import bundle
 from countyfl.federation.fused import pair as pair_instructions
 from countyfl.federation.fused import split as split_reply
 
@@ -91,12 +86,10 @@ class PromptGrid(WrappedGrid):
         *,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
-        bundle: bool = False,
     ) -> None:
         super().__init__(grid)
         self._clock = clock
         self._sleep = sleep
-        self._bundle = bundle
 
     def send_and_receive(
         self,
@@ -149,8 +142,7 @@ class PromptGrid(WrappedGrid):
         replies: list[list[Message]] = [[] for _ in batches]
         wait = FIRST_WAIT
         while waiting:
-            for pulled in self.grid.pull_messages(set(waiting)):
-                reply = _unbundled(pulled) if self._bundle else pulled
+            for reply in self.grid.pull_messages(set(waiting)):
                 answered = reply.metadata.reply_to_message_id
                 if answered not in waiting:
                     continue
@@ -181,8 +173,6 @@ class PromptGrid(WrappedGrid):
         """
         if not messages:
             return []
-        if self._bundle:
-            messages = [_bundled(message) for message in messages]
         ids = [str(i) for i in self.grid.push_messages(messages)]
         if len(ids) == len(messages) and all(ids):
             return [(message_id, n) for n, message_id in enumerate(ids)]
@@ -192,34 +182,3 @@ class PromptGrid(WrappedGrid):
             for n, m in enumerate(messages)
             if m.metadata.message_id and m.metadata.message_id in stored
         ]
-
-
-def _bundled(message: Message) -> Message:
-    """``message`` with its records in one object (:mod:`countyfl.federation.bundle`), or
-    ``message`` itself when they are too large for one."""
-    content = bundle.bundle(message.content)
-    if content is None:
-        return message
-    md = message.metadata
-    return Message(
-        content=content,
-        dst_node_id=md.dst_node_id,
-        message_type=md.message_type,
-        group_id=md.group_id,
-        ttl=md.ttl,
-    )
-
-
-def _unbundled(reply: Message) -> Message:
-    """A pulled reply with its records unbundled; one that does not unbundle is that
-    node's error (a malformed reply, as the round records any other)."""
-    if not reply.has_content() or not bundle.is_bundled(reply.content):
-        return reply
-    try:
-        reply.content = bundle.unbundle(reply.content)
-    except bundle.BundleError as error:
-        return make_message(
-            reply.metadata,
-            error=Error(code=protocol.SITE_FAILURE_ERROR_CODE, reason=f"malformed reply: {error}"),
-        )
-    return reply

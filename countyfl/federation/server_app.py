@@ -307,14 +307,12 @@ def make_server_app(
         # and a round's evaluation goes out with the next round's training (rounds.py).
         from flwr.superlink.grid import InMemoryGrid  # the Simulation Engine's grid
 
-        simulated = isinstance(grid, InMemoryGrid)
-        # In deployment each message's records travel as one Flower object (bundle.py).
         run_federation(
-            PromptGrid(grid, bundle=not simulated),
+            PromptGrid(grid),
             cfg,
             on_round_end,
             run_id=str(context.run_id),
-            simulated=simulated,
+            simulated=isinstance(grid, InMemoryGrid),
         )
 
     return app

@@ -112,38 +112,3 @@ class InProcessGrid(Grid):
             self.delivered.append(message.metadata.message_type)
             replies.append(self.app(delivered, self.contexts[node]))
         return replies
-
-
-class PushPullGrid(InProcessGrid):
-    """InProcessGrid answering through push and pull, as a SuperLink does; logs each call,
-    and each message and reply as ``(message type, Flower objects on the wire)``."""
-
-    def __init__(self, config: RunConfig, num_nodes: int) -> None:
-        super().__init__(config, num_nodes)
-        self.events: list[str] = []
-        self.wire: list[tuple[str, int]] = []
-        self._replies: dict[str, Message] = {}
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
-
-        from countyfl.federation import bundle
-
-        ids = []
-        for message in messages:
-            (reply,) = super().send_and_receive([message])
-            ids.append(reply.metadata.reply_to_message_id)
-            self._replies[ids[-1]] = reply
-            kind = message.metadata.message_type
-            self.wire.append((kind, len(get_all_nested_objects(message))))
-            self.wire.append((f"reply {kind}", len(get_all_nested_objects(reply))))
-            content = message.content
-            if bundle.is_bundled(content):
-                content = bundle.unbundle(content)
-            server_round = content.config_records["config"]["server-round"]
-            self.events.append(f"push {kind} {server_round}")
-        return ids
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        self.events.append("pull")
-        return [self._replies.pop(i) for i in list(message_ids) if i in self._replies]

@@ -28,6 +28,7 @@ from countyfl.federation.strategies.recording import RecordingStrategy
 from countyfl.federation.strategies.weighted import WeightedFedAvg, WeightedFedProx
 from countyfl.privacy.he.keys import PUBLIC_CONTEXT_FILE, SECRET_CONTEXT_FILE, init_keys
 from countyfl.publishing import PublishError, publish
+from countyfl.run_config import RunConfig
 from countyfl.runs import (
     EVENTS_FILE,
     FINAL_AGGREGATE_FILE,
@@ -37,12 +38,7 @@ from countyfl.runs import (
     FederationHistory,
     RunRecord,
 )
-from tests.federation.support import (
-    InProcessGrid,
-    PushPullGrid,
-    act_as_server_task,
-    heart_config,
-)
+from tests.federation.support import InProcessGrid, act_as_server_task, heart_config
 
 pytestmark = pytest.mark.filterwarnings("ignore:Optimal order is the largest alpha")
 
@@ -458,6 +454,29 @@ def test_a_run_that_lacks_nodes_stops_with_a_message_instead_of_waiting(
     assert [(e.kind, e.connected, e.needed) for e in events[:1]] == [(EventKind.NODES, 2, 3)]
     assert events[-1].kind is EventKind.FAILED and events[-1].reason == message
     assert grid.delivered == []  # no round started
+
+
+class PushPullGrid(InProcessGrid):
+    """InProcessGrid answering through push and pull, as a SuperLink does; logs each call."""
+
+    def __init__(self, config: RunConfig, num_nodes: int) -> None:
+        super().__init__(config, num_nodes)
+        self.events: list[str] = []
+        self._replies: dict[str, Message] = {}
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        ids = []
+        for message in messages:
+            (reply,) = super().send_and_receive([message])
+            ids.append(reply.metadata.reply_to_message_id)
+            self._replies[ids[-1]] = reply
+            server_round = message.content.config_records["config"]["server-round"]
+            self.events.append(f"push {message.metadata.message_type} {server_round}")
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        self.events.append("pull")
+        return [self._replies.pop(i) for i in list(message_ids) if i in self._replies]
 
 
 def test_a_rounds_evaluation_goes_out_with_the_next_rounds_training(tmp_path: Path) -> None:
