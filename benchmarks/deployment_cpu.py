@@ -9,6 +9,12 @@ two runs, divided by the extra rounds, is a round's CPU by kind of process (star
 cancels out). On a 2-core machine where every process of the county shares the cores, a
 round cannot be shorter than its CPU-seconds over 2.
 
+One thing does not cancel: each run's first training task at each site calibrates the
+run's noise (seconds of CPU, more for a run of more rounds), so the "tasks" row can move
+by whole CPU-seconds between runs (most of all under a profiler: from 2.0 to 13.7). For
+per-round effects, read the SuperLink's, the SuperNodes' and the ServerApp's rows, and
+``deployment_round.py``'s round time inside the run (which excludes round 1).
+
 Run: .venv/bin/python benchmarks/deployment_cpu.py [--low 1] [--high 6]
 """
 
