@@ -1,21 +1,17 @@
 """Where a deployment round's CPU goes: CPU-seconds per round of each kind of process.
 
 A county of four Fed-Heart-Disease sites on this machine (SuperLink and SuperNodes over
-TLS, warm nodes, DP + CKKS, as ``benchmarks/deployment_round.py``) runs the same task for
-``--low`` and ``--high`` rounds, after a first run that is not counted. Each process's
-CPU time (its own and its reaped children's, from ``/proc/PID/stat``) is read before and
-after each run; the difference between the
-two runs, divided by the extra rounds, is a round's CPU by kind of process (start-up
-cancels out). On a 2-core machine where every process of the county shares the cores, a
-round cannot be shorter than its CPU-seconds over 2.
+TLS, warm nodes, DP + CKKS, as ``benchmarks/deployment_round.py``) runs the task for
+``--rounds`` rounds, after a first run that is not counted. Each process's CPU time (its
+own and its reaped children's, from ``/proc/PID/stat``) is read when the ServerApp says
+that round 1 ended and again when the last round ended (its ``events.jsonl``); the
+difference over the rounds between is a round's CPU by kind of process. Round 1 is left
+out: it holds each site's calibration of the run's noise (seconds of CPU, once per run),
+and start-up. A task that ended a moment before a snapshot may be counted in the next
+one. On a 2-core machine where every process of the county shares the cores, a round
+cannot be shorter than its CPU-seconds over 2.
 
-One thing does not cancel: each run's first training task at each site calibrates the
-run's noise (seconds of CPU, more for a run of more rounds), so the "tasks" row can move
-by whole CPU-seconds between runs (most of all under a profiler: from 2.0 to 13.7). For
-per-round effects, read the SuperLink's, the SuperNodes' and the ServerApp's rows, and
-``deployment_round.py``'s round time inside the run (which excludes round 1).
-
-Run: .venv/bin/python benchmarks/deployment_cpu.py [--low 1] [--high 6]
+Run: .venv/bin/python benchmarks/deployment_cpu.py [--rounds 6]
 """
 
 from __future__ import annotations
@@ -24,9 +20,11 @@ import argparse
 import os
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
@@ -43,6 +41,7 @@ KINDS = (
     ("warm template", "tasks (forks of the templates)"),
     ("warm superexec", "nodes' SuperExecs"),
     ("node start", "node commands (relays)"),
+    ("countyfl.cli run", "countyfl run (operator)"),
 )
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -81,58 +80,70 @@ def _cpu(roots: set[int]) -> Counter[str]:
     return totals
 
 
+def _round_ends(output: Path) -> dict[int, float]:
+    """The rounds whose end the ServerApp has written so far, with the time it was seen."""
+    from countyfl.runs import EventKind, EventReader
+
+    seen: dict[int, float] = {}
+    for path in output.rglob("events.jsonl"):
+        for event in EventReader(path).read_new():
+            if event.kind is EventKind.ROUND_END and event.round is not None:
+                seen[event.round] = time.monotonic()
+    return seen
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--low", type=int, default=1)
-    parser.add_argument("--high", type=int, default=6)
+    parser.add_argument("--rounds", type=int, default=6)
     args = parser.parse_args()
+    if args.rounds < 2:
+        sys.exit("--rounds must be at least 2 (round 1 is not counted)")
     if not Path("/proc/self/stat").exists():
         sys.exit("this benchmark reads /proc (Linux)")
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
         os.environ["COUNTYFL_HOME"] = str(root / "home")
         county = LocalCounty(root / "county")
-        county.prepare([{**TASK, "num-server-rounds": r} for r in (args.low, args.high)])
+        county.prepare([{**TASK, "num-server-rounds": r} for r in (1, args.rounds)])
         county.start()
-        roots = {process.pid for process in county.processes}
-        used: dict[int, Counter[str]] = {}
-        walls: dict[int, float] = {}
+        # The county's processes, and this one: `countyfl run` (the operator's command)
+        # is a child of this process.
+        roots = {process.pid for process in county.processes} | {os.getpid()}
+        snapshots: dict[int, tuple[Counter[str], float]] = {}
         try:
             # A first run that is not counted: the nodes' templates finish their imports
-            # and each site installs the FAB, which the counted runs then share.
-            county.run({**TASK, "num-server-rounds": args.low}, root / "warm-up")
-            for rounds in (args.low, args.high):
-                before, run_before = _cpu(roots), os.times()
-                started = time.perf_counter()
-                done = county.run({**TASK, "num-server-rounds": rounds}, root / f"run-{rounds}")
-                walls[rounds] = time.perf_counter() - started
-                time.sleep(3)  # finished tasks and the ServerApp are reaped: in their parents'
-                after, run_after = _cpu(roots), os.times()
-                if done.returncode != 0:
-                    sys.exit(f"the run failed: {done.stdout}{done.stderr}")
-                used[rounds] = Counter({k: after[k] - before[k] for k in after})
-                # countyfl run (the operator's command) and what it starts
-                used[rounds]["countyfl run (operator)"] = (
-                    run_after.children_user
-                    + run_after.children_system
-                    - run_before.children_user
-                    - run_before.children_system
+            # and each site installs the FAB, which the counted run then uses.
+            county.run({**TASK, "num-server-rounds": 1}, root / "warm-up")
+            output = root / "run"
+            done: list[Any] = []
+            runner = threading.Thread(
+                target=lambda: done.append(
+                    county.run({**TASK, "num-server-rounds": args.rounds}, output)
                 )
+            )
+            runner.start()
+            while runner.is_alive() and len(snapshots) < 2:
+                ends = _round_ends(output) if output.exists() else {}
+                for number in (1, args.rounds):
+                    if number in ends and number not in snapshots:
+                        snapshots[number] = (_cpu(roots), time.monotonic())
+                time.sleep(0.05)
+            runner.join()
         finally:
             county.stop()
-    extra = args.high - args.low
-    print(f"CPU-seconds per round ({args.low} and {args.high} rounds, the difference / {extra}):")
-    kinds = sorted(set(used[args.low]) | set(used[args.high]))
-    per_round = {k: (used[args.high][k] - used[args.low][k]) / extra for k in kinds}
-    for kind, seconds in sorted(per_round.items(), key=lambda item: -item[1]):
-        if kind == "whole machine":
-            continue
-        print(f"  {kind:<38}{seconds:>7.2f}")
+    if not done or done[0].returncode != 0 or len(snapshots) < 2:
+        sys.exit(f"the run failed or its rounds were not seen: {done}")
+    (first, started), (last, ended) = snapshots[1], snapshots[args.rounds]
+    rounds = args.rounds - 1
+    print(f"CPU-seconds per round (rounds 2 to {args.rounds} of one run, round 1 left out):")
+    per_round = {kind: (last[kind] - first[kind]) / rounds for kind in set(first) | set(last)}
     machine = per_round.pop("whole machine")
+    for kind, seconds in sorted(per_round.items(), key=lambda item: -item[1]):
+        print(f"  {kind:<38}{seconds:>7.2f}")
     total = sum(per_round.values())
     print(f"  {'all of the above':<38}{total:>7.2f}")
     print(f"  {'whole machine (/proc/stat)':<38}{machine:>7.2f}")
-    wall = (walls[args.high] - walls[args.low]) / extra
+    wall = (ended - started) / rounds
     print(
         f"wall time per round: {wall:.2f} s on {os.cpu_count()} cores (CPU / cores: "
         f"{total / (os.cpu_count() or 1):.2f} s)"
