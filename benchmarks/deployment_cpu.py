@@ -80,16 +80,24 @@ def _cpu(roots: set[int]) -> Counter[str]:
     return totals
 
 
-def _round_ends(output: Path) -> dict[int, float]:
-    """The rounds whose end the ServerApp has written so far, with the time it was seen."""
-    from countyfl.runs import EventKind, EventReader
+class RoundEnds:
+    """The rounds whose end the ServerApp has written to a run's ``events.jsonl`` so far
+    (each poll reads only what was appended since the last)."""
 
-    seen: dict[int, float] = {}
-    for path in output.rglob("events.jsonl"):
-        for event in EventReader(path).read_new():
-            if event.kind is EventKind.ROUND_END and event.round is not None:
-                seen[event.round] = time.monotonic()
-    return seen
+    def __init__(self, output: Path) -> None:
+        self.output = output
+        self.ended: set[int] = set()
+        self._readers: dict[Path, Any] = {}
+
+    def poll(self) -> set[int]:
+        from countyfl.runs import EventKind, EventReader
+
+        for path in self.output.rglob("events.jsonl") if self.output.exists() else ():
+            reader = self._readers.setdefault(path, EventReader(path))
+            for event in reader.read_new():
+                if event.kind is EventKind.ROUND_END and event.round is not None:
+                    self.ended.add(event.round)
+        return self.ended
 
 
 def main() -> None:
@@ -113,7 +121,9 @@ def main() -> None:
         try:
             # A first run that is not counted: the nodes' templates finish their imports
             # and each site installs the FAB, which the counted run then uses.
-            county.run({**TASK, "num-server-rounds": 1}, root / "warm-up")
+            warm_up = county.run({**TASK, "num-server-rounds": 1}, root / "warm-up")
+            if warm_up.returncode != 0:
+                sys.exit(f"the warm-up run failed: {warm_up.stdout}{warm_up.stderr}")
             output = root / "run"
             done: list[Any] = []
             runner = threading.Thread(
@@ -122,8 +132,9 @@ def main() -> None:
                 )
             )
             runner.start()
+            rounds_ended = RoundEnds(output)
             while runner.is_alive() and len(snapshots) < 2:
-                ends = _round_ends(output) if output.exists() else {}
+                ends = rounds_ended.poll()
                 for number in (1, args.rounds):
                     if number in ends and number not in snapshots:
                         snapshots[number] = (_cpu(roots), time.monotonic())
